@@ -1,0 +1,74 @@
+//! Shard log commands and their results: every input to a shard is one of these,
+//! stamped with the leader's clock (SPEC §3.3). Variants are append-only.
+
+use crate::{CustomerId, Event, Identity, ShardId};
+use serde::{Deserialize, Serialize};
+
+/// One entry of a shard's replicated log.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ShardCommand {
+    /// The proposing leader's clock (Unix ms); the decision core's only notion of now.
+    pub now_ms: i64,
+    pub op: ShardOp,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ShardOp {
+    /// Events routed to this shard by their strongest identity.
+    Ingest { events: Vec<Event> },
+    /// Messages from another shard's log, de-duplicated by (source shard, source index).
+    CrossShard { source_shard: ShardId, source_index: u64, messages: Vec<CrossShardMessage> },
+    /// Acknowledge that cross-shard messages recorded at `upto_index` were delivered.
+    CrossShardDelivered { target_shard: ShardId, upto_seq: u64 },
+    /// Fire every durable timer due at or before the command's `now_ms`.
+    Tick,
+    /// The outcome of delivering an outbox intent.
+    DispatchOutcome { outcomes: Vec<DispatchOutcome> },
+    /// No effect; used to commit leadership and to move the clock forward.
+    Noop,
+}
+
+/// A message between shards (SPEC §3.1).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum CrossShardMessage {
+    /// Events whose customer lives in the target shard.
+    Forward { customer: CustomerId, event: Event },
+    /// Link `identity` (indexed in the target shard) to `customer`.
+    Claim { identity: Identity, customer: CustomerId, message_id: String },
+}
+
+/// Result of delivering one outbox intent.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DispatchOutcome {
+    pub idempotency_key: String,
+    pub customer: CustomerId,
+    pub status: DispatchStatus,
+    pub detail: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DispatchStatus {
+    Delivered,
+    FailedPermanent,
+    FailedTransient,
+}
+
+/// What applying a command produced, returned to the proposer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+pub enum ShardResult {
+    #[default]
+    Done,
+    /// One outcome per event, in the order of the command.
+    Ingest(Vec<EventOutcome>),
+}
+
+/// The outcome of one ingested event.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventOutcome {
+    /// Applied to this customer.
+    Applied { customer: CustomerId },
+    /// Seen before within the dedup window; not applied again.
+    Duplicate,
+    /// Durably recorded and forwarded to the shard that holds the customer.
+    Forwarded { customer: CustomerId, shard: ShardId },
+}

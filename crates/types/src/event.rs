@@ -1,0 +1,299 @@
+//! Events (SPEC §2, §9): the validated, normalized form every ingest path produces,
+//! and the validation that turns raw input into it with field-named errors.
+
+use crate::json::JsonMap;
+use crate::{Identity, IdentityKind};
+use serde::{Deserialize, Serialize};
+
+/// Segment's call types. Append-only.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Debug)]
+pub enum EventType {
+    Track,
+    Identify,
+    Alias,
+    Page,
+    Screen,
+    Group,
+}
+
+impl EventType {
+    pub fn parse(s: &str) -> Option<EventType> {
+        Some(match s.to_ascii_lowercase().as_str() {
+            "track" => EventType::Track,
+            "identify" => EventType::Identify,
+            "alias" => EventType::Alias,
+            "page" => EventType::Page,
+            "screen" => EventType::Screen,
+            "group" => EventType::Group,
+            _ => return None,
+        })
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Track => "track",
+            EventType::Identify => "identify",
+            EventType::Alias => "alias",
+            EventType::Page => "page",
+            EventType::Screen => "screen",
+            EventType::Group => "group",
+        }
+    }
+}
+
+/// A validated event: identities normalized and de-duplicated, sizes bounded.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Idempotency key: duplicates within the dedup window are not applied twice.
+    pub message_id: String,
+    pub event_type: EventType,
+    /// Track event name, page/screen name, or empty.
+    pub name: String,
+    pub identities: Vec<Identity>,
+    pub properties: JsonMap,
+    pub traits: JsonMap,
+    pub context: JsonMap,
+    /// Client timestamp in Unix milliseconds; 0 when the client gave none.
+    pub timestamp_ms: i64,
+}
+
+impl Event {
+    /// The identity this event is routed by (SPEC §3.1).
+    pub fn strongest_identity(&self) -> &Identity {
+        crate::routing::strongest(&self.identities).expect("validated events carry an identity")
+    }
+}
+
+/// Raw input as any ingest path (gRPC, Segment HTTP, CLI) hands it over.
+#[derive(Clone, Debug, Default)]
+pub struct EventInput {
+    pub message_id: String,
+    pub event_type: String,
+    pub name: String,
+    /// (kind, raw value) pairs.
+    pub identities: Vec<(String, String)>,
+    pub properties: serde_json::Map<String, serde_json::Value>,
+    pub traits: serde_json::Map<String, serde_json::Value>,
+    pub context: serde_json::Map<String, serde_json::Value>,
+    /// RFC 3339 timestamp or empty.
+    pub timestamp: String,
+    /// Unix milliseconds; used when `timestamp` is empty.
+    pub timestamp_ms: i64,
+}
+
+/// Limits applied to every event.
+pub const MESSAGE_ID_LEN_MAX: usize = 256;
+pub const EVENT_NAME_LEN_MAX: usize = 256;
+pub const EVENT_IDENTITIES_MAX: usize = 16;
+/// Bytes of JSON in properties + traits + context together.
+pub const EVENT_PAYLOAD_BYTES_MAX: usize = 32 * 1024;
+
+/// A validation error naming the offending field by path.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[error("{field}: {message}")]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        FieldError { field: field.into(), message: message.into() }
+    }
+}
+
+impl EventInput {
+    /// Validate and normalize. The first problem found is reported with its field path.
+    pub fn validate(self) -> Result<Event, FieldError> {
+        let message_id = self.message_id.trim().to_string();
+        if message_id.is_empty() {
+            return Err(FieldError::new("message_id", "is required (it is the idempotency key)"));
+        }
+        if message_id.len() > MESSAGE_ID_LEN_MAX {
+            return Err(FieldError::new(
+                "message_id",
+                format!("is {} bytes; the limit is {MESSAGE_ID_LEN_MAX}", message_id.len()),
+            ));
+        }
+        let event_type = if self.event_type.is_empty() {
+            EventType::Track
+        } else {
+            EventType::parse(&self.event_type).ok_or_else(|| {
+                FieldError::new(
+                    "type",
+                    format!(
+                        "{:?} is not an event type: use track, identify, alias, page, screen or group",
+                        self.event_type
+                    ),
+                )
+            })?
+        };
+        let name = self.name.trim().to_string();
+        if event_type == EventType::Track && name.is_empty() {
+            return Err(FieldError::new("event", "is required for track events"));
+        }
+        if name.len() > EVENT_NAME_LEN_MAX {
+            return Err(FieldError::new("event", format!("is {} bytes; the limit is {EVENT_NAME_LEN_MAX}", name.len())));
+        }
+        if self.identities.is_empty() {
+            return Err(FieldError::new(
+                "identities",
+                "at least one identity is required (user_id, anonymous_id, email, phone, ...)",
+            ));
+        }
+        if self.identities.len() > EVENT_IDENTITIES_MAX {
+            return Err(FieldError::new(
+                "identities",
+                format!("{} identities given; the limit is {EVENT_IDENTITIES_MAX}", self.identities.len()),
+            ));
+        }
+        let mut identities: Vec<Identity> = Vec::with_capacity(self.identities.len());
+        for (i, (kind, value)) in self.identities.iter().enumerate() {
+            let field = format!("identities[{i}]");
+            let kind = IdentityKind::parse(kind).map_err(|e| FieldError::new(format!("{field}.kind"), e.to_string()))?;
+            let id = Identity::normalize(kind, value).map_err(|e| FieldError::new(format!("{field}.value"), e.to_string()))?;
+            if !identities.contains(&id) {
+                identities.push(id);
+            }
+        }
+        let payload_bytes = json_len(&self.properties) + json_len(&self.traits) + json_len(&self.context);
+        if payload_bytes > EVENT_PAYLOAD_BYTES_MAX {
+            return Err(FieldError::new(
+                "properties",
+                format!("properties, traits and context are {payload_bytes} bytes of JSON; the limit is {EVENT_PAYLOAD_BYTES_MAX}"),
+            ));
+        }
+        let timestamp_ms = if !self.timestamp.trim().is_empty() {
+            parse_rfc3339_ms(self.timestamp.trim()).ok_or_else(|| {
+                FieldError::new("timestamp", format!("{:?} is not an RFC 3339 timestamp (e.g. 2026-11-27T10:00:00Z)", self.timestamp))
+            })?
+        } else {
+            self.timestamp_ms
+        };
+        Ok(Event {
+            message_id,
+            event_type,
+            name,
+            identities,
+            properties: self.properties.into(),
+            traits: self.traits.into(),
+            context: self.context.into(),
+            timestamp_ms,
+        })
+    }
+}
+
+fn json_len(m: &serde_json::Map<String, serde_json::Value>) -> usize {
+    if m.is_empty() { 0 } else { serde_json::to_vec(m).map(|v| v.len()).unwrap_or(usize::MAX) }
+}
+
+/// Parse an RFC 3339 / ISO 8601 timestamp (with `Z` or an offset, optional fraction)
+/// into Unix milliseconds. Kept dependency-free so this crate stays tiny.
+pub fn parse_rfc3339_ms(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() < 19 {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let part = s.get(r)?;
+        if !part.bytes().all(|c| c.is_ascii_digit()) {
+            return None;
+        }
+        part.parse().ok()
+    };
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    if b[4] != b'-' || b[7] != b'-' || !(b[10] == b'T' || b[10] == b't' || b[10] == b' ') {
+        return None;
+    }
+    let (h, mi, se) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if b[13] != b':' || b[16] != b':' || !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 60 {
+        return None;
+    }
+    let mut i = 19;
+    let mut millis = 0i64;
+    if i < b.len() && b[i] == b'.' {
+        i += 1;
+        let start = i;
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+        if i == start {
+            return None;
+        }
+        let frac = &s[start..i.min(start + 3)];
+        millis = frac.parse::<i64>().ok()? * 10i64.pow(3 - frac.len() as u32);
+    }
+    let offset_min = match b.get(i) {
+        Some(b'Z') | Some(b'z') if i + 1 == b.len() => 0,
+        Some(sign @ (b'+' | b'-')) if b.len() == i + 6 && b[i + 3] == b':' => {
+            let oh = num(i + 1..i + 3)?;
+            let om = num(i + 4..i + 6)?;
+            let v = oh * 60 + om;
+            if *sign == b'+' { v } else { -v }
+        }
+        _ => return None,
+    };
+    let days = days_from_civil(y, mo, d);
+    Some(((days * 86400 + h * 3600 + mi * 60 + se) - offset_min * 60) * 1000 + millis)
+}
+
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = if y >= 0 { y } else { y - 399 } / 400;
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146097 + doe - 719468
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input() -> EventInput {
+        EventInput {
+            message_id: "m-1".into(),
+            event_type: "track".into(),
+            name: "Product Viewed".into(),
+            identities: vec![("anonymous_id".into(), "a-1".into()), ("email".into(), " Ada@Example.com".into())],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_valid_event_is_normalized() {
+        let e = input().validate().unwrap();
+        assert_eq!(e.identities[1].value, "ada@example.com");
+        assert_eq!(e.strongest_identity().kind, IdentityKind::Email);
+    }
+
+    #[test]
+    fn validation_errors_name_the_field() {
+        let mut i = input();
+        i.message_id = " ".into();
+        assert_eq!(i.validate().unwrap_err().field, "message_id");
+        let mut i = input();
+        i.identities[1].1 = "not-an-email".into();
+        assert_eq!(i.validate().unwrap_err().field, "identities[1].value");
+        let mut i = input();
+        i.name.clear();
+        assert_eq!(i.validate().unwrap_err().field, "event");
+        let mut i = input();
+        i.identities.clear();
+        assert_eq!(i.validate().unwrap_err().field, "identities");
+        let mut i = input();
+        i.timestamp = "yesterday".into();
+        assert_eq!(i.validate().unwrap_err().field, "timestamp");
+        let mut i = input();
+        i.properties.insert("blob".into(), serde_json::Value::String("x".repeat(40_000)));
+        assert_eq!(i.validate().unwrap_err().field, "properties");
+    }
+
+    #[test]
+    fn rfc3339_parses_offsets_and_fractions() {
+        assert_eq!(parse_rfc3339_ms("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(parse_rfc3339_ms("2026-11-27T10:00:00.250Z"), Some(1_795_773_600_250));
+        assert_eq!(parse_rfc3339_ms("2026-11-27T11:00:00+01:00"), Some(1_795_773_600_000));
+        assert_eq!(parse_rfc3339_ms("2026-11-27"), None);
+    }
+}

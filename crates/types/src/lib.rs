@@ -1,0 +1,16 @@
+//! Chorus domain types shared by every crate: ids, identities, events, shard commands,
+//! limits and the versioned on-disk/wire envelope. No I/O, no tokio, no clock.
+
+pub mod command;
+pub mod encoding;
+pub mod event;
+pub mod ids;
+pub mod identity;
+pub mod json;
+pub mod routing;
+
+pub use command::*;
+pub use event::*;
+pub use ids::*;
+pub use identity::*;
+pub use json::JsonMap;

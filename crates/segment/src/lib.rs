@@ -1,0 +1,1 @@
+//! Segment HTTP tracking spec → Chorus event inputs (placeholder, being written).

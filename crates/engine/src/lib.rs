@@ -1,0 +1,11 @@
+//! The pure decision core: (customer state, input, now, config) → (new state, effects).
+//! **Invariant:** no I/O, no clock, no randomness, no tokio — time comes in as `now_ms`,
+//! so every replica and every replay makes the same decisions.
+
+pub mod config;
+pub mod identity;
+pub mod profile;
+
+pub use config::EngineConfig;
+pub use identity::*;
+pub use profile::*;

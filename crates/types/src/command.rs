@@ -72,3 +72,18 @@ pub enum EventOutcome {
     /// Durably recorded and forwarded to the shard that holds the customer.
     Forwarded { customer: CustomerId, shard: ShardId },
 }
+
+impl std::fmt::Display for ShardCommand {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.op {
+            ShardOp::Ingest { events } => write!(f, "ingest({} events)@{}", events.len(), self.now_ms),
+            ShardOp::CrossShard { source_shard, source_index, messages } => {
+                write!(f, "cross-shard({} msgs from {source_shard}#{source_index})@{}", messages.len(), self.now_ms)
+            }
+            ShardOp::CrossShardDelivered { target_shard, upto_seq } => write!(f, "delivered({target_shard}<={upto_seq})"),
+            ShardOp::Tick => write!(f, "tick@{}", self.now_ms),
+            ShardOp::DispatchOutcome { outcomes } => write!(f, "outcomes({})", outcomes.len()),
+            ShardOp::Noop => write!(f, "noop@{}", self.now_ms),
+        }
+    }
+}

@@ -1,0 +1,239 @@
+//! Consensus for Chorus shards: openraft type config, the fjall-backed log store, the
+//! state-machine adapter that hands committed commands to an [`Application`], and the
+//! [`Group`] handle other crates use. **Invariant:** no other crate names openraft.
+
+mod log_store;
+mod network;
+mod state_machine;
+
+pub use state_machine::{Application, Applied};
+
+use chorus_store::Store;
+use chorus_types::{NodeId, ShardCommand, ShardResult};
+use futures::TryStreamExt;
+use openraft::async_runtime::WatchReceiver;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+openraft::declare_raft_types!(
+    /// Type config of every shard group.
+    pub TypeConfig:
+        D = ShardCommand,
+        R = ShardResult,
+        NodeId = u64,
+        Node = openraft::BasicNode,
+);
+
+type Raft = openraft::Raft<TypeConfig, state_machine::StateMachine>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RaftError {
+    #[error("shard {group} has no leader on this node (leader: {leader:?}); retry")]
+    NotLeader { group: u32, leader: Option<NodeId> },
+    #[error("shard {group} is shutting down")]
+    ShuttingDown { group: u32 },
+    #[error("shard {group} raft error: {detail}")]
+    Fatal { group: u32, detail: String },
+    #[error("shard {group} storage error: {detail}")]
+    Storage { group: u32, detail: String },
+}
+
+impl RaftError {
+    /// Whether a client may retry the same request.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, RaftError::NotLeader { .. } | RaftError::ShuttingDown { .. })
+    }
+}
+
+/// Timing of a group; tuned for many groups per node (ENGINEERING §1).
+#[derive(Clone, Debug)]
+pub struct GroupTuning {
+    pub heartbeat_ms: u64,
+    pub election_min_ms: u64,
+    pub election_max_ms: u64,
+    /// Most entries per append/replication batch.
+    pub payload_entries_max: u64,
+}
+
+impl Default for GroupTuning {
+    fn default() -> Self {
+        GroupTuning { heartbeat_ms: 300, election_min_ms: 1000, election_max_ms: 2000, payload_entries_max: 256 }
+    }
+}
+
+/// A snapshot of a group's raft state for status displays.
+#[derive(Clone, Debug, Default)]
+pub struct GroupStatus {
+    pub leader: Option<NodeId>,
+    pub term: u64,
+    pub last_log_index: u64,
+    pub applied_index: u64,
+    pub voters: Vec<NodeId>,
+    pub learners: Vec<NodeId>,
+    pub is_leader: bool,
+}
+
+/// One replicated group (a shard). Cheap to clone.
+#[derive(Clone)]
+pub struct Group {
+    id: u32,
+    node: NodeId,
+    raft: Raft,
+}
+
+impl Group {
+    /// Start (or recover) group `id` on this node, backed by `store`; committed commands
+    /// are applied by `app`.
+    pub async fn start(
+        id: u32,
+        node: NodeId,
+        store: Store,
+        app: Arc<dyn Application>,
+        tuning: &GroupTuning,
+    ) -> Result<Group, RaftError> {
+        let config = openraft::Config {
+            cluster_name: format!("chorus-shard-{id}"),
+            heartbeat_interval: tuning.heartbeat_ms,
+            election_timeout_min: tuning.election_min_ms,
+            election_timeout_max: tuning.election_max_ms,
+            max_payload_entries: tuning.payload_entries_max,
+            snapshot_policy: openraft::SnapshotPolicy::Never,
+            ..Default::default()
+        };
+        let config = Arc::new(config.validate().map_err(|e| RaftError::Fatal { group: id, detail: e.to_string() })?);
+        let log = log_store::LogStore::new(id, store.clone());
+        let sm = state_machine::StateMachine::new(id, app);
+        let raft = Raft::new(node, config, network::Network { group: id }, log, sm)
+            .await
+            .map_err(|e| RaftError::Fatal { group: id, detail: e.to_string() })?;
+        Ok(Group { id, node, raft })
+    }
+
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// Make this node the single voter of a fresh group (no-op if already initialized).
+    pub async fn initialize_single(&self, addr: &str) -> Result<(), RaftError> {
+        let mut nodes = BTreeMap::new();
+        nodes.insert(self.node, openraft::BasicNode::new(addr));
+        match self.raft.initialize(nodes).await {
+            Ok(()) => Ok(()),
+            Err(openraft::errors::RaftError::APIError(openraft::errors::InitializeError::NotAllowed(_))) => Ok(()),
+            Err(e) => Err(RaftError::Fatal { group: self.id, detail: e.to_string() }),
+        }
+    }
+
+    /// Wait until this node leads the group.
+    pub async fn wait_leader(&self, timeout: Duration) -> Result<(), RaftError> {
+        self.raft
+            .wait(Some(timeout))
+            .state(openraft::ServerState::Leader, "become leader")
+            .await
+            .map(|_| ())
+            .map_err(|e| RaftError::Fatal { group: self.id, detail: e.to_string() })
+    }
+
+    /// Wait until the metrics report `index` applied.
+    pub async fn wait_applied(&self, index: u64, timeout: Duration) -> Result<(), RaftError> {
+        self.raft
+            .wait(Some(timeout))
+            .applied_index_at_least(Some(index), "applied")
+            .await
+            .map(|_| ())
+            .map_err(|e| RaftError::Fatal { group: self.id, detail: e.to_string() })
+    }
+
+    /// Propose one command; resolves after it is committed and applied.
+    pub async fn propose(&self, cmd: ShardCommand) -> Result<(u64, ShardResult), RaftError> {
+        match self.raft.client_write(cmd).await {
+            Ok(resp) => Ok((resp.log_id.index, resp.data)),
+            Err(e) => Err(self.map_write_error(e)),
+        }
+    }
+
+    /// Propose several commands at once (one append, one fsync); results in order.
+    pub async fn propose_many(&self, cmds: Vec<ShardCommand>) -> Vec<Result<(u64, ShardResult), RaftError>> {
+        let n = cmds.len();
+        let mut out = Vec::with_capacity(n);
+        match self.raft.client_write_many(cmds).await {
+            Ok(mut stream) => {
+                loop {
+                    match stream.try_next().await {
+                        Ok(Some(Ok(w))) => out.push(Ok((w.log_id.index, w.response))),
+                        Ok(Some(Err(e))) => out.push(Err(self.map_client_error(e))),
+                        Ok(None) => break,
+                        Err(e) => {
+                            let detail = e.to_string();
+                            while out.len() < n {
+                                out.push(Err(RaftError::Fatal { group: self.id, detail: detail.clone() }));
+                            }
+                            break;
+                        }
+                    }
+                }
+                while out.len() < n {
+                    out.push(Err(RaftError::ShuttingDown { group: self.id }));
+                }
+            }
+            Err(e) => {
+                let detail = e.to_string();
+                for _ in 0..n {
+                    out.push(Err(RaftError::Fatal { group: self.id, detail: detail.clone() }));
+                }
+            }
+        }
+        out
+    }
+
+    fn map_client_error(&self, e: openraft::errors::ClientWriteError<TypeConfig>) -> RaftError {
+        match e {
+            openraft::errors::ClientWriteError::ForwardToLeader(f) => RaftError::NotLeader { group: self.id, leader: f.leader_id },
+            other => RaftError::Fatal { group: self.id, detail: other.to_string() },
+        }
+    }
+
+    fn map_write_error(
+        &self,
+        e: openraft::errors::RaftError<TypeConfig, openraft::errors::ClientWriteError<TypeConfig>>,
+    ) -> RaftError {
+        if let Some(f) = e.forward_to_leader() {
+            return RaftError::NotLeader { group: self.id, leader: f.leader_id };
+        }
+        match e {
+            openraft::errors::RaftError::APIError(api) => self.map_client_error(api),
+            openraft::errors::RaftError::Fatal(f) => match f {
+                openraft::errors::Fatal::Stopped => RaftError::ShuttingDown { group: self.id },
+                other => RaftError::Fatal { group: self.id, detail: other.to_string() },
+            },
+        }
+    }
+
+    pub fn status(&self) -> GroupStatus {
+        let m = self.raft.metrics().borrow_watched().clone();
+        let membership = m.membership_config.membership();
+        let voters: Vec<NodeId> = membership.voter_ids().collect();
+        let learners: Vec<NodeId> = membership.learner_ids().collect();
+        GroupStatus {
+            leader: m.current_leader,
+            term: m.current_term,
+            last_log_index: m.last_log_index.unwrap_or(0),
+            applied_index: m.last_applied.as_ref().map(|l| l.index).unwrap_or(0),
+            voters,
+            learners,
+            is_leader: m.current_leader == Some(self.node),
+        }
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.status().is_leader
+    }
+
+    pub async fn shutdown(&self) -> Result<(), RaftError> {
+        self.raft.shutdown().await.map_err(|e| RaftError::Fatal { group: self.id, detail: e.to_string() })
+    }
+}
+
+#[cfg(test)]
+mod tests;

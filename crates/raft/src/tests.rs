@@ -1,0 +1,126 @@
+//! Tests of the log store and state-machine adapter: openraft's own storage suite and
+//! a single-voter group that survives a restart.
+
+use super::*;
+use chorus_types::{EventOutcome, ShardOp};
+use futures::future::BoxFuture;
+use std::io;
+use std::sync::Mutex;
+
+/// A small real application: counts applied commands per group in the store.
+struct Counter {
+    group: u32,
+    store: Store,
+    seen: Mutex<Vec<u64>>,
+}
+
+impl Counter {
+    fn key(&self, what: u8) -> Vec<u8> {
+        chorus_store::keys::shard_key(self.group, what, b"")
+    }
+}
+
+impl Application for Counter {
+    fn apply(&self, entries: Vec<Applied>, raft_meta: Vec<u8>) -> BoxFuture<'_, io::Result<Vec<ShardResult>>> {
+        Box::pin(async move {
+            let mut count: u64 = self
+                .store
+                .shard()
+                .get(self.key(b'n'))
+                .map_err(io::Error::other)?
+                .map(|v| u64::from_le_bytes(v[..8].try_into().unwrap()))
+                .unwrap_or(0);
+            let mut results = Vec::new();
+            for e in &entries {
+                self.seen.lock().unwrap().push(e.index);
+                if e.command.is_some() {
+                    count += 1;
+                }
+                results.push(ShardResult::Ingest(vec![EventOutcome::Duplicate; count as usize % 3]));
+            }
+            let mut b = self.store.batch();
+            b.insert(self.store.shard(), self.key(b'n'), count.to_le_bytes().to_vec());
+            b.insert(self.store.shard(), self.key(b'm'), raft_meta);
+            b.commit().map_err(io::Error::other)?;
+            Ok(results)
+        })
+    }
+    fn load_raft_meta(&self) -> io::Result<Option<Vec<u8>>> {
+        Ok(self.store.shard().get(self.key(b'm')).map_err(io::Error::other)?.map(|v| v.to_vec()))
+    }
+    fn snapshot(&self) -> BoxFuture<'_, io::Result<Vec<u8>>> {
+        Box::pin(async move { Ok(self.store.shard().get(self.key(b'n')).map_err(io::Error::other)?.map(|v| v.to_vec()).unwrap_or_default()) })
+    }
+    fn install_snapshot(&self, data: Vec<u8>, raft_meta: Vec<u8>) -> BoxFuture<'_, io::Result<()>> {
+        Box::pin(async move {
+            let mut b = self.store.batch();
+            if data.is_empty() {
+                b.remove(self.store.shard(), self.key(b'n'));
+            } else {
+                b.insert(self.store.shard(), self.key(b'n'), data);
+            }
+            b.insert(self.store.shard(), self.key(b'm'), raft_meta);
+            b.commit().map_err(io::Error::other)
+        })
+    }
+}
+
+struct Builder {
+    dirs: Mutex<Vec<tempfile::TempDir>>,
+}
+
+impl openraft::testing::log::StoreBuilder<TypeConfig, log_store::LogStore, state_machine::StateMachine, ()> for Builder {
+    async fn build(&self) -> Result<((), log_store::LogStore, state_machine::StateMachine), openraft::StorageError<TypeConfig>> {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), chorus_store::StoreOptions::default()).unwrap();
+        self.dirs.lock().unwrap().push(dir);
+        let app = Arc::new(Counter { group: 7, store: store.clone(), seen: Mutex::new(Vec::new()) });
+        Ok(((), log_store::LogStore::new(7, store), state_machine::StateMachine::new(7, app)))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openraft_storage_suite_passes_on_the_fjall_log_store() {
+    openraft::testing::log::Suite::test_all(Builder { dirs: Mutex::new(Vec::new()) }).await.unwrap();
+}
+
+fn cmd(i: i64) -> ShardCommand {
+    ShardCommand { now_ms: i, op: ShardOp::Noop }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_voter_group_commits_and_recovers_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let tuning = GroupTuning { heartbeat_ms: 50, election_min_ms: 150, election_max_ms: 300, ..Default::default() };
+    let last_index;
+    {
+        let store = Store::open(dir.path(), chorus_store::StoreOptions::default()).unwrap();
+        let app = Arc::new(Counter { group: 3, store: store.clone(), seen: Mutex::new(Vec::new()) });
+        let group = Group::start(3, 1, store.clone(), app.clone(), &tuning).await.unwrap();
+        group.initialize_single("127.0.0.1:0").await.unwrap();
+        group.wait_leader(Duration::from_secs(5)).await.unwrap();
+        let (i1, _) = group.propose(cmd(1)).await.unwrap();
+        let results = group.propose_many((0..5).map(cmd).collect()).await;
+        assert_eq!(results.len(), 5);
+        let indexes: Vec<u64> = results.into_iter().map(|r| r.unwrap().0).collect();
+        assert_eq!(indexes, (i1 + 1..=i1 + 5).collect::<Vec<_>>());
+        last_index = indexes[4];
+        group.wait_applied(last_index, Duration::from_secs(5)).await.unwrap();
+        let status = group.status();
+        assert!(status.is_leader);
+        assert_eq!(status.voters, vec![1]);
+        assert_eq!(status.applied_index, last_index);
+        group.shutdown().await.unwrap();
+    }
+    // Reopen: the group is already initialized, keeps its applied state and log.
+    let store = Store::open(dir.path(), chorus_store::StoreOptions::default()).unwrap();
+    let app = Arc::new(Counter { group: 3, store: store.clone(), seen: Mutex::new(Vec::new()) });
+    let group = Group::start(3, 1, store.clone(), app.clone(), &tuning).await.unwrap();
+    group.initialize_single("127.0.0.1:0").await.unwrap();
+    group.wait_leader(Duration::from_secs(5)).await.unwrap();
+    let (next, _) = group.propose(cmd(9)).await.unwrap();
+    assert!(next > last_index, "log continues after restart: {next} > {last_index}");
+    let count = store.shard().get(chorus_store::keys::shard_key(3, b'n', b"")).unwrap().unwrap();
+    assert_eq!(u64::from_le_bytes(count[..8].try_into().unwrap()), 7, "each command applied exactly once");
+    group.shutdown().await.unwrap();
+}

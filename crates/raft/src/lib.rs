@@ -62,6 +62,22 @@ impl Default for GroupTuning {
     }
 }
 
+/// A submitted command awaiting commit and apply.
+pub struct Pending {
+    group: Group,
+    rx: openraft::type_config::alias::OneshotReceiverOf<TypeConfig, openraft::raft::ClientWriteResult<TypeConfig>>,
+}
+
+impl Pending {
+    pub async fn wait(self) -> Result<(u64, ShardResult), RaftError> {
+        match self.rx.await {
+            Ok(Ok(resp)) => Ok((resp.log_id.index, resp.data)),
+            Ok(Err(e)) => Err(self.group.map_client_error(e)),
+            Err(_) => Err(RaftError::ShuttingDown { group: self.group.id }),
+        }
+    }
+}
+
 /// A snapshot of a group's raft state for status displays.
 #[derive(Clone, Debug, Default)]
 pub struct GroupStatus {
@@ -151,6 +167,20 @@ impl Group {
             Ok(resp) => Ok((resp.log_id.index, resp.data)),
             Err(e) => Err(self.map_write_error(e)),
         }
+    }
+
+    /// Submit a command to the raft core in call order and return a handle to await its
+    /// result. Lets a proposer pipeline many entries while keeping their log order.
+    pub async fn submit(&self, cmd: ShardCommand) -> Result<Pending, RaftError> {
+        let (responder, rx) = openraft::impls::ProgressResponder::<TypeConfig, _>::complete_only();
+        self.raft
+            .client_write_ff(cmd, Some(responder))
+            .await
+            .map_err(|e| match e {
+                openraft::errors::Fatal::Stopped => RaftError::ShuttingDown { group: self.id },
+                other => RaftError::Fatal { group: self.id, detail: other.to_string() },
+            })?;
+        Ok(Pending { group: self.clone(), rx })
     }
 
     /// Propose several commands at once (one append, one fsync); results in order.

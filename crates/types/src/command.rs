@@ -16,9 +16,11 @@ pub struct ShardCommand {
 pub enum ShardOp {
     /// Events routed to this shard by their strongest identity.
     Ingest { events: Vec<Event> },
-    /// Messages from another shard's log, de-duplicated by (source shard, source index).
-    CrossShard { source_shard: ShardId, source_index: u64, messages: Vec<CrossShardMessage> },
-    /// Acknowledge that cross-shard messages recorded at `upto_index` were delivered.
+    /// Messages from another shard's log, each with the source's per-target sequence
+    /// number; the target applies each (source shard, seq) at most once.
+    CrossShard { source_shard: ShardId, messages: Vec<(u64, CrossShardMessage)> },
+    /// The source learns that its messages to `target_shard` up to `upto_seq` were
+    /// applied there and drops them from its outbox.
     CrossShardDelivered { target_shard: ShardId, upto_seq: u64 },
     /// Fire every durable timer due at or before the command's `now_ms`.
     Tick,
@@ -33,8 +35,9 @@ pub enum ShardOp {
 pub enum CrossShardMessage {
     /// Events whose customer lives in the target shard.
     Forward { customer: CustomerId, event: Event },
-    /// Link `identity` (indexed in the target shard) to `customer`.
-    Claim { identity: Identity, customer: CustomerId, message_id: String },
+    /// Link `identity` (indexed in the target shard) to `customer`. If the index points
+    /// to one of `replaces` (customers merged into `customer`), it is re-pointed.
+    Claim { identity: Identity, customer: CustomerId, replaces: Vec<CustomerId> },
 }
 
 /// Result of delivering one outbox intent.
@@ -71,14 +74,16 @@ pub enum EventOutcome {
     Duplicate,
     /// Durably recorded and forwarded to the shard that holds the customer.
     Forwarded { customer: CustomerId, shard: ShardId },
+    /// Durably recorded but parked: the customer is quarantined after repeated failures.
+    Parked { customer: CustomerId },
 }
 
 impl std::fmt::Display for ShardCommand {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.op {
             ShardOp::Ingest { events } => write!(f, "ingest({} events)@{}", events.len(), self.now_ms),
-            ShardOp::CrossShard { source_shard, source_index, messages } => {
-                write!(f, "cross-shard({} msgs from {source_shard}#{source_index})@{}", messages.len(), self.now_ms)
+            ShardOp::CrossShard { source_shard, messages } => {
+                write!(f, "cross-shard({} msgs from {source_shard})@{}", messages.len(), self.now_ms)
             }
             ShardOp::CrossShardDelivered { target_shard, upto_seq } => write!(f, "delivered({target_shard}<={upto_seq})"),
             ShardOp::Tick => write!(f, "tick@{}", self.now_ms),

@@ -1,0 +1,686 @@
+//! The shard state machine: applies committed entries in rounds. A round resolves
+//! every event's identities against the shard's index (with an overlay of this round's
+//! writes), hands each customer's inputs to that customer's actor, collects the new
+//! states and writes everything — states, index, dedup records, cross-shard outbox,
+//! counters and raft's metadata — in one atomic batch. Deterministic: the same log
+//! gives the same state on every replica and every replay.
+
+use crate::customer::{Applied as CustomerApplied, CustomerInput, CustomerMsg};
+use crate::registry::Registry;
+use crate::state::{self, ShardMeta};
+use crate::{ShardConfig, keys};
+use chorus_engine::{CustomerState, DecisionKind, LinkDecision};
+use chorus_raft::{Applied, Application};
+use chorus_store::{Store, WriteBatch};
+use chorus_types::{CrossShardMessage, CustomerId, Event, EventOutcome, Identity, ShardCommand, ShardId, ShardOp, ShardResult};
+use futures::future::BoxFuture;
+use ractor::ActorRef;
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+fn io_err(e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
+/// Counters readable without the apply lock.
+#[derive(Default)]
+pub struct ApplyStats {
+    pub applied_index: AtomicU64,
+    pub events_applied: AtomicU64,
+    pub duplicates: AtomicU64,
+    pub forwarded: AtomicU64,
+    pub merges: AtomicU64,
+    pub conflicts: AtomicU64,
+    pub deferred_cross_shard_merges: AtomicU64,
+    pub parked: AtomicU64,
+    pub customers: AtomicU64,
+    pub pending_cross_shard: AtomicU64,
+}
+
+pub struct ShardApp {
+    pub shard: ShardId,
+    store: Store,
+    config: Arc<ShardConfig>,
+    pub registry: Registry,
+    meta: tokio::sync::Mutex<ShardMeta>,
+    pub stats: ApplyStats,
+    /// Woken after a round that wrote cross-shard messages.
+    pub outbox_notify: tokio::sync::Notify,
+}
+
+impl ShardApp {
+    pub async fn open(shard: ShardId, store: Store, config: Arc<ShardConfig>) -> Result<Arc<ShardApp>, String> {
+        let meta = state::read_meta(&store, shard)?;
+        let registry = Registry::start(shard, config.clone()).await?;
+        // Rebuild the quarantine set from parked inputs.
+        for kv in store.shard().prefix(keys::parked_prefix(shard)) {
+            let key = kv.key().map_err(|e| e.to_string())?;
+            let rest = &key[5..];
+            if rest.len() >= 8 {
+                registry.quarantine(CustomerId(u64::from_be_bytes(rest[..8].try_into().expect("8 bytes"))));
+            }
+        }
+        let stats = ApplyStats::default();
+        stats.customers.store(meta.customers - meta.tombstones, Ordering::Relaxed);
+        let pending = store.shard().prefix(keys::xout_prefix(shard)).count() as u64;
+        stats.pending_cross_shard.store(pending, Ordering::Relaxed);
+        Ok(Arc::new(ShardApp {
+            shard,
+            store,
+            config,
+            registry,
+            meta: tokio::sync::Mutex::new(meta),
+            stats,
+            outbox_notify: tokio::sync::Notify::new(),
+        }))
+    }
+
+    pub fn config(&self) -> &ShardConfig {
+        &self.config
+    }
+
+    /// Passivate idle actors between apply rounds (their state is persisted).
+    pub async fn passivate(&self) -> usize {
+        let _round = self.meta.lock().await;
+        self.registry.passivate()
+    }
+
+    /// Read a customer's current state: from its live actor if active, else the store.
+    pub async fn read_customer(&self, id: CustomerId) -> Result<Option<CustomerState>, String> {
+        if let Some(actor) = self.registry.get(id) {
+            if let Ok(ractor::rpc::CallResult::Success(s)) = actor.call(CustomerMsg::Get, None).await {
+                return Ok(Some(s));
+            }
+        }
+        state::read_customer(&self.store, self.shard, id)
+    }
+
+    async fn apply_round(&self, entries: Vec<Applied>, raft_meta: Vec<u8>) -> io::Result<Vec<ShardResult>> {
+        let mut meta = self.meta.lock().await;
+        let mut round = Round::new(self, meta.clone());
+        let mut results = Vec::with_capacity(entries.len());
+        let mut last_index = 0;
+        for entry in entries {
+            last_index = entry.index;
+            let Some(cmd) = entry.command else {
+                results.push(ShardResult::Done);
+                continue;
+            };
+            results.push(round.apply_command(cmd).await?);
+        }
+        round.flush_all().await?;
+        round.expire_dedup()?;
+        let wrote_xout = !round.xout.is_empty();
+        let new_meta = round.finish(raft_meta)?;
+        *meta = new_meta;
+        drop(meta);
+        self.stats.applied_index.store(last_index, Ordering::Relaxed);
+        if wrote_xout {
+            self.outbox_notify.notify_one();
+        }
+        Ok(results)
+    }
+
+    fn snapshot_data(&self) -> io::Result<Vec<u8>> {
+        let mut pairs: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        let raft_key = keys::raft_meta(self.shard);
+        for kv in self.store.shard().prefix(keys::shard_prefix(self.shard)) {
+            let (k, v) = kv.into_inner().map_err(io_err)?;
+            if *k != *raft_key {
+                pairs.push((k.to_vec(), v.to_vec()));
+            }
+        }
+        Ok(chorus_types::encoding::encode(&pairs))
+    }
+}
+
+impl Application for ShardApp {
+    fn apply(&self, entries: Vec<Applied>, raft_meta: Vec<u8>) -> BoxFuture<'_, io::Result<Vec<ShardResult>>> {
+        Box::pin(self.apply_round(entries, raft_meta))
+    }
+
+    fn load_raft_meta(&self) -> io::Result<Option<Vec<u8>>> {
+        Ok(self.store.shard().get(keys::raft_meta(self.shard)).map_err(io_err)?.map(|v| v.to_vec()))
+    }
+
+    fn snapshot(&self) -> BoxFuture<'_, io::Result<Vec<u8>>> {
+        Box::pin(async move {
+            let _guard = self.meta.lock().await;
+            self.snapshot_data()
+        })
+    }
+
+    fn install_snapshot(&self, data: Vec<u8>, raft_meta: Vec<u8>) -> BoxFuture<'_, io::Result<()>> {
+        Box::pin(async move {
+            let mut meta = self.meta.lock().await;
+            let pairs: Vec<(Vec<u8>, Vec<u8>)> = chorus_types::encoding::decode(&data).map_err(io_err)?;
+            let mut batch = self.store.batch();
+            for kv in self.store.shard().prefix(keys::shard_prefix(self.shard)) {
+                batch.remove(self.store.shard(), kv.key().map_err(io_err)?);
+            }
+            for (k, v) in pairs {
+                batch.insert(self.store.shard(), k, v);
+            }
+            batch.insert(self.store.shard(), keys::raft_meta(self.shard), raft_meta);
+            batch.commit().map_err(io_err)?;
+            self.registry.stop_customers();
+            *meta = state::read_meta(&self.store, self.shard).map_err(io_err)?;
+            Ok(())
+        })
+    }
+}
+
+/// One apply round: overlays of this round's writes and the customers' pending inputs.
+struct Round<'a> {
+    app: &'a ShardApp,
+    meta: ShardMeta,
+    batch: WriteBatch,
+    index: HashMap<Identity, CustomerId>,
+    dedup: HashSet<String>,
+    /// Customers with pending inputs, in order of first input.
+    order: Vec<CustomerId>,
+    pending: HashMap<CustomerId, Vec<(i64, CustomerInput)>>,
+    /// Customers created this round and not yet activated.
+    created: HashMap<CustomerId, CustomerState>,
+    /// Encoded states to write.
+    states: HashMap<CustomerId, Vec<u8>>,
+    tombs: HashMap<CustomerId, CustomerId>,
+    xout: Vec<(ShardId, CrossShardMessage)>,
+    xin: HashMap<ShardId, u64>,
+    now_ms: i64,
+}
+
+impl<'a> Round<'a> {
+    fn new(app: &'a ShardApp, meta: ShardMeta) -> Self {
+        Round {
+            app,
+            meta,
+            batch: app.store.batch(),
+            index: HashMap::new(),
+            dedup: HashSet::new(),
+            order: Vec::new(),
+            pending: HashMap::new(),
+            created: HashMap::new(),
+            states: HashMap::new(),
+            tombs: HashMap::new(),
+            xout: Vec::new(),
+            xin: HashMap::new(),
+            now_ms: 0,
+        }
+    }
+
+    fn shard(&self) -> ShardId {
+        self.app.shard
+    }
+
+    fn store(&self) -> &Store {
+        &self.app.store
+    }
+
+    async fn apply_command(&mut self, cmd: ShardCommand) -> io::Result<ShardResult> {
+        // The leader's clock, never allowed to run backwards within the state machine.
+        self.now_ms = self.now_ms.max(cmd.now_ms);
+        let now = cmd.now_ms;
+        match cmd.op {
+            ShardOp::Ingest { events } => {
+                let mut outcomes = Vec::with_capacity(events.len());
+                for event in events {
+                    outcomes.push(self.ingest(event, now).await?);
+                }
+                Ok(ShardResult::Ingest(outcomes))
+            }
+            ShardOp::CrossShard { source_shard, messages } => {
+                let mut last = self.last_xin(source_shard)?;
+                for (seq, msg) in messages {
+                    if seq <= last {
+                        continue; // already applied: a redelivery
+                    }
+                    last = seq;
+                    self.apply_cross_shard(msg, now).await?;
+                }
+                self.xin.insert(source_shard, last);
+                Ok(ShardResult::Done)
+            }
+            ShardOp::CrossShardDelivered { target_shard, upto_seq } => {
+                let lo = keys::xout(self.shard(), target_shard, 0);
+                let hi = keys::xout(self.shard(), target_shard, upto_seq);
+                let mut removed = 0u64;
+                for kv in self.store().shard().range(lo..=hi) {
+                    self.batch.remove(self.app.store.shard(), kv.key().map_err(io_err)?);
+                    removed += 1;
+                }
+                let p = &self.app.stats.pending_cross_shard;
+                let _ = p.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| Some(v.saturating_sub(removed)));
+                Ok(ShardResult::Done)
+            }
+            ShardOp::Tick | ShardOp::Noop | ShardOp::DispatchOutcome { .. } => Ok(ShardResult::Done),
+        }
+    }
+
+    fn last_xin(&self, source: ShardId) -> io::Result<u64> {
+        if let Some(v) = self.xin.get(&source) {
+            return Ok(*v);
+        }
+        Ok(match self.store().shard().get(keys::xin(self.shard(), source)).map_err(io_err)? {
+            Some(v) if v.len() == 8 => u64::from_be_bytes(v[..8].try_into().expect("8 bytes")),
+            _ => 0,
+        })
+    }
+
+    fn is_duplicate(&self, message_id: &str) -> io::Result<bool> {
+        if self.dedup.contains(message_id) {
+            return Ok(true);
+        }
+        match self.store().shard().get(keys::dedup(self.shard(), message_id)).map_err(io_err)? {
+            Some(v) if v.len() == 8 => {
+                let seen = i64::from_be_bytes(v[..8].try_into().expect("8 bytes"));
+                Ok(seen >= self.now_ms - self.app.config.dedup_window_ms)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    fn remember(&mut self, message_id: &str, now: i64) {
+        let shard = self.shard();
+        self.batch.insert(self.app.store.shard(), keys::dedup(shard, message_id), now.to_be_bytes().to_vec());
+        self.batch.insert(self.app.store.shard(), keys::dedup_expiry(shard, now, message_id), Vec::new());
+        self.dedup.insert(message_id.to_string());
+    }
+
+    fn lookup(&self, id: &Identity) -> io::Result<Option<CustomerId>> {
+        if let Some(c) = self.index.get(id) {
+            return Ok(Some(*c));
+        }
+        state::read_index(self.store(), self.shard(), id).map_err(io_err)
+    }
+
+    fn set_index(&mut self, id: &Identity, customer: CustomerId) {
+        let shard = self.shard();
+        self.batch.insert(self.app.store.shard(), keys::index(shard, id), customer.0.to_be_bytes().to_vec());
+        self.index.insert(id.clone(), customer);
+    }
+
+    fn send_cross(&mut self, target: ShardId, msg: CrossShardMessage) {
+        self.xout.push((target, msg));
+    }
+
+    fn create_customer(&mut self, now: i64) -> CustomerId {
+        let id = CustomerId::new(self.shard(), self.meta.next_seq);
+        self.meta.next_seq += 1;
+        self.meta.customers += 1;
+        self.created.insert(id, CustomerState::new(id, now));
+        id
+    }
+
+    fn push(&mut self, id: CustomerId, now: i64, input: CustomerInput) {
+        let list = self.pending.entry(id).or_insert_with(|| {
+            self.order.push(id);
+            Vec::new()
+        });
+        list.push((now, input));
+    }
+
+    /// The survivor a tombstoned customer forwards to (following chains), or itself.
+    fn resolve_tomb(&self, mut id: CustomerId) -> io::Result<CustomerId> {
+        for _ in 0..16 {
+            let next = match self.tombs.get(&id) {
+                Some(s) => Some(*s),
+                None => match self.store().shard().get(keys::tomb(self.shard(), id)).map_err(io_err)? {
+                    Some(v) if v.len() == 8 => Some(CustomerId(u64::from_be_bytes(v[..8].try_into().expect("8 bytes")))),
+                    _ => None,
+                },
+            };
+            match next {
+                Some(s) => id = s,
+                None => return Ok(id),
+            }
+        }
+        Ok(id)
+    }
+
+    async fn ingest(&mut self, event: Event, now: i64) -> io::Result<EventOutcome> {
+        if self.is_duplicate(&event.message_id)? {
+            self.app.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+            return Ok(EventOutcome::Duplicate);
+        }
+        self.remember(&event.message_id, now);
+        let shard = self.shard();
+        let count = self.app.config.shard_count;
+        let mut lookup_err = None;
+        let plan = chorus_engine::plan_resolution(&event, shard, count, |id| match self.lookup(id) {
+            Ok(c) => c,
+            Err(e) => {
+                lookup_err = Some(e);
+                None
+            }
+        });
+        if let Some(e) = lookup_err {
+            return Err(e);
+        }
+        if let Some(owner) = plan.owner {
+            if self.app.registry.is_quarantined(owner) {
+                self.push(owner, now, CustomerInput::Event(event));
+                return Ok(EventOutcome::Parked { customer: owner });
+            }
+        }
+        let mut contested = plan.contested_local.clone();
+        let mut owner = match plan.owner {
+            Some(c) => self.resolve_tomb(c)?,
+            None => self.create_customer(now),
+        };
+        // "Last login wins": a new limit-1 key (say a second user_id) never joins a
+        // profile that already holds another value of that kind; it starts its own
+        // profile and takes the shared lower-priority keys over.
+        if plan.owner.is_some() && owner.home_shard() == shard {
+            let limits = &self.app.config.engine.identity_limits;
+            let fresh_limit_one: Vec<Identity> = plan.link_local.iter().filter(|i| limits.limit(&i.kind) == 1).cloned().collect();
+            if !fresh_limit_one.is_empty() {
+                let current = self.customer_state(owner).await?;
+                let clash = fresh_limit_one.iter().any(|f| current.identities.iter().any(|i| i.kind == f.kind && i.value != f.value));
+                if clash {
+                    let previous = owner;
+                    owner = self.create_customer(now);
+                    let mut s = self.created.remove(&owner).expect("just created");
+                    s.identities.extend(fresh_limit_one.iter().cloned());
+                    self.created.insert(owner, s);
+                    // Every key of the event that pointed at the previous owner is contested.
+                    for id in &event.identities {
+                        if !fresh_limit_one.contains(id) && self.lookup(id)?.is_some_and(|c| c == previous || self.resolve_tomb(c).ok() == Some(previous)) {
+                            contested.push((id.clone(), previous));
+                        }
+                    }
+                }
+            }
+        }
+        for (key, other) in contested {
+            let other = self.resolve_tomb(other)?;
+            owner = self.link_contested(owner, &key, other, now).await?;
+        }
+        for key in &plan.link_local {
+            self.set_index(key, owner);
+        }
+        for (key, target) in &plan.claim_remote {
+            self.send_cross(*target, CrossShardMessage::Claim { identity: key.clone(), customer: owner, replaces: Vec::new() });
+        }
+        if owner.home_shard() == shard {
+            self.push(owner, now, CustomerInput::Event(event));
+            self.app.stats.events_applied.fetch_add(1, Ordering::Relaxed);
+            Ok(EventOutcome::Applied { customer: owner })
+        } else {
+            let home = owner.home_shard();
+            self.send_cross(home, CrossShardMessage::Forward { customer: owner, event });
+            self.app.stats.forwarded.fetch_add(1, Ordering::Relaxed);
+            Ok(EventOutcome::Forwarded { customer: owner, shard: home })
+        }
+    }
+
+    async fn apply_cross_shard(&mut self, msg: CrossShardMessage, now: i64) -> io::Result<()> {
+        match msg {
+            CrossShardMessage::Forward { customer, event } => {
+                let target = self.resolve_tomb(customer)?;
+                if target.home_shard() == self.shard() {
+                    self.push(target, now, CustomerInput::Event(event));
+                } else {
+                    self.send_cross(target.home_shard(), CrossShardMessage::Forward { customer: target, event });
+                }
+            }
+            CrossShardMessage::Claim { identity, customer, replaces } => match self.lookup(&identity)? {
+                None => self.set_index(&identity, customer),
+                Some(c) if c == customer => {}
+                Some(c) if replaces.contains(&c) => self.set_index(&identity, customer),
+                Some(c) => {
+                    let other = self.resolve_tomb(c)?;
+                    let owner = self.resolve_tomb(customer)?;
+                    if other == owner {
+                        self.set_index(&identity, owner);
+                    } else {
+                        self.link_contested(owner, &identity, other, now).await?;
+                    }
+                }
+            },
+        }
+        Ok(())
+    }
+
+    /// `key` is seen with `owner` but indexed to `other`: merge or re-link (SPEC §4.2).
+    /// Returns the customer the event now belongs to.
+    async fn link_contested(&mut self, owner: CustomerId, key: &Identity, other: CustomerId, now: i64) -> io::Result<CustomerId> {
+        if owner == other {
+            return Ok(owner);
+        }
+        let shard = self.shard();
+        if owner.home_shard() != shard || other.home_shard() != shard {
+            // Cross-shard merges need both states in one place; see ARCHITECTURE.md.
+            self.app.stats.deferred_cross_shard_merges.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(shard, %owner, %other, key = %key, "cross-shard merge not yet supported; key stays with its current customer");
+            return Ok(owner);
+        }
+        let a = self.customer_state(owner).await?;
+        let b = self.customer_state(other).await?;
+        let cfg = &self.app.config.engine;
+        match chorus_engine::decide_link(&a, &b, key, cfg) {
+            LinkDecision::Relink { key, from, to, .. } => {
+                self.set_index(&key, to);
+                self.push(from, now, CustomerInput::Unlink { identity: key.clone(), to });
+                self.push(to, now, CustomerInput::Conflict { identity: key.clone(), other: from });
+                self.app.stats.conflicts.fetch_add(1, Ordering::Relaxed);
+                Ok(to)
+            }
+            LinkDecision::Merge { survivor, merged } => {
+                let (mut s, mut m) = if survivor == a.id { (a, b) } else { (b, a) };
+                let merged_ids = m.identities.clone();
+                let absorbed: Vec<CustomerId> = std::iter::once(m.id).chain(m.merged_from.iter().copied()).collect();
+                chorus_engine::merge_into(&mut s, &mut m, now, cfg);
+                for id in &merged_ids {
+                    let home = chorus_types::routing::shard_of(id, self.app.config.shard_count);
+                    if home == shard {
+                        self.set_index(id, survivor);
+                    } else {
+                        self.send_cross(home, CrossShardMessage::Claim { identity: id.clone(), customer: survivor, replaces: absorbed.clone() });
+                    }
+                }
+                self.set_index(key, survivor);
+                self.tombs.insert(merged, survivor);
+                self.batch.insert(self.app.store.shard(), keys::tomb(shard, merged), survivor.0.to_be_bytes().to_vec());
+                self.meta.tombstones += 1;
+                self.replace_state(s).await?;
+                self.replace_state(m).await?;
+                self.app.stats.merges.fetch_add(1, Ordering::Relaxed);
+                Ok(survivor)
+            }
+        }
+    }
+
+    /// Current state of a local customer including this round's pending inputs.
+    async fn customer_state(&mut self, id: CustomerId) -> io::Result<CustomerState> {
+        self.flush_one(id).await?;
+        if let Some(s) = self.created.get(&id) {
+            return Ok(s.clone());
+        }
+        let actor = self.actor_for(id).await?;
+        match actor.call(CustomerMsg::Get, None).await {
+            Ok(ractor::rpc::CallResult::Success(s)) => Ok(s),
+            _ => {
+                // The actor failed; fall back to the last state of this round or the store.
+                self.load_state(id)
+            }
+        }
+    }
+
+    async fn replace_state(&mut self, state: CustomerState) -> io::Result<()> {
+        let id = state.id;
+        self.created.remove(&id);
+        self.app.registry.deactivate(id);
+        self.states.insert(id, chorus_types::encoding::encode(&state));
+        Ok(())
+    }
+
+    fn load_state(&self, id: CustomerId) -> io::Result<CustomerState> {
+        if let Some(s) = self.created.get(&id) {
+            return Ok(s.clone());
+        }
+        if let Some(bytes) = self.states.get(&id) {
+            return chorus_types::encoding::decode(bytes).map_err(io_err);
+        }
+        state::read_customer(self.store(), self.shard(), id)
+            .map_err(io_err)?
+            .ok_or_else(|| io_err(format!("customer {id} has no state in shard {}", self.shard())))
+    }
+
+    async fn actor_for(&mut self, id: CustomerId) -> io::Result<ActorRef<CustomerMsg>> {
+        if let Some(a) = self.app.registry.get(id) {
+            return Ok(a);
+        }
+        let state = match self.created.remove(&id) {
+            Some(s) => s,
+            None => self.load_state(id)?,
+        };
+        self.app.registry.activate(state).await.map_err(io_err)
+    }
+
+    async fn flush_one(&mut self, id: CustomerId) -> io::Result<()> {
+        if let Some(inputs) = self.pending.remove(&id) {
+            self.order.retain(|c| *c != id);
+            self.run_inputs(vec![(id, inputs)]).await?;
+        }
+        Ok(())
+    }
+
+    async fn flush_all(&mut self) -> io::Result<()> {
+        let order = std::mem::take(&mut self.order);
+        let mut work = Vec::with_capacity(order.len());
+        for id in order {
+            if let Some(inputs) = self.pending.remove(&id) {
+                work.push((id, inputs));
+            }
+        }
+        self.run_inputs(work).await?;
+        // Customers created but never given an input (cannot normally happen) still persist.
+        for (id, s) in std::mem::take(&mut self.created) {
+            self.states.insert(id, chorus_types::encoding::encode(&s));
+        }
+        Ok(())
+    }
+
+    /// Send each customer's inputs to its actor concurrently and collect the states.
+    /// A customer whose actor fails is retried from its last good state; after
+    /// `quarantine_after` failures its inputs are parked and it is quarantined.
+    async fn run_inputs(&mut self, work: Vec<(CustomerId, Vec<(i64, CustomerInput)>)>) -> io::Result<()> {
+        let mut waiting = Vec::with_capacity(work.len());
+        for (id, inputs) in work {
+            if self.app.registry.is_quarantined(id) {
+                self.park(id, inputs);
+                continue;
+            }
+            let actor = self.actor_for(id).await?;
+            let (tx, rx) = ractor::concurrency::oneshot::<CustomerApplied>();
+            let msg = CustomerMsg::Apply { inputs: inputs.clone(), reply: tx.into() };
+            if actor.cast(msg).is_err() {
+                waiting.push((id, inputs, None));
+            } else {
+                waiting.push((id, inputs, Some(rx)));
+            }
+        }
+        for (id, inputs, rx) in waiting {
+            let ok = match rx {
+                Some(rx) => rx.await.ok(),
+                None => None,
+            };
+            match ok {
+                Some(applied) => {
+                    self.states.insert(id, applied.encoded);
+                }
+                None => self.retry_or_park(id, inputs).await?,
+            }
+        }
+        Ok(())
+    }
+
+    async fn retry_or_park(&mut self, id: CustomerId, inputs: Vec<(i64, CustomerInput)>) -> io::Result<()> {
+        let registry = self.app.registry.clone();
+        let mut failures = registry.record_failure(id);
+        while failures < self.app.config.quarantine_after {
+            registry.deactivate(id);
+            let actor = self.actor_for(id).await?;
+            match actor.call(|reply| CustomerMsg::Apply { inputs: inputs.clone(), reply }, None).await {
+                Ok(ractor::rpc::CallResult::Success(applied)) => {
+                    self.states.insert(id, applied.encoded);
+                    registry.clear_failures(id);
+                    return Ok(());
+                }
+                _ => failures = registry.record_failure(id),
+            }
+        }
+        tracing::error!(shard = self.shard(), customer = %id, failures, "customer quarantined after repeated failures; its inputs are parked");
+        registry.deactivate(id);
+        registry.quarantine(id);
+        self.meta.quarantined += 1;
+        // Record the decision on the stored profile so `explain` shows it.
+        if let Ok(mut s) = self.load_state(id) {
+            s.decide(&self.app.config.engine, self.now_ms, DecisionKind::Quarantined, "repeated failures", format!("{failures} failed attempts; inputs parked"));
+            self.states.insert(id, chorus_types::encoding::encode(&s));
+        }
+        self.park(id, inputs);
+        Ok(())
+    }
+
+    fn park(&mut self, id: CustomerId, inputs: Vec<(i64, CustomerInput)>) {
+        let shard = self.shard();
+        for input in inputs {
+            let seq = self.meta.parked_seq;
+            self.meta.parked_seq += 1;
+            self.batch.insert(self.app.store.shard(), keys::parked(shard, id, seq), chorus_types::encoding::encode(&input));
+            self.app.stats.parked.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn expire_dedup(&mut self) -> io::Result<()> {
+        let shard = self.shard();
+        let cutoff = self.now_ms - self.app.config.dedup_window_ms;
+        if cutoff <= 0 {
+            return Ok(());
+        }
+        let lo = keys::dedup_expiry_prefix(shard);
+        let hi = keys::dedup_expiry(shard, cutoff, "");
+        let mut n = 0;
+        for kv in self.app.store.shard().range(lo..hi) {
+            if n >= self.app.config.dedup_expire_batch_max {
+                break;
+            }
+            let key = kv.key().map_err(io_err)?;
+            let message_id = &key[5 + 8..];
+            let mid = String::from_utf8_lossy(message_id).into_owned();
+            if !self.dedup.contains(&mid) {
+                self.batch.remove(self.app.store.shard(), keys::dedup(shard, &mid));
+            }
+            self.batch.remove(self.app.store.shard(), key);
+            n += 1;
+        }
+        Ok(())
+    }
+
+    fn finish(mut self, raft_meta: Vec<u8>) -> io::Result<ShardMeta> {
+        let shard = self.shard();
+        let ks = self.app.store.shard().clone();
+        for (id, bytes) in self.states.drain() {
+            self.batch.insert(&ks, keys::customer(shard, id), bytes);
+        }
+        for (source, seq) in self.xin.drain() {
+            self.batch.insert(&ks, keys::xin(shard, source), seq.to_be_bytes().to_vec());
+        }
+        let xcount = self.xout.len() as u64;
+        for (target, msg) in self.xout.drain(..) {
+            let seq = self.meta.next_xseq + 1;
+            self.meta.next_xseq = seq;
+            self.batch.insert(&ks, keys::xout(shard, target, seq), chorus_types::encoding::encode(&msg));
+        }
+        self.app.stats.pending_cross_shard.fetch_add(xcount, Ordering::Relaxed);
+        self.batch.insert(&ks, keys::shard_meta(shard), chorus_types::encoding::encode(&self.meta));
+        self.batch.insert(&ks, keys::raft_meta(shard), raft_meta);
+        self.batch.commit().map_err(io_err)?;
+        self.app.stats.customers.store(self.meta.customers - self.meta.tombstones, Ordering::Relaxed);
+        Ok(self.meta)
+    }
+}

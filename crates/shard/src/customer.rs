@@ -1,0 +1,126 @@
+//! The customer actor: holds one active customer's state in memory and applies that
+//! customer's inputs, one at a time and in log order, through the pure decision core.
+//! It never touches the store for writes: it returns the encoded state and the shard
+//! persists it atomically with the rest of the apply round.
+
+use crate::ShardConfig;
+use chorus_engine::{CustomerState, DecisionKind};
+use chorus_types::{CustomerId, Event, Identity};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use std::sync::Arc;
+
+/// One input for a customer, produced by the shard's apply path.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub enum CustomerInput {
+    Event(Event),
+    /// Link an identity (its index record points here).
+    Link(Identity),
+    /// Remove an identity re-linked to another customer ("last login wins").
+    Unlink { identity: Identity, to: CustomerId },
+    /// Record an identity conflict decision.
+    Conflict { identity: Identity, other: CustomerId },
+}
+
+/// What the actor hands back after applying inputs.
+#[derive(Debug)]
+pub struct Applied {
+    pub id: CustomerId,
+    pub encoded: Vec<u8>,
+}
+
+pub enum CustomerMsg {
+    Apply { inputs: Vec<(i64, CustomerInput)>, reply: RpcReplyPort<Applied> },
+    /// A copy of the current state.
+    Get(RpcReplyPort<CustomerState>),
+    /// Replace the state (after a merge computed by the shard); replies with the encoding.
+    Replace(Box<CustomerState>, RpcReplyPort<Applied>),
+}
+
+pub struct CustomerActor;
+
+pub struct CustomerArgs {
+    pub config: Arc<ShardConfig>,
+    pub state: CustomerState,
+}
+
+pub struct Live {
+    config: Arc<ShardConfig>,
+    state: CustomerState,
+}
+
+impl Actor for CustomerActor {
+    type Msg = CustomerMsg;
+    type State = Live;
+    type Arguments = CustomerArgs;
+
+    async fn pre_start(&self, _me: ActorRef<Self::Msg>, args: CustomerArgs) -> Result<Live, ActorProcessingErr> {
+        Ok(Live { config: args.config, state: args.state })
+    }
+
+    async fn handle(&self, _me: ActorRef<Self::Msg>, msg: CustomerMsg, live: &mut Live) -> Result<(), ActorProcessingErr> {
+        match msg {
+            CustomerMsg::Apply { inputs, reply } => {
+                for (now_ms, input) in &inputs {
+                    apply_input(&mut live.state, input, *now_ms, &live.config);
+                }
+                let _ = reply.send(Applied { id: live.state.id, encoded: chorus_types::encoding::encode(&live.state) });
+            }
+            CustomerMsg::Get(reply) => {
+                let _ = reply.send(live.state.clone());
+            }
+            CustomerMsg::Replace(state, reply) => {
+                live.state = *state;
+                let _ = reply.send(Applied { id: live.state.id, encoded: chorus_types::encoding::encode(&live.state) });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Apply one input with the decision core. Pure given (state, input, now, config).
+pub fn apply_input(state: &mut CustomerState, input: &CustomerInput, now_ms: i64, config: &ShardConfig) {
+    let cfg = &config.engine;
+    match input {
+        CustomerInput::Event(e) => {
+            if config.fault_panic_event.as_deref() == Some(e.name.as_str()) {
+                panic!("fault injection: customer {} panics on event {:?}", state.id, e.name);
+            }
+            // Every identity seen with the customer is theirs (index records were
+            // settled by the shard before this input was produced).
+            for id in &e.identities {
+                if !state.has_identity(id) && state.link_identity(cfg, now_ms, id) && state.event_count > 0 {
+                    state.decide(cfg, now_ms, DecisionKind::IdentityLinked, "seen together in an event", id.to_string());
+                }
+            }
+            if state.event_count == 0 && state.decisions.is_empty() {
+                state.decide(cfg, now_ms, DecisionKind::Created, "first seen", format!("event {:?} ({})", e.name, e.message_id));
+            }
+            chorus_engine::apply_event(state, e, now_ms, cfg);
+        }
+        CustomerInput::Link(id) => {
+            if state.link_identity(cfg, now_ms, id) {
+                state.decide(cfg, now_ms, DecisionKind::IdentityLinked, "seen together in an event", id.to_string());
+            }
+        }
+        CustomerInput::Unlink { identity, to } => {
+            if state.unlink_identity(identity) {
+                state.decide(
+                    cfg,
+                    now_ms,
+                    DecisionKind::IdentityConflict,
+                    "last login wins",
+                    format!("{identity} re-linked to {to}: merging would exceed a limit of 1"),
+                );
+            }
+        }
+        CustomerInput::Conflict { identity, other } => {
+            state.decide(
+                cfg,
+                now_ms,
+                DecisionKind::IdentityConflict,
+                "last login wins",
+                format!("{identity} taken over from {other}: merging would exceed a limit of 1"),
+            );
+        }
+    }
+}

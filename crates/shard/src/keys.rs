@@ -1,0 +1,82 @@
+//! Key layout of a shard's state in the `shard` keyspace:
+//! `shard (u32 BE) ++ kind ++ rest`. Kinds are part of the on-disk format.
+
+use chorus_store::keys::shard_key;
+use chorus_types::{CustomerId, Identity, ShardId};
+
+/// openraft metadata (applied log id, membership), written with every apply.
+pub const RAFT_META: u8 = b'm';
+/// Shard counters ([`crate::state::ShardMeta`]).
+pub const SHARD_META: u8 = b's';
+/// Customer state by id.
+pub const CUSTOMER: u8 = b'c';
+/// Identity index: identity key bytes → customer id.
+pub const INDEX: u8 = b'i';
+/// Dedup record: message id → first-seen time.
+pub const DEDUP: u8 = b'd';
+/// Dedup expiry queue: first-seen time ++ message id.
+pub const DEDUP_EXPIRY: u8 = b'e';
+/// Outgoing cross-shard messages: target shard ++ seq.
+pub const XOUT: u8 = b'x';
+/// Highest applied seq per source shard.
+pub const XIN: u8 = b'y';
+/// Tombstones: merged customer id → survivor id.
+pub const TOMB: u8 = b'k';
+/// Inputs parked for quarantined customers: customer ++ seq.
+pub const PARKED: u8 = b'q';
+
+pub fn raft_meta(shard: ShardId) -> Vec<u8> {
+    shard_key(shard, RAFT_META, b"")
+}
+pub fn shard_meta(shard: ShardId) -> Vec<u8> {
+    shard_key(shard, SHARD_META, b"")
+}
+pub fn customer(shard: ShardId, id: CustomerId) -> Vec<u8> {
+    shard_key(shard, CUSTOMER, &id.0.to_be_bytes())
+}
+pub fn customer_prefix(shard: ShardId) -> Vec<u8> {
+    shard_key(shard, CUSTOMER, b"")
+}
+pub fn index(shard: ShardId, id: &Identity) -> Vec<u8> {
+    shard_key(shard, INDEX, &id.key_bytes())
+}
+pub fn dedup(shard: ShardId, message_id: &str) -> Vec<u8> {
+    shard_key(shard, DEDUP, message_id.as_bytes())
+}
+pub fn dedup_expiry(shard: ShardId, seen_ms: i64, message_id: &str) -> Vec<u8> {
+    let mut rest = Vec::with_capacity(8 + message_id.len());
+    rest.extend_from_slice(&(seen_ms.max(0) as u64).to_be_bytes());
+    rest.extend_from_slice(message_id.as_bytes());
+    shard_key(shard, DEDUP_EXPIRY, &rest)
+}
+pub fn dedup_expiry_prefix(shard: ShardId) -> Vec<u8> {
+    shard_key(shard, DEDUP_EXPIRY, b"")
+}
+pub fn xout(shard: ShardId, target: ShardId, seq: u64) -> Vec<u8> {
+    let mut rest = [0u8; 12];
+    rest[..4].copy_from_slice(&target.to_be_bytes());
+    rest[4..].copy_from_slice(&seq.to_be_bytes());
+    shard_key(shard, XOUT, &rest)
+}
+pub fn xout_prefix(shard: ShardId) -> Vec<u8> {
+    shard_key(shard, XOUT, b"")
+}
+pub fn xin(shard: ShardId, source: ShardId) -> Vec<u8> {
+    shard_key(shard, XIN, &source.to_be_bytes())
+}
+pub fn parked(shard: ShardId, id: CustomerId, seq: u64) -> Vec<u8> {
+    let mut rest = [0u8; 16];
+    rest[..8].copy_from_slice(&id.0.to_be_bytes());
+    rest[8..].copy_from_slice(&seq.to_be_bytes());
+    shard_key(shard, PARKED, &rest)
+}
+/// Everything of one shard.
+pub fn shard_prefix(shard: ShardId) -> Vec<u8> {
+    shard.to_be_bytes().to_vec()
+}
+pub fn tomb(shard: ShardId, id: CustomerId) -> Vec<u8> {
+    shard_key(shard, TOMB, &id.0.to_be_bytes())
+}
+pub fn parked_prefix(shard: ShardId) -> Vec<u8> {
+    shard_key(shard, PARKED, b"")
+}

@@ -1,0 +1,331 @@
+//! All shards hosted by one node: opening them (one raft group each), routing ingest
+//! by strongest identity, reads, background loops (cross-shard delivery, passivation)
+//! and orderly shutdown. The API layer talks to this type only.
+
+use crate::apply::ShardApp;
+use crate::proposer::Proposer;
+use crate::{Clock, ShardConfig, ShardError, state};
+use chorus_engine::CustomerState;
+use chorus_raft::{Group, GroupTuning};
+use chorus_store::Store;
+use chorus_types::{CrossShardMessage, CustomerId, Event, EventOutcome, Identity, NodeId, ShardCommand, ShardId, ShardOp};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::sync::watch;
+
+struct Hosted {
+    id: ShardId,
+    app: Arc<ShardApp>,
+    group: Group,
+    proposer: Proposer,
+}
+
+/// Status of one shard for operators.
+#[derive(Clone, Debug, Default)]
+pub struct ShardStatusInfo {
+    pub shard: ShardId,
+    pub leader: Option<NodeId>,
+    pub voters: Vec<NodeId>,
+    pub learners: Vec<NodeId>,
+    pub term: u64,
+    pub last_log_index: u64,
+    pub applied_index: u64,
+    pub live_actors: u64,
+    pub customers: u64,
+    pub pending_cross_shard: u64,
+    pub quarantined: u64,
+    pub queued_events: u64,
+}
+
+struct Inner {
+    node: NodeId,
+    store: Store,
+    clock: Arc<Clock>,
+    config: Arc<ShardConfig>,
+    shards: Vec<Hosted>,
+    shutdown: watch::Sender<bool>,
+    tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+/// The node's shards. Cheap to clone.
+#[derive(Clone)]
+pub struct Shards {
+    inner: Arc<Inner>,
+}
+
+const SHARD_COUNT_KEY: &[u8] = b"shard_count";
+
+impl Shards {
+    /// Open every shard in `store` as a single-voter group led by `node`.
+    pub async fn open(node: NodeId, addr: &str, store: Store, clock: Arc<Clock>, config: ShardConfig, tuning: GroupTuning) -> Result<Shards, ShardError> {
+        config.validate().map_err(ShardError::Corrupt)?;
+        // S is fixed when the data directory is created.
+        match store.node_meta().get(SHARD_COUNT_KEY).map_err(|e| ShardError::Store(e.to_string()))? {
+            Some(v) if v.len() == 4 => {
+                let existing = u32::from_be_bytes(v[..4].try_into().expect("4 bytes"));
+                if existing != config.shard_count {
+                    return Err(ShardError::Corrupt(format!(
+                        "the data directory {} was created with {existing} shards but {} were configured; the shard count is fixed at creation (use {existing}, or a new data directory)",
+                        store.path().display(),
+                        config.shard_count
+                    )));
+                }
+            }
+            _ => {
+                store
+                    .node_meta()
+                    .insert(SHARD_COUNT_KEY, config.shard_count.to_be_bytes().to_vec())
+                    .map_err(|e| ShardError::Store(e.to_string()))?;
+                store.sync().map_err(|e| ShardError::Store(e.to_string()))?;
+            }
+        }
+        let config = Arc::new(config);
+        let mut shards = Vec::with_capacity(config.shard_count as usize);
+        let mut tasks = Vec::new();
+        for id in 0..config.shard_count {
+            let app = ShardApp::open(id, store.clone(), config.clone()).await.map_err(ShardError::Store)?;
+            let group = Group::start(id, node, store.clone(), app.clone(), &tuning).await?;
+            group.initialize_single(addr).await?;
+            let (proposer, task) = Proposer::spawn(group.clone(), clock.clone(), config.clone());
+            tasks.push(task);
+            shards.push(Hosted { id, app, group, proposer });
+        }
+        for h in &shards {
+            h.group.wait_leader(Duration::from_secs(30)).await?;
+        }
+        let (shutdown, _) = watch::channel(false);
+        let me = Shards { inner: Arc::new(Inner { node, store, clock, config, shards, shutdown, tasks: std::sync::Mutex::new(tasks) }) };
+        me.spawn_background();
+        tracing::info!(node, shards = me.inner.config.shard_count, "shards open and led by this node");
+        Ok(me)
+    }
+
+    fn spawn_background(&self) {
+        let mut tasks = Vec::new();
+        for i in 0..self.inner.shards.len() {
+            let me = self.clone();
+            let rx = self.inner.shutdown.subscribe();
+            tasks.push(tokio::spawn(async move { me.cross_shard_pump(i, rx).await }));
+        }
+        let me = self.clone();
+        let mut rx = self.inner.shutdown.subscribe();
+        tasks.push(tokio::spawn(async move {
+            let period = Duration::from_millis((me.inner.config.actor_idle_ms / 4).clamp(50, 5_000));
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(period) => {}
+                    _ = rx.changed() => return,
+                }
+                for h in &me.inner.shards {
+                    h.app.passivate().await;
+                }
+            }
+        }));
+        self.inner.tasks.lock().expect("tasks lock").extend(tasks);
+    }
+
+    /// Deliver shard `i`'s outgoing cross-shard messages to their target shards, then
+    /// tell the source they were delivered. Redelivery after a crash is harmless: the
+    /// target applies each (source, seq) once.
+    async fn cross_shard_pump(&self, i: usize, mut shutdown: watch::Receiver<bool>) {
+        let h = &self.inner.shards[i];
+        loop {
+            let pending = h.app.stats.pending_cross_shard.load(Ordering::Relaxed);
+            if pending == 0 {
+                tokio::select! {
+                    _ = h.app.outbox_notify.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    _ = shutdown.changed() => return,
+                }
+            }
+            if *shutdown.borrow() {
+                return;
+            }
+            if !h.group.is_leader() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            match self.deliver_once(h).await {
+                Ok(0) => {
+                    // Nothing deliverable right now; avoid spinning on a stale counter.
+                    h.app.stats.pending_cross_shard.store(0, Ordering::Relaxed);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(shard = h.id, error = %e, "cross-shard delivery failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+
+    async fn deliver_once(&self, h: &Hosted) -> Result<usize, ShardError> {
+        let prefix = crate::keys::xout_prefix(h.id);
+        let mut by_target: Vec<(ShardId, Vec<(u64, CrossShardMessage)>)> = Vec::new();
+        let mut total = 0;
+        for kv in self.inner.store.shard().prefix(&prefix) {
+            if total >= self.inner.config.cross_shard_batch_max {
+                break;
+            }
+            let (k, v) = kv.into_inner().map_err(|e| ShardError::Store(e.to_string()))?;
+            let rest = &k[prefix.len()..];
+            let target = u32::from_be_bytes(rest[..4].try_into().expect("4 bytes"));
+            let seq = u64::from_be_bytes(rest[4..12].try_into().expect("8 bytes"));
+            let msg: CrossShardMessage = chorus_types::encoding::decode(&v).map_err(|e| ShardError::Corrupt(e.to_string()))?;
+            match by_target.last_mut() {
+                Some((t, list)) if *t == target => list.push((seq, msg)),
+                _ => by_target.push((target, vec![(seq, msg)])),
+            }
+            total += 1;
+        }
+        for (target, messages) in by_target {
+            let upto = messages.last().map(|(s, _)| *s).unwrap_or(0);
+            let t = self.hosted(target)?;
+            t.group.propose(ShardCommand { now_ms: self.inner.clock.now_ms(), op: ShardOp::CrossShard { source_shard: h.id, messages } }).await?;
+            h.group
+                .propose(ShardCommand { now_ms: self.inner.clock.now_ms(), op: ShardOp::CrossShardDelivered { target_shard: target, upto_seq: upto } })
+                .await?;
+        }
+        Ok(total)
+    }
+
+    fn hosted(&self, shard: ShardId) -> Result<&Hosted, ShardError> {
+        self.inner.shards.get(shard as usize).ok_or(ShardError::Unavailable { shard })
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.inner.node
+    }
+    pub fn shard_count(&self) -> u32 {
+        self.inner.config.shard_count
+    }
+    pub fn clock(&self) -> &Arc<Clock> {
+        &self.inner.clock
+    }
+    pub fn config(&self) -> &ShardConfig {
+        &self.inner.config
+    }
+
+    /// Ingest validated events: each is routed to the shard of its strongest identity;
+    /// shards are proposed to concurrently. One result per event, in order.
+    pub async fn ingest(&self, events: Vec<Event>) -> Vec<Result<EventOutcome, ShardError>> {
+        let n = events.len();
+        let count = self.inner.config.shard_count;
+        let mut per_shard: Vec<(Vec<usize>, Vec<Event>)> = (0..count).map(|_| (Vec::new(), Vec::new())).collect();
+        for (i, e) in events.into_iter().enumerate() {
+            let s = chorus_types::routing::shard_of(e.strongest_identity(), count) as usize;
+            per_shard[s].0.push(i);
+            per_shard[s].1.push(e);
+        }
+        let mut futs = Vec::new();
+        for (s, (idx, evs)) in per_shard.into_iter().enumerate() {
+            if evs.is_empty() {
+                continue;
+            }
+            let proposer = self.inner.shards[s].proposer.clone();
+            futs.push(async move { (idx, proposer.submit(evs).await) });
+        }
+        let mut out: Vec<Option<Result<EventOutcome, ShardError>>> = (0..n).map(|_| None).collect();
+        for (idx, result) in futures::future::join_all(futs).await {
+            match result {
+                Ok(outcomes) => {
+                    for (i, o) in idx.into_iter().zip(outcomes) {
+                        out[i] = Some(Ok(o));
+                    }
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    let retry = e.is_retryable();
+                    for i in idx {
+                        out[i] = Some(Err(if retry { clone_retryable(&e) } else { ShardError::Store(msg.clone()) }));
+                    }
+                }
+            }
+        }
+        out.into_iter().map(|o| o.unwrap_or(Err(ShardError::ShuttingDown))).collect()
+    }
+
+    /// The customer an identity points to, if any (following merges).
+    pub async fn find(&self, identity: &Identity) -> Result<Option<CustomerId>, ShardError> {
+        let shard = chorus_types::routing::shard_of(identity, self.inner.config.shard_count);
+        let found = state::read_index(&self.inner.store, shard, identity).map_err(ShardError::Store)?;
+        Ok(found)
+    }
+
+    /// A customer's state by id (a tombstone if it was merged away).
+    pub async fn customer(&self, id: CustomerId) -> Result<Option<CustomerState>, ShardError> {
+        let h = self.hosted(id.home_shard())?;
+        h.app.read_customer(id).await.map_err(ShardError::Store)
+    }
+
+    /// Follow `merged_into` links to the surviving profile.
+    pub async fn customer_following_merges(&self, id: CustomerId) -> Result<Option<(CustomerState, Option<CustomerId>)>, ShardError> {
+        let mut current = id;
+        let mut first_tomb = None;
+        for _ in 0..16 {
+            match self.customer(current).await? {
+                None => return Ok(None),
+                Some(s) => match s.merged_into {
+                    Some(next) => {
+                        first_tomb.get_or_insert(current);
+                        current = next;
+                    }
+                    None => return Ok(Some((s, first_tomb.map(|_| id)))),
+                },
+            }
+        }
+        Ok(None)
+    }
+
+    pub fn status(&self) -> Vec<ShardStatusInfo> {
+        self.inner
+            .shards
+            .iter()
+            .map(|h| {
+                let g = h.group.status();
+                ShardStatusInfo {
+                    shard: h.id,
+                    leader: g.leader,
+                    voters: g.voters,
+                    learners: g.learners,
+                    term: g.term,
+                    last_log_index: g.last_log_index,
+                    applied_index: g.applied_index.max(h.app.stats.applied_index.load(Ordering::Relaxed)),
+                    live_actors: h.app.registry.live_count() as u64,
+                    customers: h.app.stats.customers.load(Ordering::Relaxed),
+                    pending_cross_shard: h.app.stats.pending_cross_shard.load(Ordering::Relaxed),
+                    quarantined: h.app.registry.quarantined().len() as u64,
+                    queued_events: h.proposer.queued() as u64,
+                }
+            })
+            .collect()
+    }
+
+    /// Stop taking work, finish in-flight proposals, stop raft and actors, fsync.
+    pub async fn shutdown(&self) {
+        let _ = self.inner.shutdown.send(true);
+        let tasks: Vec<_> = std::mem::take(&mut *self.inner.tasks.lock().expect("tasks lock"));
+        for h in &self.inner.shards {
+            if let Err(e) = h.group.shutdown().await {
+                tracing::warn!(shard = h.id, error = %e, "raft shutdown");
+            }
+            h.app.registry.stop_all();
+        }
+        for t in tasks {
+            t.abort();
+        }
+        if let Err(e) = self.inner.store.sync() {
+            tracing::error!(error = %e, "final fsync failed");
+        }
+    }
+}
+
+fn clone_retryable(e: &ShardError) -> ShardError {
+    match e {
+        ShardError::Overloaded { shard, queued, limit } => ShardError::Overloaded { shard: *shard, queued: *queued, limit: *limit },
+        ShardError::Unavailable { shard } => ShardError::Unavailable { shard: *shard },
+        ShardError::Raft(chorus_raft::RaftError::NotLeader { group, .. }) => ShardError::Unavailable { shard: *group },
+        _ => ShardError::ShuttingDown,
+    }
+}

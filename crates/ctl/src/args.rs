@@ -1,0 +1,575 @@
+//! The command-line grammar of `chorusctl` (clap derive): every command and flag with
+//! its help text, and the value parsers for identities, customer references, JSON
+//! objects, durations and times. Parsing only: no I/O, no gRPC.
+
+use crate::output::Format;
+use crate::timefmt;
+use clap::{ArgGroup, Args, Parser, Subcommand};
+use serde_json::{Map, Value};
+use std::time::Duration;
+
+pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:7700";
+/// Most events per Ingest.Send request.
+pub const BATCH_SIZE_MAX: u64 = 10_000;
+/// Most attempts to resend events the node asked us to retry.
+pub const RETRIES_MAX: u64 = 20;
+/// Most recent events a profile read may ask for.
+pub const PROFILE_EVENTS_MAX: u64 = 1_000;
+/// Most decisions an explain may ask for.
+pub const EXPLAIN_LIMIT_MAX: u64 = 10_000;
+/// Most past messages a tail may ask for.
+pub const TAIL_LAST_MAX: u64 = 100_000;
+
+pub const EVENT_TYPES: [&str; 6] = ["track", "identify", "alias", "page", "screen", "group"];
+
+const ABOUT: &str = "Operate and inspect a Chorus cluster";
+const LONG_ABOUT: &str = "\
+chorusctl talks to any Chorus node over gRPC: it sends events, reads customer profiles \
+and their decision logs, shows cluster and shard health, tails the messages captured by \
+the capture connector and drives the manual clock.
+
+Every read prints a table by default and JSON with `-o json`. Exit codes: 0 success; \
+1 the request failed, was refused or an event was rejected; 2 the command line or an \
+input file is wrong (nothing was sent).";
+
+const EXAMPLES: &str = "\
+Examples:
+  chorusctl cluster status
+  chorusctl event send --name 'Product Viewed' --user-id 42 --properties '{\"sku\":\"A1\"}'
+  chorusctl event send --file events.ndjson
+  chorusctl profile get email:ada@example.com
+  chorusctl profile explain user_id:42 --journey welcome
+  chorusctl messages tail --follow
+  chorusctl clock advance 24h
+  CHORUS_ENDPOINT=http://10.0.0.5:7700 chorusctl shard list -o json";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "chorusctl",
+    version,
+    about = ABOUT,
+    long_about = LONG_ABOUT,
+    after_help = EXAMPLES,
+    propagate_version = true,
+    arg_required_else_help = true
+)]
+pub struct Cli {
+    /// gRPC address of any Chorus node
+    #[arg(long, global = true, help_heading = "Global options", env = "CHORUS_ENDPOINT", default_value = DEFAULT_ENDPOINT, value_name = "URL")]
+    pub endpoint: String,
+
+    /// Output format: `table` for people, `json` for scripts (stable field names)
+    #[arg(short = 'o', long, global = true, help_heading = "Global options", value_enum, default_value_t = Format::Table, value_name = "FORMAT")]
+    pub output: Format,
+
+    /// How long to wait to connect and for each request (e.g. 30s, 2m)
+    #[arg(long, global = true, help_heading = "Global options", default_value = "30s", value_parser = duration_arg, value_name = "DURATION")]
+    pub timeout: Duration,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Cluster health: nodes, leaderless and under-replicated shards, the clock
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+    /// Shards: leaders, raft terms and progress, customers, timers, intents
+    Shard {
+        #[command(subcommand)]
+        command: ShardCommand,
+    },
+    /// Send events (track, identify, page, ...) from flags or a JSON/NDJSON file
+    Event {
+        #[command(subcommand)]
+        command: EventCommand,
+    },
+    /// Read customer profiles and explain the decisions taken for them
+    Profile {
+        #[command(subcommand)]
+        command: ProfileCommand,
+    },
+    /// Messages captured by the capture connector (what Chorus would have sent)
+    Messages {
+        #[command(subcommand)]
+        command: MessagesCommand,
+    },
+    /// Show or move the cluster clock (the node must run with `--clock manual` to move it)
+    Clock {
+        #[command(subcommand)]
+        command: ClockCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ClusterCommand {
+    /// Show cluster id, nodes and their health, shard health and the clock
+    #[command(
+        after_help = "JSON: {cluster_id, shard_count, nodes: [{node_id, grpc_addr, http_addr, version, healthy, \
+shards_led, shards_followed}], leaderless_shards, under_replicated_shards, clock_mode, now_ms, now}"
+    )]
+    Status,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ShardCommand {
+    /// List every shard with its leader, raft term and applied index, and its load
+    #[command(
+        after_help = "Columns: SHARD LEADER TERM APPLIED ACTORS (live customer actors) CUSTOMERS TIMERS (pending) \
+INTENTS (pending sends) QUARANTINED.\n\nJSON: {shards: [{shard, leader, voters, learners, term, last_log_index, \
+applied_index, live_actors, customers, pending_timers, pending_intents, quarantined}]}"
+    )]
+    List,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum EventCommand {
+    /// Send one event described by flags, or many from a file, and print each result
+    #[command(
+        long_about = "Send events through Ingest.Send in batches and print one result per event: accepted \
+(with the customer id), duplicate (same message id seen before), or rejected (with the field and the reason). \
+Ends with a summary line such as \"3 accepted, 1 duplicate, 1 rejected\". Exit code 1 if any event was rejected \
+or could not be delivered.\n\n\
+Events the node asks to retry (overload) are resent with backoff; message ids make resending safe.\n\n\
+File format (--file): one JSON object, a JSON array of objects, or NDJSON (one object per line), each shaped like \
+a Segment call:\n  \
+{\"messageId\": \"m-1\", \"type\": \"track\", \"event\": \"Product Viewed\", \"userId\": \"42\", \"anonymousId\": \"a-1\",\n   \
+\"email\": \"ada@example.com\", \"phone\": \"+14155550100\", \"identities\": [{\"kind\": \"device_id\", \"value\": \"d-9\"}],\n   \
+\"properties\": {...}, \"traits\": {...}, \"context\": {...}, \"timestamp\": \"2026-11-27T10:00:00Z\"}\n\
+snake_case names (message_id, user_id, anonymous_id, device_id) and \"name\" for \"event\" are accepted too; a numeric \
+timestamp is Unix milliseconds. Segment envelope fields (sentAt, receivedAt, integrations, ...) are ignored; other \
+unknown fields are reported as warnings. Events without a message id get a generated one, so sending such a file \
+twice applies its events twice.",
+        after_help = "Examples:\n  \
+chorusctl event send --name 'Product Viewed' --user-id 42 --properties '{\"sku\":\"A1\",\"price\":19.5}'\n  \
+chorusctl event send --type identify --anonymous-id a-1 --email ada@example.com --traits '{\"first_name\":\"Ada\"}'\n  \
+chorusctl event send --file events.ndjson --batch-size 1000 -q\n  \
+cat events.json | chorusctl event send --file - -o json\n\n\
+JSON: {results: [{index, line, message_id, status, customer_id, field, error}], summary: {total, accepted, duplicate, \
+rejected, retry, unanswered}}. status is accepted, duplicate, rejected, retry (still refused after --retries \
+attempts) or unanswered."
+    )]
+    Send(Box<SendArgs>),
+}
+
+#[derive(Args, Debug)]
+#[command(group(ArgGroup::new("single").multiple(true)))]
+pub struct SendArgs {
+    /// Read events from this file (`-` for stdin): a JSON object, a JSON array or NDJSON
+    #[arg(long, short = 'f', value_name = "PATH", conflicts_with = "single")]
+    pub file: Option<String>,
+
+    /// Event type [default: track]
+    #[arg(long = "type", value_name = "TYPE", value_parser = EVENT_TYPES, group = "single")]
+    pub event_type: Option<String>,
+
+    /// Event name (required for track; the page or screen name for page/screen)
+    #[arg(long, visible_alias = "event", value_name = "NAME", group = "single")]
+    pub name: Option<String>,
+
+    /// The customer's user id (strongest identity)
+    #[arg(long, value_name = "ID", group = "single")]
+    pub user_id: Option<String>,
+
+    /// An anonymous (device or browser) id
+    #[arg(long, value_name = "ID", group = "single")]
+    pub anonymous_id: Option<String>,
+
+    /// An email address
+    #[arg(long, value_name = "EMAIL", group = "single")]
+    pub email: Option<String>,
+
+    /// A phone number (E.164 preferred, e.g. +14155550100)
+    #[arg(long, value_name = "PHONE", group = "single")]
+    pub phone: Option<String>,
+
+    /// Any identity as kind=value (repeatable), e.g. device_id=d-9 or push_token=abc
+    #[arg(long, value_name = "KIND=VALUE", value_parser = identity_arg, group = "single")]
+    pub identity: Vec<IdentityArg>,
+
+    /// Event properties as a JSON object
+    #[arg(long, value_name = "JSON", value_parser = json_object_arg, group = "single")]
+    pub properties: Option<Map<String, Value>>,
+
+    /// Customer traits (profile attributes) as a JSON object
+    #[arg(long, value_name = "JSON", value_parser = json_object_arg, group = "single")]
+    pub traits: Option<Map<String, Value>>,
+
+    /// Event context (locale, ip, device, ...) as a JSON object
+    #[arg(long, value_name = "JSON", value_parser = json_object_arg, group = "single")]
+    pub context: Option<Map<String, Value>>,
+
+    /// Idempotency key [default: a generated unique id]
+    #[arg(long, value_name = "ID", group = "single")]
+    pub message_id: Option<String>,
+
+    /// When the event happened: RFC 3339 (2026-11-27T10:00:00Z) or Unix milliseconds
+    #[arg(long, value_name = "TIME", value_parser = time_arg, group = "single")]
+    pub timestamp: Option<i64>,
+
+    /// Events per request
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=BATCH_SIZE_MAX), value_name = "N")]
+    pub batch_size: u64,
+
+    /// How many times to resend events the node asked to retry (overload, restart)
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=RETRIES_MAX), value_name = "N")]
+    pub retries: u64,
+
+    /// Print only events that were not accepted (in tables and JSON), and the summary
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+
+    /// Parse and print the events as NDJSON (with their message ids) without sending
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ProfileCommand {
+    /// Show one customer: identities, attributes, consent, merges and recent events
+    #[command(after_help = "ID_OR_IDENTITY is a customer id (cu_ followed by 16 hex digits) or kind:value, e.g. \
+email:ada@example.com, user_id:42, phone:+14155550100, anonymous_id:a-1.\n\n\
+JSON: {customer_id, shard, identities: [{kind, value}], attributes: {...}, consent: {...}, created_ms, created, \
+updated_ms, updated, event_count, merged_from: [...], merged_into (null unless merged away), \
+recent_events: [{message_id, type, name, timestamp_ms, timestamp, received_ms, received, properties: {...}}]}")]
+    Get {
+        /// Customer id (cu_…) or identity as kind:value
+        #[arg(value_name = "ID_OR_IDENTITY", value_parser = profile_target_arg)]
+        target: ProfileTarget,
+        /// How many recent events to show (0 = none)
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(0..=PROFILE_EVENTS_MAX as i64), value_name = "N")]
+        events: u32,
+    },
+    /// Find a customer by one identity (same output as `profile get`)
+    #[command(after_help = "Examples:\n  chorusctl profile find --email ada@example.com\n  \
+chorusctl profile find --identity device_id=d-9 -o json")]
+    Find(FindArgs),
+    /// Show the decision log: why messages were sent, skipped, deferred or journeys entered and exited
+    #[command(after_help = "Columns: TIME KIND REASON DETAIL (a JSON detail is shown as key=value pairs).\n\n\
+JSON: {customer_id, decisions: [{at_ms, at, kind, reason, detail}]} (detail is the text the node recorded).")]
+    Explain {
+        /// Customer id (cu_…) or identity as kind:value
+        #[arg(value_name = "ID_OR_IDENTITY", value_parser = profile_target_arg)]
+        target: ProfileTarget,
+        /// Only decisions about this journey
+        #[arg(long, value_name = "JOURNEY")]
+        journey: Option<String>,
+        /// Most decisions to show
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=EXPLAIN_LIMIT_MAX as i64), value_name = "N")]
+        limit: u32,
+    },
+}
+
+#[derive(Args, Debug)]
+#[command(group(ArgGroup::new("by").required(true).multiple(false)))]
+pub struct FindArgs {
+    /// Find by email address
+    #[arg(long, value_name = "EMAIL", group = "by")]
+    pub email: Option<String>,
+    /// Find by user id
+    #[arg(long, value_name = "ID", group = "by")]
+    pub user_id: Option<String>,
+    /// Find by phone number
+    #[arg(long, value_name = "PHONE", group = "by")]
+    pub phone: Option<String>,
+    /// Find by anonymous id
+    #[arg(long, value_name = "ID", group = "by")]
+    pub anonymous_id: Option<String>,
+    /// Find by any identity, as kind=value
+    #[arg(long, value_name = "KIND=VALUE", value_parser = identity_arg, group = "by")]
+    pub identity: Option<IdentityArg>,
+    /// How many recent events to show (0 = none)
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(0..=PROFILE_EVENTS_MAX as i64), value_name = "N")]
+    pub events: u32,
+}
+
+impl FindArgs {
+    /// The one identity given (clap guarantees exactly one).
+    pub fn target(&self) -> ProfileTarget {
+        let pick = |kind: &str, v: &Option<String>| {
+            v.as_ref()
+                .map(|value| ProfileTarget::Identity(IdentityArg { kind: kind.to_string(), value: value.clone() }))
+        };
+        pick("email", &self.email)
+            .or_else(|| pick("user_id", &self.user_id))
+            .or_else(|| pick("phone", &self.phone))
+            .or_else(|| pick("anonymous_id", &self.anonymous_id))
+            .or_else(|| self.identity.clone().map(ProfileTarget::Identity))
+            .expect("clap requires exactly one identity flag")
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum MessagesCommand {
+    /// Print the most recent captured messages, and with --follow new ones as they are captured
+    #[command(after_help = "Columns: SEQ TIME CUSTOMER CHANNEL JOURNEY TEMPLATE TO [BODY].\n\n\
+JSON: one object per line (NDJSON): {seq, at_ms, at, customer_id, channel, journey, template, to, \
+idempotency_key, body: {...}}.\n\nExamples:\n  chorusctl messages tail --last 50\n  \
+chorusctl messages tail -f --customer email:ada@example.com -o json")]
+    Tail {
+        /// How many of the most recent messages to print first
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(0..=TAIL_LAST_MAX as i64), value_name = "N")]
+        last: u32,
+        /// Keep running and print new messages as they are captured (Ctrl-C to stop)
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// Only messages to this customer: a customer id or kind:value
+        #[arg(long, value_name = "ID_OR_IDENTITY", value_parser = profile_target_arg)]
+        customer: Option<ProfileTarget>,
+        /// Also show each message's rendered body (compact JSON) in the table
+        #[arg(long)]
+        body: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ClockCommand {
+    /// Show the clock mode (system or manual) and the cluster's current time
+    #[command(after_help = "JSON: {mode, now_ms, now}")]
+    Show,
+    /// Move the manual clock forward, firing every timer that falls due
+    #[command(
+        after_help = "DURATION: a number and a unit, parts add up: 500ms, 30s, 90m, 24h, 7d, 2w, 1h30m.\n\nJSON: {mode, now_ms, now}"
+    )]
+    Advance {
+        /// How far to move, e.g. 24h, 90m, 7d, 1h30m, 500ms
+        #[arg(value_name = "DURATION", value_parser = duration_ms_arg)]
+        by_ms: i64,
+    },
+    /// Set the manual clock to a time (it never moves backwards)
+    #[command(after_help = "TIME: RFC 3339 (2026-11-27T10:00:00Z or with an offset), a date (midnight UTC) or Unix \
+milliseconds.\n\nJSON: {mode, now_ms, now}")]
+    Set {
+        /// The new time: RFC 3339 or Unix milliseconds
+        #[arg(value_name = "TIME", value_parser = time_arg)]
+        to_ms: i64,
+    },
+}
+
+/// An identity given on the command line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdentityArg {
+    pub kind: String,
+    pub value: String,
+}
+
+/// Which customer a command is about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProfileTarget {
+    CustomerId(String),
+    Identity(IdentityArg),
+}
+
+const CUSTOMER_ID_PREFIX: &str = "cu_";
+const CUSTOMER_ID_HEX_LEN: usize = 16;
+const TARGET_FORMS: &str = "give a customer id (cu_ followed by 16 hex digits) or an identity as kind:value, \
+e.g. email:ada@example.com or user_id:42";
+
+/// `kind=value` (or `kind:value`): the kind is everything before the first `=` or `:`.
+pub fn identity_arg(text: &str) -> Result<IdentityArg, String> {
+    split_identity(text).ok_or_else(|| {
+        format!("{text:?} is not an identity: use kind=value, e.g. email=ada@example.com, user_id=42 or device_id=d-9")
+    })
+}
+
+/// A customer id (`cu_` + 16 hex digits) or an identity as `kind:value` (or `kind=value`).
+pub fn profile_target_arg(text: &str) -> Result<ProfileTarget, String> {
+    let t = text.trim();
+    if let Some(hex) = t.strip_prefix(CUSTOMER_ID_PREFIX)
+        && !t.contains([':', '='])
+    {
+        if hex.len() == CUSTOMER_ID_HEX_LEN && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(ProfileTarget::CustomerId(t.to_ascii_lowercase()));
+        }
+        return Err(format!(
+            "{text:?} is not a customer id: expected cu_ followed by 16 hex digits, e.g. cu_0001000000000001"
+        ));
+    }
+    if let Some(identity) = split_identity(t) {
+        return Ok(ProfileTarget::Identity(identity));
+    }
+    let guess = if t.contains('@') {
+        format!("; did you mean email:{t}?")
+    } else if t.starts_with('+') && t[1..].bytes().all(|b| b.is_ascii_digit() || b == b' ' || b == b'-') {
+        format!("; did you mean phone:{t}?")
+    } else {
+        String::new()
+    };
+    Err(format!("{text:?} names no customer: {TARGET_FORMS}{guess}"))
+}
+
+fn split_identity(text: &str) -> Option<IdentityArg> {
+    let t = text.trim();
+    let at = t.find([':', '='])?;
+    let (kind, value) = (&t[..at], t[at + 1..].trim());
+    let kind_ok = !kind.is_empty() && kind.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if !kind_ok || value.is_empty() {
+        return None;
+    }
+    Some(IdentityArg { kind: kind.to_string(), value: value.to_string() })
+}
+
+/// A JSON object given inline.
+pub fn json_object_arg(text: &str) -> Result<Map<String, Value>, String> {
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(other) => Err(format!("expected a JSON object like '{{\"sku\":\"A1\"}}', got {}", json_kind(&other))),
+        Err(e) => Err(format!("invalid JSON ({e}); quote it for the shell, e.g. '{{\"sku\":\"A1\",\"price\":19.5}}'")),
+    }
+}
+
+/// "an array", "a string", ... for error messages.
+pub fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn duration_arg(text: &str) -> Result<Duration, String> {
+    let ms = timefmt::parse_duration_ms(text)?;
+    if ms == 0 {
+        return Err("must be more than 0".to_string());
+    }
+    Ok(Duration::from_millis(ms as u64))
+}
+
+fn duration_ms_arg(text: &str) -> Result<i64, String> {
+    timefmt::parse_duration_ms(text)
+}
+
+fn time_arg(text: &str) -> Result<i64, String> {
+    timefmt::parse_time_ms(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn ident(kind: &str, value: &str) -> IdentityArg {
+        IdentityArg { kind: kind.into(), value: value.into() }
+    }
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("chorusctl").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_grammar_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn identity_arguments_split_at_the_first_separator() {
+        assert_eq!(identity_arg("email=ada@example.com"), Ok(ident("email", "ada@example.com")));
+        assert_eq!(identity_arg("user_id:42"), Ok(ident("user_id", "42")));
+        assert_eq!(identity_arg("device_id=ab:cd=ef"), Ok(ident("device_id", "ab:cd=ef")));
+        assert_eq!(identity_arg("phone=+1 415 555 0100"), Ok(ident("phone", "+1 415 555 0100")));
+        for bad in ["ada@example.com", "=x", "email=", "e mail=x", ""] {
+            assert!(identity_arg(bad).unwrap_err().contains("kind=value"), "{bad}");
+        }
+    }
+
+    #[test]
+    fn profile_targets_are_customer_ids_or_identities() {
+        assert_eq!(
+            profile_target_arg("cu_0001000000000001"),
+            Ok(ProfileTarget::CustomerId("cu_0001000000000001".into()))
+        );
+        assert_eq!(
+            profile_target_arg("cu_00010000000000AB"),
+            Ok(ProfileTarget::CustomerId("cu_00010000000000ab".into()))
+        );
+        assert_eq!(
+            profile_target_arg("email:ada@example.com"),
+            Ok(ProfileTarget::Identity(ident("email", "ada@example.com")))
+        );
+        assert_eq!(profile_target_arg("user_id:42"), Ok(ProfileTarget::Identity(ident("user_id", "42"))));
+        assert_eq!(profile_target_arg("user_id=42"), Ok(ProfileTarget::Identity(ident("user_id", "42"))));
+        assert!(profile_target_arg("cu_12").unwrap_err().contains("16 hex digits"));
+        assert!(profile_target_arg("cu_000100000000000g").unwrap_err().contains("16 hex digits"));
+        assert!(profile_target_arg("ada@example.com").unwrap_err().contains("did you mean email:ada@example.com?"));
+        assert!(profile_target_arg("+14155550100").unwrap_err().contains("did you mean phone:+14155550100?"));
+        assert!(profile_target_arg("42").unwrap_err().contains("kind:value"));
+    }
+
+    #[test]
+    fn json_object_flags_must_be_objects() {
+        assert_eq!(json_object_arg("{\"a\":1}").unwrap()["a"], 1);
+        assert!(json_object_arg("[1]").unwrap_err().contains("got an array"));
+        assert!(json_object_arg("{a:1}").unwrap_err().contains("invalid JSON"));
+    }
+
+    #[test]
+    fn globals_work_before_and_after_the_command() {
+        let cli = parse(&["-o", "json", "shard", "list"]).unwrap();
+        assert_eq!(cli.output, Format::Json);
+        let cli =
+            parse(&["shard", "list", "--output", "json", "--endpoint", "http://n1:7700", "--timeout", "5s"]).unwrap();
+        assert_eq!(cli.output, Format::Json);
+        assert_eq!(cli.endpoint, "http://n1:7700");
+        assert_eq!(cli.timeout, Duration::from_secs(5));
+        assert!(parse(&["shard", "list", "-o", "yaml"]).is_err());
+        assert!(parse(&["shard", "list", "--timeout", "0s"]).is_err());
+    }
+
+    #[test]
+    fn event_send_takes_flags_or_a_file_but_not_both() {
+        let cli = parse(&[
+            "event",
+            "send",
+            "--name",
+            "Product Viewed",
+            "--user-id",
+            "42",
+            "--identity",
+            "device_id=d-1",
+            "--identity",
+            "email=a@b.c",
+            "--properties",
+            "{\"sku\":\"A1\"}",
+            "--timestamp",
+            "2026-11-27T10:00:00Z",
+        ])
+        .unwrap();
+        let Command::Event { command: EventCommand::Send(args) } = cli.command else { panic!("not event send") };
+        assert_eq!(args.identity, vec![ident("device_id", "d-1"), ident("email", "a@b.c")]);
+        assert_eq!(args.timestamp, Some(1_795_773_600_000));
+        assert_eq!(args.batch_size, 500);
+        assert!(parse(&["event", "send", "--file", "x.ndjson", "--user-id", "42"]).is_err());
+        assert!(parse(&["event", "send", "--file", "x.ndjson", "--batch-size", "100", "-q"]).is_ok());
+        assert!(parse(&["event", "send", "--type", "purchase"]).is_err());
+        assert!(parse(&["event", "send", "--properties", "[]"]).is_err());
+        assert!(parse(&["event", "send", "--batch-size", "0"]).is_err());
+    }
+
+    #[test]
+    fn profile_find_needs_exactly_one_identity() {
+        let cli = parse(&["profile", "find", "--email", "ada@example.com"]).unwrap();
+        let Command::Profile { command: ProfileCommand::Find(find) } = cli.command else { panic!("not find") };
+        assert_eq!(find.target(), ProfileTarget::Identity(ident("email", "ada@example.com")));
+        let cli = parse(&["profile", "find", "--identity", "device_id=d-9"]).unwrap();
+        let Command::Profile { command: ProfileCommand::Find(find) } = cli.command else { panic!("not find") };
+        assert_eq!(find.target(), ProfileTarget::Identity(ident("device_id", "d-9")));
+        assert!(parse(&["profile", "find"]).is_err());
+        assert!(parse(&["profile", "find", "--email", "a@b.c", "--user-id", "1"]).is_err());
+    }
+
+    #[test]
+    fn clock_arguments_parse_durations_and_times() {
+        let cli = parse(&["clock", "advance", "1h30m"]).unwrap();
+        assert!(matches!(cli.command, Command::Clock { command: ClockCommand::Advance { by_ms: 5_400_000 } }));
+        let cli = parse(&["clock", "set", "1795773600000"]).unwrap();
+        assert!(matches!(cli.command, Command::Clock { command: ClockCommand::Set { to_ms: 1_795_773_600_000 } }));
+        assert!(parse(&["clock", "advance", "24"]).is_err());
+        assert!(parse(&["clock", "set", "tomorrow"]).is_err());
+    }
+}

@@ -1,0 +1,129 @@
+//! Runs one parsed command against a node: connecting, timeouts, and dispatch to the
+//! command modules. Commands return an exit code or a [`Failure`]; only they print.
+
+mod clock;
+mod cluster;
+mod event;
+mod messages;
+mod profile;
+
+use crate::args::{
+    Cli, ClockCommand, ClusterCommand, Command, EventCommand, MessagesCommand, ProfileCommand, ShardCommand,
+};
+use crate::failure::{self, Failure};
+use crate::output::Format;
+use std::future::Future;
+use std::time::Duration;
+use tonic::transport::{Channel, Endpoint};
+
+/// Largest response accepted (a profile with many recent events, a big batch result).
+const RESPONSE_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// What every command needs: where the node is, how to print, how long to wait.
+pub struct Ctx {
+    pub endpoint: String,
+    pub format: Format,
+    pub timeout: Duration,
+}
+
+impl Ctx {
+    /// Connect to the node, or say clearly why not.
+    pub async fn connect(&self) -> Result<Channel, Failure> {
+        let endpoint = Endpoint::from_shared(self.endpoint.clone())
+            .map_err(|e| {
+                Failure::usage(format!("invalid --endpoint {:?}: {}", self.endpoint, failure::root_cause(&e)))
+                    .hint("give a URL such as http://127.0.0.1:7700")
+            })?
+            .connect_timeout(self.timeout)
+            .tcp_nodelay(true);
+        match tokio::time::timeout(self.timeout, endpoint.connect()).await {
+            Ok(Ok(channel)) => Ok(channel),
+            Ok(Err(e)) => Err(failure::unreachable(&self.endpoint, &e)),
+            Err(_) => Err(failure::timed_out(&self.endpoint, "connect", self.timeout)),
+        }
+    }
+
+    /// Await one unary call with `--timeout`; statuses become failures for `action`.
+    pub async fn call<T>(
+        &self,
+        action: &str,
+        call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    ) -> Result<T, Failure> {
+        self.call_status(action, call).await?.map_err(|s| failure::from_status(&s, &self.endpoint, action))
+    }
+
+    /// Like [`Ctx::call`], but hands the status back for commands that explain
+    /// some codes better themselves.
+    pub async fn call_status<T>(
+        &self,
+        action: &str,
+        call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    ) -> Result<Result<T, tonic::Status>, Failure> {
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(result) => Ok(result.map(tonic::Response::into_inner)),
+            Err(_) => Err(failure::timed_out(&self.endpoint, action, self.timeout)),
+        }
+    }
+
+    pub fn json(&self) -> bool {
+        self.format == Format::Json
+    }
+}
+
+/// Normalize `--endpoint`: `host:port` means `http://host:port`; TLS is not built in.
+pub fn normalize_endpoint(raw: &str) -> Result<String, Failure> {
+    let raw = raw.trim().trim_end_matches('/');
+    if raw.is_empty() {
+        return Err(Failure::usage("--endpoint is empty").hint("give a URL such as http://127.0.0.1:7700"));
+    }
+    if raw.starts_with("https://") {
+        return Err(Failure::usage(format!("{raw}: this chorusctl does not speak TLS yet"))
+            .hint("use an http:// endpoint (nodes listen on loopback by default)"));
+    }
+    if raw.contains("://") && !raw.starts_with("http://") {
+        return Err(
+            Failure::usage(format!("{raw:?} is not an http:// URL")).hint("give a URL such as http://127.0.0.1:7700")
+        );
+    }
+    Ok(if raw.contains("://") { raw.to_string() } else { format!("http://{raw}") })
+}
+
+/// Run the command; the exit code on success, a failure otherwise.
+pub async fn run(cli: Cli) -> anyhow::Result<u8> {
+    let ctx = Ctx { endpoint: normalize_endpoint(&cli.endpoint)?, format: cli.output, timeout: cli.timeout };
+    let code = match cli.command {
+        Command::Cluster { command: ClusterCommand::Status } => cluster::status(&ctx).await?,
+        Command::Shard { command: ShardCommand::List } => cluster::shards(&ctx).await?,
+        Command::Event { command: EventCommand::Send(args) } => event::send(&ctx, &args).await?,
+        Command::Profile { command } => match command {
+            ProfileCommand::Get { target, events } => profile::get(&ctx, &target, events).await?,
+            ProfileCommand::Find(find) => profile::get(&ctx, &find.target(), find.events).await?,
+            ProfileCommand::Explain { target, journey, limit } => {
+                profile::explain(&ctx, &target, journey.as_deref(), limit).await?
+            }
+        },
+        Command::Messages { command: MessagesCommand::Tail { last, follow, customer, body } } => {
+            messages::tail(&ctx, last, follow, customer.as_ref(), body).await?
+        }
+        Command::Clock { command } => match command {
+            ClockCommand::Show => clock::run(&ctx, clock::Op::Show).await?,
+            ClockCommand::Advance { by_ms } => clock::run(&ctx, clock::Op::Advance(by_ms)).await?,
+            ClockCommand::Set { to_ms } => clock::run(&ctx, clock::Op::Set(to_ms)).await?,
+        },
+    };
+    Ok(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_default_to_http() {
+        assert_eq!(normalize_endpoint("127.0.0.1:7700").unwrap(), "http://127.0.0.1:7700");
+        assert_eq!(normalize_endpoint("http://n1:7700/").unwrap(), "http://n1:7700");
+        assert!(normalize_endpoint("https://n1:7700").unwrap_err().message.contains("TLS"));
+        assert!(normalize_endpoint("grpc://n1:7700").is_err());
+        assert!(normalize_endpoint(" ").is_err());
+    }
+}

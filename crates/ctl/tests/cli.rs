@@ -1,0 +1,121 @@
+//! The `chorusctl` binary as scripts see it, without a node: help text, exit codes,
+//! the unreachable-node message and offline event-file checks (`--dry-run`). Tests
+//! against a live node belong to the workspace end-to-end suite.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+fn chorusctl(args: &[&str]) -> Output {
+    chorusctl_with_stdin(args, None)
+}
+
+fn chorusctl_with_stdin(args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_chorusctl"))
+        .args(args)
+        .env_remove("CHORUS_ENDPOINT")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run chorusctl");
+    let mut pipe = child.stdin.take().expect("stdin");
+    if let Some(text) = stdin {
+        pipe.write_all(text.as_bytes()).expect("write stdin");
+    }
+    drop(pipe);
+    child.wait_with_output().expect("wait for chorusctl")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A local port with nothing listening on it.
+fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").port()
+}
+
+#[test]
+fn every_command_has_help() {
+    let commands: &[&[&str]] = &[
+        &[],
+        &["cluster", "status"],
+        &["shard", "list"],
+        &["event", "send"],
+        &["profile", "get"],
+        &["profile", "find"],
+        &["profile", "explain"],
+        &["messages", "tail"],
+        &["clock", "show"],
+        &["clock", "advance"],
+        &["clock", "set"],
+    ];
+    for command in commands {
+        let mut args = command.to_vec();
+        args.push("--help");
+        let out = chorusctl(&args);
+        let help = text(&out.stdout);
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        assert!(help.contains("--endpoint") && help.contains("--output"), "{args:?} help lacks the globals:\n{help}");
+        assert!(help.lines().next().is_some_and(|l| l.len() > 20), "{args:?} help has no description:\n{help}");
+    }
+}
+
+#[test]
+fn an_unreachable_node_is_explained_with_exit_code_1() {
+    let endpoint = format!("http://127.0.0.1:{}", closed_port());
+    let out = chorusctl(&["cluster", "status", "--endpoint", &endpoint]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&format!("cannot reach Chorus at {endpoint}: connection refused"))
+            && err.contains("CHORUS_ENDPOINT"),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn usage_errors_exit_with_2() {
+    let out = chorusctl(&["clock", "advance", "soon"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("units: ms, s, m, h, d, w"));
+    let out = chorusctl(&["profile", "get", "ada@example.com"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("did you mean email:ada@example.com?"));
+    let out = chorusctl(&["event", "send", "--email", "a@b.c"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("--name"));
+}
+
+#[test]
+fn dry_run_prints_the_events_it_would_send() {
+    let input = "{\"messageId\":\"m-1\",\"event\":\"A\",\"userId\":42}\n{\"event\":\"B\",\"anonymousId\":\"x\",\"properties\":{\"n\":1}}\n";
+    let out = chorusctl_with_stdin(&["event", "send", "--file", "-", "--dry-run"], Some(input));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let lines: Vec<serde_json::Value> =
+        text(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("NDJSON")).collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["messageId"], "m-1");
+    assert_eq!(lines[0]["identities"][0], serde_json::json!({"kind": "user_id", "value": "42"}));
+    assert_eq!(lines[1]["properties"]["n"], 1);
+    assert!(lines[1]["messageId"].as_str().is_some_and(|id| id.len() == 36));
+}
+
+#[test]
+fn a_bad_line_in_an_events_file_is_named_and_nothing_is_sent() {
+    let dir = std::env::temp_dir().join(format!("chorusctl-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("events.ndjson");
+    std::fs::write(&path, "{\"event\":\"A\",\"userId\":\"1\"}\n{\"event\":\"B\",\"userId\":\"2\"}\n{\"event\": \"C\" \"userId\": \"3\"}\n")
+        .unwrap();
+    // A closed port proves nothing is sent: parsing fails before connecting.
+    let endpoint = format!("http://127.0.0.1:{}", closed_port());
+    let out = chorusctl(&["event", "send", "--file", path.to_str().unwrap(), "--endpoint", &endpoint]);
+    std::fs::remove_dir_all(&dir).ok();
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(err.contains("events.ndjson line 3, column"), "{err}");
+    assert!(err.contains("nothing was sent"), "{err}");
+}

@@ -214,10 +214,15 @@ pub fn apply_event(state: &mut CustomerState, event: &Event, now_ms: i64, cfg: &
     state.event_count += 1;
     // Attributes: identify/group traits are merged into the profile.
     let mut consent_changed = false;
-    if matches!(event.event_type, EventType::Identify | EventType::Group) || !event.traits.is_empty() {
+    // Group traits describe the group, not the person: only their consent applies.
+    let traits_are_the_customers = event.event_type != EventType::Group;
+    if !event.traits.is_empty() {
         for (k, v) in event.traits.0.iter() {
             if k == CONSENT_TRAIT {
                 consent_changed |= apply_consent_trait(state, v, now_ms, &event.message_id, "identify", cfg);
+                continue;
+            }
+            if !traits_are_the_customers {
                 continue;
             }
             if !state.attributes.0.contains_key(k) && state.attributes.0.len() >= cfg.attributes_max {

@@ -259,23 +259,20 @@ impl Shards {
         h.app.read_customer(id).await.map_err(ShardError::Store)
     }
 
-    /// Follow `merged_into` links to the surviving profile.
-    pub async fn customer_following_merges(&self, id: CustomerId) -> Result<Option<(CustomerState, Option<CustomerId>)>, ShardError> {
+    /// Follow `merged_into` links to the surviving profile; the flag says whether
+    /// `id` itself was merged away.
+    pub async fn customer_following_merges(&self, id: CustomerId) -> Result<Option<(CustomerState, bool)>, ShardError> {
         let mut current = id;
-        let mut first_tomb = None;
         for _ in 0..16 {
             match self.customer(current).await? {
                 None => return Ok(None),
                 Some(s) => match s.merged_into {
-                    Some(next) => {
-                        first_tomb.get_or_insert(current);
-                        current = next;
-                    }
-                    None => return Ok(Some((s, first_tomb.map(|_| id)))),
+                    Some(next) => current = next,
+                    None => return Ok(Some((s, current != id))),
                 },
             }
         }
-        Ok(None)
+        Err(ShardError::Corrupt(format!("merge chain of {id} is longer than 16")))
     }
 
     pub fn status(&self) -> Vec<ShardStatusInfo> {

@@ -1,0 +1,217 @@
+//! tonic services: `Ingest` (stream and unary), `Profiles` and `Admin`.
+
+use crate::convert::{self, ItemResult};
+use crate::{ApiConfig, ApiError};
+use chorus_proto::v1;
+use chorus_shard::Shards;
+use chorus_types::CustomerId;
+use futures::StreamExt;
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+#[derive(Clone)]
+pub struct Services {
+    pub shards: Shards,
+    pub config: Arc<ApiConfig>,
+}
+
+impl Services {
+    /// Ingest one batch; also returns the overload message if overload refused it all.
+    async fn ingest_batch(&self, req: v1::IngestRequest) -> Result<(v1::IngestResponse, Option<String>), ApiError> {
+        if req.events.len() > self.config.batch_events_max {
+            return Err(ApiError::invalid(
+                "events",
+                format!("{} events in one batch; the limit is {} — split the batch", req.events.len(), self.config.batch_events_max),
+            ));
+        }
+        let inputs: Vec<_> = req.events.into_iter().map(convert::event_input).collect();
+        let now = self.shards.clock().now_ms();
+        let results: Vec<ItemResult> = convert::ingest_inputs(&self.shards, inputs, now).await;
+        let (results, overloaded) = convert::proto_results(results);
+        Ok((v1::IngestResponse { batch_id: req.batch_id, results }, overloaded))
+    }
+
+    async fn resolve_ref(&self, r: Option<v1::ProfileRef>) -> Result<CustomerId, ApiError> {
+        match r.and_then(|r| r.r#ref) {
+            None => Err(ApiError::invalid("profile", "give a customer_id or an identity {kind, value}")),
+            Some(v1::profile_ref::Ref::CustomerId(id)) => id.parse().map_err(|e: chorus_types::CustomerIdParseError| ApiError::invalid("profile.customer_id", e.to_string())),
+            Some(v1::profile_ref::Ref::Identity(i)) => {
+                let id = convert::identity(&i.kind, &i.value)?;
+                self.shards.find(&id).await?.ok_or_else(|| ApiError::NotFound(format!("no customer with {} {}", id.kind, id.value)))
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl v1::ingest_server::Ingest for Services {
+    type StreamStream = Pin<Box<dyn futures::Stream<Item = Result<v1::IngestResponse, Status>> + Send>>;
+
+    async fn stream(&self, request: Request<Streaming<v1::IngestRequest>>) -> Result<Response<Self::StreamStream>, Status> {
+        let mut incoming = request.into_inner();
+        let in_flight = self.config.stream_batches_in_flight_max;
+        let (tx, rx) = mpsc::channel::<Result<v1::IngestResponse, Status>>(in_flight);
+        let me = self.clone();
+        tokio::spawn(async move {
+            // Batches are processed concurrently (bounded); each answer is sent as soon as
+            // its batch is committed. Reading stops while the bound is reached, so a fast
+            // client is slowed by HTTP/2 flow control instead of growing our memory.
+            let sem = Arc::new(tokio::sync::Semaphore::new(in_flight));
+            loop {
+                let permit = match sem.clone().acquire_owned().await {
+                    Ok(p) => p,
+                    Err(_) => break,
+                };
+                let next = incoming.next().await;
+                let req = match next {
+                    Some(Ok(r)) => r,
+                    Some(Err(status)) => {
+                        tracing::debug!(%status, "ingest stream ended by the client");
+                        break;
+                    }
+                    None => break,
+                };
+                let me2 = me.clone();
+                let tx2 = tx.clone();
+                tokio::spawn(async move {
+                    let batch_id = req.batch_id;
+                    // Overload is answered per batch with RETRY results so the stream
+                    // survives; RESOURCE_EXHAUSTED is the unary answer.
+                    let answer = me2.ingest_batch(req).await.map(|(r, _)| r).map_err(|e| {
+                        let mut s: Status = e.into();
+                        s.metadata_mut().insert("batch-id", batch_id.to_string().parse().expect("ascii digits"));
+                        s
+                    });
+                    let _ = tx2.send(answer).await;
+                    drop(permit);
+                });
+            }
+            // Wait for every in-flight batch before closing the response stream.
+            let _ = sem.acquire_many(in_flight as u32).await;
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn send(&self, request: Request<v1::IngestRequest>) -> Result<Response<v1::IngestResponse>, Status> {
+        let (response, overloaded) = self.ingest_batch(request.into_inner()).await?;
+        if let Some(msg) = overloaded {
+            return Err(ApiError::Overloaded(msg).into());
+        }
+        Ok(Response::new(response))
+    }
+}
+
+#[tonic::async_trait]
+impl v1::profiles_server::Profiles for Services {
+    async fn get(&self, request: Request<v1::GetProfileRequest>) -> Result<Response<v1::Profile>, Status> {
+        let req = request.into_inner();
+        let id = self.resolve_ref(req.profile).await?;
+        let (state, followed) = self
+            .shards
+            .customer_following_merges(id)
+            .await
+            .map_err(ApiError::from)?
+            .ok_or_else(|| ApiError::NotFound(format!("no customer {id}")))?;
+        let merged_into = followed.then(|| state.id.to_string());
+        Ok(Response::new(convert::profile(&state, merged_into, req.events as usize)))
+    }
+
+    async fn explain(&self, request: Request<v1::ExplainRequest>) -> Result<Response<v1::ExplainResponse>, Status> {
+        let req = request.into_inner();
+        let id = self.resolve_ref(req.profile).await?;
+        let (state, _) = self
+            .shards
+            .customer_following_merges(id)
+            .await
+            .map_err(ApiError::from)?
+            .ok_or_else(|| ApiError::NotFound(format!("no customer {id}")))?;
+        let limit = if req.limit == 0 { usize::MAX } else { req.limit as usize };
+        let decisions = state
+            .decisions
+            .iter()
+            .rev()
+            .filter(|d| req.journey.is_empty() || d.detail.contains(&req.journey))
+            .take(limit)
+            .map(|d| v1::Decision { at_ms: d.at_ms, kind: d.kind.as_str().to_string(), reason: d.reason.clone(), detail: d.detail.clone() })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        Ok(Response::new(v1::ExplainResponse { customer_id: state.id.to_string(), decisions }))
+    }
+}
+
+#[tonic::async_trait]
+impl v1::admin_server::Admin for Services {
+    async fn cluster_status(&self, _: Request<v1::ClusterStatusRequest>) -> Result<Response<v1::ClusterStatusResponse>, Status> {
+        let shards = self.shards.status();
+        let me = self.shards.node_id();
+        let led = shards.iter().filter(|s| s.leader == Some(me)).count() as u32;
+        let followed = shards.iter().filter(|s| s.voters.contains(&me) && s.leader != Some(me)).count() as u32;
+        let leaderless = shards.iter().filter(|s| s.leader.is_none()).count() as u32;
+        Ok(Response::new(v1::ClusterStatusResponse {
+            cluster_id: format!("single-node-{me}"),
+            shard_count: self.shards.shard_count(),
+            nodes: vec![v1::NodeStatus {
+                node_id: me,
+                grpc_addr: self.config.grpc_addr.clone(),
+                http_addr: self.config.http_addr.clone(),
+                version: self.config.version.clone(),
+                healthy: leaderless == 0,
+                shards_led: led,
+                shards_followed: followed,
+            }],
+            leaderless_shards: leaderless,
+            under_replicated_shards: 0,
+            clock_mode: self.shards.clock().mode().as_str().to_string(),
+            now_ms: self.shards.clock().now_ms(),
+        }))
+    }
+
+    async fn list_shards(&self, _: Request<v1::ListShardsRequest>) -> Result<Response<v1::ListShardsResponse>, Status> {
+        let shards = self
+            .shards
+            .status()
+            .into_iter()
+            .map(|s| v1::ShardStatus {
+                shard: s.shard,
+                leader: s.leader.unwrap_or(0),
+                voters: s.voters,
+                learners: s.learners,
+                term: s.term,
+                last_log_index: s.last_log_index,
+                applied_index: s.applied_index,
+                live_actors: s.live_actors,
+                customers: s.customers,
+                pending_timers: 0,
+                pending_intents: s.pending_cross_shard,
+                quarantined: s.quarantined,
+            })
+            .collect();
+        Ok(Response::new(v1::ListShardsResponse { shards }))
+    }
+
+    async fn clock(&self, request: Request<v1::ClockRequest>) -> Result<Response<v1::ClockResponse>, Status> {
+        let clock = self.shards.clock();
+        let result = match request.into_inner().op {
+            None | Some(v1::clock_request::Op::Show(_)) => Ok(clock.now_ms()),
+            Some(v1::clock_request::Op::AdvanceMs(ms)) if ms < 0 => Err(ApiError::invalid("advance_ms", "must not be negative: the clock never goes backwards")),
+            Some(v1::clock_request::Op::AdvanceMs(ms)) => clock.advance(ms).map_err(|e| ApiError::from(chorus_shard::ShardError::from(e))),
+            Some(v1::clock_request::Op::SetMs(ms)) => clock.set(ms).map_err(|e| ApiError::from(chorus_shard::ShardError::from(e))),
+        };
+        let now_ms = result?;
+        Ok(Response::new(v1::ClockResponse { mode: clock.mode().as_str().to_string(), now_ms }))
+    }
+
+    type TailMessagesStream = Pin<Box<dyn futures::Stream<Item = Result<v1::CapturedMessage, Status>> + Send>>;
+
+    async fn tail_messages(&self, _request: Request<v1::TailMessagesRequest>) -> Result<Response<Self::TailMessagesStream>, Status> {
+        Err(ApiError::FailedPrecondition(
+            "no messages are sent yet: the outbox and capture connector are not built in this version (see issue \"Core platform\" notes)".into(),
+        )
+        .into())
+    }
+}

@@ -1,0 +1,167 @@
+//! The HTTP server: Segment's tracking API (`/v1/*`) so analytics SDKs work unchanged,
+//! `/healthz`, `/readyz` and `/metrics` (Prometheus text).
+
+use crate::ApiConfig;
+use crate::convert::{self, ItemResult};
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use chorus_segment::{Endpoint, SegmentError, SegmentItemError};
+use chorus_shard::Shards;
+use serde_json::json;
+use std::fmt::Write;
+use std::sync::Arc;
+
+#[derive(Clone)]
+struct AppState {
+    shards: Shards,
+    config: Arc<ApiConfig>,
+}
+
+/// Raw bodies above this are refused before decoding (gzip can only shrink below it).
+const RAW_BODY_BYTES_MAX: usize = 1024 * 1024;
+
+pub fn router(shards: Shards, config: Arc<ApiConfig>) -> Router {
+    Router::new()
+        .route("/v1/{endpoint}", post(segment))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .layer(DefaultBodyLimit::max(RAW_BODY_BYTES_MAX))
+        .with_state(AppState { shards, config })
+}
+
+fn error(status: u16, code: &str, message: String) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+    (status, axum::Json(json!({"code": code, "message": message}))).into_response()
+}
+
+fn seg_error(e: SegmentError) -> Response {
+    error(e.http_status(), e.code(), e.to_string())
+}
+
+/// Constant-time comparison of write keys.
+fn key_matches(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn segment(State(st): State<AppState>, Path(endpoint): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
+    let Some(endpoint) = Endpoint::from_path(&endpoint) else {
+        return error(
+            404,
+            "not_found",
+            format!("unknown endpoint /v1/{endpoint}: use track, identify, alias, page, screen, group or batch"),
+        );
+    };
+    let header_str = |h: header::HeaderName| headers.get(h).and_then(|v| v.to_str().ok());
+    let header_key = match chorus_segment::write_key_from_header(header_str(header::AUTHORIZATION)) {
+        Ok(k) => k,
+        Err(e) => return seg_error(e),
+    };
+    let json = match chorus_segment::decode_body(&body, header_str(header::CONTENT_ENCODING), endpoint.body_bytes_max()) {
+        Ok(j) => j,
+        Err(e) => return seg_error(e),
+    };
+    let request = match chorus_segment::parse_request(endpoint, &json) {
+        Ok(r) => r,
+        Err(e) => return seg_error(e),
+    };
+    let key = match request.resolve_write_key(header_key) {
+        Ok(k) => k,
+        Err(e) => return seg_error(e),
+    };
+    if !st.config.write_keys.is_empty() && !st.config.write_keys.iter().any(|k| key_matches(k, &key)) {
+        return error(401, "invalid_write_key", "the write key is not known to this Chorus node: use a key listed in [http] write_keys".into());
+    }
+    let mut item_errors: Vec<Option<SegmentItemError>> = Vec::with_capacity(request.items.len());
+    let mut inputs = Vec::with_capacity(request.items.len());
+    for item in request.items {
+        match item {
+            Ok(input) => {
+                item_errors.push(None);
+                inputs.push(Ok(input));
+            }
+            Err(e) => {
+                let fe = chorus_types::FieldError::new(e.field.clone(), e.message.clone());
+                item_errors.push(Some(e));
+                inputs.push(Err(fe));
+            }
+        }
+    }
+    let single = endpoint != Endpoint::Batch;
+    let now = st.shards.clock().now_ms();
+    let results = convert::ingest_inputs(&st.shards, inputs, now).await;
+    let mut out = Vec::with_capacity(results.len());
+    let mut rejected = 0;
+    let mut retry = 0;
+    let mut overloaded = false;
+    for (i, r) in results.into_iter().enumerate() {
+        out.push(match r {
+            ItemResult::Outcome(o) => match o {
+                chorus_types::EventOutcome::Duplicate => json!({"index": i, "status": "duplicate"}),
+                chorus_types::EventOutcome::Applied { customer }
+                | chorus_types::EventOutcome::Forwarded { customer, .. }
+                | chorus_types::EventOutcome::Parked { customer } => json!({"index": i, "status": "accepted", "customer_id": customer.to_string()}),
+            },
+            ItemResult::Rejected(fe) => {
+                rejected += 1;
+                let field = match &item_errors[i] {
+                    Some(e) => e.field.clone(),
+                    None => SegmentItemError::from_validation(endpoint, i, fe.clone()).field,
+                };
+                json!({"index": i, "status": "rejected", "field": field, "message": fe.message})
+            }
+            ItemResult::Failed(e) => {
+                retry += 1;
+                overloaded |= matches!(e, chorus_shard::ShardError::Overloaded { .. });
+                json!({"index": i, "status": "retry", "message": e.to_string()})
+            }
+        });
+    }
+    if retry > 0 && retry + rejected == out.len() {
+        // Nothing accepted: let the SDK retry the whole call (429 / 503 are retried).
+        let status = if overloaded { 429 } else { 503 };
+        return error(status, "retry", format!("{retry} events could not be accepted now; retry with backoff"));
+    }
+    if single && rejected == 1 {
+        let r = &out[0];
+        return error(400, "invalid_request", format!("{}: {}", r["field"].as_str().unwrap_or(""), r["message"].as_str().unwrap_or("")));
+    }
+    (StatusCode::OK, axum::Json(json!({"success": true, "results": out}))).into_response()
+}
+
+async fn readyz(State(st): State<AppState>) -> Response {
+    let leaderless = st.shards.status().iter().filter(|s| s.leader.is_none()).count();
+    if leaderless == 0 {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, format!("{leaderless} shards have no leader\n")).into_response()
+    }
+}
+
+async fn metrics(State(st): State<AppState>) -> Response {
+    let shards = st.shards.status();
+    let mut out = String::new();
+    let mut gauge = |name: &str, help: &str, value: &dyn Fn(&chorus_shard::ShardStatusInfo) -> u64| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for s in &shards {
+            let _ = writeln!(out, "{name}{{shard=\"{}\"}} {}", s.shard, value(s));
+        }
+    };
+    gauge("chorus_shard_applied_index", "Last raft log index applied by the shard.", &|s| s.applied_index);
+    gauge("chorus_shard_raft_term", "Current raft term of the shard.", &|s| s.term);
+    gauge("chorus_shard_live_actors", "Customer actors currently resident.", &|s| s.live_actors);
+    gauge("chorus_shard_customers", "Customers (not merged away) homed in the shard.", &|s| s.customers);
+    gauge("chorus_shard_queued_events", "Events queued or in flight in the shard's proposer.", &|s| s.queued_events);
+    gauge("chorus_shard_pending_cross_shard", "Cross-shard messages not yet delivered.", &|s| s.pending_cross_shard);
+    gauge("chorus_shard_quarantined_customers", "Customers quarantined after repeated failures.", &|s| s.quarantined);
+    gauge("chorus_shard_is_leader", "1 when this node leads the shard.", &|s| u64::from(s.leader == Some(st.shards.node_id())));
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}

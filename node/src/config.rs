@@ -1,0 +1,264 @@
+//! Node configuration in layers: defaults < TOML file < `CHORUS_*` environment <
+//! command-line flags, then `validate()`. Only this binary reads the environment.
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+use std::path::PathBuf;
+
+/// The complete node configuration (TOML shape).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// This node's id; never reused in a cluster.
+    pub node_id: u64,
+    /// Where the embedded store lives.
+    pub data_dir: PathBuf,
+    pub grpc: GrpcConfig,
+    pub http: HttpConfig,
+    pub shards: ShardsConfig,
+    pub clock: ClockConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GrpcConfig {
+    pub addr: String,
+    /// Most events in one request.
+    pub batch_events_max: usize,
+    /// Most batches of one ingest stream processed at once.
+    pub stream_batches_in_flight_max: usize,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    pub addr: String,
+    /// Accepted Segment write keys; empty accepts any non-empty key (development).
+    pub write_keys: Vec<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShardsConfig {
+    /// Number of shards S; fixed when the data directory is created.
+    pub count: u32,
+    /// How long message ids are remembered for de-duplication (max 7d).
+    pub dedup_window: String,
+    /// Idle time after which a customer actor is passivated.
+    pub actor_idle: String,
+    pub live_actors_max: usize,
+    pub quarantine_after: u32,
+    pub ingest_queue_max: usize,
+    pub proposal_events_max: usize,
+    pub proposals_in_flight_max: usize,
+    /// Testing only: customer actors panic on events with this name.
+    pub fault_panic_event: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClockConfig {
+    /// `system` or `manual` (time travel for tests; refused unless `allow_manual`).
+    pub mode: String,
+    /// Must be true for `mode = "manual"` in a config file (a safety catch).
+    pub allow_manual: bool,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A tracing filter such as `info` or `chorus_shard=debug,info`.
+    pub level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            node_id: 1,
+            data_dir: PathBuf::from("./chorus-data"),
+            grpc: GrpcConfig::default(),
+            http: HttpConfig::default(),
+            shards: ShardsConfig::default(),
+            clock: ClockConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+impl Default for GrpcConfig {
+    fn default() -> Self {
+        GrpcConfig { addr: "127.0.0.1:7700".into(), batch_events_max: 10_000, stream_batches_in_flight_max: 16 }
+    }
+}
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig { addr: "127.0.0.1:7780".into(), write_keys: Vec::new() }
+    }
+}
+/// The default number of shards (SPEC §2).
+pub const DEFAULT_SHARDS: u32 = 64;
+impl Default for ShardsConfig {
+    fn default() -> Self {
+        let d = chorus_shard::ShardConfig::default();
+        ShardsConfig {
+            count: DEFAULT_SHARDS,
+            dedup_window: "24h".into(),
+            actor_idle: "60s".into(),
+            live_actors_max: d.live_actors_max,
+            quarantine_after: d.quarantine_after,
+            ingest_queue_max: d.ingest_queue_max,
+            proposal_events_max: d.proposal_events_max,
+            proposals_in_flight_max: d.proposals_in_flight_max,
+            fault_panic_event: None,
+        }
+    }
+}
+impl Default for ClockConfig {
+    fn default() -> Self {
+        ClockConfig { mode: "system".into(), allow_manual: false }
+    }
+}
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { level: "info,openraft=warn".into() }
+    }
+}
+
+/// Parse `500ms`, `30s`, `15m`, `24h`, `7d` (and combinations like `1h30m`).
+pub fn parse_duration_ms(s: &str) -> anyhow::Result<i64> {
+    let s = s.trim();
+    if s.is_empty() {
+        bail!("empty duration: use e.g. 500ms, 30s, 15m, 24h or 7d");
+    }
+    let mut total: i64 = 0;
+    let mut num = String::new();
+    let mut chars = s.chars().peekable();
+    let mut any = false;
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() {
+            num.push(c);
+            continue;
+        }
+        let unit_ms: i64 = match c {
+            'm' if chars.peek() == Some(&'s') => {
+                chars.next();
+                1
+            }
+            's' => 1_000,
+            'm' => 60_000,
+            'h' => 3_600_000,
+            'd' => 86_400_000,
+            _ => bail!("invalid duration {s:?}: unknown unit {c:?} (use ms, s, m, h, d)"),
+        };
+        let n: i64 = num.parse().with_context(|| format!("invalid duration {s:?}: a number must precede each unit"))?;
+        total = total.checked_add(n.checked_mul(unit_ms).context("duration too large")?).context("duration too large")?;
+        num.clear();
+        any = true;
+    }
+    if !num.is_empty() || !any {
+        bail!("invalid duration {s:?}: every number needs a unit (ms, s, m, h, d)");
+    }
+    Ok(total)
+}
+
+impl Config {
+    pub fn from_file(path: &std::path::Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("read config file {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("parse config file {}", path.display()))
+    }
+
+    /// Apply `CHORUS_*` environment variables.
+    pub fn apply_env(&mut self) -> anyhow::Result<()> {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        if let Some(v) = var("CHORUS_NODE_ID") {
+            self.node_id = v.parse().with_context(|| format!("CHORUS_NODE_ID={v:?} is not a number"))?;
+        }
+        if let Some(v) = var("CHORUS_DATA_DIR") {
+            self.data_dir = v.into();
+        }
+        if let Some(v) = var("CHORUS_GRPC_ADDR") {
+            self.grpc.addr = v;
+        }
+        if let Some(v) = var("CHORUS_HTTP_ADDR") {
+            self.http.addr = v;
+        }
+        if let Some(v) = var("CHORUS_SHARDS") {
+            self.shards.count = v.parse().with_context(|| format!("CHORUS_SHARDS={v:?} is not a number"))?;
+        }
+        if let Some(v) = var("CHORUS_WRITE_KEYS") {
+            self.http.write_keys = v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+        }
+        if let Some(v) = var("CHORUS_LOG") {
+            self.log.level = v;
+        }
+        Ok(())
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.node_id == 0 {
+            bail!("node_id must be at least 1");
+        }
+        self.grpc.addr.parse::<std::net::SocketAddr>().with_context(|| format!("grpc.addr {:?} is not host:port", self.grpc.addr))?;
+        self.http.addr.parse::<std::net::SocketAddr>().with_context(|| format!("http.addr {:?} is not host:port", self.http.addr))?;
+        match self.clock.mode.as_str() {
+            "system" => {}
+            "manual" if self.clock.allow_manual => {}
+            "manual" => bail!("clock.mode = \"manual\" is refused unless clock.allow_manual = true (or --clock manual on the command line): a manual clock stops real time"),
+            other => bail!("clock.mode {other:?} is not valid: use system or manual"),
+        }
+        self.shard_config()?.validate().map_err(|e| anyhow::anyhow!("shards: {e}"))?;
+        if self.grpc.batch_events_max == 0 || self.grpc.stream_batches_in_flight_max == 0 {
+            bail!("grpc.batch_events_max and grpc.stream_batches_in_flight_max must be at least 1");
+        }
+        Ok(())
+    }
+
+    pub fn shard_config(&self) -> anyhow::Result<chorus_shard::ShardConfig> {
+        let s = &self.shards;
+        let actor_idle = parse_duration_ms(&s.actor_idle).context("shards.actor_idle")?;
+        Ok(chorus_shard::ShardConfig {
+            shard_count: s.count,
+            dedup_window_ms: parse_duration_ms(&s.dedup_window).context("shards.dedup_window")?,
+            actor_idle_ms: actor_idle.max(1) as u64,
+            live_actors_max: s.live_actors_max,
+            quarantine_after: s.quarantine_after,
+            ingest_queue_max: s.ingest_queue_max,
+            proposal_events_max: s.proposal_events_max,
+            proposals_in_flight_max: s.proposals_in_flight_max,
+            fault_panic_event: s.fault_panic_event.clone(),
+            ..chorus_shard::ShardConfig::default()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration_ms("500ms").unwrap(), 500);
+        assert_eq!(parse_duration_ms("24h").unwrap(), 86_400_000);
+        assert_eq!(parse_duration_ms("1h30m").unwrap(), 5_400_000);
+        assert!(parse_duration_ms("10").is_err());
+        assert!(parse_duration_ms("5y").is_err());
+    }
+
+    #[test]
+    fn toml_layers_over_defaults_and_unknown_keys_are_errors() {
+        let c: Config = toml::from_str("node_id = 3\n[shards]\ncount = 8\n").unwrap();
+        assert_eq!(c.node_id, 3);
+        assert_eq!(c.shards.count, 8);
+        assert_eq!(c.grpc.addr, "127.0.0.1:7700");
+        assert!(toml::from_str::<Config>("[shards]\ncont = 8\n").is_err());
+    }
+
+    #[test]
+    fn manual_clock_needs_explicit_permission() {
+        let mut c = Config::default();
+        c.clock.mode = "manual".into();
+        assert!(c.validate().unwrap_err().to_string().contains("allow_manual"));
+        c.clock.allow_manual = true;
+        c.validate().unwrap();
+    }
+}

@@ -1,0 +1,192 @@
+//! `chorus`: the Chorus node. `chorus dev` runs a single node with no configuration;
+//! `chorus run --config FILE` runs from a TOML file. Wiring only: no decisions here.
+
+mod config;
+
+use anyhow::Context;
+use chorus_api::grpc::Services;
+use chorus_proto::v1;
+use clap::{Args, Parser, Subcommand};
+use config::Config;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Chorus: omnichannel marketing orchestration. This binary is the node.
+#[derive(Parser, Debug)]
+#[command(name = "chorus", version, about, long_about = None, after_help = "Configuration layers: defaults < TOML file (--config) < CHORUS_* environment < flags.\nEnvironment: CHORUS_NODE_ID, CHORUS_DATA_DIR, CHORUS_GRPC_ADDR, CHORUS_HTTP_ADDR, CHORUS_SHARDS, CHORUS_WRITE_KEYS (comma-separated), CHORUS_LOG.\nStop with Ctrl-C or SIGTERM: in-flight batches are committed or rejected, never half-applied.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a single development node with no configuration: embedded storage under
+    /// ./chorus-data, gRPC on 127.0.0.1:7700, HTTP on 127.0.0.1:7780, 64 shards.
+    Dev(Overrides),
+    /// Run a node from a TOML configuration file.
+    Run {
+        /// The TOML configuration file.
+        #[arg(long, short = 'c')]
+        config: PathBuf,
+        #[command(flatten)]
+        overrides: Overrides,
+    },
+}
+
+#[derive(Args, Debug, Default)]
+struct Overrides {
+    /// Directory of the embedded store (default ./chorus-data).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Public gRPC listen address (default 127.0.0.1:7700; port 0 picks a free port).
+    #[arg(long)]
+    grpc_addr: Option<String>,
+    /// HTTP listen address for the Segment API, health and metrics (default 127.0.0.1:7780).
+    #[arg(long)]
+    http_addr: Option<String>,
+    /// Number of shards when creating a new data directory (default 64; fixed afterwards).
+    #[arg(long)]
+    shards: Option<u32>,
+    /// `system` (default) or `manual`: a clock moved only by `chorusctl clock` (time travel for tests).
+    #[arg(long)]
+    clock: Option<String>,
+    /// Log filter, e.g. `info` or `chorus_shard=debug,info`.
+    #[arg(long)]
+    log: Option<String>,
+    /// This node's id (default 1).
+    #[arg(long)]
+    node_id: Option<u64>,
+}
+
+impl Overrides {
+    fn apply(self, c: &mut Config) {
+        if let Some(v) = self.data_dir {
+            c.data_dir = v;
+        }
+        if let Some(v) = self.grpc_addr {
+            c.grpc.addr = v;
+        }
+        if let Some(v) = self.http_addr {
+            c.http.addr = v;
+        }
+        if let Some(v) = self.shards {
+            c.shards.count = v;
+        }
+        if let Some(v) = self.clock {
+            // Naming the manual clock on the command line is the explicit opt-in.
+            c.clock.allow_manual |= v == "manual";
+            c.clock.mode = v;
+        }
+        if let Some(v) = self.log {
+            c.log.level = v;
+        }
+        if let Some(v) = self.node_id {
+            c.node_id = v;
+        }
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let (mut config, overrides) = match cli.command {
+        Command::Dev(o) => (Config::default(), o),
+        Command::Run { config, overrides } => (Config::from_file(&config)?, overrides),
+    };
+    config.apply_env()?;
+    overrides.apply(&mut config);
+    config.validate()?;
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log.level).with_context(|| format!("parse log filter {:?}", config.log.level))?;
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("chorus").build().context("start the tokio runtime")?;
+    runtime.block_on(run(config))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("install SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let shard_config = config.shard_config()?;
+    let store = chorus_store::Store::open(&config.data_dir, chorus_store::StoreOptions::default())
+        .with_context(|| format!("open the data directory {}", config.data_dir.display()))?;
+    let clock = Arc::new(match config.clock.mode.as_str() {
+        "manual" => chorus_shard::Clock::manual(store.clone())?,
+        _ => chorus_shard::Clock::system(),
+    });
+    // Bind first so a busy port fails fast, before any state is touched.
+    let grpc_listener = tokio::net::TcpListener::bind(&config.grpc.addr).await.with_context(|| format!("bind gRPC address {}", config.grpc.addr))?;
+    let http_listener = tokio::net::TcpListener::bind(&config.http.addr).await.with_context(|| format!("bind HTTP address {}", config.http.addr))?;
+    let grpc_addr = grpc_listener.local_addr()?;
+    let http_addr = http_listener.local_addr()?;
+
+    let shards = chorus_shard::Shards::open(
+        config.node_id,
+        &grpc_addr.to_string(),
+        store.clone(),
+        clock.clone(),
+        shard_config,
+        chorus_raft::GroupTuning::default(),
+    )
+    .await
+    .context("open shards")?;
+
+    let api_config = Arc::new(chorus_api::ApiConfig {
+        write_keys: config.http.write_keys.clone(),
+        batch_events_max: config.grpc.batch_events_max,
+        stream_batches_in_flight_max: config.grpc.stream_batches_in_flight_max,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        grpc_addr: grpc_addr.to_string(),
+        http_addr: http_addr.to_string(),
+    });
+    let services = Services { shards: shards.clone(), config: api_config.clone() };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+
+    let grpc = tonic::transport::Server::builder()
+        .add_service(v1::ingest_server::IngestServer::new(services.clone()).max_decoding_message_size(64 * 1024 * 1024))
+        .add_service(v1::profiles_server::ProfilesServer::new(services.clone()))
+        .add_service(v1::admin_server::AdminServer::new(services.clone()))
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(grpc_listener), stopped(stop_rx.clone()));
+    let http = axum::serve(http_listener, chorus_api::http::router(shards.clone(), api_config)).with_graceful_shutdown(stopped(stop_rx.clone()));
+    let grpc_task = tokio::spawn(grpc);
+    let http_task = tokio::spawn(async move { http.await });
+
+    println!(
+        "chorus ready node={} grpc={} http={} shards={} clock={} data_dir={}",
+        config.node_id,
+        grpc_addr,
+        http_addr,
+        shards.shard_count(),
+        clock.mode().as_str(),
+        config.data_dir.display()
+    );
+    tracing::info!(node = config.node_id, %grpc_addr, %http_addr, "chorus is ready");
+
+    shutdown_signal().await;
+    tracing::info!("shutting down: finishing in-flight requests");
+    let _ = stop_tx.send(true);
+    let drain = async {
+        let _ = grpc_task.await;
+        let _ = http_task.await;
+    };
+    // Streams that never end must not hold the node forever.
+    if tokio::time::timeout(std::time::Duration::from_secs(10), drain).await.is_err() {
+        tracing::warn!("some connections did not close within 10s; closing them");
+    }
+    shards.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -189,6 +189,8 @@ struct Round<'a> {
     tombs: HashMap<CustomerId, CustomerId>,
     xout: Vec<(ShardId, CrossShardMessage)>,
     xin: HashMap<ShardId, u64>,
+    /// Inputs held for frozen customers (loaded lazily; written or deleted at the end).
+    held: HashMap<CustomerId, Vec<(i64, CustomerInput)>>,
     now_ms: i64,
 }
 
@@ -207,6 +209,7 @@ impl<'a> Round<'a> {
             tombs: HashMap::new(),
             xout: Vec::new(),
             xin: HashMap::new(),
+            held: HashMap::new(),
             now_ms: 0,
         }
     }
@@ -315,11 +318,75 @@ impl<'a> Round<'a> {
     }
 
     fn push(&mut self, id: CustomerId, now: i64, input: CustomerInput) {
+        if self.meta.frozen.contains(&id) {
+            if let Err(e) = self.held_list(id).map(|l| l.push((now, input))) {
+                tracing::error!(customer = %id, error = %e, "cannot hold input of a frozen customer");
+            }
+            return;
+        }
         let list = self.pending.entry(id).or_insert_with(|| {
             self.order.push(id);
             Vec::new()
         });
         list.push((now, input));
+    }
+
+    fn held_list(&mut self, id: CustomerId) -> io::Result<&mut Vec<(i64, CustomerInput)>> {
+        if !self.held.contains_key(&id) {
+            let list = match self.app.store.shard().get(keys::frozen(self.shard(), id)).map_err(io_err)? {
+                Some(v) => chorus_types::encoding::decode(&v).map_err(io_err)?,
+                None => Vec::new(),
+            };
+            self.held.insert(id, list);
+        }
+        Ok(self.held.get_mut(&id).expect("just inserted"))
+    }
+
+    fn freeze(&mut self, id: CustomerId) -> io::Result<()> {
+        self.flush_one_sync_guard(id);
+        self.meta.frozen.insert(id);
+        self.held_list(id)?;
+        Ok(())
+    }
+
+    /// Unfreeze and return the inputs held meanwhile (in order).
+    fn unfreeze(&mut self, id: CustomerId) -> io::Result<Vec<(i64, CustomerInput)>> {
+        if !self.meta.frozen.remove(&id) {
+            return Ok(Vec::new());
+        }
+        let list = std::mem::take(self.held_list(id)?);
+        Ok(list)
+    }
+
+    fn flush_one_sync_guard(&self, id: CustomerId) {
+        debug_assert!(!self.pending.contains_key(&id), "flush {id} before freezing it");
+    }
+
+    fn is_frozen(&self, id: CustomerId) -> bool {
+        self.meta.frozen.contains(&id)
+    }
+
+    /// Point every identity in `ids` at `survivor`: locally, or by claims to their shards.
+    fn repoint(&mut self, ids: &[Identity], survivor: CustomerId, absorbed: &[CustomerId]) {
+        let shard = self.shard();
+        for id in ids {
+            let home = chorus_types::routing::shard_of(id, self.app.config.shard_count);
+            if home == shard {
+                self.set_index(id, survivor);
+            } else {
+                self.send_cross(home, CrossShardMessage::Claim { identity: id.clone(), customer: survivor, replaces: absorbed.to_vec() });
+            }
+        }
+    }
+
+    /// Deliver a message to `target`'s shard: applied now if that is this shard.
+    fn route(&mut self, target: ShardId, msg: CrossShardMessage) -> Option<CrossShardMessage> {
+        if target == self.shard() {
+            Some(msg)
+        } else {
+            self.send_cross(target, msg);
+            None
+        }
     }
 
     /// The survivor a tombstoned customer forwards to (following chains), or itself.
@@ -373,12 +440,18 @@ impl<'a> Round<'a> {
         // "Last login wins": a new limit-1 key (say a second user_id) never joins a
         // profile that already holds another value of that kind; it starts its own
         // profile and takes the shared lower-priority keys over.
-        if plan.owner.is_some() && owner.home_shard() == shard {
+        if plan.owner.is_some() {
             let limits = &self.app.config.engine.identity_limits;
             let fresh_limit_one: Vec<Identity> = plan.link_local.iter().filter(|i| limits.limit(&i.kind) == 1).cloned().collect();
             if !fresh_limit_one.is_empty() {
-                let current = self.customer_state(owner).await?;
-                let clash = fresh_limit_one.iter().any(|f| current.identities.iter().any(|i| i.kind == f.kind && i.value != f.value));
+                // A remote owner's identities are not visible here: start the new key's
+                // profile and let the merge protocol decide (merge or re-link).
+                let clash = if owner.home_shard() == shard {
+                    let current = self.customer_state(owner).await?;
+                    fresh_limit_one.iter().any(|f| current.identities.iter().any(|i| i.kind == f.kind && i.value != f.value))
+                } else {
+                    true
+                };
                 if clash {
                     let previous = owner;
                     owner = self.create_customer(now);
@@ -426,6 +499,20 @@ impl<'a> Round<'a> {
                     self.send_cross(target.home_shard(), CrossShardMessage::Forward { customer: target, event });
                 }
             }
+            CrossShardMessage::MergeRequest { key, owner, other } => Box::pin(self.merge_request(key, owner, other, now)).await?,
+            CrossShardMessage::MergeOffer { key, owner, other, other_state } => self.merge_offer(key, owner, other, other_state, now).await?,
+            CrossShardMessage::MergeAbsorb { key, survivor, merged, merged_state } => self.merge_absorb(key, survivor, merged, merged_state, now).await?,
+            CrossShardMessage::MergeDone { merged, survivor } => self.merge_done(merged, survivor, now).await?,
+            CrossShardMessage::MergeCancel { customer, relink } => {
+                let held = self.unfreeze(customer)?;
+                if let Some((key, to)) = relink {
+                    self.push(customer, now, CustomerInput::Unlink { identity: key, to });
+                    self.app.stats.conflicts.fetch_add(1, Ordering::Relaxed);
+                }
+                for (t, input) in held {
+                    self.push(customer, t, input);
+                }
+            }
             CrossShardMessage::Claim { identity, customer, replaces } => match self.lookup(&identity)? {
                 None => self.set_index(&identity, customer),
                 Some(c) if c == customer => {}
@@ -452,9 +539,14 @@ impl<'a> Round<'a> {
         }
         let shard = self.shard();
         if owner.home_shard() != shard || other.home_shard() != shard {
-            // Cross-shard merges need both states in one place; see ARCHITECTURE.md.
+            // Both states must meet in one place: the cross-shard merge protocol
+            // (MergeRequest → MergeOffer → MergeAbsorb/MergeDone/MergeCancel).
+            Box::pin(self.merge_request(key.clone(), owner, other, now)).await?;
+            return Ok(owner);
+        }
+        if self.is_frozen(owner) || self.is_frozen(other) {
             self.app.stats.deferred_cross_shard_merges.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(shard, %owner, %other, key = %key, "cross-shard merge not yet supported; key stays with its current customer");
+            tracing::warn!(shard, %owner, %other, key = %key, "a merge is already in flight for one of these customers; the key stays where it is");
             return Ok(owner);
         }
         let a = self.customer_state(owner).await?;
@@ -491,6 +583,149 @@ impl<'a> Round<'a> {
                 Ok(survivor)
             }
         }
+    }
+
+    /// Step 1 at `other`'s home: freeze `other` and offer its state to `owner`'s home.
+    async fn merge_request(&mut self, key: Identity, owner: CustomerId, other: CustomerId, now: i64) -> io::Result<()> {
+        let shard = self.shard();
+        let other = self.resolve_tomb(other)?;
+        if other.home_shard() != shard {
+            if let Some(CrossShardMessage::MergeRequest { key, owner, other }) =
+                self.route(other.home_shard(), CrossShardMessage::MergeRequest { key, owner, other })
+            {
+                Box::pin(self.merge_request(key, owner, other, now)).await?;
+            }
+            return Ok(());
+        }
+        if other == owner {
+            return Ok(());
+        }
+        if owner.home_shard() == shard {
+            self.link_contested(owner, &key, other, now).await?;
+            return Ok(());
+        }
+        if self.is_frozen(other) || self.load_state(other).map(|s| s.is_tombstone()).unwrap_or(true) {
+            self.app.stats.deferred_cross_shard_merges.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(shard, %owner, %other, key = %key, "merge skipped: the customer is already in another merge");
+            return Ok(());
+        }
+        let state = self.customer_state(other).await?;
+        self.freeze(other)?;
+        self.send_cross(owner.home_shard(), CrossShardMessage::MergeOffer { key, owner, other, other_state: chorus_types::encoding::encode(&state) });
+        Ok(())
+    }
+
+    /// Step 2 at `owner`'s home: decide with both states (SPEC §4.2).
+    async fn merge_offer(&mut self, key: Identity, owner: CustomerId, other: CustomerId, other_state: Vec<u8>, now: i64) -> io::Result<()> {
+        let shard = self.shard();
+        let owner = self.resolve_tomb(owner)?;
+        if owner.home_shard() != shard {
+            let msg = CrossShardMessage::MergeOffer { key, owner, other, other_state };
+            if let Some(CrossShardMessage::MergeOffer { key, owner, other, other_state }) = self.route(owner.home_shard(), msg) {
+                return Box::pin(self.merge_offer(key, owner, other, other_state, now)).await;
+            }
+            return Ok(());
+        }
+        let cancel = |me: &mut Self| {
+            me.app.stats.deferred_cross_shard_merges.fetch_add(1, Ordering::Relaxed);
+            if let Some(CrossShardMessage::MergeCancel { customer, .. }) =
+                me.route(other.home_shard(), CrossShardMessage::MergeCancel { customer: other, relink: None })
+            {
+                me.meta.frozen.remove(&customer);
+            }
+        };
+        if owner == other || self.is_frozen(owner) {
+            cancel(self);
+            return Ok(());
+        }
+        let a = self.customer_state(owner).await?;
+        let b: CustomerState = chorus_types::encoding::decode(&other_state).map_err(io_err)?;
+        let cfg = self.app.config.engine.clone();
+        match chorus_engine::decide_link(&a, &b, &key, &cfg) {
+            LinkDecision::Relink { key, to, .. } => {
+                self.push(to, now, CustomerInput::Conflict { identity: key.clone(), other });
+                self.repoint(std::slice::from_ref(&key), to, &[other]);
+                self.send_cross(other.home_shard(), CrossShardMessage::MergeCancel { customer: other, relink: Some((key, to)) });
+                self.app.stats.conflicts.fetch_add(1, Ordering::Relaxed);
+            }
+            LinkDecision::Merge { survivor, merged } if survivor == owner => {
+                let (mut s, mut m) = (a, b);
+                let absorbed: Vec<CustomerId> = std::iter::once(m.id).chain(m.merged_from.iter().copied()).collect();
+                let ids = m.identities.clone();
+                chorus_engine::merge_into(&mut s, &mut m, now, &cfg);
+                self.replace_state(s).await?;
+                self.repoint(&ids, survivor, &absorbed);
+                self.send_cross(merged.home_shard(), CrossShardMessage::MergeDone { merged, survivor });
+                self.app.stats.merges.fetch_add(1, Ordering::Relaxed);
+            }
+            LinkDecision::Merge { survivor, merged } => {
+                // `other` survives: ship the owner's state to it and freeze the owner.
+                self.freeze(merged)?;
+                self.send_cross(
+                    survivor.home_shard(),
+                    CrossShardMessage::MergeAbsorb { key, survivor, merged, merged_state: chorus_types::encoding::encode(&a) },
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Step 3b at the survivor's home (the survivor is frozen since step 1).
+    async fn merge_absorb(&mut self, _key: Identity, survivor: CustomerId, merged: CustomerId, merged_state: Vec<u8>, now: i64) -> io::Result<()> {
+        if survivor.home_shard() != self.shard() || !self.is_frozen(survivor) {
+            tracing::error!(%survivor, %merged, "merge absorb for a customer that is not frozen here; cancelling");
+            self.send_cross(merged.home_shard(), CrossShardMessage::MergeCancel { customer: merged, relink: None });
+            return Ok(());
+        }
+        let held = self.unfreeze(survivor)?;
+        let mut s = self.customer_state(survivor).await?;
+        let mut m: CustomerState = chorus_types::encoding::decode(&merged_state).map_err(io_err)?;
+        let absorbed: Vec<CustomerId> = std::iter::once(m.id).chain(m.merged_from.iter().copied()).collect();
+        let ids = m.identities.clone();
+        let cfg = self.app.config.engine.clone();
+        chorus_engine::merge_into(&mut s, &mut m, now, &cfg);
+        self.replace_state(s).await?;
+        self.repoint(&ids, survivor, &absorbed);
+        for (t, input) in held {
+            self.push(survivor, t, input);
+        }
+        if let Some(CrossShardMessage::MergeDone { merged, survivor }) =
+            self.route(merged.home_shard(), CrossShardMessage::MergeDone { merged, survivor })
+        {
+            Box::pin(self.merge_done(merged, survivor, now)).await?;
+        }
+        self.app.stats.merges.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Final step at the merged customer's home: tombstone it and forward held events.
+    async fn merge_done(&mut self, merged: CustomerId, survivor: CustomerId, now: i64) -> io::Result<()> {
+        let shard = self.shard();
+        if merged.home_shard() != shard {
+            return Ok(());
+        }
+        let held = self.unfreeze(merged)?;
+        let mut st = self.customer_state(merged).await?;
+        let cfg = self.app.config.engine.clone();
+        st.merged_into = Some(survivor);
+        st.updated_ms = now;
+        st.history.clear();
+        st.identities.clear();
+        st.decide(&cfg, now, DecisionKind::MergedInto, "identity link", format!("merged into {survivor}"));
+        self.replace_state(st).await?;
+        self.tombs.insert(merged, survivor);
+        self.batch.insert(self.app.store.shard(), keys::tomb(shard, merged), survivor.0.to_be_bytes().to_vec());
+        self.meta.tombstones += 1;
+        for (t, input) in held {
+            if let CustomerInput::Event(event) = input {
+                if survivor.home_shard() == shard {
+                    self.push(survivor, t, CustomerInput::Event(event));
+                } else {
+                    self.send_cross(survivor.home_shard(), CrossShardMessage::Forward { customer: survivor, event });
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Current state of a local customer including this round's pending inputs.
@@ -677,6 +912,13 @@ impl<'a> Round<'a> {
             self.batch.insert(&ks, keys::xout(shard, target, seq), chorus_types::encoding::encode(&msg));
         }
         self.app.stats.pending_cross_shard.fetch_add(xcount, Ordering::Relaxed);
+        for (id, list) in self.held.drain() {
+            if self.meta.frozen.contains(&id) {
+                self.batch.insert(&ks, keys::frozen(shard, id), chorus_types::encoding::encode(&list));
+            } else {
+                self.batch.remove(&ks, keys::frozen(shard, id));
+            }
+        }
         self.batch.insert(&ks, keys::shard_meta(shard), chorus_types::encoding::encode(&self.meta));
         self.batch.insert(&ks, keys::raft_meta(shard), raft_meta);
         self.batch.commit().map_err(io_err)?;

@@ -22,6 +22,8 @@ pub const XOUT: u8 = b'x';
 pub const XIN: u8 = b'y';
 /// Tombstones: merged customer id → survivor id.
 pub const TOMB: u8 = b'k';
+/// Customers frozen by an in-flight cross-shard merge: customer → inputs held back.
+pub const FROZEN: u8 = b'f';
 /// Inputs parked for quarantined customers: customer ++ seq.
 pub const PARKED: u8 = b'q';
 
@@ -79,4 +81,10 @@ pub fn tomb(shard: ShardId, id: CustomerId) -> Vec<u8> {
 }
 pub fn parked_prefix(shard: ShardId) -> Vec<u8> {
     shard_key(shard, PARKED, b"")
+}
+pub fn frozen(shard: ShardId, id: CustomerId) -> Vec<u8> {
+    shard_key(shard, FROZEN, &id.0.to_be_bytes())
+}
+pub fn frozen_prefix(shard: ShardId) -> Vec<u8> {
+    shard_key(shard, FROZEN, b"")
 }

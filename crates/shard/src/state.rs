@@ -18,6 +18,8 @@ pub struct ShardMeta {
     pub next_xseq: u64,
     pub parked_seq: u64,
     pub quarantined: u64,
+    /// Customers frozen by an in-flight cross-shard merge (their inputs are held).
+    pub frozen: std::collections::BTreeSet<CustomerId>,
 }
 
 pub fn read_meta(store: &Store, shard: ShardId) -> Result<ShardMeta, String> {

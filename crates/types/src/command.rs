@@ -38,6 +38,21 @@ pub enum CrossShardMessage {
     /// Link `identity` (indexed in the target shard) to `customer`. If the index points
     /// to one of `replaces` (customers merged into `customer`), it is re-pointed.
     Claim { identity: Identity, customer: CustomerId, replaces: Vec<CustomerId> },
+    /// Cross-shard merge, step 1 (to `other`'s home): `key` was seen with `owner` but
+    /// belongs to `other`. The home freezes `other` and offers its state.
+    MergeRequest { key: Identity, owner: CustomerId, other: CustomerId },
+    /// Step 2 (to `owner`'s home): `other`'s encoded state, frozen at its home. The
+    /// owner's home decides (SPEC §4.2): merge into owner, absorb into other, or re-link.
+    MergeOffer { key: Identity, owner: CustomerId, other: CustomerId, other_state: Vec<u8> },
+    /// Step 3b (to `survivor`'s home, where `survivor` is frozen): merge `merged_state`
+    /// (frozen at its own home) into `survivor`.
+    MergeAbsorb { key: Identity, survivor: CustomerId, merged: CustomerId, merged_state: Vec<u8> },
+    /// Final step (to `merged`'s home): `merged` becomes a tombstone forwarding to
+    /// `survivor`; inputs parked while frozen are forwarded.
+    MergeDone { merged: CustomerId, survivor: CustomerId },
+    /// The merge did not happen: unfreeze `customer` (re-linking `key` away to `to` when
+    /// the limit-1 rule said so).
+    MergeCancel { customer: CustomerId, relink: Option<(Identity, CustomerId)> },
 }
 
 /// Result of delivering one outbox intent.

@@ -4,8 +4,10 @@
 
 pub mod config;
 pub mod identity;
+pub mod messaging;
 pub mod profile;
 
 pub use config::EngineConfig;
 pub use identity::*;
+pub use messaging::*;
 pub use profile::*;

@@ -60,6 +60,13 @@ pub enum DecisionKind {
     AttributeRejected,
     IdentityLimit,
     Quarantined,
+    /// An intent to send was recorded in the outbox.
+    Sent,
+    Skipped,
+    /// A durable timer will act later.
+    Scheduled,
+    Delivered,
+    DeliveryFailed,
 }
 
 impl DecisionKind {
@@ -74,6 +81,11 @@ impl DecisionKind {
             DecisionKind::AttributeRejected => "attribute.rejected",
             DecisionKind::IdentityLimit => "identity.limit",
             DecisionKind::Quarantined => "quarantined",
+            DecisionKind::Sent => "sent",
+            DecisionKind::Skipped => "skipped",
+            DecisionKind::Scheduled => "scheduled",
+            DecisionKind::Delivered => "delivered",
+            DecisionKind::DeliveryFailed => "failed",
         }
     }
 }

@@ -51,6 +51,7 @@ struct Inner {
     raft_meta: Keyspace,
     shard: Keyspace,
     node_meta: Keyspace,
+    captured: Keyspace,
     flusher: Flusher,
     path: PathBuf,
 }
@@ -70,9 +71,10 @@ impl Store {
         let raft_meta = ks("raft_meta")?;
         let shard = ks("shard")?;
         let node_meta = ks("node_meta")?;
+        let captured = ks("captured")?;
         let flusher = Flusher::start(db.clone(), opts.flush_batch_max);
         Ok(Store {
-            inner: Arc::new(Inner { db, raft_log, raft_meta, shard, node_meta, flusher, path: dir.to_path_buf() }),
+            inner: Arc::new(Inner { db, raft_log, raft_meta, shard, node_meta, captured, flusher, path: dir.to_path_buf() }),
         })
     }
 
@@ -94,6 +96,10 @@ impl Store {
     /// Node-level metadata (node id, cluster id, clock settings).
     pub fn node_meta(&self) -> &Keyspace {
         &self.inner.node_meta
+    }
+    /// Messages stored by the capture connector (a local stand-in for providers).
+    pub fn captured(&self) -> &Keyspace {
+        &self.inner.captured
     }
     /// A new atomic cross-keyspace batch; durable only after a flush.
     pub fn batch(&self) -> WriteBatch {

@@ -1,7 +1,7 @@
 //! Shard log commands and their results: every input to a shard is one of these,
 //! stamped with the leader's clock (SPEC §3.3). Variants are append-only.
 
-use crate::{CustomerId, Event, Identity, ShardId};
+use crate::{CustomerId, Event, Identity, SendRequest, ShardId};
 use serde::{Deserialize, Serialize};
 
 /// One entry of a shard's replicated log.
@@ -28,6 +28,8 @@ pub enum ShardOp {
     DispatchOutcome { outcomes: Vec<DispatchOutcome> },
     /// No effect; used to commit leadership and to move the clock forward.
     Noop,
+    /// Send (or schedule) messages to customers homed in this shard.
+    Send { requests: Vec<SendRequest> },
 }
 
 /// A message between shards (SPEC §3.1).
@@ -78,6 +80,22 @@ pub enum ShardResult {
     Done,
     /// One outcome per event, in the order of the command.
     Ingest(Vec<EventOutcome>),
+    /// One outcome per send request, in order.
+    Send(Vec<SendOutcome>),
+}
+
+/// What happened to a send request when its entry was applied. The send decision
+/// itself (sent, skipped and why) is in the customer's decision log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SendOutcome {
+    /// Handed to the customer's actor now.
+    Accepted { customer: CustomerId },
+    /// A durable timer will send it at `at_ms`.
+    Scheduled { customer: CustomerId, at_ms: i64 },
+    /// This request id was seen before within the dedup window.
+    Duplicate,
+    /// No such customer in this shard.
+    NotFound,
 }
 
 /// The outcome of one ingested event.
@@ -104,6 +122,7 @@ impl std::fmt::Display for ShardCommand {
             ShardOp::Tick => write!(f, "tick@{}", self.now_ms),
             ShardOp::DispatchOutcome { outcomes } => write!(f, "outcomes({})", outcomes.len()),
             ShardOp::Noop => write!(f, "noop@{}", self.now_ms),
+            ShardOp::Send { requests } => write!(f, "send({})@{}", requests.len(), self.now_ms),
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod event;
 pub mod ids;
 pub mod identity;
 pub mod json;
+pub mod messaging;
 pub mod routing;
 
 pub use command::*;
@@ -14,3 +15,4 @@ pub use event::*;
 pub use ids::*;
 pub use identity::*;
 pub use json::JsonMap;
+pub use messaging::*;

@@ -1,0 +1,181 @@
+//! Send decisions (SPEC §4.3, §5.1 steps 2–3 and 6): consent per channel and topic with
+//! transactional exemptions, the contact point, and a deterministic idempotency key.
+//! Caps, quiet hours and priority arrive with the journey engine.
+
+use crate::{ConsentStatus, CustomerState, DecisionKind, EngineConfig};
+use chorus_types::{Category, Intent, IdentityKind, SendRequest};
+
+/// What the core decided about one send.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SendDecision {
+    Send(Intent),
+    Skip { reason: String },
+}
+
+/// The deterministic idempotency key of an API send: re-processing the same request
+/// after a crash yields the same key, so a provider that honours keys sends once.
+pub fn api_send_key(req: &SendRequest) -> String {
+    format!("api/{}/{}", req.request_id, req.customer)
+}
+
+fn consent(state: &CustomerState, channel: &str) -> ConsentStatus {
+    state.consent.channels.get(channel).map(|e| e.status).unwrap_or(ConsentStatus::Unknown)
+}
+
+/// The contact point for `channel`, if the customer has one.
+pub fn contact_point(state: &CustomerState, channel: &str) -> Option<String> {
+    let identity = |kind: IdentityKind| state.identities.iter().rev().find(|i| i.kind == kind).map(|i| i.value.clone());
+    match channel {
+        "email" => identity(IdentityKind::Email).or_else(|| state.attributes.get("email").and_then(|v| v.as_str()).map(str::to_string)),
+        "sms" | "mms" => identity(IdentityKind::Phone),
+        "push" => identity(IdentityKind::PushToken),
+        _ => Some(String::new()),
+    }
+}
+
+/// Decide one send and record the decision on the customer.
+pub fn decide_send(state: &mut CustomerState, req: &SendRequest, now_ms: i64, cfg: &EngineConfig) -> SendDecision {
+    let decision = evaluate(state, req);
+    match &decision {
+        SendDecision::Send(intent) => state.decide(
+            cfg,
+            now_ms,
+            DecisionKind::Sent,
+            "api send",
+            format!("{} {} to {} (key {})", req.channel, req.template, if intent.to.is_empty() { "-" } else { &intent.to }, intent.key),
+        ),
+        SendDecision::Skip { reason } => state.decide(cfg, now_ms, DecisionKind::Skipped, reason.clone(), format!("{} {} (request {})", req.channel, req.template, req.request_id)),
+    }
+    if let SendDecision::Send(intent) = decision {
+        let mut intent = intent;
+        intent.created_ms = now_ms;
+        return SendDecision::Send(intent);
+    }
+    decision
+}
+
+fn evaluate(state: &CustomerState, req: &SendRequest) -> SendDecision {
+    let skip = |r: &str| SendDecision::Skip { reason: r.to_string() };
+    if state.is_tombstone() {
+        return skip("customer merged away");
+    }
+    let marketing = req.category == Category::Marketing;
+    // Channel consent: an opt-out is a hard stop for every category.
+    let channel_consent = consent(state, &req.channel);
+    if channel_consent == ConsentStatus::OptedOut {
+        return SendDecision::Skip { reason: format!("{} opted out", req.channel) };
+    }
+    if marketing {
+        let needs_opt_in = matches!(req.channel.as_str(), "sms" | "mms" | "media");
+        if needs_opt_in && channel_consent != ConsentStatus::OptedIn {
+            return SendDecision::Skip { reason: format!("no {} consent (marketing needs an explicit opt-in)", req.channel) };
+        }
+        if !req.topic.is_empty() && state.consent.topics.get(&req.topic).is_some_and(|t| t.status == ConsentStatus::OptedOut) {
+            return SendDecision::Skip { reason: format!("topic {} opted out", req.topic) };
+        }
+    }
+    let Some(to) = contact_point(state, &req.channel) else {
+        let what = match req.channel.as_str() {
+            "email" => "no email address",
+            "sms" | "mms" => "no phone number",
+            "push" => "no valid push token",
+            _ => "no contact point",
+        };
+        return skip(what);
+    };
+    let mut vars = state.attributes.clone();
+    for (k, v) in req.vars.0.iter() {
+        vars.0.insert(k.clone(), v.clone());
+    }
+    SendDecision::Send(Intent {
+        key: api_send_key(req),
+        customer: state.id,
+        channel: req.channel.clone(),
+        template: req.template.clone(),
+        category: req.category,
+        to,
+        vars,
+        journey: String::new(),
+        created_ms: 0,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ConsentEntry;
+    use chorus_types::{CustomerId, Identity, JsonMap};
+
+    fn customer() -> CustomerState {
+        let mut c = CustomerState::new(CustomerId::new(0, 1), 0);
+        c.identities.push(Identity { kind: IdentityKind::Email, value: "ada@example.com".into() });
+        c
+    }
+
+    fn req(channel: &str, category: Category) -> SendRequest {
+        SendRequest {
+            request_id: "r1".into(),
+            customer: CustomerId::new(0, 1),
+            channel: channel.into(),
+            template: "welcome".into(),
+            category,
+            vars: JsonMap::new(),
+            send_at_ms: 0,
+            topic: String::new(),
+        }
+    }
+
+    fn set(c: &mut CustomerState, channel: &str, status: ConsentStatus) {
+        c.consent.channels.insert(channel.into(), ConsentEntry { status, at_ms: 0, source: "api".into() });
+    }
+
+    #[test]
+    fn rule_email_unknown_consent_may_send_marketing() {
+        let mut c = customer();
+        let d = decide_send(&mut c, &req("email", Category::Marketing), 5, &EngineConfig::default());
+        let SendDecision::Send(i) = d else { panic!("{d:?}") };
+        assert_eq!(i.to, "ada@example.com");
+        assert_eq!(i.key, "api/r1/cu_0000000000000001");
+        assert_eq!(i.created_ms, 5);
+        assert_eq!(c.decisions.back().unwrap().kind, DecisionKind::Sent);
+    }
+
+    #[test]
+    fn rule_channel_opt_out_is_a_hard_stop_even_for_transactional() {
+        let mut c = customer();
+        set(&mut c, "email", ConsentStatus::OptedOut);
+        let d = decide_send(&mut c, &req("email", Category::Transactional), 0, &EngineConfig::default());
+        assert_eq!(d, SendDecision::Skip { reason: "email opted out".into() });
+        assert_eq!(c.decisions.back().unwrap().kind, DecisionKind::Skipped);
+    }
+
+    #[test]
+    fn rule_sms_marketing_needs_explicit_opt_in() {
+        let mut c = customer();
+        c.identities.push(Identity { kind: IdentityKind::Phone, value: "+14155550123".into() });
+        let cfg = EngineConfig::default();
+        assert!(matches!(decide_send(&mut c, &req("sms", Category::Marketing), 0, &cfg), SendDecision::Skip { .. }));
+        assert!(matches!(decide_send(&mut c, &req("sms", Category::Transactional), 0, &cfg), SendDecision::Send(_)));
+        set(&mut c, "sms", ConsentStatus::OptedIn);
+        assert!(matches!(decide_send(&mut c, &req("sms", Category::Marketing), 0, &cfg), SendDecision::Send(_)));
+    }
+
+    #[test]
+    fn rule_topic_opt_out_blocks_marketing_but_not_transactional() {
+        let mut c = customer();
+        c.consent.topics.insert("promotions".into(), ConsentEntry { status: ConsentStatus::OptedOut, at_ms: 0, source: "api".into() });
+        let mut r = req("email", Category::Marketing);
+        r.topic = "promotions".into();
+        let cfg = EngineConfig::default();
+        assert!(matches!(decide_send(&mut c, &r, 0, &cfg), SendDecision::Skip { .. }));
+        r.category = Category::Transactional;
+        assert!(matches!(decide_send(&mut c, &r, 0, &cfg), SendDecision::Send(_)));
+    }
+
+    #[test]
+    fn rule_a_send_needs_a_contact_point() {
+        let mut c = CustomerState::new(CustomerId::new(0, 2), 0);
+        let d = decide_send(&mut c, &req("push", Category::Transactional), 0, &EngineConfig::default());
+        assert_eq!(d, SendDecision::Skip { reason: "no valid push token".into() });
+    }
+}

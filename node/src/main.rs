@@ -130,6 +130,16 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let grpc_addr = grpc_listener.local_addr()?;
     let http_addr = http_listener.local_addr()?;
 
+    // Until real providers are configured (issue "Channels"), every channel is served by
+    // the capture connector, which stores messages for `chorusctl messages tail`.
+    let clock_for_capture = clock.clone();
+    let capture: Arc<dyn chorus_connectors::Connector> =
+        Arc::new(chorus_connectors::capture::CaptureConnector::new(store.clone(), Box::new(move || clock_for_capture.now_ms())).map_err(anyhow::Error::msg)?);
+    let connectors = chorus_connectors::Connectors::start(
+        chorus_types::CHANNELS.iter().map(|c| (c.to_string(), capture.clone(), chorus_connectors::ConnectorLimits::default())).collect(),
+    )
+    .await
+    .map_err(anyhow::Error::msg)?;
     let shards = chorus_shard::Shards::open(
         config.node_id,
         &grpc_addr.to_string(),
@@ -137,6 +147,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         clock.clone(),
         shard_config,
         chorus_raft::GroupTuning::default(),
+        connectors,
     )
     .await
     .context("open shards")?;
@@ -159,6 +170,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .add_service(v1::ingest_server::IngestServer::new(services.clone()).max_decoding_message_size(64 * 1024 * 1024))
         .add_service(v1::profiles_server::ProfilesServer::new(services.clone()))
         .add_service(v1::admin_server::AdminServer::new(services.clone()))
+        .add_service(v1::messages_server::MessagesServer::new(services.clone()))
         .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(grpc_listener), stopped(stop_rx.clone()));
     let http = axum::serve(http_listener, chorus_api::http::router(shards.clone(), api_config)).with_graceful_shutdown(stopped(stop_rx.clone()));
     let grpc_task = tokio::spawn(grpc);

@@ -186,8 +186,8 @@ impl v1::admin_server::Admin for Services {
                 applied_index: s.applied_index,
                 live_actors: s.live_actors,
                 customers: s.customers,
-                pending_timers: 0,
-                pending_intents: s.pending_cross_shard,
+                pending_timers: s.pending_timers,
+                pending_intents: s.pending_intents,
                 quarantined: s.quarantined,
             })
             .collect();
@@ -208,10 +208,199 @@ impl v1::admin_server::Admin for Services {
 
     type TailMessagesStream = Pin<Box<dyn futures::Stream<Item = Result<v1::CapturedMessage, Status>> + Send>>;
 
-    async fn tail_messages(&self, _request: Request<v1::TailMessagesRequest>) -> Result<Response<Self::TailMessagesStream>, Status> {
-        Err(ApiError::FailedPrecondition(
-            "no messages are sent yet: the outbox and capture connector are not built in this version (see issue \"Core platform\" notes)".into(),
-        )
-        .into())
+    async fn tail_messages(&self, request: Request<v1::TailMessagesRequest>) -> Result<Response<Self::TailMessagesStream>, Status> {
+        let req = request.into_inner();
+        let filter: Option<String> = if req.customer_id.is_empty() {
+            None
+        } else {
+            let id: CustomerId = req.customer_id.parse().map_err(|e: chorus_types::CustomerIdParseError| ApiError::invalid("customer_id", e.to_string()))?;
+            Some(id.to_string())
+        };
+        let store = self.shards.store().clone();
+        let last = if req.last == 0 { 20 } else { req.last as usize };
+        let (tx, rx) = mpsc::channel::<Result<v1::CapturedMessage, Status>>(256);
+        let follow = req.follow;
+        tokio::spawn(async move {
+            let keep = |m: &chorus_connectors::capture::Captured| filter.as_ref().is_none_or(|f| *f == m.intent.customer.to_string());
+            // With a customer filter, "last N" means that customer's last N.
+            let initial = if filter.is_some() {
+                match chorus_connectors::capture::read_after(&store, 0, usize::MAX) {
+                    Ok(all) => {
+                        let mine: Vec<_> = all.into_iter().filter(|m| keep(m)).collect();
+                        let skip = mine.len().saturating_sub(last);
+                        Ok(mine.into_iter().skip(skip).collect::<Vec<_>>())
+                    }
+                    Err(e) => Err(e),
+                }
+            } else {
+                chorus_connectors::capture::read_last(&store, last)
+            };
+            let mut cursor = match &initial {
+                Ok(v) => v.last().map(|m| m.seq).unwrap_or(0),
+                Err(_) => 0,
+            };
+            if !filter.is_some() || cursor == 0 {
+                // Follow from the newest message overall, not just the filtered ones.
+                if let Ok(v) = chorus_connectors::capture::read_last(&store, 1) {
+                    cursor = cursor.max(v.last().map(|m| m.seq).unwrap_or(0));
+                }
+            }
+            match initial {
+                Ok(msgs) => {
+                    for m in msgs {
+                        if tx.send(Ok(captured(m))).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(Status::internal(format!("read captured messages: {e}")))).await;
+                    return;
+                }
+            }
+            while follow {
+                tokio::select! {
+                    _ = tx.closed() => return,
+                    _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+                }
+                match chorus_connectors::capture::read_after(&store, cursor, 1000) {
+                    Ok(msgs) => {
+                        for m in msgs {
+                            cursor = m.seq;
+                            if keep(&m) && tx.send(Ok(captured(m))).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(Status::internal(format!("read captured messages: {e}")))).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+fn captured(m: chorus_connectors::capture::Captured) -> v1::CapturedMessage {
+    let body = serde_json::json!({"template": m.intent.template, "category": m.intent.category.as_str(), "vars": m.intent.vars.0});
+    v1::CapturedMessage {
+        seq: m.seq,
+        at_ms: m.at_ms,
+        customer_id: m.intent.customer.to_string(),
+        channel: m.intent.channel,
+        template: m.intent.template,
+        idempotency_key: m.intent.key,
+        to: m.intent.to,
+        body_json: body.to_string(),
+        journey: m.intent.journey,
+    }
+}
+
+#[tonic::async_trait]
+impl v1::messages_server::Messages for Services {
+    async fn send(&self, request: Request<v1::SendMessagesRequest>) -> Result<Response<v1::SendMessagesResponse>, Status> {
+        let req = request.into_inner();
+        if req.messages.len() > self.config.batch_events_max {
+            return Err(ApiError::invalid("messages", format!("{} messages in one request; the limit is {}", req.messages.len(), self.config.batch_events_max)).into());
+        }
+        let now = self.shards.clock().now_ms();
+        let mut results: Vec<v1::MessageResult> = Vec::with_capacity(req.messages.len());
+        let mut valid = Vec::new();
+        let mut positions = Vec::new();
+        for (i, m) in req.messages.into_iter().enumerate() {
+            let mut r = v1::MessageResult { index: i as u32, ..Default::default() };
+            match self.message_request(m, now).await {
+                Ok(sr) => {
+                    valid.push(sr);
+                    positions.push(i);
+                }
+                Err(ApiError::InvalidArgument { field, message }) => {
+                    r.status = v1::MessageStatus::Rejected as i32;
+                    r.field = field;
+                    r.error = message;
+                }
+                Err(ApiError::NotFound(msg)) => {
+                    r.status = v1::MessageStatus::NotFound as i32;
+                    r.error = msg;
+                }
+                Err(e) => {
+                    r.status = v1::MessageStatus::Retry as i32;
+                    r.error = e.to_string();
+                }
+            }
+            results.push(r);
+        }
+        let outcomes = self.shards.send(valid).await;
+        for (pos, o) in positions.into_iter().zip(outcomes) {
+            let r = &mut results[pos];
+            match o {
+                Ok(chorus_types::SendOutcome::Accepted { customer }) => {
+                    r.status = v1::MessageStatus::Queued as i32;
+                    r.customer_id = customer.to_string();
+                    r.at_ms = now;
+                }
+                Ok(chorus_types::SendOutcome::Scheduled { customer, at_ms }) => {
+                    r.status = v1::MessageStatus::Scheduled as i32;
+                    r.customer_id = customer.to_string();
+                    r.at_ms = at_ms;
+                }
+                Ok(chorus_types::SendOutcome::Duplicate) => r.status = v1::MessageStatus::Duplicate as i32,
+                Ok(chorus_types::SendOutcome::NotFound) => {
+                    r.status = v1::MessageStatus::NotFound as i32;
+                    r.error = "the customer no longer exists in its shard".into();
+                }
+                Err(e) => {
+                    r.status = v1::MessageStatus::Retry as i32;
+                    r.error = e.to_string();
+                }
+            }
+        }
+        Ok(Response::new(v1::SendMessagesResponse { results }))
+    }
+}
+
+impl Services {
+    async fn message_request(&self, m: v1::MessageRequest, now: i64) -> Result<chorus_types::SendRequest, ApiError> {
+        if m.request_id.trim().is_empty() {
+            return Err(ApiError::invalid("request_id", "is required (it makes the send idempotent)"));
+        }
+        if !chorus_types::CHANNELS.contains(&m.channel.as_str()) {
+            return Err(ApiError::invalid("channel", format!("{:?} is not a channel: use one of {}", m.channel, chorus_types::CHANNELS.join(", "))));
+        }
+        if m.template.trim().is_empty() {
+            return Err(ApiError::invalid("template", "is required"));
+        }
+        let category = chorus_types::Category::parse(&m.category)
+            .ok_or_else(|| ApiError::invalid("category", format!("{:?} is not a category: use marketing or transactional", m.category)))?;
+        let vars = match m.vars_json.trim() {
+            "" => serde_json::Map::new(),
+            text => match serde_json::from_str::<serde_json::Value>(text) {
+                Ok(serde_json::Value::Object(o)) => o,
+                Ok(_) => return Err(ApiError::invalid("vars_json", "must be a JSON object")),
+                Err(e) => return Err(ApiError::invalid("vars_json", format!("is not valid JSON: {e}"))),
+            },
+        };
+        let send_at_ms = if !m.send_at.trim().is_empty() {
+            chorus_types::event::parse_rfc3339_ms(m.send_at.trim())
+                .ok_or_else(|| ApiError::invalid("send_at", format!("{:?} is not an RFC 3339 time (e.g. 2026-12-01T10:00:00Z)", m.send_at)))?
+        } else {
+            m.send_at_ms
+        };
+        let id = self.resolve_ref(m.profile).await?;
+        // Send to the survivor if the customer was merged away.
+        let (state, _) = self.shards.customer_following_merges(id).await?.ok_or_else(|| ApiError::NotFound(format!("no customer {id}")))?;
+        let _ = now;
+        Ok(chorus_types::SendRequest {
+            request_id: m.request_id.trim().to_string(),
+            customer: state.id,
+            channel: m.channel,
+            template: m.template,
+            category,
+            vars: vars.into(),
+            send_at_ms,
+            topic: m.topic,
+        })
     }
 }

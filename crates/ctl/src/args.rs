@@ -304,6 +304,41 @@ impl FindArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum MessagesCommand {
+    /// Send (or schedule) a message to a customer through the engine (consent and
+    /// contact point are checked; the decision is in `profile explain`)
+    #[command(after_help = "JSON: {index, status, customer_id, at_ms, at, field, error}. status: queued | scheduled | \
+duplicate | rejected | not_found | retry.\n\nExamples:\n  chorusctl messages send --to email:ada@example.com --channel email \
+--template welcome --category transactional\n  chorusctl messages send --to user_id:42 --channel sms --template reminder --in 24h \
+--request-id reminder-42")]
+    Send {
+        /// The customer: a customer id or kind:value
+        #[arg(long, value_name = "ID_OR_IDENTITY", value_parser = profile_target_arg)]
+        to: ProfileTarget,
+        /// email, sms, mms, push, in_app, web, media or webhook
+        #[arg(long)]
+        channel: String,
+        /// Template id
+        #[arg(long)]
+        template: String,
+        /// marketing (default) or transactional
+        #[arg(long, default_value = "marketing")]
+        category: String,
+        /// Template variables as a JSON object
+        #[arg(long, value_name = "JSON")]
+        vars: Option<String>,
+        /// Subscription topic (a marketing send honours its opt-out)
+        #[arg(long, default_value = "")]
+        topic: String,
+        /// Idempotency id: the same id is sent once (default: generated)
+        #[arg(long)]
+        request_id: Option<String>,
+        /// Send at this time (RFC 3339 or Unix ms) instead of now
+        #[arg(long, value_name = "TIME", value_parser = time_arg, conflicts_with = "in_")]
+        at: Option<i64>,
+        /// Send after this delay (by the node's clock), e.g. 24h
+        #[arg(long = "in", id = "in_", value_name = "DURATION", value_parser = duration_ms_arg)]
+        in_: Option<i64>,
+    },
     /// Print the most recent captured messages, and with --follow new ones as they are captured
     #[command(after_help = "Columns: SEQ TIME CUSTOMER CHANNEL JOURNEY TEMPLATE TO [BODY].\n\n\
 JSON: one object per line (NDJSON): {seq, at_ms, at, customer_id, channel, journey, template, to, \

@@ -12,7 +12,7 @@ use crate::{ShardConfig, keys};
 use chorus_engine::{CustomerState, DecisionKind, LinkDecision};
 use chorus_raft::{Applied, Application};
 use chorus_store::{Store, WriteBatch};
-use chorus_types::{CrossShardMessage, CustomerId, Event, EventOutcome, Identity, ShardCommand, ShardId, ShardOp, ShardResult};
+use chorus_types::{CrossShardMessage, CustomerId, DispatchOutcome, Event, EventOutcome, Identity, Intent, SendOutcome, SendRequest, ShardCommand, ShardId, ShardOp, ShardResult, Timer};
 use futures::future::BoxFuture;
 use ractor::ActorRef;
 use std::collections::{HashMap, HashSet};
@@ -22,6 +22,31 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 fn io_err(e: impl std::fmt::Display) -> io::Error {
     io::Error::other(e.to_string())
+}
+
+/// Due time of the earliest timer of `shard`.
+pub fn first_timer(store: &Store, shard: ShardId) -> Result<Option<i64>, String> {
+    match store.shard().prefix(keys::timer_prefix(shard)).next() {
+        None => Ok(None),
+        Some(kv) => Ok(keys::timer_due(&kv.key().map_err(|e| e.to_string())?)),
+    }
+}
+
+/// Up to `limit` intents of `shard`'s outbox, skipping keys in `skip`.
+pub fn read_outbox(store: &Store, shard: ShardId, limit: usize, skip: &HashSet<String>) -> Result<Vec<Intent>, String> {
+    let mut out = Vec::new();
+    for kv in store.shard().prefix(keys::outbox_prefix(shard)) {
+        if out.len() >= limit {
+            break;
+        }
+        let (k, v) = kv.into_inner().map_err(|e| e.to_string())?;
+        let key = String::from_utf8_lossy(&k[5..]).into_owned();
+        if skip.contains(&key) {
+            continue;
+        }
+        out.push(chorus_types::encoding::decode(&v).map_err(|e| e.to_string())?);
+    }
+    Ok(out)
 }
 
 /// Counters readable without the apply lock.
@@ -37,6 +62,10 @@ pub struct ApplyStats {
     pub parked: AtomicU64,
     pub customers: AtomicU64,
     pub pending_cross_shard: AtomicU64,
+    pub pending_timers: AtomicU64,
+    pub pending_intents: AtomicU64,
+    /// Earliest pending timer (ms), or i64::MAX.
+    pub next_timer_ms: std::sync::atomic::AtomicI64,
 }
 
 pub struct ShardApp {
@@ -48,6 +77,8 @@ pub struct ShardApp {
     pub stats: ApplyStats,
     /// Woken after a round that wrote cross-shard messages.
     pub outbox_notify: tokio::sync::Notify,
+    /// Woken after a round that recorded intents.
+    pub intent_notify: tokio::sync::Notify,
 }
 
 impl ShardApp {
@@ -66,6 +97,9 @@ impl ShardApp {
         stats.customers.store(meta.customers - meta.tombstones, Ordering::Relaxed);
         let pending = store.shard().prefix(keys::xout_prefix(shard)).count() as u64;
         stats.pending_cross_shard.store(pending, Ordering::Relaxed);
+        stats.pending_timers.store(meta.timers, Ordering::Relaxed);
+        stats.pending_intents.store(meta.intents, Ordering::Relaxed);
+        stats.next_timer_ms.store(first_timer(&store, shard)?.unwrap_or(i64::MAX), Ordering::Relaxed);
         Ok(Arc::new(ShardApp {
             shard,
             store,
@@ -74,6 +108,7 @@ impl ShardApp {
             meta: tokio::sync::Mutex::new(meta),
             stats,
             outbox_notify: tokio::sync::Notify::new(),
+            intent_notify: tokio::sync::Notify::new(),
         }))
     }
 
@@ -113,12 +148,16 @@ impl ShardApp {
         round.flush_all().await?;
         round.expire_dedup()?;
         let wrote_xout = !round.xout.is_empty();
+        let wrote_intents = !round.intents.is_empty();
         let new_meta = round.finish(raft_meta)?;
         *meta = new_meta;
         drop(meta);
         self.stats.applied_index.store(last_index, Ordering::Relaxed);
         if wrote_xout {
             self.outbox_notify.notify_one();
+        }
+        if wrote_intents {
+            self.intent_notify.notify_one();
         }
         Ok(results)
     }
@@ -191,6 +230,12 @@ struct Round<'a> {
     xin: HashMap<ShardId, u64>,
     /// Inputs held for frozen customers (loaded lazily; written or deleted at the end).
     held: HashMap<CustomerId, Vec<(i64, CustomerInput)>>,
+    /// Intents decided this round (written to the outbox at the end).
+    intents: Vec<Intent>,
+    /// Timers added this round: (due, id, timer).
+    timers: Vec<(i64, String, Timer)>,
+    /// Outbox keys removed this round (delivered or failed).
+    outbox_removed: HashSet<String>,
     now_ms: i64,
 }
 
@@ -210,6 +255,9 @@ impl<'a> Round<'a> {
             xout: Vec::new(),
             xin: HashMap::new(),
             held: HashMap::new(),
+            intents: Vec::new(),
+            timers: Vec::new(),
+            outbox_removed: HashSet::new(),
             now_ms: 0,
         }
     }
@@ -258,8 +306,96 @@ impl<'a> Round<'a> {
                 let _ = p.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| Some(v.saturating_sub(removed)));
                 Ok(ShardResult::Done)
             }
-            ShardOp::Tick | ShardOp::Noop | ShardOp::DispatchOutcome { .. } => Ok(ShardResult::Done),
+            ShardOp::Send { requests } => {
+                let mut outcomes = Vec::with_capacity(requests.len());
+                for req in requests {
+                    outcomes.push(self.send_request(req, now)?);
+                }
+                Ok(ShardResult::Send(outcomes))
+            }
+            ShardOp::Tick => {
+                self.fire_timers(now)?;
+                Ok(ShardResult::Done)
+            }
+            ShardOp::DispatchOutcome { outcomes } => {
+                for o in outcomes {
+                    self.dispatch_outcome(o, now)?;
+                }
+                Ok(ShardResult::Done)
+            }
+            ShardOp::Noop => Ok(ShardResult::Done),
         }
+    }
+
+    fn send_request(&mut self, req: SendRequest, now: i64) -> io::Result<SendOutcome> {
+        let dedup_id = format!("send/{}", req.request_id);
+        if self.is_duplicate(&dedup_id)? {
+            return Ok(SendOutcome::Duplicate);
+        }
+        let customer = self.resolve_tomb(req.customer)?;
+        if customer.home_shard() != self.shard() || (!self.created.contains_key(&customer) && self.load_state(customer).is_err()) {
+            return Ok(SendOutcome::NotFound);
+        }
+        self.remember(&dedup_id, now);
+        let req = SendRequest { customer, ..req };
+        if req.send_at_ms > now {
+            let at_ms = req.send_at_ms;
+            let id = chorus_engine::api_send_key(&req);
+            self.push(customer, now, CustomerInput::Scheduled { request: req.clone(), at_ms });
+            self.timers.push((at_ms, id, Timer::Send(req)));
+            return Ok(SendOutcome::Scheduled { customer, at_ms });
+        }
+        self.push(customer, now, CustomerInput::Send(req));
+        Ok(SendOutcome::Accepted { customer })
+    }
+
+    /// Fire every timer due at or before `now` (bounded per entry; the ticker proposes
+    /// another tick while timers remain due).
+    fn fire_timers(&mut self, now: i64) -> io::Result<()> {
+        let shard = self.shard();
+        let lo = keys::timer_prefix(shard);
+        let hi = keys::timer(shard, now.saturating_add(1), "");
+        let mut fired = Vec::new();
+        for kv in self.app.store.shard().range(lo..hi) {
+            if fired.len() >= self.app.config.timers_fire_batch_max {
+                break;
+            }
+            let (k, v) = kv.into_inner().map_err(io_err)?;
+            let timer: Timer = chorus_types::encoding::decode(&v).map_err(io_err)?;
+            fired.push((k.to_vec(), timer));
+        }
+        for (key, timer) in fired {
+            self.batch.remove(self.app.store.shard(), key);
+            self.meta.timers = self.meta.timers.saturating_sub(1);
+            match timer {
+                Timer::Send(req) => {
+                    let customer = self.resolve_tomb(req.customer)?;
+                    if customer.home_shard() == shard {
+                        self.push(customer, now, CustomerInput::Send(SendRequest { customer, ..req }));
+                    } else {
+                        tracing::warn!(shard, %customer, request = %req.request_id, "scheduled send for a customer merged into another shard is dropped");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn dispatch_outcome(&mut self, o: DispatchOutcome, now: i64) -> io::Result<()> {
+        let shard = self.shard();
+        let key = keys::outbox(shard, &o.idempotency_key);
+        let present = self.intents.iter().any(|i| i.key == o.idempotency_key) || self.app.store.shard().get(&key).map_err(io_err)?.is_some();
+        if !present || self.outbox_removed.contains(&o.idempotency_key) {
+            return Ok(()); // already settled: a repeated outcome
+        }
+        self.batch.remove(self.app.store.shard(), key);
+        self.outbox_removed.insert(o.idempotency_key.clone());
+        self.meta.intents = self.meta.intents.saturating_sub(1);
+        let customer = self.resolve_tomb(o.customer)?;
+        if customer.home_shard() == shard {
+            self.push(customer, now, CustomerInput::Outcome(o));
+        }
+        Ok(())
     }
 
     fn last_xin(&self, source: ShardId) -> io::Result<u64> {
@@ -826,6 +962,7 @@ impl<'a> Round<'a> {
             match ok {
                 Some(applied) => {
                     self.states.insert(id, applied.encoded);
+                    self.intents.extend(applied.intents);
                 }
                 None => self.retry_or_park(id, inputs).await?,
             }
@@ -842,6 +979,7 @@ impl<'a> Round<'a> {
             match actor.call(|reply| CustomerMsg::Apply { inputs: inputs.clone(), reply }, None).await {
                 Ok(ractor::rpc::CallResult::Success(applied)) => {
                     self.states.insert(id, applied.encoded);
+                    self.intents.extend(applied.intents);
                     registry.clear_failures(id);
                     return Ok(());
                 }
@@ -919,9 +1057,30 @@ impl<'a> Round<'a> {
                 self.batch.remove(&ks, keys::frozen(shard, id));
             }
         }
+        for intent in self.intents.drain(..) {
+            let k = keys::outbox(shard, &intent.key);
+            // Idempotent: an intent is recorded once, whatever re-processing happens.
+            if ks.get(&k).map_err(io_err)?.is_none() {
+                self.meta.intents += 1;
+            }
+            self.batch.insert(&ks, k, chorus_types::encoding::encode(&intent));
+        }
+        let mut earliest = i64::MAX;
+        for (due, id, timer) in self.timers.drain(..) {
+            let k = keys::timer(shard, due, &id);
+            if ks.get(&k).map_err(io_err)?.is_none() {
+                self.meta.timers += 1;
+            }
+            earliest = earliest.min(due);
+            self.batch.insert(&ks, k, chorus_types::encoding::encode(&timer));
+        }
         self.batch.insert(&ks, keys::shard_meta(shard), chorus_types::encoding::encode(&self.meta));
         self.batch.insert(&ks, keys::raft_meta(shard), raft_meta);
         self.batch.commit().map_err(io_err)?;
+        self.app.stats.pending_timers.store(self.meta.timers, Ordering::Relaxed);
+        self.app.stats.pending_intents.store(self.meta.intents, Ordering::Relaxed);
+        let next = first_timer(&self.app.store, shard).map_err(io_err)?.unwrap_or(i64::MAX).min(earliest);
+        self.app.stats.next_timer_ms.store(next, Ordering::Relaxed);
         self.app.stats.customers.store(self.meta.customers - self.meta.tombstones, Ordering::Relaxed);
         Ok(self.meta)
     }

@@ -5,7 +5,7 @@
 
 use crate::ShardConfig;
 use chorus_engine::{CustomerState, DecisionKind};
-use chorus_types::{CustomerId, Event, Identity};
+use chorus_types::{CustomerId, DispatchOutcome, DispatchStatus, Event, Identity, Intent, SendRequest};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use std::sync::Arc;
 
@@ -19,6 +19,12 @@ pub enum CustomerInput {
     Unlink { identity: Identity, to: CustomerId },
     /// Record an identity conflict decision.
     Conflict { identity: Identity, other: CustomerId },
+    /// Decide a send now (API send, or a scheduled send whose timer fired).
+    Send(SendRequest),
+    /// Record that a send was scheduled on a durable timer.
+    Scheduled { request: SendRequest, at_ms: i64 },
+    /// The outcome of delivering one of this customer's intents.
+    Outcome(DispatchOutcome),
 }
 
 /// What the actor hands back after applying inputs.
@@ -26,6 +32,8 @@ pub enum CustomerInput {
 pub struct Applied {
     pub id: CustomerId,
     pub encoded: Vec<u8>,
+    /// Intents to record in the outbox, in decision order.
+    pub intents: Vec<Intent>,
 }
 
 pub enum CustomerMsg {
@@ -60,17 +68,20 @@ impl Actor for CustomerActor {
     async fn handle(&self, _me: ActorRef<Self::Msg>, msg: CustomerMsg, live: &mut Live) -> Result<(), ActorProcessingErr> {
         match msg {
             CustomerMsg::Apply { inputs, reply } => {
+                let mut intents = Vec::new();
                 for (now_ms, input) in &inputs {
-                    apply_input(&mut live.state, input, *now_ms, &live.config);
+                    if let Some(i) = apply_input(&mut live.state, input, *now_ms, &live.config) {
+                        intents.push(i);
+                    }
                 }
-                let _ = reply.send(Applied { id: live.state.id, encoded: chorus_types::encoding::encode(&live.state) });
+                let _ = reply.send(Applied { id: live.state.id, encoded: chorus_types::encoding::encode(&live.state), intents });
             }
             CustomerMsg::Get(reply) => {
                 let _ = reply.send(live.state.clone());
             }
             CustomerMsg::Replace(state, reply) => {
                 live.state = *state;
-                let _ = reply.send(Applied { id: live.state.id, encoded: chorus_types::encoding::encode(&live.state) });
+                let _ = reply.send(Applied { id: live.state.id, encoded: chorus_types::encoding::encode(&live.state), intents: Vec::new() });
             }
         }
         Ok(())
@@ -78,9 +89,27 @@ impl Actor for CustomerActor {
 }
 
 /// Apply one input with the decision core. Pure given (state, input, now, config).
-pub fn apply_input(state: &mut CustomerState, input: &CustomerInput, now_ms: i64, config: &ShardConfig) {
+/// Returns an intent when the core decided to send.
+pub fn apply_input(state: &mut CustomerState, input: &CustomerInput, now_ms: i64, config: &ShardConfig) -> Option<Intent> {
     let cfg = &config.engine;
     match input {
+        CustomerInput::Send(req) => {
+            return match chorus_engine::decide_send(state, req, now_ms, cfg) {
+                chorus_engine::SendDecision::Send(intent) => Some(intent),
+                chorus_engine::SendDecision::Skip { .. } => None,
+            };
+        }
+        CustomerInput::Scheduled { request, at_ms } => {
+            state.decide(cfg, now_ms, DecisionKind::Scheduled, "send_at in the future", format!("{} {} at {} ms (request {})", request.channel, request.template, at_ms, request.request_id));
+        }
+        CustomerInput::Outcome(o) => {
+            let (kind, reason) = match o.status {
+                DispatchStatus::Delivered => (DecisionKind::Delivered, "provider accepted"),
+                DispatchStatus::FailedPermanent => (DecisionKind::DeliveryFailed, "permanent error"),
+                DispatchStatus::FailedTransient => (DecisionKind::DeliveryFailed, "gave up after retries"),
+            };
+            state.decide(cfg, now_ms, kind, reason, format!("{}: {}", o.idempotency_key, o.detail));
+        }
         CustomerInput::Event(e) => {
             if config.fault_panic_event.as_deref() == Some(e.name.as_str()) {
                 panic!("fault injection: customer {} panics on event {:?}", state.id, e.name);
@@ -93,7 +122,7 @@ pub fn apply_input(state: &mut CustomerState, input: &CustomerInput, now_ms: i64
                 }
             }
             if state.event_count == 0 && state.decisions.is_empty() {
-                state.decide(cfg, now_ms, DecisionKind::Created, "first seen", format!("event {:?} ({})", e.name, e.message_id));
+                state.decide(cfg, now_ms, DecisionKind::Created, "first seen", format!("{} {:?} ({})", e.event_type.as_str(), e.name, e.message_id));
             }
             chorus_engine::apply_event(state, e, now_ms, cfg);
         }
@@ -123,4 +152,5 @@ pub fn apply_input(state: &mut CustomerState, input: &CustomerInput, now_ms: i64
             );
         }
     }
+    None
 }

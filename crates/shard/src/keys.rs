@@ -24,6 +24,10 @@ pub const XIN: u8 = b'y';
 pub const TOMB: u8 = b'k';
 /// Customers frozen by an in-flight cross-shard merge: customer → inputs held back.
 pub const FROZEN: u8 = b'f';
+/// Outbox: idempotency key → intent awaiting delivery.
+pub const OUTBOX: u8 = b'o';
+/// Durable timers: due ms (u64 BE) ++ timer id → timer.
+pub const TIMER: u8 = b't';
 /// Inputs parked for quarantined customers: customer ++ seq.
 pub const PARKED: u8 = b'q';
 
@@ -87,4 +91,23 @@ pub fn frozen(shard: ShardId, id: CustomerId) -> Vec<u8> {
 }
 pub fn frozen_prefix(shard: ShardId) -> Vec<u8> {
     shard_key(shard, FROZEN, b"")
+}
+pub fn outbox(shard: ShardId, key: &str) -> Vec<u8> {
+    shard_key(shard, OUTBOX, key.as_bytes())
+}
+pub fn outbox_prefix(shard: ShardId) -> Vec<u8> {
+    shard_key(shard, OUTBOX, b"")
+}
+pub fn timer(shard: ShardId, due_ms: i64, id: &str) -> Vec<u8> {
+    let mut rest = Vec::with_capacity(8 + id.len());
+    rest.extend_from_slice(&(due_ms.max(0) as u64).to_be_bytes());
+    rest.extend_from_slice(id.as_bytes());
+    shard_key(shard, TIMER, &rest)
+}
+pub fn timer_prefix(shard: ShardId) -> Vec<u8> {
+    shard_key(shard, TIMER, b"")
+}
+/// Due time of a timer key.
+pub fn timer_due(key: &[u8]) -> Option<i64> {
+    key.get(5..13).map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")) as i64)
 }

@@ -44,6 +44,10 @@ pub struct ShardConfig {
     pub proposals_in_flight_max: usize,
     /// Most cross-shard messages delivered in one entry.
     pub cross_shard_batch_max: usize,
+    /// Most timers fired by one tick entry.
+    pub timers_fire_batch_max: usize,
+    /// Most intents handed to connectors at once per shard.
+    pub dispatch_in_flight_max: usize,
     /// Testing only: customer actors panic on events with this name
     /// (exercises supervision and quarantine).
     pub fault_panic_event: Option<String>,
@@ -66,6 +70,8 @@ impl Default for ShardConfig {
             proposal_events_max: 4096,
             proposals_in_flight_max: 8,
             cross_shard_batch_max: 1024,
+            timers_fire_batch_max: 4096,
+            dispatch_in_flight_max: 256,
             fault_panic_event: None,
         }
     }

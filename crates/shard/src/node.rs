@@ -8,7 +8,9 @@ use crate::{Clock, ShardConfig, ShardError, state};
 use chorus_engine::CustomerState;
 use chorus_raft::{Group, GroupTuning};
 use chorus_store::Store;
-use chorus_types::{CrossShardMessage, CustomerId, Event, EventOutcome, Identity, NodeId, ShardCommand, ShardId, ShardOp};
+use chorus_connectors::Connectors;
+use chorus_types::{CrossShardMessage, CustomerId, DispatchOutcome, Event, EventOutcome, Identity, NodeId, SendOutcome, SendRequest, ShardCommand, ShardId, ShardOp, ShardResult};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -36,6 +38,8 @@ pub struct ShardStatusInfo {
     pub pending_cross_shard: u64,
     pub quarantined: u64,
     pub queued_events: u64,
+    pub pending_timers: u64,
+    pub pending_intents: u64,
 }
 
 struct Inner {
@@ -44,6 +48,7 @@ struct Inner {
     clock: Arc<Clock>,
     config: Arc<ShardConfig>,
     shards: Vec<Hosted>,
+    connectors: Connectors,
     shutdown: watch::Sender<bool>,
     tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
@@ -58,7 +63,15 @@ const SHARD_COUNT_KEY: &[u8] = b"shard_count";
 
 impl Shards {
     /// Open every shard in `store` as a single-voter group led by `node`.
-    pub async fn open(node: NodeId, addr: &str, store: Store, clock: Arc<Clock>, config: ShardConfig, tuning: GroupTuning) -> Result<Shards, ShardError> {
+    pub async fn open(
+        node: NodeId,
+        addr: &str,
+        store: Store,
+        clock: Arc<Clock>,
+        config: ShardConfig,
+        tuning: GroupTuning,
+        connectors: Connectors,
+    ) -> Result<Shards, ShardError> {
         config.validate().map_err(ShardError::Corrupt)?;
         // S is fixed when the data directory is created.
         match store.node_meta().get(SHARD_COUNT_KEY).map_err(|e| ShardError::Store(e.to_string()))? {
@@ -95,7 +108,7 @@ impl Shards {
             h.group.wait_leader(Duration::from_secs(30)).await?;
         }
         let (shutdown, _) = watch::channel(false);
-        let me = Shards { inner: Arc::new(Inner { node, store, clock, config, shards, shutdown, tasks: std::sync::Mutex::new(tasks) }) };
+        let me = Shards { inner: Arc::new(Inner { node, store, clock, config, shards, connectors, shutdown, tasks: std::sync::Mutex::new(tasks) }) };
         me.spawn_background();
         tracing::info!(node, shards = me.inner.config.shard_count, "shards open and led by this node");
         Ok(me)
@@ -107,6 +120,14 @@ impl Shards {
             let me = self.clone();
             let rx = self.inner.shutdown.subscribe();
             tasks.push(tokio::spawn(async move { me.cross_shard_pump(i, rx).await }));
+        }
+        for i in 0..self.inner.shards.len() {
+            let me = self.clone();
+            let rx = self.inner.shutdown.subscribe();
+            tasks.push(tokio::spawn(async move { me.ticker(i, rx).await }));
+            let me = self.clone();
+            let rx = self.inner.shutdown.subscribe();
+            tasks.push(tokio::spawn(async move { me.dispatcher(i, rx).await }));
         }
         let me = self.clone();
         let mut rx = self.inner.shutdown.subscribe();
@@ -123,6 +144,138 @@ impl Shards {
             }
         }));
         self.inner.tasks.lock().expect("tasks lock").extend(tasks);
+    }
+
+    /// Propose a tick whenever shard `i`'s earliest timer is due (by the node clock,
+    /// so a manual clock fires timers as soon as it is advanced).
+    async fn ticker(&self, i: usize, mut shutdown: watch::Receiver<bool>) {
+        let h = &self.inner.shards[i];
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                _ = shutdown.changed() => return,
+            }
+            let next = h.app.stats.next_timer_ms.load(Ordering::Relaxed);
+            if next == i64::MAX || next > self.inner.clock.now_ms() || !h.group.is_leader() {
+                continue;
+            }
+            let cmd = ShardCommand { now_ms: self.inner.clock.now_ms(), op: ShardOp::Tick };
+            if let Err(e) = h.group.propose(cmd).await {
+                tracing::warn!(shard = h.id, error = %e, "tick proposal failed; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+
+    /// Hand shard `i`'s outbox intents to the connectors and record each outcome as a
+    /// log entry. After a restart or failover the outbox is re-driven with the same
+    /// idempotency keys, so a provider that honours them sends once.
+    async fn dispatcher(&self, i: usize, mut shutdown: watch::Receiver<bool>) {
+        let h = &self.inner.shards[i];
+        let in_flight: Arc<std::sync::Mutex<HashSet<String>>> = Arc::default();
+        let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<DispatchOutcome>(self.inner.config.dispatch_in_flight_max.max(1));
+        loop {
+            tokio::select! {
+                _ = h.app.intent_notify.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                Some(first) = done_rx.recv() => {
+                    let mut outcomes = vec![first];
+                    while let Ok(o) = done_rx.try_recv() {
+                        outcomes.push(o);
+                    }
+                    let keys: Vec<String> = outcomes.iter().map(|o| o.idempotency_key.clone()).collect();
+                    let cmd = ShardCommand { now_ms: self.inner.clock.now_ms(), op: ShardOp::DispatchOutcome { outcomes } };
+                    let result = h.group.propose(cmd).await;
+                    let mut set = in_flight.lock().expect("in-flight lock");
+                    for k in keys {
+                        set.remove(&k);
+                    }
+                    if let Err(e) = result {
+                        // Not recorded: the intents stay in the outbox and are re-driven.
+                        tracing::warn!(shard = h.id, error = %e, "recording dispatch outcomes failed; the intents will be re-driven");
+                    }
+                }
+                _ = shutdown.changed() => return,
+            }
+            if *shutdown.borrow() {
+                return;
+            }
+            if !h.group.is_leader() || h.app.stats.pending_intents.load(Ordering::Relaxed) == 0 {
+                continue;
+            }
+            let room = self.inner.config.dispatch_in_flight_max.saturating_sub(in_flight.lock().expect("in-flight lock").len());
+            if room == 0 {
+                continue;
+            }
+            let skip = in_flight.lock().expect("in-flight lock").clone();
+            let intents = match crate::apply::read_outbox(&self.inner.store, h.id, room, &skip) {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::error!(shard = h.id, error = %e, "cannot read the outbox");
+                    continue;
+                }
+            };
+            for intent in intents {
+                in_flight.lock().expect("in-flight lock").insert(intent.key.clone());
+                let connectors = self.inner.connectors.clone();
+                let tx = done_tx.clone();
+                tokio::spawn(async move {
+                    let key = intent.key.clone();
+                    let customer = intent.customer;
+                    let d = connectors.deliver(intent).await;
+                    let _ = tx.send(DispatchOutcome { idempotency_key: key, customer, status: d.status, detail: d.detail }).await;
+                });
+            }
+        }
+    }
+
+    /// Send (or schedule) messages: each request goes to its customer's home shard.
+    pub async fn send(&self, requests: Vec<SendRequest>) -> Vec<Result<SendOutcome, ShardError>> {
+        let n = requests.len();
+        let mut per_shard: std::collections::BTreeMap<ShardId, (Vec<usize>, Vec<SendRequest>)> = Default::default();
+        for (i, r) in requests.into_iter().enumerate() {
+            let e = per_shard.entry(r.customer.home_shard()).or_default();
+            e.0.push(i);
+            e.1.push(r);
+        }
+        let mut out: Vec<Option<Result<SendOutcome, ShardError>>> = (0..n).map(|_| None).collect();
+        let mut futs = Vec::new();
+        for (shard, (idx, reqs)) in per_shard {
+            let hosted = self.hosted(shard);
+            let now = self.inner.clock.now_ms();
+            futs.push(async move {
+                let r = match hosted {
+                    Ok(h) => h.group.propose(ShardCommand { now_ms: now, op: ShardOp::Send { requests: reqs } }).await.map_err(ShardError::from),
+                    Err(e) => Err(e),
+                };
+                (idx, r)
+            });
+        }
+        for (idx, r) in futures::future::join_all(futs).await {
+            match r {
+                Ok((_, ShardResult::Send(outcomes))) => {
+                    for (i, o) in idx.into_iter().zip(outcomes) {
+                        out[i] = Some(Ok(o));
+                    }
+                }
+                Ok((index, other)) => {
+                    for i in idx {
+                        out[i] = Some(Err(ShardError::Corrupt(format!("entry {index} returned {other:?}"))));
+                    }
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    for i in idx {
+                        out[i] = Some(Err(if e.is_retryable() { clone_retryable(&e) } else { ShardError::Store(msg.clone()) }));
+                    }
+                }
+            }
+        }
+        out.into_iter().map(|o| o.unwrap_or(Err(ShardError::ShuttingDown))).collect()
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
     }
 
     /// Deliver shard `i`'s outgoing cross-shard messages to their target shards, then
@@ -294,6 +447,8 @@ impl Shards {
                     pending_cross_shard: h.app.stats.pending_cross_shard.load(Ordering::Relaxed),
                     quarantined: h.app.registry.quarantined().len() as u64,
                     queued_events: h.proposer.queued() as u64,
+                    pending_timers: h.app.stats.pending_timers.load(Ordering::Relaxed),
+                    pending_intents: h.app.stats.pending_intents.load(Ordering::Relaxed),
                 }
             })
             .collect()
@@ -312,6 +467,7 @@ impl Shards {
         for t in tasks {
             t.abort();
         }
+        self.inner.connectors.stop();
         if let Err(e) = self.inner.store.sync() {
             tracing::error!(error = %e, "final fsync failed");
         }

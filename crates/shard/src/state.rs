@@ -20,6 +20,10 @@ pub struct ShardMeta {
     pub quarantined: u64,
     /// Customers frozen by an in-flight cross-shard merge (their inputs are held).
     pub frozen: std::collections::BTreeSet<CustomerId>,
+    /// Durable timers pending in this shard.
+    pub timers: u64,
+    /// Intents in the outbox awaiting delivery.
+    pub intents: u64,
 }
 
 pub fn read_meta(store: &Store, shard: ShardId) -> Result<ShardMeta, String> {

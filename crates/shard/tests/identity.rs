@@ -27,7 +27,9 @@ async fn open(dir: &std::path::Path, shards: u32) -> Shards {
     let store = chorus_store::Store::open(dir, Default::default()).unwrap();
     let config = ShardConfig { shard_count: shards, ..ShardConfig::default() };
     let tuning = chorus_raft::GroupTuning { heartbeat_ms: 50, election_min_ms: 150, election_max_ms: 300, ..Default::default() };
-    Shards::open(1, "127.0.0.1:0", store, Arc::new(Clock::system()), config, tuning).await.unwrap()
+    let capture = chorus_connectors::capture::CaptureConnector::new(store.clone(), Box::new(|| 0)).unwrap();
+    let connectors = chorus_connectors::Connectors::start(vec![("email".into(), Arc::new(capture), Default::default())]).await.unwrap();
+    Shards::open(1, "127.0.0.1:0", store, Arc::new(Clock::system()), config, tuning, connectors).await.unwrap()
 }
 
 async fn send(shards: &Shards, events: Vec<Event>) {

@@ -163,3 +163,86 @@ mod tests {
         assert!(!serde_json::to_string(&j).unwrap().contains('\n'));
     }
 }
+
+/// Arguments of `messages send`.
+pub struct SendArgs {
+    pub to: ProfileTarget,
+    pub channel: String,
+    pub template: String,
+    pub category: String,
+    pub vars: Option<String>,
+    pub topic: String,
+    pub request_id: Option<String>,
+    pub at: Option<i64>,
+    pub in_: Option<i64>,
+}
+
+/// `messages send`: Messages.Send with one message.
+pub async fn send(ctx: &Ctx, args: SendArgs) -> anyhow::Result<u8> {
+    use chorus_proto::v1::messages_client::MessagesClient;
+    use chorus_proto::v1::{MessageRequest, MessageStatus, SendMessagesRequest};
+    let mut send_at_ms = args.at.unwrap_or(0);
+    if let Some(delay) = args.in_ {
+        // Relative to the node's clock (which may be a manual clock).
+        let mut admin = AdminClient::new(ctx.connect().await?);
+        let now = ctx
+            .call("read the clock", admin.clock(chorus_proto::v1::ClockRequest { op: Some(chorus_proto::v1::clock_request::Op::Show(true)) }))
+            .await?
+            .now_ms;
+        send_at_ms = now + delay;
+    }
+    let request_id = args.request_id.unwrap_or_else(|| {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        format!("ctl-{:x}-{:x}", nanos, std::process::id())
+    });
+    let message = MessageRequest {
+        request_id: request_id.clone(),
+        profile: Some(profile::profile_ref(&args.to)),
+        channel: args.channel,
+        template: args.template,
+        category: args.category,
+        vars_json: args.vars.unwrap_or_default(),
+        send_at: String::new(),
+        send_at_ms,
+        topic: args.topic,
+    };
+    let mut client = MessagesClient::new(ctx.connect().await?);
+    let resp = ctx.call("send a message", client.send(SendMessagesRequest { messages: vec![message] })).await?;
+    let Some(r) = resp.results.into_iter().next() else {
+        return Err(Failure::new("the node answered without a result").into());
+    };
+    let status = MessageStatus::try_from(r.status).unwrap_or(MessageStatus::Unspecified);
+    let status_name = match status {
+        MessageStatus::Queued => "queued",
+        MessageStatus::Scheduled => "scheduled",
+        MessageStatus::Duplicate => "duplicate",
+        MessageStatus::Rejected => "rejected",
+        MessageStatus::NotFound => "not_found",
+        MessageStatus::Retry => "retry",
+        MessageStatus::Unspecified => "unknown",
+    };
+    if ctx.json() {
+        emit_json_line(&json!({
+            "request_id": request_id,
+            "status": status_name,
+            "customer_id": if r.customer_id.is_empty() { Value::Null } else { json!(r.customer_id) },
+            "at_ms": r.at_ms,
+            "at": time_json(r.at_ms),
+            "field": if r.field.is_empty() { Value::Null } else { json!(r.field) },
+            "error": if r.error.is_empty() { Value::Null } else { json!(r.error) },
+        }));
+    } else {
+        match status {
+            MessageStatus::Queued => emit(&format!("queued {request_id} for {} (decision: chorusctl profile explain {})", r.customer_id, r.customer_id)),
+            MessageStatus::Scheduled => emit(&format!("scheduled {request_id} for {} at {}", r.customer_id, time_cell(r.at_ms))),
+            MessageStatus::Duplicate => emit(&format!("duplicate: request {request_id} was already sent")),
+            _ => {}
+        }
+    }
+    match status {
+        MessageStatus::Queued | MessageStatus::Scheduled | MessageStatus::Duplicate => Ok(EXIT_OK),
+        MessageStatus::Rejected => Err(Failure::usage(format!("{}: {}", r.field, r.error)).into()),
+        MessageStatus::NotFound => Err(Failure::new(r.error).into()),
+        _ => Err(Failure::new(format!("not accepted now: {}", r.error)).hint("retry in a moment").into()),
+    }
+}

@@ -105,6 +105,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Messages { command: MessagesCommand::Tail { last, follow, customer, body } } => {
             messages::tail(&ctx, last, follow, customer.as_ref(), body).await?
         }
+        Command::Messages { command: MessagesCommand::Send { to, channel, template, category, vars, topic, request_id, at, in_ } } => {
+            let req = messages::SendArgs { to, channel, template, category, vars, topic, request_id, at, in_ };
+            messages::send(&ctx, req).await?
+        }
         Command::Clock { command } => match command {
             ClockCommand::Show => clock::run(&ctx, clock::Op::Show).await?,
             ClockCommand::Advance { by_ms } => clock::run(&ctx, clock::Op::Advance(by_ms)).await?,

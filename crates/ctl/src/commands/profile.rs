@@ -15,7 +15,7 @@ use tonic::Code;
 /// Widest properties cell in the recent-events table.
 const PROPERTIES_CELL_CHARS_MAX: usize = 60;
 
-fn profile_ref(target: &ProfileTarget) -> ProfileRef {
+pub fn profile_ref(target: &ProfileTarget) -> ProfileRef {
     let r = match target {
         ProfileTarget::CustomerId(id) => profile_ref::Ref::CustomerId(id.clone()),
         ProfileTarget::Identity(i) => {

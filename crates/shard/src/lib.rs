@@ -64,7 +64,7 @@ impl Default for ShardConfig {
             dedup_window_ms: 86_400_000,
             dedup_expire_batch_max: 10_000,
             actor_idle_ms: 60_000,
-            live_actors_max: 20_000,
+            live_actors_max: 4_096,
             quarantine_after: 3,
             ingest_queue_max: 100_000,
             proposal_events_max: 4096,

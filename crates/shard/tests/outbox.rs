@@ -133,6 +133,7 @@ async fn undelivered_intents_are_redriven_once_and_timers_survive_restart() {
     let captured = read_after(&store, 0, 10).unwrap();
     assert_eq!(captured[1].intent.key, format!("api/later/{customer}"));
     wait_for("the timer to be gone", || shards.status().iter().map(|s| s.pending_timers).sum::<u64>() == 0).await;
+    wait_for("the second outcome", || shards.status().iter().map(|s| s.pending_intents).sum::<u64>() == 0).await;
     let state = shards.customer(customer).await.unwrap().unwrap();
     let kinds: Vec<&str> = state.decisions.iter().map(|d| d.kind.as_str()).collect();
     assert_eq!(kinds, vec!["created", "sent", "scheduled", "delivered", "sent", "delivered"], "{:?}", state.decisions);

@@ -152,7 +152,7 @@ pub fn profile(state: &CustomerState, merged_into: Option<String>, events: usize
                 name: e.name.clone(),
                 timestamp_ms: e.timestamp_ms,
                 received_ms: e.received_ms,
-                properties_json: serde_json::to_string(&e.properties.0).unwrap_or_default(),
+                properties_json: if e.properties.is_empty() { "{}".to_string() } else { e.properties.clone() },
             })
             .collect(),
         merged_from: state.merged_from.iter().map(|c| c.to_string()).collect(),

@@ -36,7 +36,9 @@ pub struct RecentEvent {
     pub name: String,
     pub timestamp_ms: i64,
     pub received_ms: i64,
-    pub properties: JsonMap,
+    /// The event's properties as JSON text: stored and copied as text (cheap to
+    /// encode on every state write), parsed only when read.
+    pub properties: String,
 }
 
 /// A decision with a machine-readable kind and reason (SPEC §2).
@@ -255,7 +257,7 @@ pub fn apply_event(state: &mut CustomerState, event: &Event, now_ms: i64, cfg: &
         name: event.name.clone(),
         timestamp_ms: if event.timestamp_ms != 0 { event.timestamp_ms } else { now_ms },
         received_ms: now_ms,
-        properties: event.properties.clone(),
+        properties: if event.properties.is_empty() { String::new() } else { serde_json::to_string(&event.properties.0).unwrap_or_default() },
     });
     while state.history.len() > cfg.history_max {
         state.history.pop_front();

@@ -84,7 +84,11 @@ fn build_bins() -> Result<Bins, String> {
     let exe_suffix = std::env::consts::EXE_SUFFIX;
     if let Some(dir) = std::env::var_os("CHORUS_TEST_BIN_DIR").filter(|d| !d.is_empty()) {
         let dir = PathBuf::from(dir);
-        let b = Bins { chorus: dir.join(format!("chorus{exe_suffix}")), chorusctl: dir.join(format!("chorusctl{exe_suffix}")), scratch };
+        let b = Bins {
+            chorus: dir.join(format!("chorus{exe_suffix}")),
+            chorusctl: dir.join(format!("chorusctl{exe_suffix}")),
+            scratch,
+        };
         for p in [&b.chorus, &b.chorusctl] {
             if !p.is_file() {
                 return Err(format!("CHORUS_TEST_BIN_DIR is set but {} does not exist", p.display()));
@@ -300,7 +304,10 @@ impl Node {
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         let fields: HashMap<&str, &str> = ready.split_whitespace().filter_map(|t| t.split_once('=')).collect();
         let addr = |k: &str| -> SocketAddr {
-            fields.get(k).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("ready line has no valid {k}=: {ready:?}"))
+            fields
+                .get(k)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("ready line has no valid {k}=: {ready:?}"))
         };
         self.grpc = addr("grpc");
         self.http = addr("http");
@@ -373,7 +380,11 @@ impl Node {
             Ok(Err(e)) => panic!("waiting for node {} to exit: {e}", self.opts.name),
             Err(_) => {
                 let _ = child.kill().await;
-                panic!("node {} did not exit within {NODE_STOP_TIMEOUT:?}; log tail:\n{}", self.opts.name, self.log_tail(60));
+                panic!(
+                    "node {} did not exit within {NODE_STOP_TIMEOUT:?}; log tail:\n{}",
+                    self.opts.name,
+                    self.log_tail(60)
+                );
             }
         }
     }
@@ -409,7 +420,10 @@ impl Node {
 
     /// A new gRPC connection (retried briefly).
     pub async fn connect(&self) -> Channel {
-        let ep = Endpoint::from_shared(self.grpc_url()).expect("endpoint").connect_timeout(Duration::from_secs(10)).tcp_nodelay(true);
+        let ep = Endpoint::from_shared(self.grpc_url())
+            .expect("endpoint")
+            .connect_timeout(Duration::from_secs(10))
+            .tcp_nodelay(true);
         let mut last = None;
         for _ in 0..20 {
             match ep.connect().await {
@@ -421,7 +435,9 @@ impl Node {
         panic!("cannot connect to node {} at {}: {last:?}", self.opts.name, self.grpc_url());
     }
     pub async fn ingest(&self) -> IngestClient<Channel> {
-        IngestClient::new(self.channel().await).max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX).max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX)
+        IngestClient::new(self.channel().await)
+            .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX)
     }
     pub async fn profiles(&self) -> ProfilesClient<Channel> {
         ProfilesClient::new(self.channel().await).max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
@@ -617,7 +633,8 @@ impl CtlOutput {
     }
     /// stdout as one JSON document.
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("chorusctl {:?}: stdout is not JSON ({e}): {self:#?}", self.args))
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("chorusctl {:?}: stdout is not JSON ({e}): {self:#?}", self.args))
     }
 }
 
@@ -629,7 +646,10 @@ pub async fn chorusctl(args: &[String], env: &[(&str, &str)], stdin: Option<&str
     for (k, v) in env {
         cmd.env(k, v);
     }
-    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() }).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
     let mut child = cmd.spawn().expect("spawn chorusctl");
     if let Some(text) = stdin {
         let mut pipe = child.stdin.take().expect("stdin");
@@ -664,7 +684,8 @@ impl HttpResponse {
         String::from_utf8_lossy(&self.body).into_owned()
     }
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("HTTP body is not JSON ({e}): {self:?} {}", self.text()))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("HTTP body is not JSON ({e}): {self:?} {}", self.text()))
     }
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
@@ -678,10 +699,19 @@ pub fn basic_auth(write_key: &str) -> String {
 }
 
 /// One HTTP/1.1 request on a fresh connection (`Connection: close`).
-pub async fn http_request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> HttpResponse {
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> HttpResponse {
     let io = async {
         let mut s = tokio::net::TcpStream::connect(addr).await?;
-        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+            body.len()
+        );
         for (k, v) in headers {
             head.push_str(&format!("{k}: {v}\r\n"));
         }
@@ -696,7 +726,8 @@ pub async fn http_request(addr: SocketAddr, method: &str, path: &str, headers: &
         .await
         .unwrap_or_else(|_| panic!("HTTP {method} {path} to {addr} timed out"))
         .unwrap_or_else(|e| panic!("HTTP {method} {path} to {addr}: {e}"));
-    parse_http_response(&raw).unwrap_or_else(|e| panic!("HTTP {method} {path}: {e}: {:?}", String::from_utf8_lossy(&raw)))
+    parse_http_response(&raw)
+        .unwrap_or_else(|e| panic!("HTTP {method} {path}: {e}: {:?}", String::from_utf8_lossy(&raw)))
 }
 
 fn parse_http_response(raw: &[u8]) -> Result<HttpResponse, String> {
@@ -708,14 +739,16 @@ fn parse_http_response(raw: &[u8]) -> Result<HttpResponse, String> {
     let headers: Vec<(String, String)> =
         lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).collect();
     let mut body = raw[split + 4..].to_vec();
-    let chunked = headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked"));
+    let chunked =
+        headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked"));
     if chunked {
         let mut out = Vec::new();
         let mut rest = &body[..];
         loop {
             let eol = rest.windows(2).position(|w| w == b"\r\n").ok_or("bad chunk header")?;
             let size_text = std::str::from_utf8(&rest[..eol]).map_err(|_| "bad chunk size")?;
-            let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16).map_err(|_| "bad chunk size")?;
+            let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+                .map_err(|_| "bad chunk size")?;
             rest = &rest[eol + 2..];
             if size == 0 {
                 break;
@@ -761,7 +794,10 @@ pub struct Rng(u64);
 impl Rng {
     pub fn seeded(test: &str) -> Rng {
         let seed = std::env::var("CHORUS_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-            let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1);
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1);
             t ^ (u64::from(std::process::id()) << 32)
         });
         eprintln!("{test}: random seed {seed} (rerun with CHORUS_TEST_SEED={seed})");

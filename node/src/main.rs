@@ -171,7 +171,19 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .add_service(v1::profiles_server::ProfilesServer::new(services.clone()))
         .add_service(v1::admin_server::AdminServer::new(services.clone()))
         .add_service(v1::messages_server::MessagesServer::new(services.clone()))
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(grpc_listener), stopped(stop_rx.clone()));
+        .serve_with_incoming_shutdown(
+            // Small replies must not wait for Nagle's algorithm.
+            tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
+            stopped(stop_rx.clone()),
+        );
+    let http_listener = {
+        use axum::serve::ListenerExt;
+        http_listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "set TCP_NODELAY on an HTTP connection");
+            }
+        })
+    };
     let http = axum::serve(http_listener, chorus_api::http::router(shards.clone(), api_config)).with_graceful_shutdown(stopped(stop_rx.clone()));
     let grpc_task = tokio::spawn(grpc);
     let http_task = tokio::spawn(async move { http.await });

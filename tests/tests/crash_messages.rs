@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 const CUSTOMERS: usize = 40;
-const NOW_SENDS: usize = 120;
+const NOW_SENDS: usize = 600;
 const LATER_SENDS: usize = 40;
 
 fn email(c: usize) -> String {
@@ -56,10 +56,12 @@ async fn kill9_never_sends_twice_and_timers_still_fire() {
         let expected = if req.send_at_ms > 0 { MessageStatus::Scheduled } else { MessageStatus::Queued };
         assert_eq!(MessageStatus::try_from(r.status).unwrap(), expected, "{}: {:?}", req.request_id, r);
     }
-    // Keep ingest busy while the outbox drains, then pull the plug mid-delivery.
+    // Pull the plug while the outbox is being delivered, with events still streaming in.
     let busy: Vec<_> = (0..200).map(|i| track(&format!("busy-{i}"), "Product Viewed", &[("email", &email(i % CUSTOMERS))], json!({}))).collect();
-    let _ = node.send(busy).await;
+    let mut ingest = node.ingest().await;
+    let streaming = tokio::spawn(async move { ingest.send(v1::IngestRequest { batch_id: 1, events: busy }).await });
     node.kill9().await;
+    let _ = streaming.await;
     let before = {
         node.restart().await;
         captured(&node).await.len()

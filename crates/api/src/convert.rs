@@ -14,21 +14,11 @@ fn parse_object(field: &str, text: &str) -> Result<Map<String, Value>, FieldErro
     }
     match serde_json::from_str::<Value>(text) {
         Ok(Value::Object(m)) => Ok(m),
-        Ok(other) => Err(FieldError::new(field, format!("must be a JSON object, got {}", json_kind(&other)))),
+        Ok(other) => Err(FieldError::new(field, format!("must be a JSON object, got {}", chorus_types::json::json_kind(&other)))),
         Err(e) => Err(FieldError::new(field, format!("is not valid JSON: {e}"))),
     }
 }
 
-fn json_kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
 
 /// A proto event as raw input (JSON fields parsed; validation happens after).
 pub fn event_input(e: v1::Event) -> Result<EventInput, FieldError> {

@@ -456,17 +456,7 @@ pub fn json_object_arg(text: &str) -> Result<Map<String, Value>, String> {
     }
 }
 
-/// "an array", "a string", ... for error messages.
-pub fn json_kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
+pub use chorus_types::json::json_kind;
 
 fn duration_arg(text: &str) -> Result<Duration, String> {
     let ms = timefmt::parse_duration_ms(text)?;

@@ -91,22 +91,6 @@ pub fn format_duration_ms(ms: i64) -> String {
     out
 }
 
-/// Format Unix milliseconds as RFC 3339 in UTC: `2026-11-27T10:00:00Z`, with `.mmm`
-/// only when the milliseconds are not zero.
-pub fn format_rfc3339_ms(ms: i64) -> String {
-    let secs = ms.div_euclid(MS_PER_SECOND);
-    let millis = ms.rem_euclid(MS_PER_SECOND);
-    let days = secs.div_euclid(86_400);
-    let second_of_day = secs.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
-    let (hh, mm, ss) = (second_of_day / 3600, second_of_day % 3600 / 60, second_of_day % 60);
-    if millis == 0 {
-        format!("{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}Z")
-    } else {
-        format!("{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}.{millis:03}Z")
-    }
-}
-
 /// Parse a point in time given on the command line: RFC 3339 (any offset; fraction
 /// truncated to milliseconds), a bare date `YYYY-MM-DD` (midnight UTC) or Unix
 /// milliseconds. Returns Unix milliseconds.
@@ -122,106 +106,10 @@ pub fn parse_time_ms(text: &str) -> Result<i64, String> {
         }
         return Ok(ms);
     }
-    parse_rfc3339_ms(t).ok_or_else(|| format!("{text:?} is not a time: {TIME_FORMS}"))
+    parse_date_or_rfc3339_ms(t).ok_or_else(|| format!("{text:?} is not a time: {TIME_FORMS}"))
 }
 
-/// Strict-enough RFC 3339: `YYYY-MM-DD[T| ]HH:MM:SS[.frac](Z|±HH:MM)`, or `YYYY-MM-DD`.
-/// Days are checked against the month (no 31 April, 29 February only in leap years).
-pub fn parse_rfc3339_ms(s: &str) -> Option<i64> {
-    let b = s.as_bytes();
-    let num = |from: usize, to: usize| -> Option<i64> {
-        let part = s.get(from..to)?;
-        if part.is_empty() || !part.bytes().all(|c| c.is_ascii_digit()) {
-            return None;
-        }
-        part.parse().ok()
-    };
-    if b.len() < 10 || b[4] != b'-' || b[7] != b'-' {
-        return None;
-    }
-    let (y, mo, d) = (num(0, 4)?, num(5, 7)?, num(8, 10)?);
-    if !(1..=12).contains(&mo) || d < 1 || d > days_in_month(y, mo) {
-        return None;
-    }
-    let days = days_from_civil(y, mo, d);
-    if b.len() == 10 {
-        return days.checked_mul(MS_PER_DAY);
-    }
-    if b.len() < 20 || !matches!(b[10], b'T' | b't' | b' ') || b[13] != b':' || b[16] != b':' {
-        return None;
-    }
-    let (h, mi, se) = (num(11, 13)?, num(14, 16)?, num(17, 19)?);
-    // A leap second (:60) is read as the last millisecond of its minute.
-    if h > 23 || mi > 59 || se > 60 {
-        return None;
-    }
-    let mut i = 19;
-    let mut millis = 0;
-    if b[i] == b'.' {
-        i += 1;
-        let start = i;
-        while i < b.len() && b[i].is_ascii_digit() {
-            i += 1;
-        }
-        if i == start {
-            return None;
-        }
-        let digits = &s[start..i.min(start + 3)];
-        millis = digits.parse::<i64>().ok()? * 10i64.pow(3 - digits.len() as u32);
-    }
-    let offset_minutes = match b.get(i)? {
-        b'Z' | b'z' if i + 1 == b.len() => 0,
-        sign @ (b'+' | b'-') if i + 6 == b.len() && b[i + 3] == b':' => {
-            let (oh, om) = (num(i + 1, i + 3)?, num(i + 4, i + 6)?);
-            if oh > 23 || om > 59 {
-                return None;
-            }
-            if *sign == b'+' { oh * 60 + om } else { -(oh * 60 + om) }
-        }
-        _ => return None,
-    };
-    let (se, millis) = if se == 60 { (59, 999) } else { (se, millis) };
-    let secs = days * 86_400 + h * 3600 + mi * 60 + se - offset_minutes * 60;
-    Some(secs * MS_PER_SECOND + millis)
-}
-
-fn is_leap(y: i64) -> bool {
-    (y % 4 == 0 && y % 100 != 0) || y % 400 == 0
-}
-
-fn days_in_month(y: i64, m: i64) -> i64 {
-    match m {
-        2 if is_leap(y) => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = if y >= 0 { y } else { y - 399 } / 400;
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// The inverse of [`days_from_civil`].
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = if z >= 0 { z } else { z - 146_096 } / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
-}
+pub use chorus_types::time::{format_rfc3339_ms, parse_date_or_rfc3339_ms};
 
 #[cfg(test)]
 mod tests {
@@ -273,14 +161,14 @@ mod tests {
 
     #[test]
     fn rfc3339_parses_offsets_fractions_and_dates() {
-        assert_eq!(parse_rfc3339_ms("1970-01-01T00:00:00Z"), Some(0));
-        assert_eq!(parse_rfc3339_ms("2026-11-27T10:00:00.250Z"), Some(1_795_773_600_250));
-        assert_eq!(parse_rfc3339_ms("2026-11-27T10:00:00.2501234Z"), Some(1_795_773_600_250));
-        assert_eq!(parse_rfc3339_ms("2026-11-27T11:00:00+01:00"), Some(1_795_773_600_000));
-        assert_eq!(parse_rfc3339_ms("2026-11-27t05:30:00-04:30"), Some(1_795_773_600_000));
-        assert_eq!(parse_rfc3339_ms("2026-11-27 10:00:00Z"), Some(1_795_773_600_000));
-        assert_eq!(parse_rfc3339_ms("2026-11-27"), Some(1_795_737_600_000));
-        assert_eq!(parse_rfc3339_ms("2016-12-31T23:59:60Z"), Some(1_483_228_799_999));
+        assert_eq!(parse_date_or_rfc3339_ms("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(parse_date_or_rfc3339_ms("2026-11-27T10:00:00.250Z"), Some(1_795_773_600_250));
+        assert_eq!(parse_date_or_rfc3339_ms("2026-11-27T10:00:00.2501234Z"), Some(1_795_773_600_250));
+        assert_eq!(parse_date_or_rfc3339_ms("2026-11-27T11:00:00+01:00"), Some(1_795_773_600_000));
+        assert_eq!(parse_date_or_rfc3339_ms("2026-11-27t05:30:00-04:30"), Some(1_795_773_600_000));
+        assert_eq!(parse_date_or_rfc3339_ms("2026-11-27 10:00:00Z"), Some(1_795_773_600_000));
+        assert_eq!(parse_date_or_rfc3339_ms("2026-11-27"), Some(1_795_737_600_000));
+        assert_eq!(parse_date_or_rfc3339_ms("2016-12-31T23:59:60Z"), Some(1_483_228_799_999));
     }
 
     #[test]
@@ -297,15 +185,15 @@ mod tests {
             "27/11/2026",
             "yesterday",
         ] {
-            assert_eq!(parse_rfc3339_ms(bad), None, "{bad}");
+            assert_eq!(parse_date_or_rfc3339_ms(bad), None, "{bad}");
         }
-        assert!(parse_rfc3339_ms("2024-02-29").is_some());
+        assert!(parse_date_or_rfc3339_ms("2024-02-29").is_some());
     }
 
     #[test]
     fn rfc3339_round_trips_across_centuries() {
         for ms in [0, 1, -86_400_000, 946_684_799_999, 4_102_444_800_000, 253_402_300_799_999] {
-            assert_eq!(parse_rfc3339_ms(&format_rfc3339_ms(ms)), Some(ms), "{ms}");
+            assert_eq!(parse_date_or_rfc3339_ms(&format_rfc3339_ms(ms)), Some(ms), "{ms}");
         }
     }
 

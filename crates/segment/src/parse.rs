@@ -23,7 +23,7 @@ pub fn parse_request(endpoint: Endpoint, json: &[u8]) -> Result<ParsedRequest, S
     let Value::Object(mut body) = value else {
         return Err(SegmentError::BadRequest {
             field: "body".into(),
-            message: format!("must be a JSON object, got {}", kind_of(&value)),
+            message: format!("must be a JSON object, got {}", chorus_types::json::json_kind(&value)),
         });
     };
     let write_key = match body.get("writeKey") {
@@ -33,7 +33,7 @@ pub fn parse_request(endpoint: Endpoint, json: &[u8]) -> Result<ParsedRequest, S
         Some(other) => {
             return Err(SegmentError::BadRequest {
                 field: "writeKey".into(),
-                message: format!("must be a string, got {}", kind_of(other)),
+                message: format!("must be a string, got {}", chorus_types::json::json_kind(other)),
             });
         }
     };
@@ -51,7 +51,7 @@ pub fn parse_request(endpoint: Endpoint, json: &[u8]) -> Result<ParsedRequest, S
                 Some(other) => {
                     return Err(SegmentError::BadRequest {
                         field: "batch".into(),
-                        message: format!("must be an array of calls, got {}", kind_of(&other)),
+                        message: format!("must be an array of calls, got {}", chorus_types::json::json_kind(&other)),
                     });
                 }
             };
@@ -69,7 +69,7 @@ pub fn parse_request(endpoint: Endpoint, json: &[u8]) -> Result<ParsedRequest, S
                 Some(other) => {
                     return Err(SegmentError::BadRequest {
                         field: "context".into(),
-                        message: format!("must be a JSON object, got {}", kind_of(&other)),
+                        message: format!("must be a JSON object, got {}", chorus_types::json::json_kind(&other)),
                     });
                 }
             };
@@ -84,7 +84,7 @@ pub fn parse_request(endpoint: Endpoint, json: &[u8]) -> Result<ParsedRequest, S
                         endpoint,
                         i,
                         "",
-                        format!("must be a JSON object (one call), got {}", kind_of(&other)),
+                        format!("must be a JSON object (one call), got {}", chorus_types::json::json_kind(&other)),
                     )),
                 })
                 .collect()
@@ -127,7 +127,7 @@ fn map_call(
             None | Some(Value::Null) => {
                 return Err(at.err("type", "is required for calls in a batch: one of track, identify, page, screen, group, alias"));
             }
-            Some(other) => return Err(at.err("type", format!("must be a string, got {}", kind_of(other)))),
+            Some(other) => return Err(at.err("type", format!("must be a string, got {}", chorus_types::json::json_kind(other)))),
         },
     };
 
@@ -168,7 +168,7 @@ fn map_call(
                 ));
             }
             Some(other) => {
-                return Err(at.err("event", format!("must be a string, got {}", kind_of(other))));
+                return Err(at.err("event", format!("must be a string, got {}", chorus_types::json::json_kind(other))));
             }
         },
         EventType::Page | EventType::Screen => {
@@ -253,7 +253,7 @@ fn map_call(
         Some(other) => {
             return Err(at.err(
                 "context.traits",
-                format!("must be a JSON object, got {}", kind_of(other)),
+                format!("must be a JSON object, got {}", chorus_types::json::json_kind(other)),
             ));
         }
     };
@@ -295,7 +295,7 @@ fn map_call(
         Some(other) => {
             return Err(at.err(
                 "context.device",
-                format!("must be a JSON object, got {}", kind_of(other)),
+                format!("must be a JSON object, got {}", chorus_types::json::json_kind(other)),
             ));
         }
     }
@@ -376,7 +376,7 @@ fn take_id(
         Some(Value::Number(n)) => Ok(Some(n.to_string())),
         Some(other) => Err(at.err(
             field,
-            format!("must be a string or a number, got {}", kind_of(&other)),
+            format!("must be a string or a number, got {}", chorus_types::json::json_kind(&other)),
         )),
     }
 }
@@ -391,7 +391,7 @@ fn take_string(
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.trim().to_string())),
-        Some(other) => Err(at.err(field, format!("must be a string, got {}", kind_of(other)))),
+        Some(other) => Err(at.err(field, format!("must be a string, got {}", chorus_types::json::json_kind(other)))),
     }
 }
 
@@ -406,7 +406,7 @@ fn take_object(
         Some(Value::Object(m)) => Ok(m),
         Some(other) => Err(at.err(
             field,
-            format!("must be a JSON object, got {}", kind_of(&other)),
+            format!("must be a JSON object, got {}", chorus_types::json::json_kind(&other)),
         )),
     }
 }
@@ -426,7 +426,7 @@ fn contact_trait(
         Some(Value::Number(n)) => Ok(Some(n.to_string())),
         Some(other) => Err(at.err(
             &format!("{prefix}.{key}"),
-            format!("must be a string, got {}", kind_of(other)),
+            format!("must be a string, got {}", chorus_types::json::json_kind(other)),
         )),
     }
 }
@@ -445,13 +445,3 @@ fn timestamp_field(
     Ok(None)
 }
 
-fn kind_of(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}

@@ -75,3 +75,15 @@ impl<'de> Deserialize<'de> for JsonValue {
         }
     }
 }
+
+/// "an array", "a string", ... for error messages.
+pub fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}

@@ -9,6 +9,7 @@ pub mod identity;
 pub mod json;
 pub mod messaging;
 pub mod routing;
+pub mod time;
 
 pub use command::*;
 pub use event::*;

@@ -3,6 +3,8 @@
 //! so every replica and every replay makes the same decisions.
 
 pub mod config;
+pub mod expr;
+pub mod journey;
 pub mod identity;
 pub mod messaging;
 pub mod profile;

@@ -130,3 +130,52 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
     (y, m, d)
 }
 
+
+/// Parse a duration such as `500ms`, `30s`, `15m`, `24h`, `7d`, `2w` or `1h30m` into
+/// milliseconds. Every number needs a unit.
+pub fn parse_duration_ms(text: &str) -> Result<i64, String> {
+    let s = text.trim();
+    if s.is_empty() {
+        return Err("empty duration: use e.g. 500ms, 30s, 15m, 24h, 7d or 2w".into());
+    }
+    let mut total: i64 = 0;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return Err(format!("{text:?} is not a duration: a number must precede each unit (e.g. 1h30m)"));
+        }
+        let n: i64 = rest[..digits].parse().map_err(|_| format!("{text:?}: number too large"))?;
+        rest = &rest[digits..];
+        let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
+        let unit_ms = match &rest[..unit_len] {
+            "ms" => 1,
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => MS_PER_DAY,
+            "w" => 7 * MS_PER_DAY,
+            "" => return Err(format!("{text:?} is not a duration: every number needs a unit (ms, s, m, h, d, w)")),
+            u => return Err(format!("{text:?} is not a duration: unknown unit {u:?} (use ms, s, m, h, d, w)")),
+        };
+        rest = &rest[unit_len..];
+        total = n.checked_mul(unit_ms).and_then(|v| total.checked_add(v)).ok_or_else(|| format!("{text:?}: duration too large"))?;
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod duration_tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration_ms("500ms"), Ok(500));
+        assert_eq!(parse_duration_ms("24h"), Ok(86_400_000));
+        assert_eq!(parse_duration_ms("1h30m"), Ok(5_400_000));
+        assert_eq!(parse_duration_ms("2w"), Ok(14 * 86_400_000));
+        assert!(parse_duration_ms("10").is_err());
+        assert!(parse_duration_ms("5y").unwrap_err().contains("unknown unit"));
+        assert!(parse_duration_ms("h").is_err());
+    }
+}

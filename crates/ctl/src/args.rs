@@ -102,6 +102,24 @@ pub enum Command {
         #[command(subcommand)]
         command: ClockCommand,
     },
+    /// Journeys as code: validate journey files (offline, no node needed)
+    Journey {
+        #[command(subcommand)]
+        command: JourneyCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum JourneyCommand {
+    /// Check journey files (YAML or JSON) without a node: structure, step references,
+    /// unreachable steps, cycles without a wait, channels, CEL expressions
+    #[command(after_help = "Each problem is printed as FILE:LINE: FIELD: MESSAGE. Exit code 1 if any file has problems.\n\n\
+JSON: [{file, valid, journey, steps, problems: [{line, path, message}]}]\n\nExample:\n  chorusctl journey validate journeys/*.yaml")]
+    Validate {
+        /// Journey files
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<std::path::PathBuf>,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -119,3 +119,31 @@ fn a_bad_line_in_an_events_file_is_named_and_nothing_is_sent() {
     assert!(err.contains("events.ndjson line 3, column"), "{err}");
     assert!(err.contains("nothing was sent"), "{err}");
 }
+
+#[test]
+fn journey_validate_checks_files_offline_with_lines() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/journeys/browse-abandon.yaml");
+    let out = chorusctl(&["journey", "validate", example]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("ok — journey \"browse-abandon\", 5 steps"), "{}", text(&out.stdout));
+
+    let dir = std::env::temp_dir().join(format!("chorusctl-journey-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.yaml");
+    let source = std::fs::read_to_string(example).unwrap().replace("next: wait_engagement", "next: wait_engagment");
+    std::fs::write(&bad, source).unwrap();
+    let out = chorusctl(&["journey", "validate", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("bad.yaml:21: steps[0].next: unknown step \"wait_engagment\" (did you mean \"wait_engagement\"?)"), "{err}");
+
+    let out = chorusctl(&["-o", "json", "journey", "validate", bad.to_str().unwrap(), example]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v[0]["valid"], false);
+    assert_eq!(v[0]["problems"][0]["line"], 21);
+    assert_eq!(v[0]["problems"][0]["path"], "steps[0].next");
+    assert_eq!(v[1]["valid"], true);
+    assert_eq!(v[1]["journey"], "browse-abandon");
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -4,11 +4,12 @@
 mod clock;
 mod cluster;
 mod event;
+mod journey;
 mod messages;
 mod profile;
 
 use crate::args::{
-    Cli, ClockCommand, ClusterCommand, Command, EventCommand, MessagesCommand, ProfileCommand, ShardCommand,
+    Cli, ClockCommand, ClusterCommand, Command, EventCommand, JourneyCommand, MessagesCommand, ProfileCommand, ShardCommand,
 };
 use crate::failure::{self, Failure};
 use crate::output::Format;
@@ -109,6 +110,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             let req = messages::SendArgs { to, channel, template, category, vars, topic, request_id, at, in_ };
             messages::send(&ctx, req).await?
         }
+        Command::Journey { command: JourneyCommand::Validate { files } } => journey::validate(&ctx, &files)?,
         Command::Clock { command } => match command {
             ClockCommand::Show => clock::run(&ctx, clock::Op::Show).await?,
             ClockCommand::Advance { by_ms } => clock::run(&ctx, clock::Op::Advance(by_ms)).await?,

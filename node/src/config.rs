@@ -126,39 +126,7 @@ impl Default for LogConfig {
 
 /// Parse `500ms`, `30s`, `15m`, `24h`, `7d` (and combinations like `1h30m`).
 pub fn parse_duration_ms(s: &str) -> anyhow::Result<i64> {
-    let s = s.trim();
-    if s.is_empty() {
-        bail!("empty duration: use e.g. 500ms, 30s, 15m, 24h or 7d");
-    }
-    let mut total: i64 = 0;
-    let mut num = String::new();
-    let mut chars = s.chars().peekable();
-    let mut any = false;
-    while let Some(c) = chars.next() {
-        if c.is_ascii_digit() {
-            num.push(c);
-            continue;
-        }
-        let unit_ms: i64 = match c {
-            'm' if chars.peek() == Some(&'s') => {
-                chars.next();
-                1
-            }
-            's' => 1_000,
-            'm' => 60_000,
-            'h' => 3_600_000,
-            'd' => 86_400_000,
-            _ => bail!("invalid duration {s:?}: unknown unit {c:?} (use ms, s, m, h, d)"),
-        };
-        let n: i64 = num.parse().with_context(|| format!("invalid duration {s:?}: a number must precede each unit"))?;
-        total = total.checked_add(n.checked_mul(unit_ms).context("duration too large")?).context("duration too large")?;
-        num.clear();
-        any = true;
-    }
-    if !num.is_empty() || !any {
-        bail!("invalid duration {s:?}: every number needs a unit (ms, s, m, h, d)");
-    }
-    Ok(total)
+    chorus_types::time::parse_duration_ms(s).map_err(anyhow::Error::msg)
 }
 
 impl Config {

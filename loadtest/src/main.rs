@@ -1,0 +1,398 @@
+//! `chorus-loadtest`: generate the standard workload W1 (or a TOML scenario), stream it
+//! into a Chorus node over `Ingest.Stream`, and report acknowledged events/s, ack
+//! latency percentiles and the node's RSS/CPU. `run` targets an existing node; `bench`
+//! starts its own `chorus dev` on a fresh data directory and tears it down afterwards.
+//!
+//! It measures; it asserts nothing about speed, and it never links product code.
+
+mod client;
+mod node;
+mod procstat;
+mod report;
+mod scenario;
+mod workload;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+
+use client::{Shared, Tally, Timeline};
+use procstat::Tracker;
+use report::Report;
+use scenario::{Scenario, ScenarioFile};
+use workload::Distribution;
+
+/// How long to wait after a run for the node's cross-shard work to drain.
+const SETTLE_MAX: Duration = Duration::from_secs(60);
+
+/// Load generator and benchmark runner for Chorus.
+#[derive(Parser, Debug)]
+#[command(name = "chorus-loadtest", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the workload against a node that is already running.
+    Run {
+        /// The node's gRPC endpoint.
+        #[arg(long, default_value = "http://127.0.0.1:7700")]
+        endpoint: String,
+        /// The node's process id, to report its RSS and CPU.
+        #[arg(long)]
+        pid: Option<u32>,
+        /// The node's HTTP address (host:port), to read customer counts from /metrics.
+        #[arg(long)]
+        http: Option<String>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Start a fresh `chorus dev` node, run the workload against it, stop it and remove
+    /// its data directory.
+    Bench {
+        /// Use `<target>/release/chorus` instead of the `chorus` next to this executable.
+        #[arg(long)]
+        release: bool,
+        /// The node binary (default: next to this executable).
+        #[arg(long)]
+        chorus_bin: Option<PathBuf>,
+        /// Directory under which the temporary data directory is made (default: the
+        /// system temp dir). It must be on a real disk: fsync is what is measured.
+        #[arg(long)]
+        data_root: Option<PathBuf>,
+        /// The node's log filter.
+        #[arg(long, default_value = "warn")]
+        node_log: String,
+        /// Keep the node's data directory and log.
+        #[arg(long)]
+        keep_data: bool,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+#[derive(Args, Debug)]
+struct Common {
+    /// Scenario TOML file; flags given here override it.
+    #[arg(long)]
+    scenario: Option<PathBuf>,
+    /// Number of customers.
+    #[arg(long)]
+    customers: Option<u64>,
+    /// Customer choice: zipf or uniform.
+    #[arg(long, value_parser = parse_distribution)]
+    distribution: Option<Distribution>,
+    /// Zipf exponent.
+    #[arg(long)]
+    zipf_s: Option<f64>,
+    /// RNG seed (printed; same seed, same events).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Fraction of events that also carry the email identity.
+    #[arg(long)]
+    second_identity_ratio: Option<f64>,
+    /// Target size of each event's properties JSON in bytes.
+    #[arg(long)]
+    payload_bytes: Option<usize>,
+    /// Concurrent Ingest.Stream calls (one connection each).
+    #[arg(long, short = 'c')]
+    streams: Option<usize>,
+    /// Events per batch.
+    #[arg(long, short = 'b')]
+    batch: Option<usize>,
+    /// Batches outstanding per stream (closed loop: the window, default 2; open loop:
+    /// the cap, default 64).
+    #[arg(long)]
+    in_flight: Option<usize>,
+    /// Open loop at this many events/s in total (default: closed loop).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Warm-up seconds (sent but not measured).
+    #[arg(long)]
+    warmup: Option<f64>,
+    /// Measured seconds.
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Shards of the node bench mode starts.
+    #[arg(long)]
+    shards: Option<u32>,
+    /// Seconds to wait for outstanding acks after the window before counting them lost.
+    #[arg(long, default_value_t = 30.0)]
+    drain: f64,
+    /// Worker threads of this client's runtime (it shares the machine with the node).
+    #[arg(long, default_value_t = 1)]
+    client_threads: usize,
+    /// Print the report as JSON on stdout (the human table goes to stderr).
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_distribution(s: &str) -> Result<Distribution, String> {
+    match s {
+        "zipf" => Ok(Distribution::Zipf),
+        "uniform" => Ok(Distribution::Uniform),
+        _ => Err(format!("expected zipf or uniform, got {s:?}")),
+    }
+}
+
+impl Common {
+    fn scenario(&self) -> anyhow::Result<Scenario> {
+        let base = match &self.scenario {
+            Some(p) => ScenarioFile::load(p)?,
+            None => ScenarioFile::default(),
+        };
+        let flags = ScenarioFile {
+            customers: self.customers,
+            distribution: self.distribution,
+            zipf_s: self.zipf_s,
+            seed: self.seed,
+            second_identity_ratio: self.second_identity_ratio,
+            payload_bytes: self.payload_bytes,
+            streams: self.streams,
+            batch: self.batch,
+            in_flight: self.in_flight,
+            rate: self.rate,
+            warmup_s: self.warmup,
+            duration_s: self.duration,
+            shards: self.shards,
+            ..Default::default()
+        };
+        Scenario::resolve(base.overlay(flags))
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let common = match &cli.command {
+        Command::Run { common, .. } | Command::Bench { common, .. } => common,
+    };
+    if common.client_threads == 0 || common.client_threads > 64 {
+        bail!("--client-threads must be within 1..=64");
+    }
+    if !(common.drain >= 0.0 && common.drain.is_finite()) {
+        bail!("--drain must be a non-negative number of seconds");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(common.client_threads)
+        .enable_all()
+        .thread_name("loadtest")
+        .build()
+        .context("start the tokio runtime")?;
+    let json = common.json;
+    let report = runtime.block_on(run(cli))?;
+    if json {
+        eprint!("{}", report.human());
+        println!("{}", report.json());
+    } else {
+        print!("{}", report.human());
+    }
+    let problems = report.rejected
+        + report.retry
+        + report.missing
+        + report.failed
+        + report.lost
+        + report.stream_errors
+        + report.unknown_batches;
+    if report.acked_in_window == 0 {
+        bail!("no event was acknowledged inside the measured window");
+    }
+    if problems > 0 {
+        eprintln!("chorus-loadtest: {problems} events or streams ended in error (see the report)");
+        std::process::exit(2);
+    }
+    Ok(())
+}
+
+async fn run(cli: Cli) -> anyhow::Result<Report> {
+    match cli.command {
+        Command::Run {
+            endpoint,
+            pid,
+            http,
+            common,
+        } => {
+            let sc = common.scenario()?;
+            let mut report = workload_run("run", &endpoint, pid, &sc, &common).await?;
+            if let Some(h) = http {
+                fill_customers(&mut report, &h).await;
+            }
+            Ok(report)
+        }
+        Command::Bench {
+            release,
+            chorus_bin,
+            data_root,
+            node_log,
+            keep_data,
+            common,
+        } => {
+            let sc = common.scenario()?;
+            let chorus = node::find_chorus(chorus_bin.as_deref(), release)?;
+            eprintln!(
+                "chorus-loadtest: starting {} dev with {} shards",
+                chorus.display(),
+                sc.shards
+            );
+            let opts = node::NodeOpts {
+                chorus,
+                shards: sc.shards,
+                data_root,
+                log: node_log,
+                keep: keep_data,
+            };
+            let mut node = node::Node::start(&opts).await?;
+            eprintln!(
+                "chorus-loadtest: node ready pid={} grpc={} data_dir={} log={}",
+                node.pid,
+                node.grpc,
+                node.data_dir.display(),
+                node.log_path.display()
+            );
+            let result =
+                workload_run("bench", &node.endpoint(), Some(node.pid), &sc, &common).await;
+            let alive = node.is_running();
+            let tail = node.log_tail(30);
+            let mut report = match result {
+                Ok(mut r) => {
+                    if alive {
+                        fill_customers(&mut r, &node.http.clone()).await;
+                    }
+                    r
+                }
+                Err(e) => {
+                    let _ = node.stop().await;
+                    return Err(e.context(format!("the run failed; node log tail:\n{tail}")));
+                }
+            };
+            let exit = node.stop().await?;
+            if !alive {
+                report.node_exit = Some(format!(
+                    "the node died during the run ({exit}); log tail:\n{tail}"
+                ));
+                bail!("{}", report.node_exit.clone().unwrap_or_default());
+            }
+            report.node_exit = Some(exit);
+            Ok(report)
+        }
+    }
+}
+
+/// After the run, wait (bounded by `SETTLE_MAX`) until the node has no queued events and
+/// no undelivered cross-shard messages (identity claims and merges), then record the
+/// customer counts and how long settling took.
+async fn fill_customers(report: &mut Report, http: &str) {
+    let started = Instant::now();
+    loop {
+        match node::scrape(http).await {
+            Ok(g) => {
+                let settled = g.pending_cross_shard == 0 && g.queued_events == 0;
+                if settled || started.elapsed() >= SETTLE_MAX {
+                    report.node_customers = Some(g.customers);
+                    report.node_live_actors = Some(g.live_actors);
+                    report.settle_s = settled.then(|| started.elapsed().as_secs_f64());
+                    if !settled {
+                        eprintln!(
+                            "chorus-loadtest: the node still had {} cross-shard messages and {} queued events {SETTLE_MAX:?} after the run",
+                            g.pending_cross_shard, g.queued_events
+                        );
+                    }
+                    return;
+                }
+            }
+            Err(e) => {
+                eprintln!("chorus-loadtest: could not read /metrics from {http}: {e:#}");
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Connect, run the streams through warm-up, window and drain, and build the report.
+async fn workload_run(
+    mode: &str,
+    endpoint: &str,
+    pid: Option<u32>,
+    sc: &Scenario,
+    common: &Common,
+) -> anyhow::Result<Report> {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let run_id = (nanos ^ sc.workload.seed.rotate_left(17)) & 0xFFFF_FFFF_FFFF;
+    eprintln!(
+        "chorus-loadtest: scenario {} seed={} run={run_id:x} customers={} {:?} streams={} batch={} in_flight={} loop={:?} warmup={}s duration={}s",
+        sc.name,
+        sc.workload.seed,
+        sc.workload.customers,
+        sc.workload.distribution,
+        sc.streams,
+        sc.batch,
+        sc.in_flight,
+        sc.pacing,
+        sc.warmup_s,
+        sc.duration_s
+    );
+    let mut channels = Vec::with_capacity(sc.streams);
+    for _ in 0..sc.streams {
+        channels.push(client::connect(endpoint, Duration::from_secs(10)).await?);
+    }
+    let start = Instant::now() + Duration::from_millis(50);
+    let tl = Timeline {
+        start,
+        measure_start: start + sc.warmup(),
+        measure_end: start + sc.warmup() + sc.duration(),
+        drain: Duration::from_secs_f64(common.drain),
+    };
+    let shared = Arc::new(Shared {
+        tally: std::sync::Mutex::new(Tally::new()),
+        acked_total: Default::default(),
+        in_flight_batches: Default::default(),
+    });
+    let sc_arc = Arc::new(sc.clone());
+    let mut tasks = Vec::with_capacity(sc.streams);
+    for (i, ch) in channels.into_iter().enumerate() {
+        tasks.push(tokio::spawn(client::drive_stream(
+            i,
+            ch,
+            sc_arc.clone(),
+            run_id,
+            tl,
+            shared.clone(),
+        )));
+    }
+    let progress = tokio::spawn(client::progress(
+        shared.clone(),
+        tl,
+        tl.measure_end + tl.drain,
+        pid.map(|p| p.to_string()),
+    ));
+    let mut node_tracker = pid.map(|p| Tracker::new(p.to_string()));
+    let mut client_tracker = Tracker::new("self");
+    client::sample_window(tl, &mut node_tracker, &mut client_tracker).await;
+    for t in tasks {
+        t.await.context("a stream task panicked")?;
+    }
+    progress.abort();
+    let measured_s = tl
+        .measure_end
+        .duration_since(tl.measure_start)
+        .as_secs_f64();
+    let tally = shared.tally.lock().expect("tally lock");
+    Ok(Report::build(
+        mode,
+        endpoint,
+        run_id,
+        sc,
+        measured_s,
+        &tally,
+        node_tracker.as_ref().and_then(|t| t.usage()),
+        client_tracker.usage(),
+    ))
+}

@@ -64,6 +64,8 @@ pub struct ApplyStats {
     pub pending_cross_shard: AtomicU64,
     pub pending_timers: AtomicU64,
     pub pending_intents: AtomicU64,
+    /// Inputs ever held back for customers frozen by a cross-shard merge.
+    pub held_inputs: AtomicU64,
     /// Earliest pending timer (ms), or i64::MAX.
     pub next_timer_ms: std::sync::atomic::AtomicI64,
 }
@@ -228,8 +230,9 @@ struct Round<'a> {
     tombs: HashMap<CustomerId, CustomerId>,
     xout: Vec<(ShardId, CrossShardMessage)>,
     xin: HashMap<ShardId, u64>,
-    /// Inputs held for frozen customers (loaded lazily; written or deleted at the end).
-    held: HashMap<CustomerId, Vec<(i64, CustomerInput)>>,
+    /// Inputs held this round for frozen customers: (seq, (now, input)), written at
+    /// the end, one key each (appending never reads or rewrites earlier ones).
+    held: HashMap<CustomerId, Vec<(u64, (i64, CustomerInput))>>,
     /// Intents decided this round (written to the outbox at the end).
     intents: Vec<Intent>,
     /// Timers added this round: (due, id, timer).
@@ -455,9 +458,10 @@ impl<'a> Round<'a> {
 
     fn push(&mut self, id: CustomerId, now: i64, input: CustomerInput) {
         if self.meta.frozen.contains(&id) {
-            if let Err(e) = self.held_list(id).map(|l| l.push((now, input))) {
-                tracing::error!(customer = %id, error = %e, "cannot hold input of a frozen customer");
-            }
+            let seq = self.meta.held_seq;
+            self.meta.held_seq += 1;
+            self.app.stats.held_inputs.fetch_add(1, Ordering::Relaxed);
+            self.held.entry(id).or_default().push((seq, (now, input)));
             return;
         }
         let list = self.pending.entry(id).or_insert_with(|| {
@@ -467,31 +471,29 @@ impl<'a> Round<'a> {
         list.push((now, input));
     }
 
-    fn held_list(&mut self, id: CustomerId) -> io::Result<&mut Vec<(i64, CustomerInput)>> {
-        if !self.held.contains_key(&id) {
-            let list = match self.app.store.shard().get(keys::frozen(self.shard(), id)).map_err(io_err)? {
-                Some(v) => chorus_types::encoding::decode(&v).map_err(io_err)?,
-                None => Vec::new(),
-            };
-            self.held.insert(id, list);
-        }
-        Ok(self.held.get_mut(&id).expect("just inserted"))
-    }
-
     fn freeze(&mut self, id: CustomerId) -> io::Result<()> {
         self.flush_one_sync_guard(id);
         self.meta.frozen.insert(id);
-        self.held_list(id)?;
         Ok(())
     }
 
-    /// Unfreeze and return the inputs held meanwhile (in order).
+    /// Unfreeze and return the inputs held meanwhile (in order): the stored ones, read
+    /// once and deleted, then this round's.
     fn unfreeze(&mut self, id: CustomerId) -> io::Result<Vec<(i64, CustomerInput)>> {
         if !self.meta.frozen.remove(&id) {
             return Ok(Vec::new());
         }
-        let list = std::mem::take(self.held_list(id)?);
-        Ok(list)
+        let mut out = Vec::new();
+        let ks = self.app.store.shard().clone();
+        for kv in ks.prefix(keys::held_prefix(self.shard(), id)) {
+            let (k, v) = kv.into_inner().map_err(io_err)?;
+            out.push(chorus_types::encoding::decode::<(i64, CustomerInput)>(&v).map_err(io_err)?);
+            self.batch.remove(&ks, k);
+        }
+        if let Some(list) = self.held.remove(&id) {
+            out.extend(list.into_iter().map(|(_, x)| x));
+        }
+        Ok(out)
     }
 
     fn flush_one_sync_guard(&self, id: CustomerId) {
@@ -947,6 +949,7 @@ impl<'a> Round<'a> {
             }
             let actor = self.actor_for(id).await?;
             let (tx, rx) = ractor::concurrency::oneshot::<CustomerApplied>();
+            let inputs = Arc::new(inputs);
             let msg = CustomerMsg::Apply { inputs: inputs.clone(), reply: tx.into() };
             if actor.cast(msg).is_err() {
                 waiting.push((id, inputs, None));
@@ -964,7 +967,10 @@ impl<'a> Round<'a> {
                     self.states.insert(id, applied.encoded);
                     self.intents.extend(applied.intents);
                 }
-                None => self.retry_or_park(id, inputs).await?,
+                None => {
+                    let inputs = Arc::try_unwrap(inputs).unwrap_or_else(|shared| (*shared).clone());
+                    self.retry_or_park(id, inputs).await?
+                }
             }
         }
         Ok(())
@@ -976,7 +982,8 @@ impl<'a> Round<'a> {
         while failures < self.app.config.quarantine_after {
             registry.deactivate(id);
             let actor = self.actor_for(id).await?;
-            match actor.call(|reply| CustomerMsg::Apply { inputs: inputs.clone(), reply }, None).await {
+            let shared = Arc::new(inputs.clone());
+            match actor.call(|reply| CustomerMsg::Apply { inputs: shared, reply }, None).await {
                 Ok(ractor::rpc::CallResult::Success(applied)) => {
                     self.states.insert(id, applied.encoded);
                     self.intents.extend(applied.intents);
@@ -1051,10 +1058,8 @@ impl<'a> Round<'a> {
         }
         self.app.stats.pending_cross_shard.fetch_add(xcount, Ordering::Relaxed);
         for (id, list) in self.held.drain() {
-            if self.meta.frozen.contains(&id) {
-                self.batch.insert(&ks, keys::frozen(shard, id), chorus_types::encoding::encode(&list));
-            } else {
-                self.batch.remove(&ks, keys::frozen(shard, id));
+            for (seq, item) in list {
+                self.batch.insert(&ks, keys::held(shard, id, seq), chorus_types::encoding::encode(&item));
             }
         }
         for intent in self.intents.drain(..) {

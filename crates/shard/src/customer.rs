@@ -37,7 +37,7 @@ pub struct Applied {
 }
 
 pub enum CustomerMsg {
-    Apply { inputs: Vec<(i64, CustomerInput)>, reply: RpcReplyPort<Applied> },
+    Apply { inputs: Arc<Vec<(i64, CustomerInput)>>, reply: RpcReplyPort<Applied> },
     /// A copy of the current state.
     Get(RpcReplyPort<CustomerState>),
     /// Replace the state (after a merge computed by the shard); replies with the encoding.
@@ -69,7 +69,7 @@ impl Actor for CustomerActor {
         match msg {
             CustomerMsg::Apply { inputs, reply } => {
                 let mut intents = Vec::new();
-                for (now_ms, input) in &inputs {
+                for (now_ms, input) in inputs.iter() {
                     if let Some(i) = apply_input(&mut live.state, input, *now_ms, &live.config) {
                         intents.push(i);
                     }

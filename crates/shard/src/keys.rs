@@ -22,7 +22,7 @@ pub const XOUT: u8 = b'x';
 pub const XIN: u8 = b'y';
 /// Tombstones: merged customer id → survivor id.
 pub const TOMB: u8 = b'k';
-/// Customers frozen by an in-flight cross-shard merge: customer → inputs held back.
+/// Inputs held back for customers frozen by an in-flight cross-shard merge.
 pub const FROZEN: u8 = b'f';
 /// Outbox: idempotency key → intent awaiting delivery.
 pub const OUTBOX: u8 = b'o';
@@ -86,11 +86,16 @@ pub fn tomb(shard: ShardId, id: CustomerId) -> Vec<u8> {
 pub fn parked_prefix(shard: ShardId) -> Vec<u8> {
     shard_key(shard, PARKED, b"")
 }
-pub fn frozen(shard: ShardId, id: CustomerId) -> Vec<u8> {
-    shard_key(shard, FROZEN, &id.0.to_be_bytes())
+/// One input held for a frozen customer: customer ++ seq.
+pub fn held(shard: ShardId, id: CustomerId, seq: u64) -> Vec<u8> {
+    let mut rest = [0u8; 16];
+    rest[..8].copy_from_slice(&id.0.to_be_bytes());
+    rest[8..].copy_from_slice(&seq.to_be_bytes());
+    shard_key(shard, FROZEN, &rest)
 }
-pub fn frozen_prefix(shard: ShardId) -> Vec<u8> {
-    shard_key(shard, FROZEN, b"")
+/// Every input held for `id`.
+pub fn held_prefix(shard: ShardId, id: CustomerId) -> Vec<u8> {
+    shard_key(shard, FROZEN, &id.0.to_be_bytes())
 }
 pub fn outbox(shard: ShardId, key: &str) -> Vec<u8> {
     shard_key(shard, OUTBOX, key.as_bytes())

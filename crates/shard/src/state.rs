@@ -24,6 +24,8 @@ pub struct ShardMeta {
     pub timers: u64,
     /// Intents in the outbox awaiting delivery.
     pub intents: u64,
+    /// Next sequence number of an input held for a frozen customer.
+    pub held_seq: u64,
 }
 
 pub fn read_meta(store: &Store, shard: ShardId) -> Result<ShardMeta, String> {

@@ -257,7 +257,7 @@ pub fn apply_event(state: &mut CustomerState, event: &Event, now_ms: i64, cfg: &
         name: event.name.clone(),
         timestamp_ms: if event.timestamp_ms != 0 { event.timestamp_ms } else { now_ms },
         received_ms: now_ms,
-        properties: if event.properties.is_empty() { String::new() } else { serde_json::to_string(&event.properties.0).unwrap_or_default() },
+        properties: event.properties.clone(),
     });
     while state.history.len() > cfg.history_max {
         state.history.pop_front();

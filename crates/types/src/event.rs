@@ -49,9 +49,12 @@ pub struct Event {
     /// Track event name, page/screen name, or empty.
     pub name: String,
     pub identities: Vec<Identity>,
-    pub properties: JsonMap,
+    /// The properties object as compact JSON text (empty when there are none): it is
+    /// carried and stored as text and parsed only by what reads it.
+    pub properties: String,
     pub traits: JsonMap,
-    pub context: JsonMap,
+    /// The context object as compact JSON text (empty when there is none).
+    pub context: String,
     /// Client timestamp in Unix milliseconds; 0 when the client gave none.
     pub timestamp_ms: i64,
 }
@@ -155,7 +158,9 @@ impl EventInput {
                 identities.push(id);
             }
         }
-        let payload_bytes = json_len(&self.properties) + json_len(&self.traits) + json_len(&self.context);
+        let properties = json_text(&self.properties);
+        let context = json_text(&self.context);
+        let payload_bytes = properties.len() + json_len(&self.traits) + context.len();
         if payload_bytes > EVENT_PAYLOAD_BYTES_MAX {
             return Err(FieldError::new(
                 "properties",
@@ -174,12 +179,16 @@ impl EventInput {
             event_type,
             name,
             identities,
-            properties: self.properties.into(),
+            properties,
             traits: self.traits.into(),
-            context: self.context.into(),
+            context,
             timestamp_ms,
         })
     }
+}
+
+fn json_text(m: &serde_json::Map<String, serde_json::Value>) -> String {
+    if m.is_empty() { String::new() } else { serde_json::to_string(m).unwrap_or_default() }
 }
 
 fn json_len(m: &serde_json::Map<String, serde_json::Value>) -> usize {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 /// Chorus: omnichannel marketing orchestration. This binary is the node.
 #[derive(Parser, Debug)]
-#[command(name = "chorus", version, about, long_about = None, after_help = "Configuration layers: defaults < TOML file (--config) < CHORUS_* environment < flags.\nEnvironment: CHORUS_NODE_ID, CHORUS_DATA_DIR, CHORUS_GRPC_ADDR, CHORUS_HTTP_ADDR, CHORUS_SHARDS, CHORUS_WRITE_KEYS (comma-separated), CHORUS_LOG.\nStop with Ctrl-C or SIGTERM: in-flight batches are committed or rejected, never half-applied.")]
+#[command(name = "chorus", version, after_help = "Configuration layers: defaults < TOML file (--config) < CHORUS_* environment < flags.\nEnvironment: CHORUS_NODE_ID, CHORUS_DATA_DIR, CHORUS_GRPC_ADDR, CHORUS_HTTP_ADDR, CHORUS_SHARDS, CHORUS_WRITE_KEYS (comma-separated), CHORUS_LOG.\nStop with Ctrl-C or SIGTERM: in-flight batches are committed or rejected, never half-applied.")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -25,6 +25,7 @@ enum Command {
     /// ./chorus-data, gRPC on 127.0.0.1:7700, HTTP on 127.0.0.1:7780, 64 shards.
     Dev(Overrides),
     /// Run a node from a TOML configuration file.
+    #[command(after_help = "TOML keys (all optional; unknown keys are errors):\n  node_id, data_dir\n  [grpc] addr, batch_events_max, stream_batches_in_flight_max\n  [http] addr, write_keys = [..]\n  [shards] count, dedup_window (max 7d), actor_idle, live_actors_max, quarantine_after,\n           ingest_queue_max, proposal_events_max, proposals_in_flight_max\n  [clock] mode = \"system\" | \"manual\", allow_manual (must be true for manual)\n  [log] level\nSee README.md for an example.")]
     Run {
         /// The TOML configuration file.
         #[arg(long, short = 'c')]

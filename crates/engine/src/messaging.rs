@@ -54,7 +54,8 @@ pub fn decide_send(state: &mut CustomerState, req: &SendRequest, now_ms: i64, cf
     decision
 }
 
-fn evaluate(state: &CustomerState, req: &SendRequest) -> SendDecision {
+/// The send checks without recording a decision (the journey interpreter records its own).
+pub(crate) fn evaluate(state: &CustomerState, req: &SendRequest) -> SendDecision {
     let skip = |r: &str| SendDecision::Skip { reason: r.to_string() };
     if state.is_tombstone() {
         return skip("customer merged away");

@@ -27,6 +27,13 @@ pub struct CustomerState {
     pub merged_from: Vec<CustomerId>,
     /// Set when this profile was merged away: it is a tombstone forwarding here.
     pub merged_into: Option<CustomerId>,
+    /// Journeys the customer is in (SPEC §4.1 "active journey positions").
+    pub journeys: Vec<crate::journey::run::Instance>,
+    /// Journey id → when the customer last entered it (re-entry rules).
+    pub journey_entries: BTreeMap<String, i64>,
+    /// Source of timer sequence numbers: a timer whose seq is no longer the instance's
+    /// is stale and does nothing when it fires.
+    pub timer_seq: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -69,6 +76,11 @@ pub enum DecisionKind {
     Scheduled,
     Delivered,
     DeliveryFailed,
+    Entered,
+    Advanced,
+    Exited,
+    Converted,
+    Fallback,
 }
 
 impl DecisionKind {
@@ -88,6 +100,11 @@ impl DecisionKind {
             DecisionKind::Scheduled => "scheduled",
             DecisionKind::Delivered => "delivered",
             DecisionKind::DeliveryFailed => "failed",
+            DecisionKind::Entered => "entered",
+            DecisionKind::Advanced => "advanced",
+            DecisionKind::Exited => "exited",
+            DecisionKind::Converted => "converted",
+            DecisionKind::Fallback => "fallback",
         }
     }
 }
@@ -169,6 +186,9 @@ impl CustomerState {
             decisions: VecDeque::new(),
             merged_from: Vec::new(),
             merged_into: None,
+            journeys: Vec::new(),
+            journey_entries: BTreeMap::new(),
+            timer_seq: 0,
         }
     }
 

@@ -3,6 +3,7 @@
 //! callers hand in the file's text.
 
 pub mod model;
+pub mod run;
 mod parse;
 pub mod source;
 mod validate;

@@ -157,3 +157,156 @@ fn json_journeys_are_accepted() {
     let j = load_journey(text, &Catalog::default()).unwrap();
     assert_eq!(j.entry.trigger, Trigger::Api);
 }
+
+mod interpreter {
+    use super::super::run::{Compiled, Effect, Input, on_input};
+    use super::super::{Catalog, load_journey};
+    use crate::{CustomerState, DecisionKind, EngineConfig, apply_event};
+    use chorus_types::{CustomerId, Event, EventInput, Identity, IdentityKind};
+    use serde_json::json;
+
+    const H: i64 = 3_600_000;
+    const T0: i64 = 1_800_000_000_000;
+
+    fn journey(holdout: &str) -> Compiled {
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/journeys/browse-abandon.yaml")).unwrap();
+        let text = text.replace("holdout: 10%", &format!("holdout: {holdout}"));
+        Compiled::new(load_journey(&text, &Catalog::default()).unwrap(), 1).unwrap()
+    }
+
+    fn customer(seq: u64) -> CustomerState {
+        let mut c = CustomerState::new(CustomerId::new(0, seq), 0);
+        c.attributes.0.insert("ltv".into(), json!(900));
+        c.identities.push(Identity { kind: IdentityKind::Email, value: "ada@example.com".into() });
+        c.identities.push(Identity { kind: IdentityKind::Phone, value: "+14155550123".into() });
+        c
+    }
+
+    fn ev(name: &str, props: serde_json::Value) -> Event {
+        EventInput {
+            message_id: format!("{name}-{props}"),
+            event_type: "track".into(),
+            name: name.into(),
+            identities: vec![("email".into(), "ada@example.com".into())],
+            properties: props.as_object().cloned().unwrap_or_default(),
+            timestamp_ms: 1,
+            ..Default::default()
+        }
+        .validate()
+        .unwrap()
+    }
+
+    /// Apply an event as the shard would: to the profile, then to the journeys.
+    fn event(c: &mut CustomerState, j: &Compiled, name: &str, props: serde_json::Value, now: i64) -> Vec<Effect> {
+        let e = ev(name, props);
+        let cfg = EngineConfig::default();
+        apply_event(c, &e, now, &cfg);
+        on_input(c, &Input::Event(&e), &[j], &[], now, &cfg)
+    }
+
+    fn timer(c: &mut CustomerState, j: &Compiled, seq: u64, now: i64) -> Vec<Effect> {
+        on_input(c, &Input::Timer { journey: "browse-abandon", entry_key: "browse-abandon", seq }, &[j], &[], now, &EngineConfig::default())
+    }
+
+    fn sends(effects: &[Effect]) -> Vec<(String, String)> {
+        effects.iter().filter_map(|e| if let Effect::Send(i) = e { Some((i.channel.clone(), i.template.clone())) } else { None }).collect()
+    }
+
+    fn timer_of(effects: &[Effect]) -> (u64, i64) {
+        effects.iter().find_map(|e| if let Effect::Timer { seq, at_ms, .. } = e { Some((*seq, *at_ms)) } else { None }).expect("a timer")
+    }
+
+    fn kinds(c: &CustomerState) -> Vec<&'static str> {
+        c.decisions.iter().map(|d| d.kind.as_str()).collect()
+    }
+
+    #[test]
+    fn story_clicked_goes_to_retarget_and_completes() {
+        let j = journey("0%");
+        let mut c = customer(1);
+        let fx = event(&mut c, &j, "Product Viewed", json!({"sku": "A"}), T0);
+        assert_eq!(sends(&fx), vec![("email".into(), "browse-recos".into())]);
+        let (_, at) = timer_of(&fx);
+        assert_eq!(at, T0 + 24 * H);
+        assert_eq!(c.journeys[0].step, "wait_engagement");
+        let fx = event(&mut c, &j, "email.clicked", json!({"journey": "browse-abandon", "step": "recos_email"}), T0 + H);
+        assert_eq!(sends(&fx), vec![("webhook".into(), "meta-retargeting-add".into())]);
+        assert!(c.journeys.is_empty(), "completed after the retarget step");
+        assert_eq!(kinds(&c), vec!["entered", "sent", "advanced", "sent", "exited"]);
+    }
+
+    #[test]
+    fn story_opened_only_goes_to_push_with_email_fallback() {
+        let j = journey("0%");
+        let mut c = customer(1);
+        event(&mut c, &j, "Product Viewed", json!({}), T0);
+        let fx = event(&mut c, &j, "email.opened", json!({"journey": "browse-abandon", "step": "recos_email"}), T0 + H);
+        // No push token: the push step falls back to email.
+        assert_eq!(sends(&fx), vec![("email".into(), "tighter-benefit".into())]);
+        assert!(c.decisions.iter().any(|d| d.kind == DecisionKind::Fallback && d.reason.contains("no valid push token")), "{:?}", c.decisions);
+    }
+
+    #[test]
+    fn story_no_open_times_out_to_sms_which_needs_consent() {
+        let j = journey("0%");
+        let mut c = customer(1);
+        let fx = event(&mut c, &j, "Product Viewed", json!({}), T0);
+        let (seq, at) = timer_of(&fx);
+        let fx = timer(&mut c, &j, seq, at);
+        assert!(sends(&fx).is_empty(), "no SMS consent: skipped");
+        assert!(c.decisions.iter().any(|d| d.kind == DecisionKind::Skipped && d.reason.contains("no sms consent")), "{:?}", c.decisions);
+        assert!(c.journeys.is_empty());
+    }
+
+    #[test]
+    fn story_purchase_mid_wait_exits_converts_and_cancels_the_timer() {
+        let j = journey("0%");
+        let mut c = customer(1);
+        let fx = event(&mut c, &j, "Product Viewed", json!({}), T0);
+        let (seq, at) = timer_of(&fx);
+        let fx = event(&mut c, &j, "Order Completed", json!({"revenue": 120.5}), T0 + 2 * H);
+        assert!(c.journeys.is_empty(), "exit criteria apply mid-wait");
+        assert!(fx.iter().any(|e| matches!(e, Effect::Stat { what: "converted", value, .. } if *value == 120.5)), "{fx:?}");
+        assert!(fx.iter().any(|e| matches!(e, Effect::Trigger { journey } if journey == "post-purchase")));
+        assert!(timer(&mut c, &j, seq, at).is_empty(), "the timer is stale");
+        assert!(kinds(&c).contains(&"converted") && kinds(&c).contains(&"exited"));
+    }
+
+    #[test]
+    fn reentry_respects_the_cooldown_and_the_entry_filter() {
+        let j = journey("0%");
+        let mut c = customer(1);
+        event(&mut c, &j, "Product Viewed", json!({}), T0);
+        event(&mut c, &j, "Order Completed", json!({"revenue": 1}), T0 + H);
+        // Within the 7-day cooldown (and with a recent order the filter says no anyway).
+        assert!(sends(&event(&mut c, &j, "Product Viewed", json!({}), T0 + 24 * H)).is_empty());
+        // Eight days later: cooldown over, no order in the last 7 days.
+        let fx = event(&mut c, &j, "Product Viewed", json!({}), T0 + 8 * 24 * H);
+        assert_eq!(sends(&fx).len(), 1, "{:?}", c.decisions);
+        // Low-value customers never enter.
+        let mut poor = customer(2);
+        poor.attributes.0.insert("ltv".into(), json!(10));
+        assert!(event(&mut poor, &j, "Product Viewed", json!({}), T0).is_empty());
+        assert!(poor.journeys.is_empty());
+    }
+
+    #[test]
+    fn holdout_customers_move_through_without_messages() {
+        let j = journey("100%");
+        let mut c = customer(1);
+        let fx = event(&mut c, &j, "Product Viewed", json!({}), T0);
+        assert!(sends(&fx).is_empty());
+        assert!(c.journeys[0].holdout);
+        assert!(c.decisions.iter().any(|d| d.reason == "holdout"), "{:?}", c.decisions);
+        let fx = event(&mut c, &j, "Order Completed", json!({"revenue": 3}), T0 + H);
+        assert!(fx.iter().any(|e| matches!(e, Effect::Stat { what: "converted_holdout", .. })), "{fx:?}");
+    }
+
+    #[test]
+    fn holdout_split_is_deterministic_per_customer() {
+        let b1 = super::super::run::bucket("cu_1", "browse-abandon");
+        assert_eq!(b1, super::super::run::bucket("cu_1", "browse-abandon"));
+        let in_holdout = (0..10_000).filter(|i| super::super::run::bucket(&format!("cu_{i}"), "j") < 1_000).count();
+        assert!((800..1200).contains(&in_holdout), "10% ± 2%: {in_holdout}");
+    }
+}

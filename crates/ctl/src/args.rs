@@ -120,6 +120,26 @@ JSON: [{file, valid, journey, steps, problems: [{line, path, message}]}]\n\nExam
         #[arg(required = true, value_name = "FILE")]
         files: Vec<std::path::PathBuf>,
     },
+    /// Run a journey offline for one customer on a virtual clock over a trace of events
+    /// and print every decision with its time and reason (the node's own core code)
+    #[command(after_help = "TRACE: NDJSON, one event per line: {\"at\": \"2026-12-01T10:00:00Z\", \"event\": \"Product Viewed\", \"properties\": {...}}\n\
+PROFILE: {\"attributes\": {\"ltv\": 900}, \"identities\": {\"email\": \"ada@example.com\"}, \"consent\": {\"sms\": \"opted_in\"}}\n\n\
+JSON: one object per line: {at_ms, at, kind, text}; kind is event, timer, decision, send, timer-set or trigger.\n\n\
+Example:\n  chorusctl journey simulate examples/journeys/browse-abandon.yaml --events trace.ndjson --profile ada.json --until 7d")]
+    Simulate {
+        /// The journey file
+        #[arg(value_name = "FILE")]
+        file: std::path::PathBuf,
+        /// The event trace (NDJSON)
+        #[arg(long, value_name = "TRACE.ndjson")]
+        events: std::path::PathBuf,
+        /// The customer's profile (JSON); default: an empty profile
+        #[arg(long, value_name = "P.json")]
+        profile: Option<std::path::PathBuf>,
+        /// After the last event, keep the clock running this long so pending waits fire
+        #[arg(long, value_name = "DURATION", default_value = "30d", value_parser = duration_ms_arg)]
+        until: i64,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -147,3 +147,22 @@ fn journey_validate_checks_files_offline_with_lines() {
     assert_eq!(v[1]["journey"], "browse-abandon");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn journey_simulate_prints_the_decisions_of_a_trace() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples");
+    let journey = format!("{root}/journeys/browse-abandon.yaml");
+    let trace = format!("{root}/traces/ada-browses.ndjson");
+    let profile = format!("{root}/traces/ada.json");
+    let out = chorusctl(&["journey", "simulate", &journey, "--events", &trace, "--profile", &profile]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("send      email browse-recos to ada@example.com"), "{stdout}");
+    assert!(stdout.contains("fallback — push: no valid push token"), "{stdout}");
+    assert!(stdout.contains("converted — goal Order Completed (browse-abandon value 129"), "{stdout}");
+    let out = chorusctl(&["-o", "json", "journey", "simulate", &journey, "--events", &trace, "--profile", &profile]);
+    let lines: Vec<serde_json::Value> = text(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("ndjson")).collect();
+    assert_eq!(lines[0]["kind"], "event");
+    assert_eq!(lines[0]["at"], "2026-12-01T10:00:00Z");
+    assert!(lines.iter().any(|l| l["kind"] == "trigger" && l["text"] == "enroll in post-purchase"));
+}

@@ -5,6 +5,8 @@ use super::Ctx;
 use crate::failure::{EXIT_OK, Failure};
 use crate::output::{emit, emit_json};
 use chorus_engine::journey::{Catalog, load_journey};
+use crate::output::emit_json_line;
+use std::path::Path;
 use serde_json::{Value, json};
 use std::path::PathBuf;
 
@@ -43,6 +45,54 @@ pub fn validate(ctx: &Ctx, files: &[PathBuf]) -> anyhow::Result<u8> {
             eprintln!("{bad} of {} files have problems", files.len());
         }
         return Ok(1);
+    }
+    Ok(EXIT_OK)
+}
+
+/// `journey simulate`: offline run of one journey over an NDJSON trace.
+pub fn simulate(ctx: &Ctx, file: &Path, events: &Path, profile: Option<&Path>, until_ms: i64) -> anyhow::Result<u8> {
+    use chorus_engine::journey::run::Compiled;
+    use chorus_engine::journey::simulate::{customer_from_json, simulate, trace_event};
+    let read = |p: &Path| std::fs::read_to_string(p).map_err(|e| Failure::usage(format!("cannot read {}: {e}", p.display())));
+    let text = read(file)?;
+    let def = match load_journey(&text, &Catalog::default()) {
+        Ok(d) => d,
+        Err(diags) => {
+            for d in &diags {
+                let line = d.line.map(|l| format!("{l}:")).unwrap_or_default();
+                eprintln!("{}:{line} {}: {}", file.display(), d.path, d.message);
+            }
+            return Err(Failure::usage(format!("{} is not a valid journey", file.display())).hint("fix it, then run `chorusctl journey validate`").into());
+        }
+    };
+    let journey = Compiled::new(def, 1).map_err(Failure::usage)?;
+    let customer = match profile {
+        None => customer_from_json(&json!({})),
+        Some(p) => {
+            let v: Value = serde_json::from_str(&read(p)?).map_err(|e| Failure::usage(format!("{}: invalid JSON: {e}", p.display())))?;
+            customer_from_json(&v)
+        }
+    }
+    .map_err(|e| Failure::usage(format!("profile: {e}")))?;
+    let mut trace = Vec::new();
+    for (n, line) in read(events)?.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: Value = serde_json::from_str(line).map_err(|e| Failure::usage(format!("{} line {}: invalid JSON: {e}", events.display(), n + 1)))?;
+        trace.push(trace_event(&v, n + 1).map_err(|e| Failure::usage(format!("{}: {e}", events.display())))?);
+    }
+    if trace.is_empty() {
+        return Err(Failure::usage(format!("{} has no events", events.display())).into());
+    }
+    let last = trace.iter().map(|(t, _)| *t).max().unwrap_or(0);
+    let lines = simulate(&journey, customer, trace, last.saturating_add(until_ms), &chorus_engine::EngineConfig::default());
+    for l in &lines {
+        if ctx.json() {
+            emit_json_line(&json!({"at_ms": l.at_ms, "at": chorus_types::time::format_rfc3339_ms(l.at_ms), "kind": l.kind, "text": l.text}));
+        } else {
+            emit(&format!("{}  {:<9} {}", chorus_types::time::format_rfc3339_ms(l.at_ms), l.kind, l.text));
+        }
     }
     Ok(EXIT_OK)
 }

@@ -111,6 +111,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             messages::send(&ctx, req).await?
         }
         Command::Journey { command: JourneyCommand::Validate { files } } => journey::validate(&ctx, &files)?,
+        Command::Journey { command: JourneyCommand::Simulate { file, events, profile, until } } => {
+            journey::simulate(&ctx, &file, &events, profile.as_deref(), until)?
+        }
         Command::Clock { command } => match command {
             ClockCommand::Show => clock::run(&ctx, clock::Op::Show).await?,
             ClockCommand::Advance { by_ms } => clock::run(&ctx, clock::Op::Advance(by_ms)).await?,

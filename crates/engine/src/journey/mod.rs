@@ -4,6 +4,7 @@
 
 pub mod model;
 pub mod run;
+pub mod simulate;
 mod parse;
 pub mod source;
 mod validate;

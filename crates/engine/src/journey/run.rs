@@ -47,6 +47,9 @@ pub struct Instance {
     pub sends: u32,
     /// The entry event's name and properties (JSON text), for `entry.*`.
     pub entry_event: Option<(String, String)>,
+    /// The journey ended for this entry but its goal window is still open: only goal
+    /// events are watched (conversions count per entry within the window, SPEC §6).
+    pub done: bool,
 }
 
 /// A journey version ready to run: the definition with its expressions compiled.
@@ -159,7 +162,7 @@ pub fn on_input(state: &mut CustomerState, input: &Input<'_>, catalog: &[&Compil
             }
         }
         Input::Timer { journey, entry_key, seq } => {
-            let Some(pos) = state.journeys.iter().position(|x| x.journey == *journey && x.entry_key == *entry_key) else { return run.effects };
+            let Some(pos) = state.journeys.iter().position(|x| x.journey == *journey && x.entry_key == *entry_key && !x.done) else { return run.effects };
             if state.journeys[pos].timer_seq != *seq {
                 return run.effects; // stale: the instance moved on or the timer was cancelled
             }
@@ -186,6 +189,26 @@ pub fn on_input(state: &mut CustomerState, input: &Input<'_>, catalog: &[&Compil
 
 /// Returns false when the instance was removed (exited or finished).
 fn on_event_in_instance(state: &mut CustomerState, i: usize, j: &Compiled, event: &Event, run: &mut Run<'_>) -> bool {
+    if state.journeys[i].done {
+        let inst = state.journeys[i].clone();
+        match &j.def.goal {
+            Some(g) if run.now - inst.entered_ms <= g.within_ms => {
+                if g.event == event.name {
+                    let ok = g.filter.as_ref().map(|f| run.cond(j, f, state, Some(event), Some(&inst)) == Ok(true)).unwrap_or(true);
+                    if ok {
+                        convert(state, &inst, j, g, event, run);
+                        state.journeys.remove(i);
+                        return false;
+                    }
+                }
+                return true;
+            }
+            _ => {
+                state.journeys.remove(i); // the goal window closed
+                return false;
+            }
+        }
+    }
     // Engagement events name their journey and step (tracking links carry them).
     let props: Value = if event.properties.is_empty() { Value::Null } else { serde_json::from_str(&event.properties).unwrap_or(Value::Null) };
     if props.get("journey").and_then(Value::as_str) == Some(j.def.id.as_str()) {
@@ -268,7 +291,7 @@ fn convert(state: &mut CustomerState, inst: &Instance, j: &Compiled, g: &Goal, e
 
 fn try_enter(state: &mut CustomerState, j: &Compiled, event: Option<&Event>, run: &mut Run<'_>) {
     let id = j.def.id.clone();
-    if state.journeys.iter().any(|x| x.journey == id) {
+    if state.journeys.iter().any(|x| x.journey == id && !x.done) {
         return; // one instance per journey (entry keys arrive with max_concurrent)
     }
     match (&j.def.entry.reentry, state.journey_entries.get(&id)) {
@@ -286,6 +309,7 @@ fn try_enter(state: &mut CustomerState, j: &Compiled, event: Option<&Event>, run
             }
         }
     }
+    state.journeys.retain(|x| x.journey != id); // a finished entry's goal window ends here
     let holdout = (bucket(&state.id.to_string(), &id) as f64) < j.def.entry.holdout_percent * 100.0;
     let first = j.def.steps[0].id.clone();
     state.journey_entries.insert(id.clone(), run.now);
@@ -302,6 +326,7 @@ fn try_enter(state: &mut CustomerState, j: &Compiled, event: Option<&Event>, run
         converted: false,
         sends: 0,
         entry_event: event.map(|e| (e.name.clone(), e.properties.clone())),
+        done: false,
     });
     state.decide(run.cfg, run.now, DecisionKind::Entered, event.map(|e| format!("event {}", e.name)).unwrap_or_else(|| "trigger".into()), format!("{id} v{}{}", j.version, if holdout { " (holdout: never messaged)" } else { "" }));
     run.stat(j, &first, if holdout { "entered_holdout" } else { "entered" }, 1.0);
@@ -324,9 +349,17 @@ fn advance(state: &mut CustomerState, pos: usize, j: &Compiled, next: Option<Str
 }
 
 fn finish(state: &mut CustomerState, pos: usize, j: &Compiled, reason: &str, run: &mut Run<'_>) -> bool {
-    let inst = state.journeys.remove(pos);
-    state.decide(run.cfg, run.now, DecisionKind::Exited, reason.to_string(), format!("{} at step {}", j.def.id, inst.step));
-    run.stat(j, &inst.step, "exited", 1.0);
+    let inst = &mut state.journeys[pos];
+    let step = inst.step.clone();
+    let goal_open = j.def.goal.as_ref().is_some_and(|g| !inst.converted && run.now - inst.entered_ms <= g.within_ms);
+    if goal_open {
+        inst.done = true;
+        inst.timer_seq = 0;
+    } else {
+        state.journeys.remove(pos);
+    }
+    state.decide(run.cfg, run.now, DecisionKind::Exited, reason.to_string(), format!("{} at step {step}", j.def.id));
+    run.stat(j, &step, "exited", 1.0);
     false
 }
 

@@ -231,7 +231,7 @@ mod interpreter {
         assert_eq!(c.journeys[0].step, "wait_engagement");
         let fx = event(&mut c, &j, "email.clicked", json!({"journey": "browse-abandon", "step": "recos_email"}), T0 + H);
         assert_eq!(sends(&fx), vec![("webhook".into(), "meta-retargeting-add".into())]);
-        assert!(c.journeys.is_empty(), "completed after the retarget step");
+        assert!(c.journeys.iter().all(|i| i.done), "completed after the retarget step (kept only for its goal window)");
         assert_eq!(kinds(&c), vec!["entered", "sent", "advanced", "sent", "exited"]);
     }
 
@@ -255,7 +255,7 @@ mod interpreter {
         let fx = timer(&mut c, &j, seq, at);
         assert!(sends(&fx).is_empty(), "no SMS consent: skipped");
         assert!(c.decisions.iter().any(|d| d.kind == DecisionKind::Skipped && d.reason.contains("no sms consent")), "{:?}", c.decisions);
-        assert!(c.journeys.is_empty());
+        assert!(c.journeys.iter().all(|i| i.done));
     }
 
     #[test]
@@ -309,4 +309,57 @@ mod interpreter {
         let in_holdout = (0..10_000).filter(|i| super::super::run::bucket(&format!("cu_{i}"), "j") < 1_000).count();
         assert!((800..1200).contains(&in_holdout), "10% ± 2%: {in_holdout}");
     }
+}
+
+#[test]
+fn simulation_runs_the_trace_on_a_virtual_clock() {
+    use super::run::Compiled;
+    use super::simulate::{customer_from_json, simulate, trace_event};
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/journeys/browse-abandon.yaml")).unwrap().replace("holdout: 10%", "holdout: 0%");
+    let j = Compiled::new(load_journey(&text, &Catalog::default()).unwrap(), 1).unwrap();
+    let profile = serde_json::json!({"attributes": {"ltv": 900}, "identities": {"email": "ada@example.com", "phone": "+14155550123"}, "consent": {"sms": "opted_in"}});
+    let c = customer_from_json(&profile).unwrap();
+    let trace: Vec<_> = [
+        serde_json::json!({"at": "2026-12-01T10:00:00Z", "event": "Product Viewed", "properties": {"sku": "A"}}),
+        serde_json::json!({"at": "2026-12-01T12:00:00Z", "event": "App Opened"}),
+    ]
+    .iter()
+    .enumerate()
+    .map(|(n, v)| trace_event(v, n + 1).unwrap())
+    .collect();
+    let start = chorus_types::time::parse_rfc3339_ms("2026-12-01T10:00:00Z").unwrap();
+    let lines = simulate(&j, c, trace, start + 2 * 86_400_000, &crate::EngineConfig::default());
+    let text: Vec<String> = lines.iter().map(|l| format!("{} {}", l.kind, l.text)).collect();
+    let sends: Vec<&String> = text.iter().filter(|t| t.starts_with("send ")).collect();
+    assert_eq!(sends.len(), 2, "{text:#?}");
+    assert!(sends[0].starts_with("send email browse-recos to ada@example.com"), "{text:#?}");
+    assert!(sends[1].starts_with("send sms direct-incentive to +14155550123"), "the 24 h timeout leads to the SMS: {text:#?}");
+    let timer_at = lines.iter().find(|l| l.kind == "timer").unwrap().at_ms;
+    assert_eq!(timer_at, start + 86_400_000);
+    assert!(text.iter().rev().take(2).any(|t| t.contains("exited — completed")), "{text:#?}");
+}
+
+#[test]
+fn goals_count_within_the_window_even_after_the_journey_ended() {
+    use super::run::Compiled;
+    use super::simulate::{customer_from_json, simulate, trace_event};
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/journeys/browse-abandon.yaml")).unwrap().replace("holdout: 10%", "holdout: 0%");
+    let j = Compiled::new(load_journey(&text, &Catalog::default()).unwrap(), 1).unwrap();
+    let c = customer_from_json(&serde_json::json!({"attributes": {"ltv": 900}, "identities": {"email": "ada@example.com"}})).unwrap();
+    let run = |order_at: &str| {
+        let trace: Vec<_> = [
+            serde_json::json!({"at": "2026-12-01T10:00:00Z", "event": "Product Viewed"}),
+            serde_json::json!({"at": "2026-12-01T10:20:00Z", "event": "email.opened", "properties": {"journey": "browse-abandon", "step": "recos_email"}}),
+            serde_json::json!({"at": order_at, "event": "Order Completed", "properties": {"revenue": 129.0}}),
+        ]
+        .iter()
+        .enumerate()
+        .map(|(n, v)| trace_event(v, n + 1).unwrap())
+        .collect();
+        simulate(&j, c.clone(), trace, i64::MAX / 2, &crate::EngineConfig::default())
+    };
+    let within = run("2026-12-02T09:00:00Z");
+    assert!(within.iter().any(|l| l.text.starts_with("converted") && l.text.contains("value 129")), "{within:#?}");
+    let too_late = run("2026-12-09T09:00:00Z");
+    assert!(!too_late.iter().any(|l| l.text.starts_with("converted")), "8 days later is outside the 7-day window: {too_late:#?}");
 }

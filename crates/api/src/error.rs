@@ -57,3 +57,4 @@ impl From<ApiError> for tonic::Status {
         chorus_proto::to_status(&e)
     }
 }
+

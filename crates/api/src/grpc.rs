@@ -404,3 +404,42 @@ impl Services {
         })
     }
 }
+
+#[tonic::async_trait]
+impl v1::journeys_server::Journeys for Services {
+    async fn apply(&self, request: Request<v1::ApplyJourneyRequest>) -> Result<Response<v1::ApplyJourneyResponse>, Status> {
+        let req = request.into_inner();
+        let file = if req.file_name.is_empty() { "journey".to_string() } else { req.file_name };
+        let catalog = chorus_engine::journey::Catalog {
+            journeys: Some(self.shards.journeys().map_err(ApiError::from)?.into_iter().map(|(id, _, _)| id).collect()),
+            // Every channel has a connector on this node (the capture connector at least).
+            connected_channels: Some(chorus_types::CHANNELS.iter().map(|c| c.to_string()).collect()),
+            ..Default::default()
+        };
+        let def = chorus_engine::journey::load_journey(&req.source, &catalog).map_err(|diags| {
+            let lines: Vec<String> = diags.iter().map(|d| format!("{file}:{d}")).collect();
+            ApiError::invalid("source", format!("the journey is not valid:\n{}", lines.join("\n")))
+        })?;
+        let version = self.shards.publish_journey(&def).await.map_err(ApiError::from)?;
+        Ok(Response::new(v1::ApplyJourneyResponse { id: def.id, version }))
+    }
+
+    async fn list(&self, _: Request<v1::ListJourneysRequest>) -> Result<Response<v1::ListJourneysResponse>, Status> {
+        let journeys = self
+            .shards
+            .journeys()
+            .map_err(ApiError::from)?
+            .into_iter()
+            .map(|(id, version, def)| v1::JourneySummary {
+                id,
+                version,
+                name: def.name.clone(),
+                category: def.category.as_str().to_string(),
+                priority: def.priority as u32,
+                entry: format!("{:?}", def.entry.trigger),
+                steps: def.steps.len() as u32,
+            })
+            .collect();
+        Ok(Response::new(v1::ListJourneysResponse { journeys }))
+    }
+}

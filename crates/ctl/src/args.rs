@@ -120,6 +120,16 @@ JSON: [{file, valid, journey, steps, problems: [{line, path, message}]}]\n\nExam
         #[arg(required = true, value_name = "FILE")]
         files: Vec<std::path::PathBuf>,
     },
+    /// Validate journey files and publish each as a new version on the node
+    #[command(after_help = "JSON: [{file, id, version}]\n\nExample:\n  chorusctl journey apply examples/journeys/post-purchase.yaml examples/journeys/browse-abandon.yaml")]
+    Apply {
+        /// Journey files (applied in order: a journey another one triggers goes first)
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<std::path::PathBuf>,
+    },
+    /// List the journeys on the node with their current version
+    #[command(after_help = "Columns: ID VERSION CATEGORY PRIORITY STEPS ENTRY NAME.\n\nJSON: {journeys: [{id, version, name, category, priority, entry, steps}]}")]
+    List,
     /// Run a journey offline for one customer on a virtual clock over a trace of events
     /// and print every decision with its time and reason (the node's own core code)
     #[command(after_help = "TRACE: NDJSON, one event per line: {\"at\": \"2026-12-01T10:00:00Z\", \"event\": \"Product Viewed\", \"properties\": {...}}\n\

@@ -5,7 +5,7 @@
 //! counters and raft's metadata — in one atomic batch. Deterministic: the same log
 //! gives the same state on every replica and every replay.
 
-use crate::customer::{Applied as CustomerApplied, CustomerInput, CustomerMsg};
+use crate::customer::{Applied as CustomerApplied, CustomerInput, CustomerMsg, JourneyCatalog};
 use crate::registry::Registry;
 use crate::state::{self, ShardMeta};
 use crate::{ShardConfig, keys};
@@ -81,6 +81,32 @@ pub struct ShardApp {
     pub outbox_notify: tokio::sync::Notify,
     /// Woken after a round that recorded intents.
     pub intent_notify: tokio::sync::Notify,
+    /// The journeys that run (latest version of each), rebuilt on catalog changes.
+    catalog: std::sync::RwLock<JourneyCatalog>,
+}
+
+/// The latest version of every journey stored in `shard`'s catalog, compiled.
+pub fn load_catalog(store: &Store, shard: ShardId) -> Result<JourneyCatalog, String> {
+    let mut out = Vec::new();
+    for kv in store.shard().prefix(keys::catalog_journeys_prefix(shard)) {
+        let (_, v) = kv.into_inner().map_err(|e| e.to_string())?;
+        let (version, def): (u32, Vec<u8>) = chorus_types::encoding::decode(&v).map_err(|e| e.to_string())?;
+        let def: chorus_engine::journey::JourneyDef = chorus_types::encoding::decode(&def).map_err(|e| e.to_string())?;
+        out.push(Arc::new(chorus_engine::journey::run::Compiled::new(def, version)?));
+    }
+    Ok(Arc::new(out))
+}
+
+/// (id, version, definition) of every journey in `shard`'s catalog.
+pub fn list_journeys(store: &Store, shard: ShardId) -> Result<Vec<(String, u32, chorus_engine::journey::JourneyDef)>, String> {
+    let mut out = Vec::new();
+    for kv in store.shard().prefix(keys::catalog_journeys_prefix(shard)) {
+        let (_, v) = kv.into_inner().map_err(|e| e.to_string())?;
+        let (version, def): (u32, Vec<u8>) = chorus_types::encoding::decode(&v).map_err(|e| e.to_string())?;
+        let def: chorus_engine::journey::JourneyDef = chorus_types::encoding::decode(&def).map_err(|e| e.to_string())?;
+        out.push((def.id.clone(), version, def));
+    }
+    Ok(out)
 }
 
 impl ShardApp {
@@ -95,6 +121,7 @@ impl ShardApp {
                 registry.quarantine(CustomerId(u64::from_be_bytes(rest[..8].try_into().expect("8 bytes"))));
             }
         }
+        let catalog = load_catalog(&store, shard)?;
         let stats = ApplyStats::default();
         stats.customers.store(meta.customers - meta.tombstones, Ordering::Relaxed);
         let pending = store.shard().prefix(keys::xout_prefix(shard)).count() as u64;
@@ -111,6 +138,7 @@ impl ShardApp {
             stats,
             outbox_notify: tokio::sync::Notify::new(),
             intent_notify: tokio::sync::Notify::new(),
+            catalog: std::sync::RwLock::new(catalog),
         }))
     }
 
@@ -151,8 +179,12 @@ impl ShardApp {
         round.expire_dedup()?;
         let wrote_xout = !round.xout.is_empty();
         let wrote_intents = !round.intents.is_empty();
+        let new_catalog = round.catalog_changed.then(|| round.catalog.clone());
         let new_meta = round.finish(raft_meta)?;
         *meta = new_meta;
+        if let Some(c) = new_catalog {
+            *self.catalog.write().expect("catalog lock") = c;
+        }
         drop(meta);
         self.stats.applied_index.store(last_index, Ordering::Relaxed);
         if wrote_xout {
@@ -239,6 +271,9 @@ struct Round<'a> {
     timers: Vec<(i64, String, Timer)>,
     /// Outbox keys removed this round (delivered or failed).
     outbox_removed: HashSet<String>,
+    /// The catalog inputs are applied with (replaced by catalog entries).
+    catalog: JourneyCatalog,
+    catalog_changed: bool,
     now_ms: i64,
 }
 
@@ -261,6 +296,8 @@ impl<'a> Round<'a> {
             intents: Vec::new(),
             timers: Vec::new(),
             outbox_removed: HashSet::new(),
+            catalog: app.catalog.read().expect("catalog lock").clone(),
+            catalog_changed: false,
             now_ms: 0,
         }
     }
@@ -327,6 +364,23 @@ impl<'a> Round<'a> {
                 Ok(ShardResult::Done)
             }
             ShardOp::Noop => Ok(ShardResult::Done),
+            ShardOp::Catalog { change } => {
+                // Inputs before this entry run with the catalog they were committed under.
+                self.flush_all().await?;
+                match change {
+                    chorus_types::CatalogChange::PutJourney { id, version, def } => {
+                        let decoded: chorus_engine::journey::JourneyDef = chorus_types::encoding::decode(&def).map_err(io_err)?;
+                        let compiled = chorus_engine::journey::run::Compiled::new(decoded, version).map_err(io_err)?;
+                        let key = keys::catalog_journey(self.shard(), &id);
+                        self.batch.insert(self.app.store.shard(), key, chorus_types::encoding::encode(&(version, def)));
+                        let mut list: Vec<_> = self.catalog.iter().filter(|c| c.def.id != id).cloned().collect();
+                        list.push(Arc::new(compiled));
+                        self.catalog = Arc::new(list);
+                        self.catalog_changed = true;
+                    }
+                }
+                Ok(ShardResult::Done)
+            }
         }
     }
 
@@ -371,6 +425,12 @@ impl<'a> Round<'a> {
             self.batch.remove(self.app.store.shard(), key);
             self.meta.timers = self.meta.timers.saturating_sub(1);
             match timer {
+                Timer::Journey { customer, journey, entry_key, seq } => {
+                    let customer = self.resolve_tomb(customer)?;
+                    if customer.home_shard() == shard {
+                        self.push(customer, now, CustomerInput::JourneyTimer { journey, entry_key, seq });
+                    }
+                }
                 Timer::Send(req) => {
                     let customer = self.resolve_tomb(req.customer)?;
                     if customer.home_shard() == shard {
@@ -382,6 +442,16 @@ impl<'a> Round<'a> {
             }
         }
         Ok(())
+    }
+
+    fn add_timers(&mut self, timers: Vec<(i64, Timer)>) {
+        for (due, t) in timers {
+            let id = match &t {
+                Timer::Journey { customer, journey, seq, .. } => format!("j/{customer}/{journey}/{seq}"),
+                Timer::Send(r) => chorus_engine::api_send_key(r),
+            };
+            self.timers.push((due, id, t));
+        }
     }
 
     fn dispatch_outcome(&mut self, o: DispatchOutcome, now: i64) -> io::Result<()> {
@@ -950,7 +1020,7 @@ impl<'a> Round<'a> {
             let actor = self.actor_for(id).await?;
             let (tx, rx) = ractor::concurrency::oneshot::<CustomerApplied>();
             let inputs = Arc::new(inputs);
-            let msg = CustomerMsg::Apply { inputs: inputs.clone(), reply: tx.into() };
+            let msg = CustomerMsg::Apply { inputs: inputs.clone(), catalog: self.catalog.clone(), reply: tx.into() };
             if actor.cast(msg).is_err() {
                 waiting.push((id, inputs, None));
             } else {
@@ -966,6 +1036,7 @@ impl<'a> Round<'a> {
                 Some(applied) => {
                     self.states.insert(id, applied.encoded);
                     self.intents.extend(applied.intents);
+                    self.add_timers(applied.timers);
                 }
                 None => {
                     let inputs = Arc::try_unwrap(inputs).unwrap_or_else(|shared| (*shared).clone());
@@ -983,10 +1054,12 @@ impl<'a> Round<'a> {
             registry.deactivate(id);
             let actor = self.actor_for(id).await?;
             let shared = Arc::new(inputs.clone());
-            match actor.call(|reply| CustomerMsg::Apply { inputs: shared, reply }, None).await {
+            let catalog = self.catalog.clone();
+            match actor.call(|reply| CustomerMsg::Apply { inputs: shared, catalog, reply }, None).await {
                 Ok(ractor::rpc::CallResult::Success(applied)) => {
                     self.states.insert(id, applied.encoded);
                     self.intents.extend(applied.intents);
+                    self.add_timers(applied.timers);
                     registry.clear_failures(id);
                     return Ok(());
                 }

@@ -25,7 +25,12 @@ pub enum CustomerInput {
     Scheduled { request: SendRequest, at_ms: i64 },
     /// The outcome of delivering one of this customer's intents.
     Outcome(DispatchOutcome),
+    /// A journey timer fired.
+    JourneyTimer { journey: String, entry_key: String, seq: u64 },
 }
+
+/// The journeys the core runs, compiled once per catalog change and shared.
+pub type JourneyCatalog = Arc<Vec<Arc<chorus_engine::journey::run::Compiled>>>;
 
 /// What the actor hands back after applying inputs.
 #[derive(Debug)]
@@ -34,10 +39,12 @@ pub struct Applied {
     pub encoded: Vec<u8>,
     /// Intents to record in the outbox, in decision order.
     pub intents: Vec<Intent>,
+    /// Durable timers to set: (due ms, timer).
+    pub timers: Vec<(i64, chorus_types::Timer)>,
 }
 
 pub enum CustomerMsg {
-    Apply { inputs: Arc<Vec<(i64, CustomerInput)>>, reply: RpcReplyPort<Applied> },
+    Apply { inputs: Arc<Vec<(i64, CustomerInput)>>, catalog: JourneyCatalog, reply: RpcReplyPort<Applied> },
     /// A copy of the current state.
     Get(RpcReplyPort<CustomerState>),
     /// Replace the state (after a merge computed by the shard); replies with the encoding.
@@ -67,24 +74,59 @@ impl Actor for CustomerActor {
 
     async fn handle(&self, _me: ActorRef<Self::Msg>, msg: CustomerMsg, live: &mut Live) -> Result<(), ActorProcessingErr> {
         match msg {
-            CustomerMsg::Apply { inputs, reply } => {
+            CustomerMsg::Apply { inputs, catalog, reply } => {
                 let mut intents = Vec::new();
+                let mut timers = Vec::new();
                 for (now_ms, input) in inputs.iter() {
                     if let Some(i) = apply_input(&mut live.state, input, *now_ms, &live.config) {
                         intents.push(i);
                     }
+                    run_journeys(&mut live.state, input, *now_ms, &live.config, &catalog, &mut intents, &mut timers);
                 }
-                let _ = reply.send(Applied { id: live.state.id, encoded: chorus_types::encoding::encode(&live.state), intents });
+                let _ = reply.send(Applied { id: live.state.id, encoded: chorus_types::encoding::encode(&live.state), intents, timers });
             }
             CustomerMsg::Get(reply) => {
                 let _ = reply.send(live.state.clone());
             }
             CustomerMsg::Replace(state, reply) => {
                 live.state = *state;
-                let _ = reply.send(Applied { id: live.state.id, encoded: chorus_types::encoding::encode(&live.state), intents: Vec::new() });
+                let _ = reply.send(Applied { id: live.state.id, encoded: chorus_types::encoding::encode(&live.state), intents: Vec::new(), timers: Vec::new() });
             }
         }
         Ok(())
+    }
+}
+
+/// Run the journeys on an event or a journey timer (after the profile was updated).
+pub fn run_journeys(
+    state: &mut CustomerState,
+    input: &CustomerInput,
+    now_ms: i64,
+    config: &ShardConfig,
+    catalog: &JourneyCatalog,
+    intents: &mut Vec<Intent>,
+    timers: &mut Vec<(i64, chorus_types::Timer)>,
+) {
+    use chorus_engine::journey::run::{Effect, Input, on_input};
+    if catalog.is_empty() || state.is_tombstone() {
+        return;
+    }
+    let compiled: Vec<&chorus_engine::journey::run::Compiled> = catalog.iter().map(|c| c.as_ref()).collect();
+    let effects = match input {
+        CustomerInput::Event(e) => on_input(state, &Input::Event(e), &compiled, &[], now_ms, &config.engine),
+        CustomerInput::JourneyTimer { journey, entry_key, seq } => {
+            on_input(state, &Input::Timer { journey, entry_key, seq: *seq }, &compiled, &[], now_ms, &config.engine)
+        }
+        _ => return,
+    };
+    for e in effects {
+        match e {
+            Effect::Send(i) => intents.push(i),
+            Effect::Timer { journey, entry_key, seq, at_ms } => {
+                timers.push((at_ms, chorus_types::Timer::Journey { customer: state.id, journey, entry_key, seq }))
+            }
+            Effect::Trigger { .. } | Effect::Stat { .. } => {}
+        }
     }
 }
 
@@ -93,6 +135,8 @@ impl Actor for CustomerActor {
 pub fn apply_input(state: &mut CustomerState, input: &CustomerInput, now_ms: i64, config: &ShardConfig) -> Option<Intent> {
     let cfg = &config.engine;
     match input {
+        // Handled by `run_journeys`.
+        CustomerInput::JourneyTimer { .. } => {}
         CustomerInput::Send(req) => {
             return match chorus_engine::decide_send(state, req, now_ms, cfg) {
                 chorus_engine::SendDecision::Send(intent) => Some(intent),

@@ -28,6 +28,8 @@ pub const FROZEN: u8 = b'f';
 pub const OUTBOX: u8 = b'o';
 /// Durable timers: due ms (u64 BE) ++ timer id → timer.
 pub const TIMER: u8 = b't';
+/// Catalog: `j/` ++ journey id → (version, encoded definition).
+pub const CATALOG: u8 = b'g';
 /// Inputs parked for quarantined customers: customer ++ seq.
 pub const PARKED: u8 = b'q';
 
@@ -115,4 +117,12 @@ pub fn timer_prefix(shard: ShardId) -> Vec<u8> {
 /// Due time of a timer key.
 pub fn timer_due(key: &[u8]) -> Option<i64> {
     key.get(5..13).map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")) as i64)
+}
+pub fn catalog_journey(shard: ShardId, id: &str) -> Vec<u8> {
+    let mut rest = b"j/".to_vec();
+    rest.extend_from_slice(id.as_bytes());
+    shard_key(shard, CATALOG, &rest)
+}
+pub fn catalog_journeys_prefix(shard: ShardId) -> Vec<u8> {
+    shard_key(shard, CATALOG, b"j/")
 }

@@ -276,6 +276,27 @@ impl Shards {
         out.into_iter().map(|o| o.unwrap_or(Err(ShardError::ShuttingDown))).collect()
     }
 
+    /// Publish a new version of a journey to every shard; returns the version.
+    pub async fn publish_journey(&self, def: &chorus_engine::journey::JourneyDef) -> Result<u32, ShardError> {
+        let current = crate::apply::list_journeys(&self.inner.store, 0).map_err(ShardError::Store)?;
+        let version = current.iter().find(|(id, _, _)| *id == def.id).map(|(_, v, _)| v + 1).unwrap_or(1);
+        let bytes = chorus_types::encoding::encode(def);
+        let now = self.inner.clock.now_ms();
+        let proposals = self.inner.shards.iter().map(|h| {
+            let change = chorus_types::CatalogChange::PutJourney { id: def.id.clone(), version, def: bytes.clone() };
+            h.group.propose(ShardCommand { now_ms: now, op: ShardOp::Catalog { change } })
+        });
+        for r in futures::future::join_all(proposals).await {
+            r?;
+        }
+        Ok(version)
+    }
+
+    /// The journeys in the catalog: (id, version, definition).
+    pub fn journeys(&self) -> Result<Vec<(String, u32, chorus_engine::journey::JourneyDef)>, ShardError> {
+        crate::apply::list_journeys(&self.inner.store, 0).map_err(ShardError::Store)
+    }
+
     pub fn store(&self) -> &Store {
         &self.inner.store
     }

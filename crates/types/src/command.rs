@@ -30,6 +30,17 @@ pub enum ShardOp {
     Noop,
     /// Send (or schedule) messages to customers homed in this shard.
     Send { requests: Vec<SendRequest> },
+    /// A change to the catalog (journeys, ...), applied by every shard at its position
+    /// in that shard's log.
+    Catalog { change: CatalogChange },
+}
+
+/// Catalog changes. Definitions travel encoded (the core owns their types).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum CatalogChange {
+    /// Publish version `version` of journey `id` (an encoded `JourneyDef`); earlier
+    /// versions stop taking new entries.
+    PutJourney { id: String, version: u32, def: Vec<u8> },
 }
 
 /// A message between shards (SPEC §3.1).
@@ -123,6 +134,7 @@ impl std::fmt::Display for ShardCommand {
             ShardOp::DispatchOutcome { outcomes } => write!(f, "outcomes({})", outcomes.len()),
             ShardOp::Noop => write!(f, "noop@{}", self.now_ms),
             ShardOp::Send { requests } => write!(f, "send({})@{}", requests.len(), self.now_ms),
+            ShardOp::Catalog { .. } => write!(f, "catalog@{}", self.now_ms),
         }
     }
 }

@@ -52,12 +52,16 @@ pub struct SendRequest {
 pub enum Timer {
     /// A scheduled API send.
     Send(SendRequest),
+    /// A journey wait (or wait_for timeout); stale when `seq` is no longer the
+    /// instance's current timer.
+    Journey { customer: CustomerId, journey: String, entry_key: String, seq: u64 },
 }
 
 impl Timer {
     pub fn customer(&self) -> CustomerId {
         match self {
             Timer::Send(r) => r.customer,
+            Timer::Journey { customer, .. } => *customer,
         }
     }
 }

@@ -96,3 +96,49 @@ pub fn simulate(ctx: &Ctx, file: &Path, events: &Path, profile: Option<&Path>, u
     }
     Ok(EXIT_OK)
 }
+
+/// `journey apply`: Journeys.Apply for each file, in order.
+pub async fn apply(ctx: &Ctx, files: &[PathBuf]) -> anyhow::Result<u8> {
+    use chorus_proto::v1::ApplyJourneyRequest;
+    use chorus_proto::v1::journeys_client::JourneysClient;
+    let mut client = JourneysClient::new(ctx.connect().await?);
+    let mut out = Vec::new();
+    for file in files {
+        let source = std::fs::read_to_string(file).map_err(|e| Failure::usage(format!("cannot read {}: {e}", file.display())))?;
+        let req = ApplyJourneyRequest { source, file_name: file.display().to_string() };
+        let resp = ctx.call("apply a journey", client.apply(req)).await?;
+        if !ctx.json() {
+            emit(&format!("{}: journey {:?} is now version {}", file.display(), resp.id, resp.version));
+        }
+        out.push(json!({"file": file.display().to_string(), "id": resp.id, "version": resp.version}));
+    }
+    if ctx.json() {
+        emit_json(&Value::Array(out));
+    }
+    Ok(EXIT_OK)
+}
+
+/// `journey list`: Journeys.List.
+pub async fn list(ctx: &Ctx) -> anyhow::Result<u8> {
+    use chorus_proto::v1::ListJourneysRequest;
+    use chorus_proto::v1::journeys_client::JourneysClient;
+    let mut client = JourneysClient::new(ctx.connect().await?);
+    let resp = ctx.call("list journeys", client.list(ListJourneysRequest {})).await?;
+    if ctx.json() {
+        let js: Vec<Value> = resp
+            .journeys
+            .iter()
+            .map(|j| json!({"id": j.id, "version": j.version, "name": j.name, "category": j.category, "priority": j.priority, "entry": j.entry, "steps": j.steps}))
+            .collect();
+        emit_json(&json!({"journeys": js}));
+    } else if resp.journeys.is_empty() {
+        eprintln!("no journeys: apply one with `chorusctl journey apply FILE`");
+    } else {
+        let mut t = crate::output::Table::new(&["ID", "VERSION", "CATEGORY", "PRIORITY", "STEPS", "ENTRY", "NAME"]);
+        for j in &resp.journeys {
+            t.push(vec![j.id.clone(), j.version.to_string(), j.category.clone(), j.priority.to_string(), j.steps.to_string(), j.entry.clone(), j.name.clone()]);
+        }
+        emit(&t.render());
+    }
+    Ok(EXIT_OK)
+}

@@ -386,6 +386,22 @@ pub fn merge_into(survivor: &mut CustomerState, other: &mut CustomerState, now_m
         }
         *mine = all.into_iter().collect();
     }
+    // Journeys: union; where both are in the same journey the survivor's position stays
+    // and the other's exits with reason `merged` (no duplicate messages). Moved
+    // instances keep their timer numbers; the counter stays above all of them.
+    for inst in std::mem::take(&mut other.journeys) {
+        if survivor.journeys.iter().any(|s| s.journey == inst.journey && !s.done) {
+            survivor.decide(cfg, now_ms, DecisionKind::Exited, "merged", format!("{} of {} (this profile is already in it)", inst.journey, other.id));
+        } else {
+            survivor.journeys.retain(|s| s.journey != inst.journey);
+            survivor.journeys.push(inst);
+        }
+    }
+    for (j, at) in std::mem::take(&mut other.journey_entries) {
+        let e = survivor.journey_entries.entry(j).or_insert(at);
+        *e = (*e).max(at);
+    }
+    survivor.timer_seq = survivor.timer_seq.max(other.timer_seq);
     survivor.event_count += other.event_count;
     survivor.created_ms = survivor.created_ms.min(other.created_ms);
     survivor.updated_ms = now_ms;

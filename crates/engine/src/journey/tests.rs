@@ -363,3 +363,38 @@ fn goals_count_within_the_window_even_after_the_journey_ended() {
     let too_late = run("2026-12-09T09:00:00Z");
     assert!(!too_late.iter().any(|l| l.text.starts_with("converted")), "8 days later is outside the 7-day window: {too_late:#?}");
 }
+
+#[test]
+fn rule_merged_profiles_keep_one_position_per_journey() {
+    use super::run::{Compiled, Input, on_input};
+    use crate::{CustomerState, EngineConfig, apply_event, merge_into};
+    use chorus_types::{CustomerId, EventInput, Identity, IdentityKind};
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/journeys/browse-abandon.yaml")).unwrap().replace("holdout: 10%", "holdout: 0%");
+    let j = Compiled::new(load_journey(&text, &Catalog::default()).unwrap(), 1).unwrap();
+    let cfg = EngineConfig::default();
+    let viewed = EventInput { message_id: "v".into(), name: "Product Viewed".into(), identities: vec![("user_id".into(), "x".into())], timestamp_ms: 1, ..Default::default() }.validate().unwrap();
+    let mk = |seq: u64| {
+        let mut c = CustomerState::new(CustomerId::new(0, seq), seq as i64);
+        c.attributes.0.insert("ltv".into(), serde_json::json!(900));
+        c.identities.push(Identity { kind: IdentityKind::Email, value: format!("c{seq}@example.com") });
+        c
+    };
+    let (mut a, mut b, mut lone) = (mk(1), mk(2), mk(3));
+    for c in [&mut a, &mut b] {
+        apply_event(c, &viewed, 1_000, &cfg);
+        on_input(c, &Input::Event(&viewed), &[&j], &[], 1_000, &cfg);
+        assert_eq!(c.journeys.len(), 1);
+    }
+    merge_into(&mut a, &mut b, 2_000, &cfg);
+    assert_eq!(a.journeys.len(), 1, "one position per journey after a merge");
+    assert!(a.decisions.iter().any(|d| d.reason == "merged"), "{:?}", a.decisions);
+    // A journey only the merged profile was in moves to the survivor.
+    let mut fresh = mk(4);
+    apply_event(&mut lone, &viewed, 1_000, &cfg);
+    on_input(&mut lone, &Input::Event(&viewed), &[&j], &[], 1_000, &cfg);
+    let seq = lone.journeys[0].timer_seq;
+    merge_into(&mut fresh, &mut lone, 2_000, &cfg);
+    assert_eq!(fresh.journeys.len(), 1);
+    assert_eq!(fresh.journeys[0].timer_seq, seq, "its pending timer still matches");
+    assert!(fresh.timer_seq >= seq);
+}

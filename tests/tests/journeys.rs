@@ -80,6 +80,21 @@ async fn browse_abandon_and_post_purchase_run_on_a_live_node() {
         assert!(kinds.contains(&k.to_string()), "{k} missing from {kinds:?}");
     }
 
+    phase("journey stats are merged across shards");
+    let stats = node.ctl(&["-o", "json", "journey", "stats", "browse-abandon"]).await;
+    stats.ok();
+    let st = stats.json();
+    assert_eq!(st["entered"].as_u64().unwrap() + st["holdout_entered"].as_u64().unwrap(), 2, "{st}");
+    assert_eq!(st["converted"].as_u64().unwrap() + st["holdout_converted"].as_u64().unwrap(), 1, "{st}");
+    let counters = st["counters"].as_array().unwrap();
+    let count = |step: &str, what: &str| -> u64 {
+        counters.iter().filter(|c| c["step"] == step && c["what"] == what).map(|c| c["count"].as_u64().unwrap()).sum()
+    };
+    assert_eq!(count("recos_email", "sent") + count("recos_email", "skipped_holdout"), 2, "{st}");
+    let missing = node.ctl(&["journey", "stats", "no-such-journey"]).await;
+    assert_eq!(missing.code(), Some(1));
+    assert!(missing.stderr.contains("no journey \"no-such-journey\""), "{}", missing.stderr);
+
     phase("a simulation of Ada's trace agrees with the live run");
     let dir = tempfile::tempdir().unwrap();
     let trace = dir.path().join("trace.ndjson");

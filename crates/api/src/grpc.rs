@@ -424,6 +424,41 @@ impl v1::journeys_server::Journeys for Services {
         Ok(Response::new(v1::ApplyJourneyResponse { id: def.id, version }))
     }
 
+    async fn stats(&self, request: Request<v1::JourneyStatsRequest>) -> Result<Response<v1::JourneyStatsResponse>, Status> {
+        let id = request.into_inner().id;
+        if !self.shards.journeys().map_err(ApiError::from)?.iter().any(|(j, _, _)| *j == id) {
+            return Err(ApiError::NotFound(format!("no journey {id:?}: see `chorusctl journey list`")).into());
+        }
+        let merged = self.shards.journey_stats(&id).map_err(ApiError::from)?;
+        let total = |what: &str| -> (u64, f64) {
+            merged.iter().filter(|((_, _, w), _)| w == what).fold((0, 0.0), |(c, s), (_, (c2, s2))| (c + c2, s + s2))
+        };
+        let (entered, _) = total("entered");
+        let (converted, revenue) = total("converted");
+        let (h_entered, _) = total("entered_holdout");
+        let (h_converted, _) = total("converted_holdout");
+        let l = chorus_engine::journey::stats::lift(entered, converted, h_entered, h_converted);
+        let counters = merged
+            .into_iter()
+            .map(|((version, step, what), (count, sum))| v1::StepCounter { version, step, what, count, sum })
+            .collect();
+        Ok(Response::new(v1::JourneyStatsResponse {
+            id,
+            counters,
+            entered,
+            converted,
+            revenue,
+            holdout_entered: h_entered,
+            holdout_converted: h_converted,
+            treatment_rate: l.treatment_rate,
+            holdout_rate: l.holdout_rate,
+            absolute_lift: l.absolute,
+            relative_lift: l.relative.unwrap_or(f64::NAN),
+            ci95_low: l.ci95.map(|c| c.0).unwrap_or(0.0),
+            ci95_high: l.ci95.map(|c| c.1).unwrap_or(0.0),
+        }))
+    }
+
     async fn list(&self, _: Request<v1::ListJourneysRequest>) -> Result<Response<v1::ListJourneysResponse>, Status> {
         let journeys = self
             .shards

@@ -127,6 +127,14 @@ JSON: [{file, valid, journey, steps, problems: [{line, path, message}]}]\n\nExam
         #[arg(required = true, value_name = "FILE")]
         files: Vec<std::path::PathBuf>,
     },
+    /// A journey's results: counters per version and step, conversions, revenue and
+    /// treatment vs holdout lift with a 95% confidence interval
+    #[command(after_help = "JSON: the JourneyStatsResponse fields: {id, entered, converted, revenue, holdout_entered, \
+holdout_converted, treatment_rate, holdout_rate, absolute_lift, relative_lift, ci95: [low, high], counters: [{version, step, what, count, sum}]}")]
+    Stats {
+        /// Journey id
+        id: String,
+    },
     /// List the journeys on the node with their current version
     #[command(after_help = "Columns: ID VERSION CATEGORY PRIORITY STEPS ENTRY NAME.\n\nJSON: {journeys: [{id, version, name, category, priority, entry, steps}]}")]
     List,

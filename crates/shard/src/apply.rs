@@ -97,6 +97,17 @@ pub fn load_catalog(store: &Store, shard: ShardId) -> Result<JourneyCatalog, Str
     Ok(Arc::new(out))
 }
 
+/// Journey counters of `shard`: (version, step, what) → (count, sum).
+pub fn read_stats(store: &Store, shard: ShardId, journey: &str) -> Result<Vec<((u32, String, String), (u64, f64))>, String> {
+    let mut out = Vec::new();
+    for kv in store.shard().prefix(keys::stats_prefix(shard, journey)) {
+        let (k, v) = kv.into_inner().map_err(|e| e.to_string())?;
+        let Some(id) = keys::parse_stat(&k, journey) else { continue };
+        out.push((id, chorus_types::encoding::decode(&v).map_err(|e| e.to_string())?));
+    }
+    Ok(out)
+}
+
 /// (id, version, definition) of every journey in `shard`'s catalog.
 pub fn list_journeys(store: &Store, shard: ShardId) -> Result<Vec<(String, u32, chorus_engine::journey::JourneyDef)>, String> {
     let mut out = Vec::new();
@@ -271,6 +282,8 @@ struct Round<'a> {
     timers: Vec<(i64, String, Timer)>,
     /// Outbox keys removed this round (delivered or failed).
     outbox_removed: HashSet<String>,
+    /// Journey counter increments of this round: key → (count, sum).
+    stats: HashMap<Vec<u8>, (u64, f64)>,
     /// The catalog inputs are applied with (replaced by catalog entries).
     catalog: JourneyCatalog,
     catalog_changed: bool,
@@ -296,6 +309,7 @@ impl<'a> Round<'a> {
             intents: Vec::new(),
             timers: Vec::new(),
             outbox_removed: HashSet::new(),
+            stats: HashMap::new(),
             catalog: app.catalog.read().expect("catalog lock").clone(),
             catalog_changed: false,
             now_ms: 0,
@@ -442,6 +456,15 @@ impl<'a> Round<'a> {
             }
         }
         Ok(())
+    }
+
+    fn add_stats(&mut self, stats: Vec<crate::customer::StatDelta>) {
+        let shard = self.shard();
+        for (journey, version, step, what, value) in stats {
+            let e = self.stats.entry(keys::stat(shard, &journey, version, &step, what)).or_insert((0, 0.0));
+            e.0 += 1;
+            e.1 += value;
+        }
     }
 
     fn add_timers(&mut self, timers: Vec<(i64, Timer)>) {
@@ -1037,6 +1060,7 @@ impl<'a> Round<'a> {
                     self.states.insert(id, applied.encoded);
                     self.intents.extend(applied.intents);
                     self.add_timers(applied.timers);
+                    self.add_stats(applied.stats);
                 }
                 None => {
                     let inputs = Arc::try_unwrap(inputs).unwrap_or_else(|shared| (*shared).clone());
@@ -1060,6 +1084,7 @@ impl<'a> Round<'a> {
                     self.states.insert(id, applied.encoded);
                     self.intents.extend(applied.intents);
                     self.add_timers(applied.timers);
+                    self.add_stats(applied.stats);
                     registry.clear_failures(id);
                     return Ok(());
                 }
@@ -1142,6 +1167,13 @@ impl<'a> Round<'a> {
                 self.meta.intents += 1;
             }
             self.batch.insert(&ks, k, chorus_types::encoding::encode(&intent));
+        }
+        for (k, (count, sum)) in self.stats.drain() {
+            let (c0, s0): (u64, f64) = match ks.get(&k).map_err(io_err)? {
+                Some(v) => chorus_types::encoding::decode(&v).map_err(io_err)?,
+                None => (0, 0.0),
+            };
+            self.batch.insert(&ks, k, chorus_types::encoding::encode(&(c0 + count, s0 + sum)));
         }
         let mut earliest = i64::MAX;
         for (due, id, timer) in self.timers.drain(..) {

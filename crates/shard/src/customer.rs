@@ -41,7 +41,12 @@ pub struct Applied {
     pub intents: Vec<Intent>,
     /// Durable timers to set: (due ms, timer).
     pub timers: Vec<(i64, chorus_types::Timer)>,
+    /// Journey counters: (journey, version, step, what, value).
+    pub stats: Vec<StatDelta>,
 }
+
+/// One journey counter increment.
+pub type StatDelta = (String, u32, String, &'static str, f64);
 
 pub enum CustomerMsg {
     Apply { inputs: Arc<Vec<(i64, CustomerInput)>>, catalog: JourneyCatalog, reply: RpcReplyPort<Applied> },
@@ -77,20 +82,21 @@ impl Actor for CustomerActor {
             CustomerMsg::Apply { inputs, catalog, reply } => {
                 let mut intents = Vec::new();
                 let mut timers = Vec::new();
+                let mut stats = Vec::new();
                 for (now_ms, input) in inputs.iter() {
                     if let Some(i) = apply_input(&mut live.state, input, *now_ms, &live.config) {
                         intents.push(i);
                     }
-                    run_journeys(&mut live.state, input, *now_ms, &live.config, &catalog, &mut intents, &mut timers);
+                    run_journeys(&mut live.state, input, *now_ms, &live.config, &catalog, &mut intents, &mut timers, &mut stats);
                 }
-                let _ = reply.send(Applied { id: live.state.id, encoded: chorus_types::encoding::encode(&live.state), intents, timers });
+                let _ = reply.send(Applied { id: live.state.id, encoded: chorus_types::encoding::encode(&live.state), intents, timers, stats });
             }
             CustomerMsg::Get(reply) => {
                 let _ = reply.send(live.state.clone());
             }
             CustomerMsg::Replace(state, reply) => {
                 live.state = *state;
-                let _ = reply.send(Applied { id: live.state.id, encoded: chorus_types::encoding::encode(&live.state), intents: Vec::new(), timers: Vec::new() });
+                let _ = reply.send(Applied { id: live.state.id, encoded: chorus_types::encoding::encode(&live.state), intents: Vec::new(), timers: Vec::new(), stats: Vec::new() });
             }
         }
         Ok(())
@@ -98,6 +104,7 @@ impl Actor for CustomerActor {
 }
 
 /// Run the journeys on an event or a journey timer (after the profile was updated).
+#[allow(clippy::too_many_arguments)]
 pub fn run_journeys(
     state: &mut CustomerState,
     input: &CustomerInput,
@@ -106,6 +113,7 @@ pub fn run_journeys(
     catalog: &JourneyCatalog,
     intents: &mut Vec<Intent>,
     timers: &mut Vec<(i64, chorus_types::Timer)>,
+    stats: &mut Vec<StatDelta>,
 ) {
     use chorus_engine::journey::run::{Effect, Input, on_input};
     if catalog.is_empty() || state.is_tombstone() {
@@ -125,7 +133,8 @@ pub fn run_journeys(
             Effect::Timer { journey, entry_key, seq, at_ms } => {
                 timers.push((at_ms, chorus_types::Timer::Journey { customer: state.id, journey, entry_key, seq }))
             }
-            Effect::Trigger { .. } | Effect::Stat { .. } => {}
+            Effect::Stat { journey, version, step, what, value } => stats.push((journey, version, step, what, value)),
+            Effect::Trigger { .. } => {}
         }
     }
 }

@@ -30,6 +30,8 @@ pub const OUTBOX: u8 = b'o';
 pub const TIMER: u8 = b't';
 /// Catalog: `j/` ++ journey id → (version, encoded definition).
 pub const CATALOG: u8 = b'g';
+/// Journey counters: journey \0 version (u32 BE) step \0 what → (count, sum).
+pub const STATS: u8 = b'u';
 /// Inputs parked for quarantined customers: customer ++ seq.
 pub const PARKED: u8 = b'q';
 
@@ -125,4 +127,27 @@ pub fn catalog_journey(shard: ShardId, id: &str) -> Vec<u8> {
 }
 pub fn catalog_journeys_prefix(shard: ShardId) -> Vec<u8> {
     shard_key(shard, CATALOG, b"j/")
+}
+pub fn stat(shard: ShardId, journey: &str, version: u32, step: &str, what: &str) -> Vec<u8> {
+    let mut rest = Vec::with_capacity(journey.len() + step.len() + what.len() + 7);
+    rest.extend_from_slice(journey.as_bytes());
+    rest.push(0);
+    rest.extend_from_slice(&version.to_be_bytes());
+    rest.extend_from_slice(step.as_bytes());
+    rest.push(0);
+    rest.extend_from_slice(what.as_bytes());
+    shard_key(shard, STATS, &rest)
+}
+pub fn stats_prefix(shard: ShardId, journey: &str) -> Vec<u8> {
+    let mut rest = journey.as_bytes().to_vec();
+    rest.push(0);
+    shard_key(shard, STATS, &rest)
+}
+/// (version, step, what) of a stats key of `journey`.
+pub fn parse_stat(key: &[u8], journey: &str) -> Option<(u32, String, String)> {
+    let rest = key.get(5 + journey.len() + 1..)?;
+    let version = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?);
+    let tail = std::str::from_utf8(&rest[4..]).ok()?;
+    let (step, what) = tail.split_once('\0')?;
+    Some((version, step.to_string(), what.to_string()))
 }

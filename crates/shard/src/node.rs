@@ -292,6 +292,19 @@ impl Shards {
         Ok(version)
     }
 
+    /// A journey's counters merged across every shard: (version, step, what) → (count, sum).
+    pub fn journey_stats(&self, journey: &str) -> Result<std::collections::BTreeMap<(u32, String, String), (u64, f64)>, ShardError> {
+        let mut out: std::collections::BTreeMap<(u32, String, String), (u64, f64)> = Default::default();
+        for h in &self.inner.shards {
+            for (k, (c, s)) in crate::apply::read_stats(&self.inner.store, h.id, journey).map_err(ShardError::Store)? {
+                let e = out.entry(k).or_insert((0, 0.0));
+                e.0 += c;
+                e.1 += s;
+            }
+        }
+        Ok(out)
+    }
+
     /// The journeys in the catalog: (id, version, definition).
     pub fn journeys(&self) -> Result<Vec<(String, u32, chorus_engine::journey::JourneyDef)>, ShardError> {
         crate::apply::list_journeys(&self.inner.store, 0).map_err(ShardError::Store)

@@ -142,3 +142,42 @@ pub async fn list(ctx: &Ctx) -> anyhow::Result<u8> {
     }
     Ok(EXIT_OK)
 }
+
+/// `journey stats`: Journeys.Stats.
+pub async fn stats(ctx: &Ctx, id: &str) -> anyhow::Result<u8> {
+    use chorus_proto::v1::JourneyStatsRequest;
+    use chorus_proto::v1::journeys_client::JourneysClient;
+    let mut client = JourneysClient::new(ctx.connect().await?);
+    let r = ctx.call("read journey stats", client.stats(JourneyStatsRequest { id: id.to_string() })).await?;
+    let num = |x: f64| if x.is_finite() { json!(x) } else { Value::Null };
+    if ctx.json() {
+        let counters: Vec<Value> = r.counters.iter().map(|c| json!({"version": c.version, "step": c.step, "what": c.what, "count": c.count, "sum": c.sum})).collect();
+        emit_json(&json!({
+            "id": r.id, "entered": r.entered, "converted": r.converted, "revenue": r.revenue,
+            "holdout_entered": r.holdout_entered, "holdout_converted": r.holdout_converted,
+            "treatment_rate": r.treatment_rate, "holdout_rate": r.holdout_rate,
+            "absolute_lift": r.absolute_lift, "relative_lift": num(r.relative_lift),
+            "ci95": if r.holdout_entered > 0 { json!([r.ci95_low, r.ci95_high]) } else { Value::Null },
+            "counters": counters,
+        }));
+        return Ok(EXIT_OK);
+    }
+    let pct = |x: f64| format!("{:.2}%", x * 100.0);
+    emit(&format!("journey     {}", r.id));
+    emit(&format!("entered     {} (+ {} in holdout)", r.entered, r.holdout_entered));
+    emit(&format!("converted   {} ({}), revenue {:.2}", r.converted, pct(r.treatment_rate), r.revenue));
+    if r.holdout_entered > 0 {
+        let rel = if r.relative_lift.is_finite() { pct(r.relative_lift) } else { "n/a".into() };
+        emit(&format!("holdout     {} of {} converted ({})", r.holdout_converted, r.holdout_entered, pct(r.holdout_rate)));
+        emit(&format!("lift        {} absolute, {} relative, 95% CI [{}, {}]", pct(r.absolute_lift), rel, pct(r.ci95_low), pct(r.ci95_high)));
+    } else {
+        emit("lift        n/a (no holdout group yet)");
+    }
+    let mut t = crate::output::Table::new(&["VERSION", "STEP", "WHAT", "COUNT", "SUM"]);
+    for c in &r.counters {
+        t.push(vec![c.version.to_string(), c.step.clone(), c.what.clone(), c.count.to_string(), format!("{:.2}", c.sum)]);
+    }
+    emit("");
+    emit(&t.render());
+    Ok(EXIT_OK)
+}

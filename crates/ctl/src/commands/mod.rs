@@ -113,6 +113,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Journey { command: JourneyCommand::Validate { files } } => journey::validate(&ctx, &files)?,
         Command::Journey { command: JourneyCommand::Apply { files } } => journey::apply(&ctx, &files).await?,
         Command::Journey { command: JourneyCommand::List } => journey::list(&ctx).await?,
+        Command::Journey { command: JourneyCommand::Stats { id } } => journey::stats(&ctx, &id).await?,
         Command::Journey { command: JourneyCommand::Simulate { file, events, profile, until } } => {
             journey::simulate(&ctx, &file, &events, profile.as_deref(), until)?
         }

@@ -5,6 +5,7 @@
 pub mod model;
 pub mod run;
 pub mod simulate;
+pub mod stats;
 mod parse;
 pub mod source;
 mod validate;

@@ -311,7 +311,7 @@ impl v1::messages_server::Messages for Services {
         let mut positions = Vec::new();
         for (i, m) in req.messages.into_iter().enumerate() {
             let mut r = v1::MessageResult { index: i as u32, ..Default::default() };
-            match self.message_request(m, now).await {
+            match self.message_request(m).await {
                 Ok(sr) => {
                     valid.push(sr);
                     positions.push(i);
@@ -362,7 +362,7 @@ impl v1::messages_server::Messages for Services {
 }
 
 impl Services {
-    async fn message_request(&self, m: v1::MessageRequest, now: i64) -> Result<chorus_types::SendRequest, ApiError> {
+    async fn message_request(&self, m: v1::MessageRequest) -> Result<chorus_types::SendRequest, ApiError> {
         if m.request_id.trim().is_empty() {
             return Err(ApiError::invalid("request_id", "is required (it makes the send idempotent)"));
         }
@@ -391,7 +391,6 @@ impl Services {
         let id = self.resolve_ref(m.profile).await?;
         // Send to the survivor if the customer was merged away.
         let (state, _) = self.shards.customer_following_merges(id).await?.ok_or_else(|| ApiError::NotFound(format!("no customer {id}")))?;
-        let _ = now;
         Ok(chorus_types::SendRequest {
             request_id: m.request_id.trim().to_string(),
             customer: state.id,

@@ -35,7 +35,10 @@ pub fn contact_point(state: &CustomerState, channel: &str) -> Option<String> {
 
 /// Decide one send and record the decision on the customer.
 pub fn decide_send(state: &mut CustomerState, req: &SendRequest, now_ms: i64, cfg: &EngineConfig) -> SendDecision {
-    let decision = evaluate(state, req);
+    let mut decision = evaluate(state, req);
+    if let SendDecision::Send(intent) = &mut decision {
+        intent.created_ms = now_ms;
+    }
     match &decision {
         SendDecision::Send(intent) => state.decide(
             cfg,
@@ -45,11 +48,6 @@ pub fn decide_send(state: &mut CustomerState, req: &SendRequest, now_ms: i64, cf
             format!("{} {} to {} (key {})", req.channel, req.template, if intent.to.is_empty() { "-" } else { &intent.to }, intent.key),
         ),
         SendDecision::Skip { reason } => state.decide(cfg, now_ms, DecisionKind::Skipped, reason.clone(), format!("{} {} (request {})", req.channel, req.template, req.request_id)),
-    }
-    if let SendDecision::Send(intent) = decision {
-        let mut intent = intent;
-        intent.created_ms = now_ms;
-        return SendDecision::Send(intent);
     }
     decision
 }

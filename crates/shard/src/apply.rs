@@ -251,6 +251,8 @@ impl Application for ShardApp {
             batch.commit().map_err(io_err)?;
             self.registry.stop_customers();
             *meta = state::read_meta(&self.store, self.shard).map_err(io_err)?;
+            let next = first_timer(&self.store, self.shard).map_err(io_err)?.unwrap_or(i64::MAX);
+            self.stats.next_timer_ms.store(next, Ordering::Relaxed);
             Ok(())
         })
     }
@@ -282,6 +284,8 @@ struct Round<'a> {
     timers: Vec<(i64, String, Timer)>,
     /// Outbox keys removed this round (delivered or failed).
     outbox_removed: HashSet<String>,
+    /// Whether this round removed timers (the earliest due time must be re-read).
+    timers_fired: bool,
     /// Journey counter increments of this round: key → (count, sum).
     stats: HashMap<Vec<u8>, (u64, f64)>,
     /// The catalog inputs are applied with (replaced by catalog entries).
@@ -309,6 +313,7 @@ impl<'a> Round<'a> {
             intents: Vec::new(),
             timers: Vec::new(),
             outbox_removed: HashSet::new(),
+            timers_fired: false,
             stats: HashMap::new(),
             catalog: app.catalog.read().expect("catalog lock").clone(),
             catalog_changed: false,
@@ -435,6 +440,7 @@ impl<'a> Round<'a> {
             let timer: Timer = chorus_types::encoding::decode(&v).map_err(io_err)?;
             fired.push((k.to_vec(), timer));
         }
+        self.timers_fired |= !fired.is_empty();
         for (key, timer) in fired {
             self.batch.remove(self.app.store.shard(), key);
             self.meta.timers = self.meta.timers.saturating_sub(1);
@@ -1189,7 +1195,14 @@ impl<'a> Round<'a> {
         self.batch.commit().map_err(io_err)?;
         self.app.stats.pending_timers.store(self.meta.timers, Ordering::Relaxed);
         self.app.stats.pending_intents.store(self.meta.intents, Ordering::Relaxed);
-        let next = first_timer(&self.app.store, shard).map_err(io_err)?.unwrap_or(i64::MAX).min(earliest);
+        // Only a round that fired timers can move the earliest due time later: re-read it
+        // then; otherwise new timers can only bring it earlier.
+        let known = if self.timers_fired {
+            first_timer(&self.app.store, shard).map_err(io_err)?.unwrap_or(i64::MAX)
+        } else {
+            self.app.stats.next_timer_ms.load(Ordering::Relaxed)
+        };
+        let next = known.min(earliest);
         self.app.stats.next_timer_ms.store(next, Ordering::Relaxed);
         self.app.stats.customers.store(self.meta.customers - self.meta.tombstones, Ordering::Relaxed);
         Ok(self.meta)

@@ -6,10 +6,16 @@ use crate::{Identity, ShardId};
 /// Fixed routing seed ("chorus01" little-endian). Changing it re-homes every key.
 pub const ROUTING_SEED: u64 = u64::from_le_bytes(*b"chorus01");
 
+/// A hash that is stable across builds, versions and platforms (xxh3, fixed seed):
+/// for routing and for deterministic per-customer choices (holdouts, splits).
+pub fn stable_hash(bytes: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64_with_seed(bytes, ROUTING_SEED)
+}
+
 /// The shard that owns `identity`'s index record.
 pub fn shard_of(identity: &Identity, shard_count: u32) -> ShardId {
     assert!(shard_count > 0);
-    let h = xxhash_rust::xxh3::xxh3_64_with_seed(&identity.key_bytes(), ROUTING_SEED);
+    let h = stable_hash(&identity.key_bytes());
     (h % shard_count as u64) as ShardId
 }
 

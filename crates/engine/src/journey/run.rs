@@ -16,7 +16,7 @@ use crate::messaging::{SendDecision, evaluate as check_send};
 use crate::{CustomerState, DecisionKind, EngineConfig};
 use chorus_types::{Event, Intent, SendRequest};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 
 /// Engagement seen for one step of one instance (`steps.<id>.*` in expressions).
@@ -98,13 +98,8 @@ pub enum Input<'a> {
 
 /// Deterministic per-customer bucket in [0, 10000) for holdouts and splits.
 pub fn bucket(customer: &str, salt: &str) -> u32 {
-    let h = xxhash(format!("{customer}\0{salt}").as_bytes());
+    let h = chorus_types::routing::stable_hash(format!("{customer}\0{salt}").as_bytes());
     (h % 10_000) as u32
-}
-
-fn xxhash(bytes: &[u8]) -> u64 {
-    // FNV-1a: stable across versions and platforms, enough for bucketing.
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ *b as u64).wrapping_mul(0x0100_0000_01b3))
 }
 
 fn steps_value(inst: &Instance) -> Value {
@@ -499,9 +494,4 @@ fn send(state: &mut CustomerState, pos: usize, j: &Compiled, step: &str, channel
     }
     state.decide(run.cfg, run.now, DecisionKind::Skipped, reasons.join("; "), format!("{} {step}", j.def.id));
     run.stat(j, step, "skipped", 1.0);
-}
-
-/// Expression input for a simulation or a test: the JSON of an instance's steps.
-pub fn steps_json(inst: &Instance) -> Value {
-    json!(steps_value(inst))
 }

@@ -90,7 +90,7 @@ async fn browse_abandon_and_post_purchase_run_on_a_live_node() {
     let count = |step: &str, what: &str| -> u64 {
         counters.iter().filter(|c| c["step"] == step && c["what"] == what).map(|c| c["count"].as_u64().unwrap()).sum()
     };
-    assert_eq!(count("recos_email", "sent") + count("recos_email", "skipped_holdout"), 2, "{st}");
+    assert_eq!(count("recos_email", "sent:email") + count("recos_email", "skipped_holdout"), 2, "{st}");
     let missing = node.ctl(&["journey", "stats", "no-such-journey"]).await;
     assert_eq!(missing.code(), Some(1));
     assert!(missing.stderr.contains("no journey \"no-such-journey\""), "{}", missing.stderr);

@@ -410,7 +410,7 @@ impl v1::journeys_server::Journeys for Services {
         let req = request.into_inner();
         let file = if req.file_name.is_empty() { "journey".to_string() } else { req.file_name };
         let catalog = chorus_engine::journey::Catalog {
-            journeys: Some(self.shards.journeys().map_err(ApiError::from)?.into_iter().map(|(id, _, _)| id).collect()),
+            journeys: Some(self.shards.journeys().map_err(ApiError::from)?.into_iter().map(|j| j.id).collect()),
             // Every channel has a connector on this node (the capture connector at least).
             connected_channels: Some(chorus_types::CHANNELS.iter().map(|c| c.to_string()).collect()),
             ..Default::default()
@@ -425,9 +425,7 @@ impl v1::journeys_server::Journeys for Services {
 
     async fn stats(&self, request: Request<v1::JourneyStatsRequest>) -> Result<Response<v1::JourneyStatsResponse>, Status> {
         let id = request.into_inner().id;
-        if !self.shards.journeys().map_err(ApiError::from)?.iter().any(|(j, _, _)| *j == id) {
-            return Err(ApiError::NotFound(format!("no journey {id:?}: see `chorusctl journey list`")).into());
-        }
+        self.journey(&id)?;
         let merged = self.shards.journey_stats(&id).map_err(ApiError::from)?;
         let total = |what: &str| -> (u64, f64) {
             merged.iter().filter(|((_, _, w), _)| w == what).fold((0, 0.0), |(c, s), (_, (c2, s2))| (c + c2, s + s2))
@@ -459,21 +457,75 @@ impl v1::journeys_server::Journeys for Services {
     }
 
     async fn list(&self, _: Request<v1::ListJourneysRequest>) -> Result<Response<v1::ListJourneysResponse>, Status> {
-        let journeys = self
-            .shards
+        let journeys = self.shards.journeys().map_err(ApiError::from)?.iter().map(summary).collect();
+        Ok(Response::new(v1::ListJourneysResponse { journeys }))
+    }
+
+    async fn show(&self, request: Request<v1::ShowJourneyRequest>) -> Result<Response<v1::ShowJourneyResponse>, Status> {
+        let j = self.journey(&request.into_inner().id)?;
+        let definition_json = serde_json::to_string_pretty(&j.def).map_err(|e| ApiError::Internal(e.to_string()))?;
+        Ok(Response::new(v1::ShowJourneyResponse { summary: Some(summary(&j)), definition_json }))
+    }
+
+    async fn set_lifecycle(&self, request: Request<v1::SetLifecycleRequest>) -> Result<Response<v1::SetLifecycleResponse>, Status> {
+        use chorus_engine::journey::run::Lifecycle;
+        let req = request.into_inner();
+        let lifecycle = match req.lifecycle.as_str() {
+            "active" | "resume" | "resumed" => Lifecycle::Active,
+            "paused" | "pause" => Lifecycle::Paused,
+            "archived" | "archive" => Lifecycle::Archived,
+            other => return Err(ApiError::invalid("lifecycle", format!("{other:?}: use active (resume), paused or archived")).into()),
+        };
+        self.journey(&req.id)?;
+        self.shards.set_lifecycle(&req.id, lifecycle).await.map_err(ApiError::from)?;
+        Ok(Response::new(v1::SetLifecycleResponse { id: req.id, lifecycle: lifecycle.as_str().to_string() }))
+    }
+}
+
+impl Services {
+    fn journey(&self, id: &str) -> Result<chorus_shard::apply::JourneyInfo, Status> {
+        self.shards
             .journeys()
             .map_err(ApiError::from)?
             .into_iter()
-            .map(|(id, version, def)| v1::JourneySummary {
-                id,
-                version,
-                name: def.name.clone(),
-                category: def.category.as_str().to_string(),
-                priority: def.priority as u32,
-                entry: format!("{:?}", def.entry.trigger),
-                steps: def.steps.len() as u32,
-            })
-            .collect();
-        Ok(Response::new(v1::ListJourneysResponse { journeys }))
+            .find(|j| j.id == id)
+            .ok_or_else(|| ApiError::NotFound(format!("no journey {id:?}: see `chorusctl journey list`")).into())
     }
+}
+
+fn summary(j: &chorus_shard::apply::JourneyInfo) -> v1::JourneySummary {
+    v1::JourneySummary {
+        id: j.id.clone(),
+        version: j.version,
+        name: j.def.name.clone(),
+        category: j.def.category.as_str().to_string(),
+        priority: j.def.priority as u32,
+        entry: format!("{:?}", j.def.entry.trigger),
+        steps: j.def.steps.len() as u32,
+        lifecycle: j.lifecycle.as_str().to_string(),
+        versions: j.versions.clone(),
+    }
+}
+
+#[tonic::async_trait]
+impl v1::settings_server::Settings for Services {
+    async fn get(&self, _: Request<v1::GetSettingsRequest>) -> Result<Response<v1::SettingsResponse>, Status> {
+        let s = self.shards.settings().map_err(ApiError::from)?;
+        Ok(Response::new(settings_response(&s)))
+    }
+
+    async fn put(&self, request: Request<v1::PutSettingsRequest>) -> Result<Response<v1::SettingsResponse>, Status> {
+        let req = request.into_inner();
+        let file = if req.file_name.is_empty() { "settings".to_string() } else { req.file_name };
+        let settings = chorus_engine::settings::parse_settings(&req.source).map_err(|diags| {
+            let lines: Vec<String> = diags.iter().map(|d| format!("{file}:{d}")).collect();
+            ApiError::invalid("source", format!("the settings are not valid:\n{}", lines.join("\n")))
+        })?;
+        self.shards.put_settings(&settings).await.map_err(ApiError::from)?;
+        Ok(Response::new(settings_response(&settings)))
+    }
+}
+
+fn settings_response(s: &chorus_engine::guard::Settings) -> v1::SettingsResponse {
+    v1::SettingsResponse { text: chorus_engine::settings::format_settings(s), json: chorus_engine::settings::settings_json(s).to_string() }
 }

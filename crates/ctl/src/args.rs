@@ -107,6 +107,30 @@ pub enum Command {
         #[command(subcommand)]
         command: JourneyCommand,
     },
+    /// Cluster settings for guardrails: frequency caps, quiet hours, default time zone
+    Settings {
+        #[command(subcommand)]
+        command: SettingsCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SettingsCommand {
+    /// Print the settings in force as a settings file (edit it and `settings apply` it back)
+    #[command(after_help = "JSON: {timezone, arbitration_window, defer_max, best_hour_default, caps: [{name, category, channels, max, window, calendar}], quiet_hours: {channel: \"21:00-08:00\"}}")]
+    Show,
+    /// Check a settings file without a node
+    #[command(after_help = "Each problem is printed as FILE:LINE: FIELD: MESSAGE. Exit code 1 if the file has problems.")]
+    Validate {
+        #[arg(value_name = "FILE")]
+        file: std::path::PathBuf,
+    },
+    /// Validate a settings file and make it the cluster's settings (every shard)
+    #[command(after_help = "FILE (YAML or JSON):\n  timezone: America/New_York\n  arbitration_window: 1s\n  defer_max: 3d\n  caps:\n    - { name: marketing-daily, max: 3, window: 24h }\n    - { name: sms-per-day, channels: [sms], max: 1, window: 1d, calendar: true }\n  quiet_hours:\n    sms: 21:00-08:00\n    push: 21:00-08:00\n\nKeys left out keep their defaults.")]
+    Apply {
+        #[arg(value_name = "FILE")]
+        file: std::path::PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -135,9 +159,30 @@ holdout_converted, treatment_rate, holdout_rate, absolute_lift, relative_lift, c
         /// Journey id
         id: String,
     },
-    /// List the journeys on the node with their current version
-    #[command(after_help = "Columns: ID VERSION CATEGORY PRIORITY STEPS ENTRY NAME.\n\nJSON: {journeys: [{id, version, name, category, priority, entry, steps}]}")]
+    /// List the journeys on the node with their current version and lifecycle
+    #[command(after_help = "Columns: ID VERSION STATE CATEGORY PRIORITY STEPS ENTRY NAME.\n\nJSON: {journeys: [{id, version, versions, lifecycle, name, category, priority, entry, steps}]}")]
     List,
+    /// Show one journey: lifecycle, stored versions and the latest definition
+    #[command(after_help = "JSON: {id, version, versions, lifecycle, name, category, priority, entry, steps, definition}")]
+    Show {
+        /// Journey id
+        id: String,
+    },
+    /// Pause a journey: no new entries; customers in flight hold at their next step
+    Pause {
+        /// Journey id
+        id: String,
+    },
+    /// Resume a paused journey: held customers move on at once
+    Resume {
+        /// Journey id
+        id: String,
+    },
+    /// Archive a journey: no new entries; customers in flight exit at their next step
+    Archive {
+        /// Journey id
+        id: String,
+    },
     /// Run a journey offline for one customer on a virtual clock over a trace of events
     /// and print every decision with its time and reason (the node's own core code)
     #[command(after_help = "TRACE: NDJSON, one event per line: {\"at\": \"2026-12-01T10:00:00Z\", \"event\": \"Product Viewed\", \"properties\": {...}}\n\
@@ -157,6 +202,10 @@ Example:\n  chorusctl journey simulate examples/journeys/browse-abandon.yaml --e
         /// After the last event, keep the clock running this long so pending waits fire
         #[arg(long, value_name = "DURATION", default_value = "30d", value_parser = duration_ms_arg)]
         until: i64,
+        /// Cluster settings to simulate under (caps, quiet hours, time zone); default:
+        /// the defaults of `chorusctl settings show` on a fresh node
+        #[arg(long, value_name = "SETTINGS.yaml")]
+        settings: Option<std::path::PathBuf>,
     },
 }
 

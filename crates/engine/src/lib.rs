@@ -4,10 +4,12 @@
 
 pub mod config;
 pub mod expr;
+pub mod guard;
 pub mod journey;
 pub mod identity;
 pub mod messaging;
 pub mod profile;
+pub mod settings;
 
 pub use config::EngineConfig;
 pub use identity::*;

@@ -1,6 +1,8 @@
 //! Send decisions (SPEC §4.3, §5.1 steps 2–3 and 6): consent per channel and topic with
 //! transactional exemptions, the contact point, and a deterministic idempotency key.
-//! Caps, quiet hours and priority arrive with the journey engine.
+//! Caps, quiet hours and priority are applied by the journey interpreter on top of these
+//! checks (see `guard`); API sends are not capped (the caller chose the moment) but are
+//! recorded on the contact ledger, so they count toward caps.
 
 use crate::{ConsentStatus, CustomerState, DecisionKind, EngineConfig};
 use chorus_types::{Category, Intent, IdentityKind, SendRequest};
@@ -9,7 +11,9 @@ use chorus_types::{Category, Intent, IdentityKind, SendRequest};
 #[derive(Clone, Debug, PartialEq)]
 pub enum SendDecision {
     Send(Intent),
-    Skip { reason: String },
+    /// `code` is a stable machine-readable reason for counters: `consent`, `topic`,
+    /// `contact`, `merged`.
+    Skip { reason: String, code: &'static str },
 }
 
 /// The deterministic idempotency key of an API send: re-processing the same request
@@ -39,6 +43,9 @@ pub fn decide_send(state: &mut CustomerState, req: &SendRequest, now_ms: i64, cf
     if let SendDecision::Send(intent) = &mut decision {
         intent.created_ms = now_ms;
     }
+    if let SendDecision::Send(intent) = &decision {
+        crate::guard::record_contact(state, crate::guard::Contact { at_ms: now_ms, channel: intent.channel.clone(), category: intent.category, journey: String::new() });
+    }
     match &decision {
         SendDecision::Send(intent) => state.decide(
             cfg,
@@ -47,30 +54,29 @@ pub fn decide_send(state: &mut CustomerState, req: &SendRequest, now_ms: i64, cf
             "api send",
             format!("{} {} to {} (key {})", req.channel, req.template, if intent.to.is_empty() { "-" } else { &intent.to }, intent.key),
         ),
-        SendDecision::Skip { reason } => state.decide(cfg, now_ms, DecisionKind::Skipped, reason.clone(), format!("{} {} (request {})", req.channel, req.template, req.request_id)),
+        SendDecision::Skip { reason, .. } => state.decide(cfg, now_ms, DecisionKind::Skipped, reason.clone(), format!("{} {} (request {})", req.channel, req.template, req.request_id)),
     }
     decision
 }
 
 /// The send checks without recording a decision (the journey interpreter records its own).
 pub(crate) fn evaluate(state: &CustomerState, req: &SendRequest) -> SendDecision {
-    let skip = |r: &str| SendDecision::Skip { reason: r.to_string() };
     if state.is_tombstone() {
-        return skip("customer merged away");
+        return SendDecision::Skip { reason: "customer merged away".into(), code: "merged" };
     }
     let marketing = req.category == Category::Marketing;
     // Channel consent: an opt-out is a hard stop for every category.
     let channel_consent = consent(state, &req.channel);
     if channel_consent == ConsentStatus::OptedOut {
-        return SendDecision::Skip { reason: format!("{} opted out", req.channel) };
+        return SendDecision::Skip { reason: format!("{} opted out", req.channel), code: "consent" };
     }
     if marketing {
         let needs_opt_in = matches!(req.channel.as_str(), "sms" | "mms" | "media");
         if needs_opt_in && channel_consent != ConsentStatus::OptedIn {
-            return SendDecision::Skip { reason: format!("no {} consent (marketing needs an explicit opt-in)", req.channel) };
+            return SendDecision::Skip { reason: format!("no {} consent (marketing needs an explicit opt-in)", req.channel), code: "consent" };
         }
         if !req.topic.is_empty() && state.consent.topics.get(&req.topic).is_some_and(|t| t.status == ConsentStatus::OptedOut) {
-            return SendDecision::Skip { reason: format!("topic {} opted out", req.topic) };
+            return SendDecision::Skip { reason: format!("topic {} opted out", req.topic), code: "topic" };
         }
     }
     let Some(to) = contact_point(state, &req.channel) else {
@@ -80,7 +86,7 @@ pub(crate) fn evaluate(state: &CustomerState, req: &SendRequest) -> SendDecision
             "push" => "no valid push token",
             _ => "no contact point",
         };
-        return skip(what);
+        return SendDecision::Skip { reason: what.into(), code: "contact" };
     };
     let mut vars = state.attributes.clone();
     for (k, v) in req.vars.0.iter() {
@@ -137,6 +143,9 @@ mod tests {
         assert_eq!(i.key, "api/r1/cu_0000000000000001");
         assert_eq!(i.created_ms, 5);
         assert_eq!(c.decisions.back().unwrap().kind, DecisionKind::Sent);
+        // The send is on the contact ledger, so caps count it.
+        assert_eq!(c.contacts.len(), 1);
+        assert_eq!(c.contacts[0].channel, "email");
     }
 
     #[test]
@@ -144,7 +153,7 @@ mod tests {
         let mut c = customer();
         set(&mut c, "email", ConsentStatus::OptedOut);
         let d = decide_send(&mut c, &req("email", Category::Transactional), 0, &EngineConfig::default());
-        assert_eq!(d, SendDecision::Skip { reason: "email opted out".into() });
+        assert_eq!(d, SendDecision::Skip { reason: "email opted out".into(), code: "consent" });
         assert_eq!(c.decisions.back().unwrap().kind, DecisionKind::Skipped);
     }
 
@@ -175,6 +184,6 @@ mod tests {
     fn rule_a_send_needs_a_contact_point() {
         let mut c = CustomerState::new(CustomerId::new(0, 2), 0);
         let d = decide_send(&mut c, &req("push", Category::Transactional), 0, &EngineConfig::default());
-        assert_eq!(d, SendDecision::Skip { reason: "no valid push token".into() });
+        assert_eq!(d, SendDecision::Skip { reason: "no valid push token".into(), code: "contact" });
     }
 }

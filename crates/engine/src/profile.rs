@@ -34,6 +34,10 @@ pub struct CustomerState {
     /// Source of timer sequence numbers: a timer whose seq is no longer the instance's
     /// is stale and does nothing when it fires.
     pub timer_seq: u64,
+    /// Messages sent, for frequency caps (SPEC §4.1 "contact ledger", §5.2).
+    pub contacts: VecDeque<crate::guard::Contact>,
+    /// Opens per local hour of day (24 slots once the first open is seen), for `best_hour`.
+    pub open_hours: Vec<u32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -81,6 +85,8 @@ pub enum DecisionKind {
     Exited,
     Converted,
     Fallback,
+    /// A send waits: quiet hours, a cap, or priority arbitration.
+    Deferred,
 }
 
 impl DecisionKind {
@@ -105,6 +111,7 @@ impl DecisionKind {
             DecisionKind::Exited => "exited",
             DecisionKind::Converted => "converted",
             DecisionKind::Fallback => "fallback",
+            DecisionKind::Deferred => "deferred",
         }
     }
 }
@@ -189,6 +196,8 @@ impl CustomerState {
             journeys: Vec::new(),
             journey_entries: BTreeMap::new(),
             timer_seq: 0,
+            contacts: VecDeque::new(),
+            open_hours: Vec::new(),
         }
     }
 
@@ -402,6 +411,17 @@ pub fn merge_into(survivor: &mut CustomerState, other: &mut CustomerState, now_m
         *e = (*e).max(at);
     }
     survivor.timer_seq = survivor.timer_seq.max(other.timer_seq);
+    // Contact ledger: union, so caps keep counting across both profiles.
+    let mut contacts: Vec<_> = survivor.contacts.drain(..).chain(other.contacts.drain(..)).collect();
+    contacts.sort_by_key(|c| c.at_ms);
+    let skip = contacts.len().saturating_sub(crate::guard::CONTACTS_MAX);
+    survivor.contacts = contacts.into_iter().skip(skip).collect();
+    if !other.open_hours.is_empty() {
+        survivor.open_hours.resize(24, 0);
+        for (mine, theirs) in survivor.open_hours.iter_mut().zip(std::mem::take(&mut other.open_hours)) {
+            *mine = mine.saturating_add(theirs);
+        }
+    }
     survivor.event_count += other.event_count;
     survivor.created_ms = survivor.created_ms.min(other.created_ms);
     survivor.updated_ms = now_ms;

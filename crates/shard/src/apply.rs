@@ -85,14 +85,23 @@ pub struct ShardApp {
     catalog: std::sync::RwLock<JourneyCatalog>,
 }
 
-/// The latest version of every journey stored in `shard`'s catalog, compiled.
+/// Every stored version of every journey of `shard`'s catalog, compiled, with the
+/// journeys' lifecycles and the cluster settings.
 pub fn load_catalog(store: &Store, shard: ShardId) -> Result<JourneyCatalog, String> {
-    let mut out = Vec::new();
+    let mut out = chorus_engine::journey::run::RunCatalog::default();
     for kv in store.shard().prefix(keys::catalog_journeys_prefix(shard)) {
-        let (_, v) = kv.into_inner().map_err(|e| e.to_string())?;
-        let (version, def): (u32, Vec<u8>) = chorus_types::encoding::decode(&v).map_err(|e| e.to_string())?;
-        let def: chorus_engine::journey::JourneyDef = chorus_types::encoding::decode(&def).map_err(|e| e.to_string())?;
-        out.push(Arc::new(chorus_engine::journey::run::Compiled::new(def, version)?));
+        let (k, v) = kv.into_inner().map_err(|e| e.to_string())?;
+        let version = k.len().checked_sub(4).map(|at| u32::from_be_bytes(k[at..].try_into().expect("4 bytes"))).ok_or("short catalog key")?;
+        let def: chorus_engine::journey::JourneyDef = chorus_types::encoding::decode(&v).map_err(|e| e.to_string())?;
+        out.journeys.push(Arc::new(chorus_engine::journey::run::Compiled::new(def, version)?));
+    }
+    for kv in store.shard().prefix(keys::catalog_lifecycle_prefix(shard)) {
+        let (k, v) = kv.into_inner().map_err(|e| e.to_string())?;
+        let id = String::from_utf8_lossy(&k[keys::catalog_lifecycle_prefix(shard).len()..]).into_owned();
+        out.lifecycle.insert(id, chorus_types::encoding::decode(&v).map_err(|e| e.to_string())?);
+    }
+    if let Some(v) = store.shard().get(keys::catalog_settings(shard)).map_err(|e| e.to_string())? {
+        out.settings = chorus_types::encoding::decode(&v).map_err(|e| e.to_string())?;
     }
     Ok(Arc::new(out))
 }
@@ -108,16 +117,40 @@ pub fn read_stats(store: &Store, shard: ShardId, journey: &str) -> Result<Vec<((
     Ok(out)
 }
 
-/// (id, version, definition) of every journey in `shard`'s catalog.
-pub fn list_journeys(store: &Store, shard: ShardId) -> Result<Vec<(String, u32, chorus_engine::journey::JourneyDef)>, String> {
-    let mut out = Vec::new();
-    for kv in store.shard().prefix(keys::catalog_journeys_prefix(shard)) {
-        let (_, v) = kv.into_inner().map_err(|e| e.to_string())?;
-        let (version, def): (u32, Vec<u8>) = chorus_types::encoding::decode(&v).map_err(|e| e.to_string())?;
-        let def: chorus_engine::journey::JourneyDef = chorus_types::encoding::decode(&def).map_err(|e| e.to_string())?;
-        out.push((def.id.clone(), version, def));
+/// One journey of the catalog as operators see it.
+#[derive(Clone, Debug)]
+pub struct JourneyInfo {
+    pub id: String,
+    /// The latest version.
+    pub version: u32,
+    pub def: chorus_engine::journey::JourneyDef,
+    pub lifecycle: chorus_engine::journey::run::Lifecycle,
+    /// Every stored version, oldest first.
+    pub versions: Vec<u32>,
+}
+
+/// Every journey in `shard`'s catalog (latest version first-class, older ones listed).
+pub fn list_journeys(store: &Store, shard: ShardId) -> Result<Vec<JourneyInfo>, String> {
+    let catalog = load_catalog(store, shard)?;
+    Ok(catalog
+        .latest_versions()
+        .into_iter()
+        .map(|c| JourneyInfo {
+            id: c.def.id.clone(),
+            version: c.version,
+            def: c.def.clone(),
+            lifecycle: catalog.lifecycle(&c.def.id),
+            versions: catalog.journeys.iter().filter(|x| x.def.id == c.def.id).map(|x| x.version).collect(),
+        })
+        .collect())
+}
+
+/// The cluster settings as stored in `shard`'s catalog (defaults if never set).
+pub fn read_settings(store: &Store, shard: ShardId) -> Result<chorus_engine::guard::Settings, String> {
+    match store.shard().get(keys::catalog_settings(shard)).map_err(|e| e.to_string())? {
+        Some(v) => chorus_types::encoding::decode(&v).map_err(|e| e.to_string()),
+        None => Ok(Default::default()),
     }
-    Ok(out)
 }
 
 impl ShardApp {
@@ -291,6 +324,8 @@ struct Round<'a> {
     /// The catalog inputs are applied with (replaced by catalog entries).
     catalog: JourneyCatalog,
     catalog_changed: bool,
+    /// Customers that started holding in a paused journey this round.
+    paused_marks: HashSet<(String, CustomerId)>,
     now_ms: i64,
 }
 
@@ -317,6 +352,7 @@ impl<'a> Round<'a> {
             stats: HashMap::new(),
             catalog: app.catalog.read().expect("catalog lock").clone(),
             catalog_changed: false,
+            paused_marks: HashSet::new(),
             now_ms: 0,
         }
     }
@@ -386,18 +422,62 @@ impl<'a> Round<'a> {
             ShardOp::Catalog { change } => {
                 // Inputs before this entry run with the catalog they were committed under.
                 self.flush_all().await?;
+                let shard = self.shard();
+                let mut next = chorus_engine::journey::run::RunCatalog {
+                    journeys: self.catalog.journeys.clone(),
+                    lifecycle: self.catalog.lifecycle.clone(),
+                    settings: self.catalog.settings.clone(),
+                };
                 match change {
                     chorus_types::CatalogChange::PutJourney { id, version, def } => {
                         let decoded: chorus_engine::journey::JourneyDef = chorus_types::encoding::decode(&def).map_err(io_err)?;
                         let compiled = chorus_engine::journey::run::Compiled::new(decoded, version).map_err(io_err)?;
-                        let key = keys::catalog_journey(self.shard(), &id);
-                        self.batch.insert(self.app.store.shard(), key, chorus_types::encoding::encode(&(version, def)));
-                        let mut list: Vec<_> = self.catalog.iter().filter(|c| c.def.id != id).cloned().collect();
-                        list.push(Arc::new(compiled));
-                        self.catalog = Arc::new(list);
-                        self.catalog_changed = true;
+                        self.batch.insert(self.app.store.shard(), keys::catalog_journey(shard, &id, version), def);
+                        next.journeys.retain(|c| !(c.def.id == id && c.version == version));
+                        next.journeys.push(Arc::new(compiled));
+                    }
+                    chorus_types::CatalogChange::SetLifecycle { id, lifecycle } => {
+                        use chorus_engine::journey::run::Lifecycle;
+                        let l = match lifecycle.as_str() {
+                            "active" => Lifecycle::Active,
+                            "paused" => Lifecycle::Paused,
+                            "archived" => Lifecycle::Archived,
+                            other => return Err(io_err(format!("unknown lifecycle {other:?}"))),
+                        };
+                        self.batch.insert(self.app.store.shard(), keys::catalog_lifecycle(shard, &id), chorus_types::encoding::encode(&l));
+                        next.lifecycle.insert(id.clone(), l);
+                        if l != Lifecycle::Paused {
+                            // Wake every customer holding in it (they run on with the new catalog).
+                            let mut woken: Vec<CustomerId> = self.paused_marks.iter().filter(|(j, _)| *j == id).map(|(_, c)| *c).collect();
+                            self.paused_marks.retain(|(j, _)| *j != id);
+                            let prefix = keys::paused_prefix(shard, &id);
+                            for kv in self.app.store.shard().prefix(&prefix) {
+                                let k = kv.key().map_err(io_err)?;
+                                if let Some(b) = k.get(prefix.len()..prefix.len() + 8) {
+                                    woken.push(CustomerId(u64::from_be_bytes(b.try_into().expect("8 bytes"))));
+                                }
+                                self.batch.remove(self.app.store.shard(), k.to_vec());
+                            }
+                            woken.sort_unstable();
+                            woken.dedup();
+                            self.catalog = Arc::new(next);
+                            self.catalog_changed = true;
+                            for c in woken {
+                                let c = self.resolve_tomb(c)?;
+                                if c.home_shard() == shard {
+                                    self.push(c, now, CustomerInput::JourneyWake { journey: id.clone() });
+                                }
+                            }
+                            return Ok(ShardResult::Done);
+                        }
+                    }
+                    chorus_types::CatalogChange::PutSettings { settings } => {
+                        next.settings = chorus_types::encoding::decode(&settings).map_err(io_err)?;
+                        self.batch.insert(self.app.store.shard(), keys::catalog_settings(shard), settings);
                     }
                 }
+                self.catalog = Arc::new(next);
+                self.catalog_changed = true;
                 Ok(ShardResult::Done)
             }
         }
@@ -467,9 +547,18 @@ impl<'a> Round<'a> {
     fn add_stats(&mut self, stats: Vec<crate::customer::StatDelta>) {
         let shard = self.shard();
         for (journey, version, step, what, value) in stats {
-            let e = self.stats.entry(keys::stat(shard, &journey, version, &step, what)).or_insert((0, 0.0));
+            let e = self.stats.entry(keys::stat(shard, &journey, version, &step, &what)).or_insert((0, 0.0));
             e.0 += 1;
             e.1 += value;
+        }
+    }
+
+    /// Remember customers holding in paused journeys, so resuming wakes them.
+    fn add_paused(&mut self, customer: CustomerId, journeys: Vec<String>) {
+        let shard = self.shard();
+        for j in journeys {
+            self.batch.insert(self.app.store.shard(), keys::paused(shard, &j, customer), b"".to_vec());
+            self.paused_marks.insert((j, customer));
         }
     }
 
@@ -1067,6 +1156,7 @@ impl<'a> Round<'a> {
                     self.intents.extend(applied.intents);
                     self.add_timers(applied.timers);
                     self.add_stats(applied.stats);
+                    self.add_paused(id, applied.held);
                 }
                 None => {
                     let inputs = Arc::try_unwrap(inputs).unwrap_or_else(|shared| (*shared).clone());
@@ -1091,6 +1181,7 @@ impl<'a> Round<'a> {
                     self.intents.extend(applied.intents);
                     self.add_timers(applied.timers);
                     self.add_stats(applied.stats);
+                    self.add_paused(id, applied.held);
                     registry.clear_failures(id);
                     return Ok(());
                 }

@@ -27,10 +27,13 @@ pub enum CustomerInput {
     Outcome(DispatchOutcome),
     /// A journey timer fired.
     JourneyTimer { journey: String, entry_key: String, seq: u64 },
+    /// A paused journey was resumed or archived: held instances move on.
+    JourneyWake { journey: String },
 }
 
-/// The journeys the core runs, compiled once per catalog change and shared.
-pub type JourneyCatalog = Arc<Vec<Arc<chorus_engine::journey::run::Compiled>>>;
+/// The journeys the core runs (every version, compiled once per catalog change), their
+/// lifecycles and the cluster settings, shared by every actor of the shard.
+pub type JourneyCatalog = Arc<chorus_engine::journey::run::RunCatalog>;
 
 /// What the actor hands back after applying inputs.
 #[derive(Debug)]
@@ -43,10 +46,12 @@ pub struct Applied {
     pub timers: Vec<(i64, chorus_types::Timer)>,
     /// Journey counters: (journey, version, step, what, value).
     pub stats: Vec<StatDelta>,
+    /// Journeys this customer now holds in because they are paused.
+    pub held: Vec<String>,
 }
 
 /// One journey counter increment.
-pub type StatDelta = (String, u32, String, &'static str, f64);
+pub type StatDelta = (String, u32, String, String, f64);
 
 pub enum CustomerMsg {
     Apply { inputs: Arc<Vec<(i64, CustomerInput)>>, catalog: JourneyCatalog, reply: RpcReplyPort<Applied> },
@@ -83,57 +88,61 @@ impl Actor for CustomerActor {
                 let mut intents = Vec::new();
                 let mut timers = Vec::new();
                 let mut stats = Vec::new();
+                let mut held = Vec::new();
                 for (now_ms, input) in inputs.iter() {
                     if let Some(i) = apply_input(&mut live.state, input, *now_ms, &live.config) {
                         intents.push(i);
                     }
-                    run_journeys(&mut live.state, input, *now_ms, &live.config, &catalog, &mut intents, &mut timers, &mut stats);
+                    let mut out = JourneyOutput { intents: &mut intents, timers: &mut timers, stats: &mut stats, held: &mut held };
+                    run_journeys(&mut live.state, input, *now_ms, &live.config, &catalog, &mut out);
                 }
-                let _ = reply.send(Applied { id: live.state.id, encoded: chorus_types::encoding::encode(&live.state), intents, timers, stats });
+                let _ = reply.send(Applied { id: live.state.id, encoded: chorus_types::encoding::encode(&live.state), intents, timers, stats, held });
             }
             CustomerMsg::Get(reply) => {
                 let _ = reply.send(live.state.clone());
             }
             CustomerMsg::Replace(state, reply) => {
                 live.state = *state;
-                let _ = reply.send(Applied { id: live.state.id, encoded: chorus_types::encoding::encode(&live.state), intents: Vec::new(), timers: Vec::new(), stats: Vec::new() });
+                let _ = reply.send(Applied { id: live.state.id, encoded: chorus_types::encoding::encode(&live.state), intents: Vec::new(), timers: Vec::new(), stats: Vec::new(), held: Vec::new() });
             }
         }
         Ok(())
     }
 }
 
+/// Where the journey effects of a batch of inputs are collected.
+pub struct JourneyOutput<'a> {
+    pub intents: &'a mut Vec<Intent>,
+    pub timers: &'a mut Vec<(i64, chorus_types::Timer)>,
+    pub stats: &'a mut Vec<StatDelta>,
+    pub held: &'a mut Vec<String>,
+}
+
 /// Run the journeys on an event or a journey timer (after the profile was updated).
-#[allow(clippy::too_many_arguments)]
-pub fn run_journeys(
-    state: &mut CustomerState,
-    input: &CustomerInput,
-    now_ms: i64,
-    config: &ShardConfig,
-    catalog: &JourneyCatalog,
-    intents: &mut Vec<Intent>,
-    timers: &mut Vec<(i64, chorus_types::Timer)>,
-    stats: &mut Vec<StatDelta>,
-) {
+pub fn run_journeys(state: &mut CustomerState, input: &CustomerInput, now_ms: i64, config: &ShardConfig, catalog: &JourneyCatalog, out: &mut JourneyOutput<'_>) {
     use chorus_engine::journey::run::{Effect, Input, on_input};
-    if catalog.is_empty() || state.is_tombstone() {
+    if state.is_tombstone() {
         return;
     }
-    let compiled: Vec<&chorus_engine::journey::run::Compiled> = catalog.iter().map(|c| c.as_ref()).collect();
     let effects = match input {
-        CustomerInput::Event(e) => on_input(state, &Input::Event(e), &compiled, &[], now_ms, &config.engine),
-        CustomerInput::JourneyTimer { journey, entry_key, seq } => {
-            on_input(state, &Input::Timer { journey, entry_key, seq: *seq }, &compiled, &[], now_ms, &config.engine)
+        // Opens feed the best-hour histogram even when no journey runs.
+        CustomerInput::Event(e) if !catalog.journeys.is_empty() || e.name.ends_with(".opened") => {
+            on_input(state, &Input::Event(e), catalog, &[], now_ms, &config.engine)
         }
+        CustomerInput::JourneyTimer { journey, entry_key, seq } => {
+            on_input(state, &Input::Timer { journey, entry_key, seq: *seq }, catalog, &[], now_ms, &config.engine)
+        }
+        CustomerInput::JourneyWake { journey } => on_input(state, &Input::Wake { journey }, catalog, &[], now_ms, &config.engine),
         _ => return,
     };
     for e in effects {
         match e {
-            Effect::Send(i) => intents.push(i),
+            Effect::Send(i) => out.intents.push(i),
             Effect::Timer { journey, entry_key, seq, at_ms } => {
-                timers.push((at_ms, chorus_types::Timer::Journey { customer: state.id, journey, entry_key, seq }))
+                out.timers.push((at_ms, chorus_types::Timer::Journey { customer: state.id, journey, entry_key, seq }))
             }
-            Effect::Stat { journey, version, step, what, value } => stats.push((journey, version, step, what, value)),
+            Effect::Stat { journey, version, step, what, value } => out.stats.push((journey, version, step, what, value)),
+            Effect::Held { journey } => out.held.push(journey),
             Effect::Trigger { .. } => {}
         }
     }
@@ -145,7 +154,7 @@ pub fn apply_input(state: &mut CustomerState, input: &CustomerInput, now_ms: i64
     let cfg = &config.engine;
     match input {
         // Handled by `run_journeys`.
-        CustomerInput::JourneyTimer { .. } => {}
+        CustomerInput::JourneyTimer { .. } | CustomerInput::JourneyWake { .. } => {}
         CustomerInput::Send(req) => {
             return match chorus_engine::decide_send(state, req, now_ms, cfg) {
                 chorus_engine::SendDecision::Send(intent) => Some(intent),

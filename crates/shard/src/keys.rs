@@ -28,8 +28,11 @@ pub const FROZEN: u8 = b'f';
 pub const OUTBOX: u8 = b'o';
 /// Durable timers: due ms (u64 BE) ++ timer id → timer.
 pub const TIMER: u8 = b't';
-/// Catalog: `j/` ++ journey id → (version, encoded definition).
+/// Catalog: `v/` ++ journey id \0 version (u32 BE) → encoded definition;
+/// `l/` ++ journey id → lifecycle; `s` → encoded settings.
 pub const CATALOG: u8 = b'g';
+/// Customers holding in a paused journey: journey \0 customer → ().
+pub const PAUSED: u8 = b'w';
 /// Journey counters: journey \0 version (u32 BE) step \0 what → (count, sum).
 pub const STATS: u8 = b'u';
 /// Inputs parked for quarantined customers: customer ++ seq.
@@ -120,13 +123,39 @@ pub fn timer_prefix(shard: ShardId) -> Vec<u8> {
 pub fn timer_due(key: &[u8]) -> Option<i64> {
     key.get(5..13).map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")) as i64)
 }
-pub fn catalog_journey(shard: ShardId, id: &str) -> Vec<u8> {
-    let mut rest = b"j/".to_vec();
+pub fn catalog_journey(shard: ShardId, id: &str, version: u32) -> Vec<u8> {
+    let mut rest = b"v/".to_vec();
     rest.extend_from_slice(id.as_bytes());
+    rest.push(0);
+    rest.extend_from_slice(&version.to_be_bytes());
     shard_key(shard, CATALOG, &rest)
 }
 pub fn catalog_journeys_prefix(shard: ShardId) -> Vec<u8> {
-    shard_key(shard, CATALOG, b"j/")
+    shard_key(shard, CATALOG, b"v/")
+}
+pub fn catalog_lifecycle(shard: ShardId, id: &str) -> Vec<u8> {
+    let mut rest = b"l/".to_vec();
+    rest.extend_from_slice(id.as_bytes());
+    shard_key(shard, CATALOG, &rest)
+}
+pub fn catalog_lifecycle_prefix(shard: ShardId) -> Vec<u8> {
+    shard_key(shard, CATALOG, b"l/")
+}
+pub fn catalog_settings(shard: ShardId) -> Vec<u8> {
+    shard_key(shard, CATALOG, b"s")
+}
+pub fn paused(shard: ShardId, journey: &str, customer: CustomerId) -> Vec<u8> {
+    let mut rest = paused_prefix_rest(journey);
+    rest.extend_from_slice(&customer.0.to_be_bytes());
+    shard_key(shard, PAUSED, &rest)
+}
+fn paused_prefix_rest(journey: &str) -> Vec<u8> {
+    let mut rest = journey.as_bytes().to_vec();
+    rest.push(0);
+    rest
+}
+pub fn paused_prefix(shard: ShardId, journey: &str) -> Vec<u8> {
+    shard_key(shard, PAUSED, &paused_prefix_rest(journey))
 }
 pub fn stat(shard: ShardId, journey: &str, version: u32, step: &str, what: &str) -> Vec<u8> {
     let mut rest = Vec::with_capacity(journey.len() + step.len() + what.len() + 7);

@@ -276,20 +276,45 @@ impl Shards {
         out.into_iter().map(|o| o.unwrap_or(Err(ShardError::ShuttingDown))).collect()
     }
 
-    /// Publish a new version of a journey to every shard; returns the version.
-    pub async fn publish_journey(&self, def: &chorus_engine::journey::JourneyDef) -> Result<u32, ShardError> {
-        let current = crate::apply::list_journeys(&self.inner.store, 0).map_err(ShardError::Store)?;
-        let version = current.iter().find(|(id, _, _)| *id == def.id).map(|(_, v, _)| v + 1).unwrap_or(1);
-        let bytes = chorus_types::encoding::encode(def);
+    /// Propose a catalog change to every shard: each applies it at a definite position
+    /// of its log, so inputs before it run with the old catalog and inputs after with
+    /// the new one.
+    async fn propose_catalog(&self, change: chorus_types::CatalogChange) -> Result<(), ShardError> {
         let now = self.inner.clock.now_ms();
-        let proposals = self.inner.shards.iter().map(|h| {
-            let change = chorus_types::CatalogChange::PutJourney { id: def.id.clone(), version, def: bytes.clone() };
-            h.group.propose(ShardCommand { now_ms: now, op: ShardOp::Catalog { change } })
-        });
+        let proposals = self.inner.shards.iter().map(|h| h.group.propose(ShardCommand { now_ms: now, op: ShardOp::Catalog { change: change.clone() } }));
         for r in futures::future::join_all(proposals).await {
             r?;
         }
+        Ok(())
+    }
+
+    /// Publish a new version of a journey to every shard; returns the version. A new
+    /// version of an archived journey makes it active again.
+    pub async fn publish_journey(&self, def: &chorus_engine::journey::JourneyDef) -> Result<u32, ShardError> {
+        let current = self.journeys()?;
+        let existing = current.iter().find(|j| j.id == def.id);
+        let version = existing.map(|j| j.version + 1).unwrap_or(1);
+        let change = chorus_types::CatalogChange::PutJourney { id: def.id.clone(), version, def: chorus_types::encoding::encode(def) };
+        self.propose_catalog(change).await?;
+        if existing.is_some_and(|j| j.lifecycle == chorus_engine::journey::run::Lifecycle::Archived) {
+            self.set_lifecycle(&def.id, chorus_engine::journey::run::Lifecycle::Active).await?;
+        }
         Ok(version)
+    }
+
+    /// Pause, resume (`Active`) or archive a journey on every shard.
+    pub async fn set_lifecycle(&self, id: &str, lifecycle: chorus_engine::journey::run::Lifecycle) -> Result<(), ShardError> {
+        self.propose_catalog(chorus_types::CatalogChange::SetLifecycle { id: id.to_string(), lifecycle: lifecycle.as_str().to_string() }).await
+    }
+
+    /// Replace the cluster settings (caps, quiet hours, time zone) on every shard.
+    pub async fn put_settings(&self, settings: &chorus_engine::guard::Settings) -> Result<(), ShardError> {
+        self.propose_catalog(chorus_types::CatalogChange::PutSettings { settings: chorus_types::encoding::encode(settings) }).await
+    }
+
+    /// The cluster settings in force.
+    pub fn settings(&self) -> Result<chorus_engine::guard::Settings, ShardError> {
+        crate::apply::read_settings(&self.inner.store, 0).map_err(ShardError::Store)
     }
 
     /// A journey's counters merged across every shard: (version, step, what) → (count, sum).
@@ -305,8 +330,8 @@ impl Shards {
         Ok(out)
     }
 
-    /// The journeys in the catalog: (id, version, definition).
-    pub fn journeys(&self) -> Result<Vec<(String, u32, chorus_engine::journey::JourneyDef)>, ShardError> {
+    /// The journeys in the catalog.
+    pub fn journeys(&self) -> Result<Vec<crate::apply::JourneyInfo>, ShardError> {
         crate::apply::list_journeys(&self.inner.store, 0).map_err(ShardError::Store)
     }
 

@@ -41,6 +41,10 @@ pub enum CatalogChange {
     /// Publish version `version` of journey `id` (an encoded `JourneyDef`); earlier
     /// versions stop taking new entries.
     PutJourney { id: String, version: u32, def: Vec<u8> },
+    /// Set journey `id`'s lifecycle: `active`, `paused` or `archived`.
+    SetLifecycle { id: String, lifecycle: String },
+    /// Replace the cluster settings (an encoded `guard::Settings`).
+    PutSettings { settings: Vec<u8> },
 }
 
 /// A message between shards (SPEC §3.1).

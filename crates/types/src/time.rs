@@ -164,6 +164,16 @@ pub fn parse_duration_ms(text: &str) -> Result<i64, String> {
     Ok(total)
 }
 
+/// Format milliseconds as the largest exact unit: `24h`, `7d`, `90m`, `1500ms`.
+pub fn format_duration_ms(ms: i64) -> String {
+    for (unit, size) in [("w", 7 * MS_PER_DAY), ("d", MS_PER_DAY), ("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
+        if ms != 0 && ms % size == 0 {
+            return format!("{}{unit}", ms / size);
+        }
+    }
+    format!("{ms}ms")
+}
+
 #[cfg(test)]
 mod duration_tests {
     use super::*;
@@ -177,5 +187,14 @@ mod duration_tests {
         assert!(parse_duration_ms("10").is_err());
         assert!(parse_duration_ms("5y").unwrap_err().contains("unknown unit"));
         assert!(parse_duration_ms("h").is_err());
+    }
+
+    #[test]
+    fn durations_format_in_their_largest_exact_unit() {
+        assert_eq!(format_duration_ms(86_400_000), "1d");
+        assert_eq!(format_duration_ms(14 * 86_400_000), "2w");
+        assert_eq!(format_duration_ms(5_400_000), "90m");
+        assert_eq!(format_duration_ms(1_500), "1500ms");
+        assert_eq!(format_duration_ms(0), "0ms");
     }
 }

@@ -50,8 +50,8 @@ pub fn validate(ctx: &Ctx, files: &[PathBuf]) -> anyhow::Result<u8> {
 }
 
 /// `journey simulate`: offline run of one journey over an NDJSON trace.
-pub fn simulate(ctx: &Ctx, file: &Path, events: &Path, profile: Option<&Path>, until_ms: i64) -> anyhow::Result<u8> {
-    use chorus_engine::journey::run::Compiled;
+pub fn simulate(ctx: &Ctx, file: &Path, events: &Path, profile: Option<&Path>, until_ms: i64, settings: Option<&Path>) -> anyhow::Result<u8> {
+    use chorus_engine::journey::run::{Compiled, RunCatalog};
     use chorus_engine::journey::simulate::{customer_from_json, simulate, trace_event};
     let read = |p: &Path| std::fs::read_to_string(p).map_err(|e| Failure::usage(format!("cannot read {}: {e}", p.display())));
     let text = read(file)?;
@@ -66,6 +66,11 @@ pub fn simulate(ctx: &Ctx, file: &Path, events: &Path, profile: Option<&Path>, u
         }
     };
     let journey = Compiled::new(def, 1).map_err(Failure::usage)?;
+    let settings = match settings {
+        None => Default::default(),
+        Some(p) => super::settings::load(p)?,
+    };
+    let catalog = RunCatalog { journeys: vec![std::sync::Arc::new(journey)], settings, ..Default::default() };
     let customer = match profile {
         None => customer_from_json(&json!({})),
         Some(p) => {
@@ -86,7 +91,7 @@ pub fn simulate(ctx: &Ctx, file: &Path, events: &Path, profile: Option<&Path>, u
         return Err(Failure::usage(format!("{} has no events", events.display())).into());
     }
     let last = trace.iter().map(|(t, _)| *t).max().unwrap_or(0);
-    let lines = simulate(&journey, customer, trace, last.saturating_add(until_ms), &chorus_engine::EngineConfig::default());
+    let lines = simulate(&catalog, customer, trace, last.saturating_add(until_ms), &chorus_engine::EngineConfig::default());
     for l in &lines {
         if ctx.json() {
             emit_json_line(&json!({"at_ms": l.at_ms, "at": chorus_types::time::format_rfc3339_ms(l.at_ms), "kind": l.kind, "text": l.text}));
@@ -128,17 +133,66 @@ pub async fn list(ctx: &Ctx) -> anyhow::Result<u8> {
         let js: Vec<Value> = resp
             .journeys
             .iter()
-            .map(|j| json!({"id": j.id, "version": j.version, "name": j.name, "category": j.category, "priority": j.priority, "entry": j.entry, "steps": j.steps}))
+            .map(summary_json)
             .collect();
         emit_json(&json!({"journeys": js}));
     } else if resp.journeys.is_empty() {
         eprintln!("no journeys: apply one with `chorusctl journey apply FILE`");
     } else {
-        let mut t = crate::output::Table::new(&["ID", "VERSION", "CATEGORY", "PRIORITY", "STEPS", "ENTRY", "NAME"]);
+        let mut t = crate::output::Table::new(&["ID", "VERSION", "STATE", "CATEGORY", "PRIORITY", "STEPS", "ENTRY", "NAME"]);
         for j in &resp.journeys {
-            t.push(vec![j.id.clone(), j.version.to_string(), j.category.clone(), j.priority.to_string(), j.steps.to_string(), j.entry.clone(), j.name.clone()]);
+            t.push(vec![j.id.clone(), j.version.to_string(), j.lifecycle.clone(), j.category.clone(), j.priority.to_string(), j.steps.to_string(), j.entry.clone(), j.name.clone()]);
         }
         emit(&t.render());
+    }
+    Ok(EXIT_OK)
+}
+
+fn summary_json(j: &chorus_proto::v1::JourneySummary) -> Value {
+    json!({"id": j.id, "version": j.version, "versions": j.versions, "lifecycle": j.lifecycle, "name": j.name, "category": j.category, "priority": j.priority, "entry": j.entry, "steps": j.steps})
+}
+
+/// `journey show`: Journeys.Show.
+pub async fn show(ctx: &Ctx, id: &str) -> anyhow::Result<u8> {
+    use chorus_proto::v1::ShowJourneyRequest;
+    use chorus_proto::v1::journeys_client::JourneysClient;
+    let mut client = JourneysClient::new(ctx.connect().await?);
+    let r = ctx.call("show a journey", client.show(ShowJourneyRequest { id: id.to_string() })).await?;
+    let s = r.summary.unwrap_or_default();
+    let def: Value = serde_json::from_str(&r.definition_json).unwrap_or(Value::Null);
+    if ctx.json() {
+        let mut v = summary_json(&s);
+        v["definition"] = def;
+        emit_json(&v);
+        return Ok(EXIT_OK);
+    }
+    let versions: Vec<String> = s.versions.iter().map(|v| format!("v{v}")).collect();
+    emit(&format!("journey     {} — {}", s.id, s.name));
+    emit(&format!("state       {}", s.lifecycle));
+    emit(&format!("version     v{} (stored: {})", s.version, versions.join(", ")));
+    emit(&format!("category    {}, priority {}", s.category, s.priority));
+    emit(&format!("entry       {}", s.entry));
+    emit(&format!("steps       {}", s.steps));
+    emit("");
+    emit(&serde_json::to_string_pretty(&def).unwrap_or_default());
+    Ok(EXIT_OK)
+}
+
+/// `journey pause|resume|archive`: Journeys.SetLifecycle.
+pub async fn set_lifecycle(ctx: &Ctx, id: &str, lifecycle: &str) -> anyhow::Result<u8> {
+    use chorus_proto::v1::SetLifecycleRequest;
+    use chorus_proto::v1::journeys_client::JourneysClient;
+    let mut client = JourneysClient::new(ctx.connect().await?);
+    let r = ctx.call("change a journey's lifecycle", client.set_lifecycle(SetLifecycleRequest { id: id.to_string(), lifecycle: lifecycle.to_string() })).await?;
+    if ctx.json() {
+        emit_json(&json!({"id": r.id, "lifecycle": r.lifecycle}));
+    } else {
+        let what = match r.lifecycle.as_str() {
+            "paused" => "paused: no new entries; customers in flight hold at their next step",
+            "archived" => "archived: no new entries; customers in flight exit at their next step",
+            _ => "active: taking entries; held customers move on",
+        };
+        emit(&format!("journey {:?} is {what}", r.id));
     }
     Ok(EXIT_OK)
 }

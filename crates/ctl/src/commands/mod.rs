@@ -7,9 +7,10 @@ mod event;
 mod journey;
 mod messages;
 mod profile;
+mod settings;
 
 use crate::args::{
-    Cli, ClockCommand, ClusterCommand, Command, EventCommand, JourneyCommand, MessagesCommand, ProfileCommand, ShardCommand,
+    Cli, ClockCommand, ClusterCommand, Command, EventCommand, JourneyCommand, MessagesCommand, ProfileCommand, SettingsCommand, ShardCommand,
 };
 use crate::failure::{self, Failure};
 use crate::output::Format;
@@ -114,9 +115,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Journey { command: JourneyCommand::Apply { files } } => journey::apply(&ctx, &files).await?,
         Command::Journey { command: JourneyCommand::List } => journey::list(&ctx).await?,
         Command::Journey { command: JourneyCommand::Stats { id } } => journey::stats(&ctx, &id).await?,
-        Command::Journey { command: JourneyCommand::Simulate { file, events, profile, until } } => {
-            journey::simulate(&ctx, &file, &events, profile.as_deref(), until)?
+        Command::Journey { command: JourneyCommand::Simulate { file, events, profile, until, settings } } => {
+            journey::simulate(&ctx, &file, &events, profile.as_deref(), until, settings.as_deref())?
         }
+        Command::Journey { command: JourneyCommand::Show { id } } => journey::show(&ctx, &id).await?,
+        Command::Journey { command: JourneyCommand::Pause { id } } => journey::set_lifecycle(&ctx, &id, "paused").await?,
+        Command::Journey { command: JourneyCommand::Resume { id } } => journey::set_lifecycle(&ctx, &id, "active").await?,
+        Command::Journey { command: JourneyCommand::Archive { id } } => journey::set_lifecycle(&ctx, &id, "archived").await?,
+        Command::Settings { command: SettingsCommand::Show } => settings::show(&ctx).await?,
+        Command::Settings { command: SettingsCommand::Validate { file } } => settings::validate(&ctx, &file)?,
+        Command::Settings { command: SettingsCommand::Apply { file } } => settings::apply(&ctx, &file).await?,
         Command::Clock { command } => match command {
             ClockCommand::Show => clock::run(&ctx, clock::Op::Show).await?,
             ClockCommand::Advance { by_ms } => clock::run(&ctx, clock::Op::Advance(by_ms)).await?,

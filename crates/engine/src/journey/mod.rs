@@ -60,3 +60,6 @@ pub fn load_journey(text: &str, catalog: &Catalog) -> Result<JourneyDef, Vec<Dia
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod rules_tests;

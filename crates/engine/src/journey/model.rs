@@ -88,6 +88,14 @@ pub enum WhenCapped {
     Fallback,
 }
 
+/// What a send does when it falls in the channel's quiet hours (SPEC §5.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WhenQuiet {
+    /// Wait for the end of the quiet hours (default).
+    Defer,
+    Skip,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum WaitSpec {
     Duration { ms: i64 },
@@ -112,7 +120,7 @@ pub struct EventMatch {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum StepKind {
-    Send { channel: String, template: String, fallback: Vec<String>, when_capped: WhenCapped, recheck: bool, topic: Option<String> },
+    Send { channel: String, template: String, fallback: Vec<String>, when_capped: WhenCapped, recheck: bool, topic: Option<String>, when_quiet: WhenQuiet },
     Wait(WaitSpec),
     WaitFor { events: Vec<EventMatch>, branches: Vec<Branch>, timeout_ms: i64, on_timeout: String },
     Branch { branches: Vec<Branch>, otherwise: String },

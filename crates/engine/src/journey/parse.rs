@@ -346,7 +346,7 @@ impl Parser {
         let kind = match kind_name {
             "send" => {
                 let sm = self.obj(body, &kp, "send")?;
-                self.unknown_keys(sm, &kp, &["channel", "template", "fallback", "when_capped", "recheck", "topic"]);
+                self.unknown_keys(sm, &kp, &["channel", "template", "fallback", "when_capped", "recheck", "topic", "quiet_hours"]);
                 let channel = self.string(sm, &kp, "channel", true);
                 let template = self.string(sm, &kp, "template", true);
                 let fallback = match sm.get("fallback") {
@@ -372,7 +372,15 @@ impl Parser {
                 }
                 let recheck = self.boolean(sm, &kp, "recheck");
                 let topic = self.string(sm, &kp, "topic", false);
-                StepKind::Send { channel: channel?, template: template?, fallback, when_capped, recheck, topic }
+                let when_quiet = match self.string(sm, &kp, "quiet_hours", false).as_deref() {
+                    None | Some("defer") => WhenQuiet::Defer,
+                    Some("skip") => WhenQuiet::Skip,
+                    Some(other) => {
+                        self.err(&child(&kp, "quiet_hours"), format!("{other:?}: use defer (wait for the end of quiet hours) or skip"));
+                        WhenQuiet::Defer
+                    }
+                };
+                StepKind::Send { channel: channel?, template: template?, fallback, when_capped, recheck, topic, when_quiet }
             }
             "wait" => StepKind::Wait(self.wait_spec(body, &kp)?),
             "wait_for" => {

@@ -5,19 +5,24 @@
 //!
 //! Implemented: entry by event (filter, re-entry never/always/cooldown, one instance per
 //! journey, deterministic holdout), exit criteria, goals with window and value,
-//! `on_goal` triggers, and the steps send (with fallback channels), wait (durations),
-//! wait_for (events and conditions, timeout), branch, split, update, trigger and exit.
-//! Not yet: local-time and best-hour waits (treated as errors), caps and quiet hours,
-//! per-entry-key concurrency, audience and schedule entries.
+//! `on_goal` triggers, versions (instances stay on their version unless the latest one
+//! migrates their step), pause/resume/archive, and the steps send (the SPEC §5.1 order of
+//! checks: recheck, consent, contact point, quiet hours, caps with skip/defer/fallback,
+//! priority arbitration, idempotent keys), wait (durations, local clock targets,
+//! best hour), wait_for (events and conditions, timeout), branch, split, update,
+//! trigger and exit.
+//! Not yet: per-entry-key concurrency, audience and schedule entries.
 
 use super::model::*;
 use crate::expr::{Expr, Scope, compile, evaluate, evaluate_bool};
+use crate::guard::{self, CapCheck, JourneyCaps, Settings};
 use crate::messaging::{SendDecision, evaluate as check_send};
 use crate::{CustomerState, DecisionKind, EngineConfig};
-use chorus_types::{Event, Intent, SendRequest};
+use chorus_types::{Category, Event, Intent, SendRequest};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 /// Engagement seen for one step of one instance (`steps.<id>.*` in expressions).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -50,6 +55,75 @@ pub struct Instance {
     /// The journey ended for this entry but its goal window is still open: only goal
     /// events are watched (conversions count per entry within the window, SPEC §6).
     pub done: bool,
+    /// Set while the instance waits at a send step that was deferred.
+    pub deferred: Option<Deferral>,
+    /// The journey is paused: the instance holds at `step` until it resumes.
+    pub held: bool,
+}
+
+/// Why and until when a send waits (SPEC §5: quiet hours, caps, arbitration).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Deferral {
+    /// When the send was first deferred (`defer_max` counts from here).
+    pub since_ms: i64,
+    pub until_ms: i64,
+    pub reason: String,
+    /// Held for the arbitration window: released once, without holding again.
+    pub arbitration: bool,
+}
+
+/// A journey's lifecycle (SPEC §6 "Versions").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Lifecycle {
+    Active,
+    /// No new entries; in-flight customers hold at their next step.
+    Paused,
+    /// No new entries; in-flight customers exit at their next step.
+    Archived,
+}
+
+impl Lifecycle {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lifecycle::Active => "active",
+            Lifecycle::Paused => "paused",
+            Lifecycle::Archived => "archived",
+        }
+    }
+}
+
+/// The journeys that run — every stored version, so customers in flight finish on
+/// theirs — with each journey's lifecycle, and the settings sends are checked against.
+#[derive(Default)]
+pub struct RunCatalog {
+    pub journeys: Vec<Arc<Compiled>>,
+    pub lifecycle: BTreeMap<String, Lifecycle>,
+    pub settings: Settings,
+}
+
+impl RunCatalog {
+    /// The latest version of `id`.
+    pub fn latest(&self, id: &str) -> Option<&Compiled> {
+        self.journeys.iter().filter(|c| c.def.id == id).max_by_key(|c| c.version).map(|c| c.as_ref())
+    }
+    pub fn version(&self, id: &str, version: u32) -> Option<&Compiled> {
+        self.journeys.iter().find(|c| c.def.id == id && c.version == version).map(|c| c.as_ref())
+    }
+    pub fn lifecycle(&self, id: &str) -> Lifecycle {
+        self.lifecycle.get(id).copied().unwrap_or(Lifecycle::Active)
+    }
+    /// The latest version of every journey, in catalog order.
+    pub fn latest_versions(&self) -> Vec<&Compiled> {
+        let mut out: Vec<&Compiled> = Vec::new();
+        for c in &self.journeys {
+            match out.iter_mut().find(|x| x.def.id == c.def.id) {
+                Some(x) if x.version < c.version => *x = c,
+                Some(_) => {}
+                None => out.push(c),
+            }
+        }
+        out
+    }
 }
 
 /// A journey version ready to run: the definition with its expressions compiled.
@@ -86,14 +160,20 @@ pub enum Effect {
     Timer { journey: String, entry_key: String, seq: u64, at_ms: i64 },
     /// Enroll the customer in another journey (by API-style entry).
     Trigger { journey: String },
-    /// Count for journey stats: (journey, version, step, what, value).
-    Stat { journey: String, version: u32, step: String, what: &'static str, value: f64 },
+    /// Count for journey stats: (journey, version, step, what, value). `what` is
+    /// `entered`, `exited`, `converted`, `sent:<channel>`, `skipped:<reason>`,
+    /// `deferred:<reason>`, `fallback:<channel>`, … (holdout variants end in `_holdout`).
+    Stat { journey: String, version: u32, step: String, what: String, value: f64 },
+    /// The instance holds because its journey is paused: wake it on resume.
+    Held { journey: String },
 }
 
 /// What woke the interpreter.
 pub enum Input<'a> {
     Event(&'a Event),
     Timer { journey: &'a str, entry_key: &'a str, seq: u64 },
+    /// The journey was resumed or archived: held instances move on (or exit).
+    Wake { journey: &'a str },
 }
 
 /// Deterministic per-customer bucket in [0, 10000) for holdouts and splits.
@@ -111,6 +191,7 @@ struct Run<'a> {
     now: i64,
     effects: Vec<Effect>,
     segments: &'a [String],
+    catalog: &'a RunCatalog,
 }
 
 impl<'a> Run<'a> {
@@ -125,21 +206,34 @@ impl<'a> Run<'a> {
         evaluate_bool(j.expr(src), &self.scope(state, event, inst))
     }
 
-    fn stat(&mut self, j: &Compiled, step: &str, what: &'static str, value: f64) {
-        self.effects.push(Effect::Stat { journey: j.def.id.clone(), version: j.version, step: step.to_string(), what, value });
+    fn stat(&mut self, j: &Compiled, step: &str, what: impl Into<String>, value: f64) {
+        self.effects.push(Effect::Stat { journey: j.def.id.clone(), version: j.version, step: step.to_string(), what: what.into(), value });
+    }
+    fn settings(&self) -> &'a Settings {
+        &self.catalog.settings
     }
 }
 
+/// The compiled version an instance runs on.
+fn version_of<'c>(catalog: &'c RunCatalog, inst: &Instance) -> Option<&'c Compiled> {
+    catalog.version(&inst.journey, inst.version)
+}
+
 /// Apply one input to every journey of `catalog` for this customer.
-pub fn on_input(state: &mut CustomerState, input: &Input<'_>, catalog: &[&Compiled], segments: &[String], now_ms: i64, cfg: &EngineConfig) -> Vec<Effect> {
-    let mut run = Run { cfg, now: now_ms, effects: Vec::new(), segments };
-    let by_id: HashMap<&str, &Compiled> = catalog.iter().map(|c| (c.def.id.as_str(), *c)).collect();
+pub fn on_input(state: &mut CustomerState, input: &Input<'_>, catalog: &RunCatalog, segments: &[String], now_ms: i64, cfg: &EngineConfig) -> Vec<Effect> {
+    let mut run = Run { cfg, now: now_ms, effects: Vec::new(), segments, catalog };
+    if let Input::Event(e) = input {
+        if matches!(e.name.as_str(), "email.opened" | "push.opened") {
+            guard::record_open(state, now_ms, &catalog.settings);
+        }
+    }
+    migrate(state, &mut run);
     match input {
         Input::Event(event) => {
             // 1. In-flight instances: engagement, exits, goals, wait_for events/conditions.
             let mut i = 0;
             while i < state.journeys.len() {
-                let Some(j) = by_id.get(state.journeys[i].journey.as_str()).copied().filter(|j| j.version == state.journeys[i].version) else {
+                let Some(j) = version_of(catalog, &state.journeys[i]) else {
                     i += 1;
                     continue;
                 };
@@ -147,10 +241,10 @@ pub fn on_input(state: &mut CustomerState, input: &Input<'_>, catalog: &[&Compil
                     i += 1;
                 }
             }
-            // 2. Entries.
-            for j in catalog {
+            // 2. Entries, into the latest version of active journeys.
+            for j in catalog.latest_versions() {
                 if let Trigger::Event(name) = &j.def.entry.trigger {
-                    if *name == event.name {
+                    if *name == event.name && catalog.lifecycle(&j.def.id) == Lifecycle::Active {
                         try_enter(state, j, Some(event), &mut run);
                     }
                 }
@@ -161,25 +255,79 @@ pub fn on_input(state: &mut CustomerState, input: &Input<'_>, catalog: &[&Compil
             if state.journeys[pos].timer_seq != *seq {
                 return run.effects; // stale: the instance moved on or the timer was cancelled
             }
-            let Some(j) = by_id.get(*journey).copied() else { return run.effects };
+            let Some(j) = version_of(catalog, &state.journeys[pos]) else { return run.effects };
             state.journeys[pos].timer_seq = 0;
             let step = j.step(&state.journeys[pos].step).cloned();
-            let next = match step.as_ref().map(|s| &s.kind) {
-                Some(StepKind::Wait(_)) => step.as_ref().and_then(|s| s.next.clone()),
-                Some(StepKind::WaitFor { on_timeout, .. }) => Some(on_timeout.clone()),
-                _ => None,
-            };
-            advance(state, pos, j, next, "timer", None, &mut run);
+            match step.as_ref().map(|s| &s.kind) {
+                Some(StepKind::Send { .. }) if state.journeys[pos].deferred.is_some() => release_deferred(state, &mut run),
+                Some(StepKind::Wait(_)) => {
+                    advance(state, pos, j, step.as_ref().and_then(|s| s.next.clone()), "timer", None, &mut run);
+                }
+                Some(StepKind::WaitFor { on_timeout, .. }) => {
+                    advance(state, pos, j, Some(on_timeout.clone()), "timer", None, &mut run);
+                }
+                // A migrated instance whose new step does not wait: run it now.
+                Some(_) => {
+                    execute(state, pos, j, None, &mut run);
+                }
+                None => {
+                    finish(state, pos, j, "unknown step", &mut run);
+                }
+            }
+        }
+        Input::Wake { journey } => {
+            let mut i = 0;
+            while i < state.journeys.len() {
+                let inst = &state.journeys[i];
+                if inst.journey != *journey || !inst.held || inst.done {
+                    i += 1;
+                    continue;
+                }
+                let Some(j) = version_of(catalog, inst) else {
+                    i += 1;
+                    continue;
+                };
+                state.journeys[i].held = false;
+                if execute(state, i, j, None, &mut run) {
+                    i += 1;
+                }
+            }
         }
     }
     // Triggers from goals and trigger steps enter other journeys now.
     let triggers: Vec<String> = run.effects.iter().filter_map(|e| if let Effect::Trigger { journey } = e { Some(journey.clone()) } else { None }).collect();
     for t in triggers {
-        if let Some(j) = by_id.get(t.as_str()) {
-            try_enter(state, j, None, &mut run);
+        if let Some(j) = catalog.latest(&t) {
+            if catalog.lifecycle(&t) == Lifecycle::Active {
+                try_enter(state, j, None, &mut run);
+            }
         }
     }
     run.effects
+}
+
+/// Move in-flight instances of older versions whose step the latest version maps
+/// (`migrate:`). A migrated instance that lands on a waiting step keeps its pending
+/// timer (the deadline carries over); one that lands on any other step runs on when the
+/// timer fires, or at once if it had none.
+fn migrate(state: &mut CustomerState, run: &mut Run<'_>) {
+    for i in 0..state.journeys.len() {
+        let inst = &state.journeys[i];
+        if inst.done {
+            continue;
+        }
+        let Some(latest) = run.catalog.latest(&inst.journey) else { continue };
+        if latest.version <= inst.version {
+            continue;
+        }
+        let Some(to) = latest.def.migrate.get(&inst.step).cloned() else { continue };
+        let from = format!("v{} {}", inst.version, inst.step);
+        let inst = &mut state.journeys[i];
+        inst.version = latest.version;
+        inst.step = to.clone();
+        inst.deferred = None;
+        state.decide(run.cfg, run.now, DecisionKind::Advanced, format!("migrated to v{}", latest.version), format!("{}: {from} → v{} {to}", latest.def.id, latest.version));
+    }
 }
 
 /// Returns false when the instance was removed (exited or finished).
@@ -322,6 +470,8 @@ fn try_enter(state: &mut CustomerState, j: &Compiled, event: Option<&Event>, run
         sends: 0,
         entry_event: event.map(|e| (e.name.clone(), e.properties.clone())),
         done: false,
+        deferred: None,
+        held: false,
     });
     state.decide(run.cfg, run.now, DecisionKind::Entered, event.map(|e| format!("event {}", e.name)).unwrap_or_else(|| "trigger".into()), format!("{id} v{}{}", j.version, if holdout { " (holdout: never messaged)" } else { "" }));
     run.stat(j, &first, if holdout { "entered_holdout" } else { "entered" }, 1.0);
@@ -336,10 +486,32 @@ fn advance(state: &mut CustomerState, pos: usize, j: &Compiled, next: Option<Str
         Some(n) => {
             let from = std::mem::replace(&mut state.journeys[pos].step, n.clone());
             state.journeys[pos].timer_seq = 0;
+            state.journeys[pos].deferred = None;
             state.decide(run.cfg, run.now, DecisionKind::Advanced, reason.to_string(), format!("{}: {from} → {n}", j.def.id));
             execute(state, pos, j, event, run)
         }
         None => finish(state, pos, j, "completed", run),
+    }
+}
+
+/// Release every deferred send of this customer that is due, highest journey priority
+/// first (SPEC §5.2), each re-checked from the start of the order of checks.
+fn release_deferred(state: &mut CustomerState, run: &mut Run<'_>) {
+    let mut due: Vec<(u8, i64, String, String)> = Vec::new();
+    for inst in &state.journeys {
+        if let (Some(d), false) = (&inst.deferred, inst.done) {
+            if d.until_ms <= run.now {
+                let priority = version_of(run.catalog, inst).map(|j| j.def.priority).unwrap_or(0);
+                due.push((priority, d.until_ms, inst.journey.clone(), inst.entry_key.clone()));
+            }
+        }
+    }
+    due.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+    for (_, _, journey, key) in due {
+        let Some(pos) = state.journeys.iter().position(|x| x.journey == journey && x.entry_key == key && !x.done) else { continue };
+        let Some(j) = version_of(run.catalog, &state.journeys[pos]) else { continue };
+        state.journeys[pos].timer_seq = 0; // its own timer, if not the one that fired, is now stale
+        execute(state, pos, j, None, run);
     }
 }
 
@@ -362,22 +534,53 @@ fn finish(state: &mut CustomerState, pos: usize, j: &Compiled, reason: &str, run
 fn execute(state: &mut CustomerState, pos: usize, j: &Compiled, event: Option<&Event>, run: &mut Run<'_>) -> bool {
     // Validation forbids cycles without a wait; the bound is a second line of defence.
     for _ in 0..(j.def.steps.len() * 2 + 2) {
+        match run.catalog.lifecycle(&j.def.id) {
+            Lifecycle::Active => {}
+            Lifecycle::Archived => return finish(state, pos, j, "journey archived", run),
+            Lifecycle::Paused => {
+                // Hold at this step; a deferred send here is checked again on resume.
+                let inst = &mut state.journeys[pos];
+                inst.held = true;
+                inst.deferred = None;
+                inst.timer_seq = 0;
+                let step = inst.step.clone();
+                state.decide(run.cfg, run.now, DecisionKind::Scheduled, "journey paused", format!("{} holds at {step} until resumed", j.def.id));
+                run.effects.push(Effect::Held { journey: j.def.id.clone() });
+                return true;
+            }
+        }
         let Some(step) = j.step(&state.journeys[pos].step).cloned() else {
             return finish(state, pos, j, "unknown step", run);
         };
-        state.journeys[pos].path.push(step.id.clone());
+        if state.journeys[pos].deferred.is_none() {
+            state.journeys[pos].path.push(step.id.clone());
+        }
         let next = match &step.kind {
-            StepKind::Send { channel, template, fallback, topic, .. } => {
-                send(state, pos, j, &step.id, channel, template, fallback, topic.as_deref(), run);
-                step.next.clone()
-            }
+            StepKind::Send { .. } => match send(state, pos, j, &step, event, run) {
+                Sent::Continue => step.next.clone(),
+                Sent::Paused => return true,
+                Sent::Ended => return false,
+            },
             StepKind::Wait(WaitSpec::Duration { ms }) => {
                 set_timer(state, pos, run.now + ms, run);
                 return true;
             }
-            StepKind::Wait(other) => {
-                state.decide(run.cfg, run.now, DecisionKind::Skipped, "not yet supported", format!("{}: wait {other:?} is not supported yet; continuing", j.def.id));
-                step.next.clone()
+            StepKind::Wait(spec) => {
+                let (tz, source) = guard::customer_zone(state, run.settings());
+                let (at, what) = match spec {
+                    WaitSpec::LocalTime { weekday, hour, minute } => {
+                        let day = weekday.map(|w| format!("{} ", guard::weekday_name(w))).unwrap_or_default();
+                        (guard::next_local_time(run.now, &tz, *weekday, *hour, *minute), format!("next {day}{hour:02}:{minute:02}"))
+                    }
+                    WaitSpec::BestHour => {
+                        let h = guard::best_hour(state, run.settings());
+                        (guard::next_local_time(run.now, &tz, None, h, 0), format!("best hour {h:02}:00"))
+                    }
+                    WaitSpec::Duration { .. } => unreachable!("handled above"),
+                };
+                state.decide(run.cfg, run.now, DecisionKind::Scheduled, what, format!("{} {}: until {} in {source}", j.def.id, step.id, guard::describe_local(at, &tz)));
+                set_timer(state, pos, at, run);
+                return true;
             }
             StepKind::WaitFor { branches, timeout_ms, .. } => {
                 // A condition that already holds is taken at once.
@@ -427,8 +630,24 @@ fn execute(state: &mut CustomerState, pos: usize, j: &Compiled, event: Option<&E
                 step.next.clone()
             }
             StepKind::Webhook { template } => {
-                send(state, pos, j, &step.id, "webhook", template, &[], None, run);
-                step.next.clone()
+                let as_send = Step {
+                    id: step.id.clone(),
+                    kind: StepKind::Send {
+                        channel: "webhook".into(),
+                        template: template.clone(),
+                        fallback: Vec::new(),
+                        when_capped: WhenCapped::Skip,
+                        recheck: false,
+                        topic: None,
+                        when_quiet: WhenQuiet::Defer,
+                    },
+                    next: step.next.clone(),
+                };
+                match send(state, pos, j, &as_send, event, run) {
+                    Sent::Continue => step.next.clone(),
+                    Sent::Paused => return true,
+                    Sent::Ended => return false,
+                }
             }
             StepKind::Trigger { journey } => {
                 run.effects.push(Effect::Trigger { journey: journey.clone() });
@@ -452,46 +671,163 @@ fn set_timer(state: &mut CustomerState, pos: usize, at_ms: i64, run: &mut Run<'_
     run.effects.push(Effect::Timer { journey: inst.journey.clone(), entry_key: inst.entry_key.clone(), seq, at_ms });
 }
 
-#[allow(clippy::too_many_arguments)]
-fn send(state: &mut CustomerState, pos: usize, j: &Compiled, step: &str, channel: &str, template: &str, fallback: &[String], topic: Option<&str>, run: &mut Run<'_>) {
+/// How a send step ended.
+enum Sent {
+    /// Sent or skipped: go on to the next step.
+    Continue,
+    /// Deferred: the instance waits at the step for its timer.
+    Paused,
+    /// The instance left the journey (no longer eligible).
+    Ended,
+}
+
+/// A send step, in the order of checks of SPEC §5.1: (1) eligibility (`recheck`),
+/// (2) channel and topic consent, (3) a contact point — trying fallback channels —,
+/// (4) quiet hours, (5) caps and priority arbitration, (6) the idempotency key.
+fn send(state: &mut CustomerState, pos: usize, j: &Compiled, step: &Step, event: Option<&Event>, run: &mut Run<'_>) -> Sent {
+    let StepKind::Send { channel, template, fallback, when_capped, recheck, topic, when_quiet } = &step.kind else { return Sent::Continue };
+    let sid = step.id.as_str();
     let inst = state.journeys[pos].clone();
+    let releasing = inst.deferred.clone();
     if inst.holdout {
-        state.decide(run.cfg, run.now, DecisionKind::Skipped, "holdout", format!("{} {step}: control group, not messaged", j.def.id));
-        run.stat(j, step, "skipped_holdout", 1.0);
-        return;
+        state.decide(run.cfg, run.now, DecisionKind::Skipped, "holdout", format!("{} {sid}: control group, not messaged", j.def.id));
+        run.stat(j, sid, "skipped_holdout", 1.0);
+        return Sent::Continue;
     }
-    let mut reasons = Vec::new();
-    for (n, ch) in std::iter::once(channel).chain(fallback.iter().map(String::as_str)).enumerate() {
+    // 1. Still eligible?
+    if *recheck {
+        if let Some(f) = &j.def.entry.filter {
+            match run.cond(j, f, state, event, Some(&inst)) {
+                Ok(true) => {}
+                Ok(false) => {
+                    state.journeys[pos].deferred = None;
+                    return if finish(state, pos, j, "no longer eligible (entry filter rechecked)", run) { Sent::Paused } else { Sent::Ended };
+                }
+                Err(e) => {
+                    state.journeys[pos].deferred = None;
+                    state.decide(run.cfg, run.now, DecisionKind::Skipped, "expression error", format!("{} {sid} recheck: {e}", j.def.id));
+                    run.stat(j, sid, "skipped:expression", 1.0);
+                    return Sent::Continue;
+                }
+            }
+        }
+    }
+    let settings = run.settings();
+    let (tz, tz_source) = guard::customer_zone(state, settings);
+    let mut reasons: Vec<String> = Vec::new();
+    let mut skip_code = "contact";
+    let mut defer: Option<(i64, String, &'static str, bool)> = None;
+    for (n, ch) in std::iter::once(channel.as_str()).chain(fallback.iter().map(String::as_str)).enumerate() {
         let req = SendRequest {
-            request_id: format!("{}/v{}/{}/{}", j.def.id, j.version, inst.entry_key, step),
+            request_id: format!("{}/v{}/{}/{}", j.def.id, j.version, inst.entry_key, sid),
             customer: state.id,
             channel: ch.to_string(),
             template: template.to_string(),
             category: j.def.category,
             vars: Default::default(),
             send_at_ms: 0,
-            topic: topic.unwrap_or_default().to_string(),
+            topic: topic.clone().unwrap_or_default(),
         };
-        match check_send(state, &req) {
-            SendDecision::Send(mut intent) => {
-                // Deterministic per (journey version, step, entry): re-processing yields the same key.
-                intent.key = format!("j/{}/v{}/{}/{}/{}/{}", j.def.id, j.version, inst.entry_key, inst.entered_ms, step, state.id);
-                intent.journey = j.def.id.clone();
-                intent.created_ms = run.now;
-                if n > 0 {
-                    state.decide(run.cfg, run.now, DecisionKind::Fallback, reasons.join("; "), format!("{} {step}: {channel} → {ch}", j.def.id));
-                }
-                state.decide(run.cfg, run.now, DecisionKind::Sent, format!("journey {}", j.def.id), format!("{step}: {ch} {template} to {}", if intent.to.is_empty() { "-" } else { &intent.to }));
-                let flags = state.journeys[pos].steps.entry(step.to_string()).or_default();
-                flags.sent = true;
-                state.journeys[pos].sends += 1;
-                run.stat(j, step, "sent", 1.0);
-                run.effects.push(Effect::Send(intent));
-                return;
+        // 2–3. Consent and a contact point: on failure, try the next channel.
+        let mut intent = match check_send(state, &req) {
+            SendDecision::Send(intent) => intent,
+            SendDecision::Skip { reason, code } => {
+                reasons.push(format!("{ch}: {reason}"));
+                skip_code = code;
+                continue;
             }
-            SendDecision::Skip { reason } => reasons.push(format!("{ch}: {reason}")),
+        };
+        let marketing = j.def.category == Category::Marketing;
+        // 4. Quiet hours (transactional messages are exempt).
+        if let (true, Some(quiet)) = (marketing, settings.quiet_hours.get(ch)) {
+            if let Some(until) = guard::quiet_until(run.now, &tz, quiet) {
+                let why = format!("{ch} quiet hours {} in {tz_source}", quiet.describe());
+                match when_quiet {
+                    WhenQuiet::Defer => {
+                        defer = Some((until, why, "quiet_hours", false));
+                        break;
+                    }
+                    WhenQuiet::Skip => {
+                        reasons.push(format!("{ch}: {why}"));
+                        skip_code = "quiet_hours";
+                        continue;
+                    }
+                }
+            }
         }
+        // 5. Caps and priority.
+        let jcaps = JourneyCaps { journey: &j.def.id, sends_this_entry: inst.sends, per_entry_max: j.def.sends_per_entry_max, per_day_max: j.def.sends_per_day_max };
+        match guard::check_caps(state, settings, &tz, ch, j.def.category, Some(&jcaps), run.now) {
+            CapCheck::Capped { rule, free_at_ms } => {
+                let why = format!("{ch}: capped by {rule}");
+                skip_code = "capped";
+                match (when_capped, free_at_ms) {
+                    (WhenCapped::Fallback, _) => {
+                        reasons.push(why);
+                        continue;
+                    }
+                    (WhenCapped::Defer, Some(free)) => {
+                        defer = Some((free, format!("capped by {rule}"), "capped", false));
+                        break;
+                    }
+                    (WhenCapped::Defer, None) => {
+                        reasons.push(format!("{why} (no slot frees for this entry)"));
+                        break;
+                    }
+                    (WhenCapped::Skip, _) => {
+                        reasons.push(why);
+                        break;
+                    }
+                }
+            }
+            CapCheck::Open { last_slot } => {
+                let window = settings.arbitration_window_ms;
+                if last_slot && window > 0 && !releasing.as_ref().is_some_and(|d| d.arbitration) {
+                    // Join the customer's open arbitration batch, or open one.
+                    let until = state
+                        .journeys
+                        .iter()
+                        .filter_map(|x| x.deferred.as_ref().filter(|d| d.arbitration && d.until_ms >= run.now).map(|d| d.until_ms))
+                        .min()
+                        .unwrap_or(run.now + window);
+                    defer = Some((until, format!("arbitration: {ch} would take the last slot of a cap; sends due within {} go by priority", chorus_types::time::format_duration_ms(window)), "arbitration", true));
+                    break;
+                }
+            }
+        }
+        // 6. Send, with a key deterministic per (journey version, step, entry).
+        intent.key = format!("j/{}/v{}/{}/{}/{}/{}", j.def.id, j.version, inst.entry_key, inst.entered_ms, sid, state.id);
+        intent.journey = j.def.id.clone();
+        intent.created_ms = run.now;
+        if n > 0 {
+            state.decide(run.cfg, run.now, DecisionKind::Fallback, reasons.join("; "), format!("{} {sid}: {channel} → {ch}", j.def.id));
+            run.stat(j, sid, format!("fallback:{ch}"), 1.0);
+        }
+        let waited = releasing.as_ref().map(|d| format!(" after waiting since {} ({})", chorus_types::time::format_rfc3339_ms(d.since_ms), d.reason)).unwrap_or_default();
+        state.decide(run.cfg, run.now, DecisionKind::Sent, format!("journey {}", j.def.id), format!("{sid}: {ch} {template} to {}{waited}", if intent.to.is_empty() { "-" } else { &intent.to }));
+        guard::record_contact(state, guard::Contact { at_ms: run.now, channel: ch.to_string(), category: j.def.category, journey: j.def.id.clone() });
+        let inst = &mut state.journeys[pos];
+        inst.deferred = None;
+        inst.steps.entry(sid.to_string()).or_default().sent = true;
+        inst.sends += 1;
+        run.stat(j, sid, format!("sent:{ch}"), 1.0);
+        run.effects.push(Effect::Send(intent));
+        return Sent::Continue;
     }
-    state.decide(run.cfg, run.now, DecisionKind::Skipped, reasons.join("; "), format!("{} {step}", j.def.id));
-    run.stat(j, step, "skipped", 1.0);
+    if let Some((until, why, code, arbitration)) = defer {
+        let since = releasing.as_ref().map(|d| d.since_ms).unwrap_or(run.now);
+        if until - since <= settings.defer_max_ms {
+            state.journeys[pos].deferred = Some(Deferral { since_ms: since, until_ms: until, reason: why.clone(), arbitration });
+            set_timer(state, pos, until, run);
+            state.decide(run.cfg, run.now, DecisionKind::Deferred, why, format!("{} {sid}: {channel} until {}", j.def.id, guard::describe_local(until, &tz)));
+            run.stat(j, sid, format!("deferred:{code}"), 1.0);
+            return Sent::Paused;
+        }
+        reasons.push(format!("{why}: waiting until {} would exceed defer_max {}", guard::describe_local(until, &tz), chorus_types::time::format_duration_ms(settings.defer_max_ms)));
+        skip_code = "defer_max";
+    }
+    state.journeys[pos].deferred = None;
+    state.decide(run.cfg, run.now, DecisionKind::Skipped, reasons.join("; "), format!("{} {sid}", j.def.id));
+    run.stat(j, sid, format!("skipped:{skip_code}"), 1.0);
+    Sent::Continue
 }

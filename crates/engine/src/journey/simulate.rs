@@ -2,7 +2,7 @@
 //! virtual clock over a trace of events, with the same core code the node runs, and
 //! return every decision and effect in time order. Pure: the caller supplies the text.
 
-use super::run::{Compiled, Effect, Input, on_input};
+use super::run::{Effect, Input, RunCatalog, on_input};
 use crate::{ConsentEntry, ConsentStatus, CustomerState, EngineConfig, apply_event};
 use chorus_types::{CustomerId, Event, EventInput, Identity, IdentityKind};
 use serde_json::{Map, Value};
@@ -70,14 +70,18 @@ pub fn trace_event(line: &Value, n: usize) -> Result<(i64, Event), String> {
     Ok((at, e))
 }
 
-/// Run the simulation. Timers fire in time order before later events; after the last
+/// Timers pending in a simulation: (due, journey, entry key, seq).
+type Timers = Vec<(i64, String, String, u64)>;
+
+/// Run the simulation over the journeys of `catalog` (and its settings: quiet hours,
+/// caps, time zone). Timers fire in time order before later events; after the last
 /// event, pending timers up to `until_ms` fire too.
-pub fn simulate(journey: &Compiled, mut customer: CustomerState, mut trace: Vec<(i64, Event)>, until_ms: i64, cfg: &EngineConfig) -> Vec<Line> {
+pub fn simulate(catalog: &RunCatalog, mut customer: CustomerState, mut trace: Vec<(i64, Event)>, until_ms: i64, cfg: &EngineConfig) -> Vec<Line> {
     trace.sort_by_key(|(t, _)| *t);
     let mut out = Vec::new();
-    let mut timers: Vec<(i64, String, u64)> = Vec::new();
+    let mut timers: Timers = Vec::new();
     let mut seen = customer.decisions.len();
-    let record = |c: &CustomerState, at: i64, fx: Vec<Effect>, timers: &mut Vec<(i64, String, u64)>, out: &mut Vec<Line>, seen: &mut usize| {
+    let record = |c: &CustomerState, at: i64, fx: Vec<Effect>, timers: &mut Timers, out: &mut Vec<Line>, seen: &mut usize| {
         for d in c.decisions.iter().skip(*seen) {
             out.push(Line { at_ms: d.at_ms, kind: "decision", text: format!("{} — {} ({})", d.kind.as_str(), d.reason, d.detail) });
         }
@@ -85,21 +89,22 @@ pub fn simulate(journey: &Compiled, mut customer: CustomerState, mut trace: Vec<
         for e in fx {
             match e {
                 Effect::Send(i) => out.push(Line { at_ms: at, kind: "send", text: format!("{} {} to {} [key {}]", i.channel, i.template, if i.to.is_empty() { "-" } else { &i.to }, i.key) }),
-                Effect::Timer { entry_key, seq, at_ms, .. } => {
-                    timers.push((at_ms, entry_key, seq));
+                Effect::Timer { journey, entry_key, seq, at_ms } => {
+                    timers.push((at_ms, journey, entry_key, seq));
                     out.push(Line { at_ms: at, kind: "timer-set", text: format!("wake at {}", chorus_types::time::format_rfc3339_ms(at_ms)) });
                 }
                 Effect::Trigger { journey } => out.push(Line { at_ms: at, kind: "trigger", text: format!("enroll in {journey}") }),
                 Effect::Stat { .. } => {}
+                Effect::Held { journey } => out.push(Line { at_ms: at, kind: "held", text: format!("{journey} is paused: holding") }),
             }
         }
     };
-    let fire_until = |c: &mut CustomerState, limit: i64, timers: &mut Vec<(i64, String, u64)>, out: &mut Vec<Line>, seen: &mut usize| loop {
-        timers.sort_by_key(|(t, _, _)| *t);
-        let Some(pos) = timers.iter().position(|(t, _, _)| *t <= limit) else { break };
-        let (at, key, seq) = timers.remove(pos);
+    let fire_until = |c: &mut CustomerState, limit: i64, timers: &mut Timers, out: &mut Vec<Line>, seen: &mut usize| loop {
+        timers.sort_by_key(|(t, _, _, _)| *t);
+        let Some(pos) = timers.iter().position(|(t, _, _, _)| *t <= limit) else { break };
+        let (at, journey, key, seq) = timers.remove(pos);
         let before = c.decisions.len();
-        let fx = on_input(c, &Input::Timer { journey: &journey.def.id, entry_key: &key, seq }, &[journey], &[], at, cfg);
+        let fx = on_input(c, &Input::Timer { journey: &journey, entry_key: &key, seq }, catalog, &[], at, cfg);
         let text = if fx.is_empty() && c.decisions.len() == before { "timer fires: nothing to do (the customer moved on)" } else { "timer fires" };
         out.push(Line { at_ms: at, kind: "timer", text: text.into() });
         record(c, at, fx, timers, out, seen);
@@ -108,7 +113,7 @@ pub fn simulate(journey: &Compiled, mut customer: CustomerState, mut trace: Vec<
         fire_until(&mut customer, at, &mut timers, &mut out, &mut seen);
         out.push(Line { at_ms: at, kind: "event", text: format!("{} {}", event.event_type.as_str(), event.name) });
         apply_event(&mut customer, &event, at, cfg);
-        let fx = on_input(&mut customer, &Input::Event(&event), &[journey], &[], at, cfg);
+        let fx = on_input(&mut customer, &Input::Event(&event), catalog, &[], at, cfg);
         record(&customer, at, fx, &mut timers, &mut out, &mut seen);
     }
     fire_until(&mut customer, until_ms, &mut timers, &mut out, &mut seen);

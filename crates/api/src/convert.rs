@@ -151,3 +151,22 @@ pub fn profile(state: &CustomerState, merged_into: Option<String>, events: usize
         consent_json: consent.to_string(),
     }
 }
+
+/// A customer's consent and its ledger.
+pub fn consent(state: &CustomerState) -> v1::ConsentResponse {
+    let current = |kind: &str, m: &std::collections::BTreeMap<String, chorus_engine::ConsentEntry>| -> Vec<v1::ConsentState> {
+        m.iter().map(|(k, e)| v1::ConsentState { scope: format!("{kind}:{k}"), status: e.status.as_str().to_string(), at_ms: e.at_ms, source: e.source.clone() }).collect()
+    };
+    let mut all = current("channel", &state.consent.channels);
+    all.extend(current("topic", &state.consent.topics));
+    v1::ConsentResponse {
+        customer_id: state.id.to_string(),
+        current: all,
+        ledger: state
+            .consent
+            .ledger
+            .iter()
+            .map(|c| v1::ConsentLedgerEntry { at_ms: c.at_ms, scope: c.scope.clone(), status: c.status.as_str().to_string(), source: c.source.clone(), evidence: c.evidence.clone() })
+            .collect(),
+    }
+}

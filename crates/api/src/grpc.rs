@@ -142,6 +142,55 @@ impl v1::profiles_server::Profiles for Services {
             .collect();
         Ok(Response::new(v1::ExplainResponse { customer_id: state.id.to_string(), decisions }))
     }
+
+    async fn get_consent(&self, request: Request<v1::GetConsentRequest>) -> Result<Response<v1::ConsentResponse>, Status> {
+        let id = self.resolve_ref(request.into_inner().profile).await?;
+        let (state, _) = self.shards.customer_following_merges(id).await.map_err(ApiError::from)?.ok_or_else(|| ApiError::NotFound(format!("no customer {id}")))?;
+        Ok(Response::new(convert::consent(&state)))
+    }
+
+    async fn set_consent(&self, request: Request<v1::SetConsentRequest>) -> Result<Response<v1::ConsentResponse>, Status> {
+        let req = request.into_inner();
+        let (scope_kind, name) = match (req.channel.trim(), req.topic.trim()) {
+            (c, "") if !c.is_empty() => {
+                if !chorus_types::CHANNELS.contains(&c) {
+                    return Err(ApiError::invalid("channel", format!("{c:?} is not a channel: use one of {}", chorus_types::CHANNELS.join(", "))).into());
+                }
+                ("channel", c.to_string())
+            }
+            ("", t) if !t.is_empty() => ("topic", t.to_string()),
+            _ => return Err(ApiError::invalid("channel", "give exactly one of channel and topic").into()),
+        };
+        let status = match chorus_engine::ConsentStatus::parse(req.status.trim()) {
+            Some(s @ (chorus_engine::ConsentStatus::OptedIn | chorus_engine::ConsentStatus::OptedOut | chorus_engine::ConsentStatus::Unknown)) => s,
+            _ => return Err(ApiError::invalid("status", format!("{:?}: use opted_in, opted_out or unknown", req.status)).into()),
+        };
+        let id = self.resolve_ref(req.profile).await?;
+        let (state, _) = self.shards.customer_following_merges(id).await.map_err(ApiError::from)?.ok_or_else(|| ApiError::NotFound(format!("no customer {id}")))?;
+        // The change travels as an event of the customer's, so it is ordered with their
+        // other inputs and replicated like them.
+        let identity = chorus_types::routing::strongest(&state.identities).cloned().ok_or_else(|| ApiError::Internal(format!("customer {} has no identity", state.id)))?;
+        let consent = if scope_kind == "channel" {
+            serde_json::json!({ name.clone(): status.as_str() })
+        } else {
+            serde_json::json!({"topics": { name.clone(): status.as_str() }})
+        };
+        let request_id = if req.request_id.trim().is_empty() { format!("{}-{}-{}-{}", state.id, scope_kind, name, self.shards.now_ms()) } else { req.request_id.trim().to_string() };
+        let input = chorus_types::EventInput {
+            message_id: format!("consent/{request_id}"),
+            event_type: "identify".into(),
+            identities: vec![(identity.kind.as_str().to_string(), identity.value.clone())],
+            traits: serde_json::json!({ "consent": consent }).as_object().cloned().unwrap_or_default(),
+            ..Default::default()
+        };
+        let mut event = input.validate().map_err(|e| ApiError::invalid(e.field, e.message))?;
+        event.context = serde_json::json!({"chorus": {"consent_source": "api", "evidence": req.evidence.trim()}}).to_string();
+        for r in self.shards.ingest(vec![event]).await {
+            r.map_err(ApiError::from)?;
+        }
+        let (state, _) = self.shards.customer_following_merges(state.id).await.map_err(ApiError::from)?.ok_or_else(|| ApiError::NotFound(format!("no customer {id}")))?;
+        Ok(Response::new(convert::consent(&state)))
+    }
 }
 
 #[tonic::async_trait]

@@ -366,6 +366,47 @@ JSON: {customer_id, decisions: [{at_ms, at, kind, reason, detail}]} (detail is t
         #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=EXPLAIN_LIMIT_MAX as i64), value_name = "N")]
         limit: u32,
     },
+    /// Show a customer's consent per channel and topic with the full ledger of changes
+    /// (`profile consent ID`), or change it (`profile consent set ID ...`)
+    #[command(args_conflicts_with_subcommands = true, after_help = "Columns: SCOPE STATUS SINCE SOURCE, then the ledger: TIME SCOPE STATUS SOURCE EVIDENCE.\n\n\
+JSON: {customer_id, current: [{scope, status, at_ms, at, source}], ledger: [{at_ms, at, scope, status, source, evidence}]}")]
+    Consent(ConsentArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ConsentArgs {
+    #[command(subcommand)]
+    pub command: Option<ConsentCommand>,
+    /// Customer id (cu_…) or identity as kind:value
+    #[arg(value_name = "ID_OR_IDENTITY", value_parser = profile_target_arg)]
+    pub target: Option<ProfileTarget>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConsentCommand {
+    /// Set one channel's or topic's consent (recorded with source `api`); an opt-out
+    /// cancels pending sends on that channel at once
+    #[command(group(ArgGroup::new("scope").required(true).multiple(false)), after_help = "Examples:\n  chorusctl profile consent set email:ada@example.com --channel sms --status opted_out --evidence \"support ticket 42\"\n  chorusctl profile consent set user_id:42 --topic promotions --status opted_in")]
+    Set {
+        /// Customer id (cu_…) or identity as kind:value
+        #[arg(value_name = "ID_OR_IDENTITY", value_parser = profile_target_arg)]
+        target: ProfileTarget,
+        /// The channel (email, sms, mms, push, in_app, web, media, webhook)
+        #[arg(long, group = "scope")]
+        channel: Option<String>,
+        /// The topic (subscription group), e.g. promotions
+        #[arg(long, group = "scope")]
+        topic: Option<String>,
+        /// opted_in, opted_out or unknown
+        #[arg(long, value_parser = ["opted_in", "opted_out", "unknown"])]
+        status: String,
+        /// Why: a form, a ticket, an IP address (kept in the ledger)
+        #[arg(long, default_value = "")]
+        evidence: String,
+        /// Idempotency key (the same id is applied once)
+        #[arg(long)]
+        request_id: Option<String>,
+    },
 }
 
 #[derive(Args, Debug)]

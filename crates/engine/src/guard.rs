@@ -39,6 +39,9 @@ pub struct Settings {
     pub defer_max_ms: i64,
     /// Local hour used by `best_hour` waits for customers with no engagement yet.
     pub best_hour_default: u8,
+    /// An SMS opt-in from anywhere but the customer's phone stays pending until they
+    /// reply YES (SPEC §4.3 double opt-in).
+    pub sms_double_opt_in: bool,
 }
 
 impl Default for Settings {
@@ -51,6 +54,7 @@ impl Default for Settings {
             arbitration_window_ms: 1_000,
             defer_max_ms: 3 * 86_400_000,
             best_hour_default: 10,
+            sms_double_opt_in: false,
         }
     }
 }

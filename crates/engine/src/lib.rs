@@ -3,6 +3,7 @@
 //! so every replica and every replay makes the same decisions.
 
 pub mod config;
+pub mod consent;
 pub mod expr;
 pub mod guard;
 pub mod journey;

@@ -262,7 +262,8 @@ pub fn apply_event(state: &mut CustomerState, event: &Event, now_ms: i64, cfg: &
     if !event.traits.is_empty() {
         for (k, v) in event.traits.0.iter() {
             if k == CONSENT_TRAIT {
-                consent_changed |= apply_consent_trait(state, v, now_ms, &event.message_id, "identify", cfg);
+                let (source, evidence) = consent_origin(event);
+                consent_changed |= apply_consent_trait(state, v, now_ms, &evidence, &source, cfg);
                 continue;
             }
             if !traits_are_the_customers {
@@ -317,6 +318,21 @@ pub fn count_events(state: &CustomerState, name: &str, window_ms: i64, now_ms: i
     days.iter().filter(|(d, _)| *d >= first_day).map(|(_, c)| *c as u64).sum()
 }
 
+/// Where a consent change in `event` comes from: Chorus's own API marks its events in
+/// `context.chorus` (clients cannot set it); anything else is an identify call.
+fn consent_origin(event: &Event) -> (String, String) {
+    if event.context.contains("\"chorus\"") {
+        if let Ok(Value::Object(ctx)) = serde_json::from_str::<Value>(&event.context) {
+            if let Some(c) = ctx.get(chorus_types::event::CHORUS_CONTEXT_KEY) {
+                let source = c.get("consent_source").and_then(Value::as_str).unwrap_or("api").to_string();
+                let evidence = c.get("evidence").and_then(Value::as_str).filter(|e| !e.is_empty()).map(|e| format!("{e} ({})", event.message_id)).unwrap_or_else(|| event.message_id.clone());
+                return (source, evidence);
+            }
+        }
+    }
+    ("identify".to_string(), event.message_id.clone())
+}
+
 /// Apply `{"email": "opted_in", "topics": {"promotions": "opted_out"}}`.
 fn apply_consent_trait(state: &mut CustomerState, v: &Value, now_ms: i64, evidence: &str, source: &str, cfg: &EngineConfig) -> bool {
     let Value::Object(map) = v else {
@@ -339,7 +355,7 @@ fn apply_consent_trait(state: &mut CustomerState, v: &Value, now_ms: i64, eviden
 }
 
 #[allow(clippy::too_many_arguments)]
-fn set_consent(state: &mut CustomerState, cfg: &EngineConfig, now_ms: i64, channel: bool, name: &str, val: &Value, source: &str, evidence: &str) -> bool {
+pub(crate) fn set_consent(state: &mut CustomerState, cfg: &EngineConfig, now_ms: i64, channel: bool, name: &str, val: &Value, source: &str, evidence: &str) -> bool {
     let status = match val {
         Value::String(s) => ConsentStatus::parse(&s.to_ascii_lowercase()),
         Value::Bool(true) => Some(ConsentStatus::OptedIn),

@@ -7,6 +7,7 @@
 //! arbitration_window: 1s
 //! defer_max: 3d
 //! best_hour_default: 10
+//! sms_double_opt_in: false
 //! caps:
 //!   - { name: marketing-daily, max: 3, window: 24h }           # any channel
 //!   - { name: sms-per-day, channels: [sms], max: 1, window: 1d, calendar: true }
@@ -36,7 +37,7 @@ pub fn parse_settings(text: &str) -> Result<Settings, Vec<Diagnostic>> {
     Err(diags)
 }
 
-const KEYS: &[&str] = &["timezone", "arbitration_window", "defer_max", "best_hour_default", "caps", "quiet_hours"];
+const KEYS: &[&str] = &["timezone", "arbitration_window", "defer_max", "best_hour_default", "sms_double_opt_in", "caps", "quiet_hours"];
 const CAP_KEYS: &[&str] = &["name", "category", "channels", "max", "window", "calendar"];
 
 fn parse(value: &Value, problems: &mut Vec<(String, String)>) -> Settings {
@@ -88,6 +89,12 @@ fn parse(value: &Value, problems: &mut Vec<(String, String)>) -> Settings {
         match v.as_u64() {
             Some(h) if h < 24 => s.best_hour_default = h as u8,
             _ => err("best_hour_default".into(), "best_hour_default must be an hour from 0 to 23".into()),
+        }
+    }
+    if let Some(v) = m.get("sms_double_opt_in") {
+        match v.as_bool() {
+            Some(b) => s.sms_double_opt_in = b,
+            None => err("sms_double_opt_in".into(), "sms_double_opt_in is true or false".into()),
         }
     }
     if let Some(v) = m.get("caps") {
@@ -239,6 +246,7 @@ pub fn format_settings(s: &Settings) -> String {
     out.push_str(&format!("arbitration_window: {}\n", format_duration_ms(s.arbitration_window_ms)));
     out.push_str(&format!("defer_max: {}\n", format_duration_ms(s.defer_max_ms)));
     out.push_str(&format!("best_hour_default: {}\n", s.best_hour_default));
+    out.push_str(&format!("sms_double_opt_in: {}\n", s.sms_double_opt_in));
     if s.caps.is_empty() {
         out.push_str("caps: []\n");
     } else {
@@ -288,6 +296,7 @@ pub fn settings_json(s: &Settings) -> Value {
         "arbitration_window": format_duration_ms(s.arbitration_window_ms),
         "defer_max": format_duration_ms(s.defer_max_ms),
         "best_hour_default": s.best_hour_default,
+        "sms_double_opt_in": s.sms_double_opt_in,
         "caps": caps,
         "quiet_hours": quiet,
     })
@@ -314,7 +323,8 @@ mod tests {
 
     #[test]
     fn rule_settings_round_trip_through_their_text() {
-        let s = parse_settings("caps:\n  - { name: \"weekly all\", category: any, max: 10, window: 7d }\n").unwrap();
+        let s = parse_settings("sms_double_opt_in: true\ncaps:\n  - { name: \"weekly all\", category: any, max: 10, window: 7d }\n").unwrap();
+        assert!(s.sms_double_opt_in);
         assert_eq!(parse_settings(&format_settings(&s)).unwrap(), s);
         assert_eq!(parse_settings(&format_settings(&Settings::default())).unwrap(), Settings::default());
     }

@@ -90,9 +90,7 @@ impl Actor for CustomerActor {
                 let mut stats = Vec::new();
                 let mut held = Vec::new();
                 for (now_ms, input) in inputs.iter() {
-                    if let Some(i) = apply_input(&mut live.state, input, *now_ms, &live.config) {
-                        intents.push(i);
-                    }
+                    apply_input(&mut live.state, input, *now_ms, &live.config, &catalog.settings, &mut intents);
                     let mut out = JourneyOutput { intents: &mut intents, timers: &mut timers, stats: &mut stats, held: &mut held };
                     run_journeys(&mut live.state, input, *now_ms, &live.config, &catalog, &mut out);
                 }
@@ -148,18 +146,17 @@ pub fn run_journeys(state: &mut CustomerState, input: &CustomerInput, now_ms: i6
     }
 }
 
-/// Apply one input with the decision core. Pure given (state, input, now, config).
-/// Returns an intent when the core decided to send.
-pub fn apply_input(state: &mut CustomerState, input: &CustomerInput, now_ms: i64, config: &ShardConfig) -> Option<Intent> {
+/// Apply one input with the decision core. Pure given (state, input, now, config,
+/// settings). Intents the core decided to send are appended to `intents`.
+pub fn apply_input(state: &mut CustomerState, input: &CustomerInput, now_ms: i64, config: &ShardConfig, settings: &chorus_engine::guard::Settings, intents: &mut Vec<Intent>) {
     let cfg = &config.engine;
     match input {
         // Handled by `run_journeys`.
         CustomerInput::JourneyTimer { .. } | CustomerInput::JourneyWake { .. } => {}
         CustomerInput::Send(req) => {
-            return match chorus_engine::decide_send(state, req, now_ms, cfg) {
-                chorus_engine::SendDecision::Send(intent) => Some(intent),
-                chorus_engine::SendDecision::Skip { .. } => None,
-            };
+            if let chorus_engine::SendDecision::Send(intent) = chorus_engine::decide_send(state, req, now_ms, cfg) {
+                intents.push(intent);
+            }
         }
         CustomerInput::Scheduled { request, at_ms } => {
             state.decide(cfg, now_ms, DecisionKind::Scheduled, "send_at in the future", format!("{} {} at {} ms (request {})", request.channel, request.template, at_ms, request.request_id));
@@ -186,7 +183,14 @@ pub fn apply_input(state: &mut CustomerState, input: &CustomerInput, now_ms: i64
             if state.event_count == 0 && state.decisions.is_empty() {
                 state.decide(cfg, now_ms, DecisionKind::Created, "first seen", format!("{} {:?} ({})", e.event_type.as_str(), e.name, e.message_id));
             }
+            let ledger_before = state.consent.ledger.len();
             chorus_engine::apply_event(state, e, now_ms, cfg);
+            // SMS keywords, the help reply and double opt-in.
+            for req in chorus_engine::consent::after_event(state, e, ledger_before, settings, now_ms, cfg) {
+                if let chorus_engine::SendDecision::Send(intent) = chorus_engine::decide_send(state, &req, now_ms, cfg) {
+                    intents.push(intent);
+                }
+            }
         }
         CustomerInput::Link(id) => {
             if state.link_identity(cfg, now_ms, id) {
@@ -214,5 +218,4 @@ pub fn apply_input(state: &mut CustomerState, input: &CustomerInput, now_ms: i64
             );
         }
     }
-    None
 }

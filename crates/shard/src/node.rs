@@ -312,6 +312,11 @@ impl Shards {
         self.propose_catalog(chorus_types::CatalogChange::PutSettings { settings: chorus_types::encoding::encode(settings) }).await
     }
 
+    /// The node clock (manual clocks included).
+    pub fn now_ms(&self) -> i64 {
+        self.inner.clock.now_ms()
+    }
+
     /// The cluster settings in force.
     pub fn settings(&self) -> Result<chorus_engine::guard::Settings, ShardError> {
         crate::apply::read_settings(&self.inner.store, 0).map_err(ShardError::Store)

@@ -158,6 +158,12 @@ impl EventInput {
                 identities.push(id);
             }
         }
+        if self.context.contains_key(CHORUS_CONTEXT_KEY) {
+            return Err(FieldError::new(
+                "context.chorus",
+                "is reserved for Chorus itself (to set consent with its source and evidence, use Profiles.SetConsent or `chorusctl profile consent set`)",
+            ));
+        }
         let properties = json_text(&self.properties);
         let context = json_text(&self.context);
         let payload_bytes = properties.len() + json_len(&self.traits) + context.len();
@@ -186,6 +192,10 @@ impl EventInput {
         })
     }
 }
+
+/// Context key only Chorus may set (clients are refused): `{"consent_source", "evidence"}`
+/// of consent changes made through the API, so the ledger records where they came from.
+pub const CHORUS_CONTEXT_KEY: &str = "chorus";
 
 fn json_text(m: &serde_json::Map<String, serde_json::Value>) -> String {
     if m.is_empty() { String::new() } else { serde_json::to_string(m).unwrap_or_default() }

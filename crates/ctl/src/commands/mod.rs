@@ -103,6 +103,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             ProfileCommand::Explain { target, journey, limit } => {
                 profile::explain(&ctx, &target, journey.as_deref(), limit).await?
             }
+            ProfileCommand::Consent(args) => match (args.command, args.target) {
+                (Some(crate::args::ConsentCommand::Set { target, channel, topic, status, evidence, request_id }), _) => {
+                    let change = profile::ConsentChange { channel, topic, status, evidence, request_id };
+                    profile::consent(&ctx, &target, Some(change)).await?
+                }
+                (None, Some(target)) => profile::consent(&ctx, &target, None).await?,
+                (None, None) => return Err(Failure::usage("give a customer: chorusctl profile consent ID_OR_IDENTITY").into()),
+            },
         },
         Command::Messages { command: MessagesCommand::Tail { last, follow, customer, body } } => {
             messages::tail(&ctx, last, follow, customer.as_ref(), body).await?

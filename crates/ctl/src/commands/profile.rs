@@ -84,6 +84,66 @@ pub async fn explain(ctx: &Ctx, target: &ProfileTarget, journey: Option<&str>, l
     Ok(EXIT_OK)
 }
 
+/// A consent change asked for on the command line.
+pub struct ConsentChange {
+    pub channel: Option<String>,
+    pub topic: Option<String>,
+    pub status: String,
+    pub evidence: String,
+    pub request_id: Option<String>,
+}
+
+/// `profile consent ID` (show) and `profile consent set ID ...`.
+pub async fn consent(ctx: &Ctx, target: &ProfileTarget, change: Option<ConsentChange>) -> anyhow::Result<u8> {
+    use chorus_proto::v1::{GetConsentRequest, SetConsentRequest};
+    let mut profiles = ProfilesClient::new(ctx.connect().await?).max_decoding_message_size(super::RESPONSE_BYTES_MAX);
+    let r = match change {
+        None => {
+            let action = "read the customer's consent";
+            ctx.call_status(action, profiles.get_consent(GetConsentRequest { profile: Some(profile_ref(target)) })).await?.map_err(|s| lookup_failure(ctx, target, &s, action))?
+        }
+        Some(c) => {
+            let action = "set the customer's consent";
+            let req = SetConsentRequest {
+                profile: Some(profile_ref(target)),
+                channel: c.channel.unwrap_or_default(),
+                topic: c.topic.unwrap_or_default(),
+                status: c.status,
+                evidence: c.evidence,
+                request_id: c.request_id.unwrap_or_default(),
+            };
+            ctx.call_status(action, profiles.set_consent(req)).await?.map_err(|s| lookup_failure(ctx, target, &s, action))?
+        }
+    };
+    if ctx.json() {
+        emit_json(&json!({
+            "customer_id": r.customer_id,
+            "current": r.current.iter().map(|c| json!({"scope": c.scope, "status": c.status, "at_ms": c.at_ms, "at": time_json(c.at_ms), "source": c.source})).collect::<Vec<_>>(),
+            "ledger": r.ledger.iter().map(|l| json!({"at_ms": l.at_ms, "at": time_json(l.at_ms), "scope": l.scope, "status": l.status, "source": l.source, "evidence": l.evidence})).collect::<Vec<_>>(),
+        }));
+        return Ok(EXIT_OK);
+    }
+    emit(&format!("customer {}", r.customer_id));
+    if r.current.is_empty() {
+        emit("no consent recorded: channel policies for unknown consent apply (email may receive marketing; sms needs an opt-in)");
+    } else {
+        let mut t = crate::output::Table::new(&["SCOPE", "STATUS", "SINCE", "SOURCE"]);
+        for c in &r.current {
+            t.push(vec![c.scope.clone(), c.status.clone(), crate::output::time_cell(c.at_ms), c.source.clone()]);
+        }
+        emit(&t.render());
+    }
+    if !r.ledger.is_empty() {
+        emit("\nledger:");
+        let mut t = crate::output::Table::new(&["TIME", "SCOPE", "STATUS", "SOURCE", "EVIDENCE"]);
+        for l in &r.ledger {
+            t.push(vec![crate::output::time_cell(l.at_ms), l.scope.clone(), l.status.clone(), l.source.clone(), l.evidence.clone()]);
+        }
+        emit(&t.render());
+    }
+    Ok(EXIT_OK)
+}
+
 fn identities_json(ids: &[Identity]) -> Value {
     Value::Array(ids.iter().map(|i| json!({"kind": i.kind, "value": i.value})).collect())
 }

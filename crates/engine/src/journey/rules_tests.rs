@@ -323,3 +323,24 @@ fn rule_archived_journeys_exit_customers_in_flight() {
     assert!(c.journeys.is_empty());
     assert!(last(&c, DecisionKind::Exited).starts_with("journey archived"), "{:?}", c.decisions);
 }
+
+#[test]
+fn rule_an_opt_out_cancels_deferred_sends_at_once() {
+    let cat = catalog(vec![compile(&sms_journey("promo", 50, "Browsed", ""), 1)], Settings::default());
+    let mut c = customer();
+    let deferred = event(&mut c, &cat, "Browsed", ms(LATE));
+    // The customer texts STOP at 23:00: the waiting SMS is decided again right then.
+    let props = json!({"body": "stop"});
+    let stop = EventInput { message_id: "in-1".into(), name: crate::consent::INBOUND_SMS_EVENT.into(), identities: vec![("phone".into(), "+14155550123".into())], properties: props.as_object().cloned().unwrap(), ..Default::default() }.validate().unwrap();
+    let at = ms(LATE) + 30 * 60_000;
+    let before = c.consent.ledger.len();
+    apply_event(&mut c, &stop, at, &EngineConfig::default());
+    crate::consent::after_event(&mut c, &stop, before, &cat.settings, at, &EngineConfig::default());
+    let fx = on_input(&mut c, &Input::Event(&stop), &cat, &[], at, &EngineConfig::default());
+    assert!(sent(&fx).is_empty());
+    let skipped = c.decisions.iter().rev().find(|d| d.kind == DecisionKind::Skipped).unwrap();
+    assert_eq!((skipped.at_ms, skipped.reason.as_str()), (at, "sms: sms opted out"));
+    assert!(c.journeys.iter().all(|i| i.deferred.is_none()));
+    // The original timer is stale: nothing goes out in the morning.
+    assert!(sent(&fire(&mut c, &cat, &deferred)).is_empty());
+}

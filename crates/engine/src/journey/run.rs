@@ -230,6 +230,9 @@ pub fn on_input(state: &mut CustomerState, input: &Input<'_>, catalog: &RunCatal
     migrate(state, &mut run);
     match input {
         Input::Event(event) => {
+            // 0. An opt-out acts at once on sends waiting on that channel or topic: they
+            // are decided again now (skipped, or sent on a fallback channel).
+            cancel_opted_out(state, &mut run);
             // 1. In-flight instances: engagement, exits, goals, wait_for events/conditions.
             let mut i = 0;
             while i < state.journeys.len() {
@@ -304,6 +307,32 @@ pub fn on_input(state: &mut CustomerState, input: &Input<'_>, catalog: &RunCatal
         }
     }
     run.effects
+}
+
+/// Decide again, now, every deferred send whose channel or topic is opted out.
+fn cancel_opted_out(state: &mut CustomerState, run: &mut Run<'_>) {
+    let mut i = 0;
+    while i < state.journeys.len() {
+        let inst = &state.journeys[i];
+        let blocked = match (&inst.deferred, version_of(run.catalog, inst)) {
+            (Some(_), Some(j)) => match j.step(&inst.step).map(|s| &s.kind) {
+                Some(StepKind::Send { channel, topic, .. }) => {
+                    let out = |e: Option<&crate::ConsentEntry>| e.is_some_and(|e| e.status == crate::ConsentStatus::OptedOut);
+                    out(state.consent.channels.get(channel)) || topic.as_ref().is_some_and(|t| j.def.category == Category::Marketing && out(state.consent.topics.get(t)))
+                }
+                _ => false,
+            },
+            _ => false,
+        };
+        if blocked {
+            let j = version_of(run.catalog, &state.journeys[i]).expect("checked above");
+            state.journeys[i].timer_seq = 0;
+            if !execute(state, i, j, None, run) {
+                continue; // the instance ended
+            }
+        }
+        i += 1;
+    }
 }
 
 /// Move in-flight instances of older versions whose step the latest version maps

@@ -174,6 +174,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .add_service(v1::messages_server::MessagesServer::new(services.clone()))
         .add_service(v1::journeys_server::JourneysServer::new(services.clone()))
         .add_service(v1::settings_server::SettingsServer::new(services.clone()))
+        .add_service(v1::audiences_server::AudiencesServer::new(services.clone()))
         .serve_with_incoming_shutdown(
             // Small replies must not wait for Nagle's algorithm.
             tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),

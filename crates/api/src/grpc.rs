@@ -460,6 +460,7 @@ impl v1::journeys_server::Journeys for Services {
         let file = if req.file_name.is_empty() { "journey".to_string() } else { req.file_name };
         let catalog = chorus_engine::journey::Catalog {
             journeys: Some(self.shards.journeys().map_err(ApiError::from)?.into_iter().map(|j| j.id).collect()),
+            audiences: Some(self.shards.audiences().iter().map(|a| a.def.id.clone()).collect()),
             // Every channel has a connector on this node (the capture connector at least).
             connected_channels: Some(chorus_types::CHANNELS.iter().map(|c| c.to_string()).collect()),
             ..Default::default()
@@ -528,6 +529,114 @@ impl v1::journeys_server::Journeys for Services {
         self.journey(&req.id)?;
         self.shards.set_lifecycle(&req.id, lifecycle).await.map_err(ApiError::from)?;
         Ok(Response::new(v1::SetLifecycleResponse { id: req.id, lifecycle: lifecycle.as_str().to_string() }))
+    }
+
+    async fn enroll(&self, request: Request<v1::EnrollRequest>) -> Result<Response<v1::EnrollResponse>, Status> {
+        let req = request.into_inner();
+        let j = self.journey(&req.journey)?;
+        if !matches!(j.def.entry.trigger, chorus_engine::journey::Trigger::Api) {
+            return Err(ApiError::invalid("journey", format!("journey {:?} enters on {:?}, not by API: give it `entry: {{ api: true }}`", j.id, j.def.entry.trigger)).into());
+        }
+        if j.lifecycle != chorus_engine::journey::run::Lifecycle::Active {
+            return Err(ApiError::invalid("journey", format!("journey {:?} is {}: resume it to enroll customers", j.id, j.lifecycle.as_str())).into());
+        }
+        let mut properties = match req.properties_json.trim() {
+            "" => serde_json::Map::new(),
+            text => match serde_json::from_str::<serde_json::Value>(text) {
+                Ok(serde_json::Value::Object(m)) => m,
+                _ => return Err(ApiError::invalid("properties_json", "must be a JSON object").into()),
+            },
+        };
+        properties.insert("journey".into(), serde_json::Value::String(j.id.clone()));
+        let id = self.resolve_ref(req.profile).await?;
+        let (state, _) = self.shards.customer_following_merges(id).await.map_err(ApiError::from)?.ok_or_else(|| ApiError::NotFound(format!("no customer {id}")))?;
+        let identity = chorus_types::routing::strongest(&state.identities).cloned().ok_or_else(|| ApiError::Internal(format!("customer {} has no identity", state.id)))?;
+        let request_id = if req.request_id.trim().is_empty() { format!("{}-{}-{}", j.id, state.id, self.shards.now_ms()) } else { req.request_id.trim().to_string() };
+        let input = chorus_types::EventInput {
+            message_id: format!("enroll/{request_id}"),
+            name: chorus_engine::journey::run::ENROLL_EVENT.into(),
+            identities: vec![(identity.kind.as_str().to_string(), identity.value.clone())],
+            properties,
+            ..Default::default()
+        };
+        let event = input.validate().map_err(|e| ApiError::invalid(e.field, e.message))?;
+        for r in self.shards.ingest(vec![event]).await {
+            r.map_err(ApiError::from)?;
+        }
+        Ok(Response::new(v1::EnrollResponse { customer_id: state.id.to_string(), journey: j.id }))
+    }
+}
+
+#[tonic::async_trait]
+impl v1::audiences_server::Audiences for Services {
+    async fn apply(&self, request: Request<v1::ApplyAudienceRequest>) -> Result<Response<v1::ApplyAudienceResponse>, Status> {
+        let req = request.into_inner();
+        let file = if req.file_name.is_empty() { "audience".to_string() } else { req.file_name };
+        let def = chorus_engine::audience::parse_audience(&req.source).map_err(|diags| {
+            let lines: Vec<String> = diags.iter().map(|d| format!("{file}:{d}")).collect();
+            ApiError::invalid("source", format!("the audience is not valid:\n{}", lines.join("\n")))
+        })?;
+        let known = self.shards.audiences();
+        if !known.iter().any(|a| a.def.id == def.id) && known.len() >= chorus_engine::audience::AUDIENCES_MAX {
+            return Err(ApiError::invalid("source", format!("this cluster already has {} audiences, the most it evaluates", chorus_engine::audience::AUDIENCES_MAX)).into());
+        }
+        let (version, evaluated) = self.shards.publish_audience(&def).await.map_err(ApiError::from)?;
+        let (counts, _) = self.shards.audience_members(&def.id, 0).map_err(ApiError::from)?;
+        Ok(Response::new(v1::ApplyAudienceResponse { id: def.id, version, evaluated, members: counts.iter().map(|(_, n)| n).sum() }))
+    }
+
+    async fn list(&self, _: Request<v1::ListAudiencesRequest>) -> Result<Response<v1::ListAudiencesResponse>, Status> {
+        let mut audiences = Vec::new();
+        for a in self.shards.audiences() {
+            let (counts, _) = self.shards.audience_members(&a.def.id, 0).map_err(ApiError::from)?;
+            audiences.push(v1::AudienceSummary {
+                id: a.def.id.clone(),
+                version: a.version,
+                name: a.def.name.clone(),
+                description: a.def.description.clone(),
+                condition: a.def.condition.clone(),
+                members: counts.iter().map(|(_, n)| n).sum(),
+            });
+        }
+        Ok(Response::new(v1::ListAudiencesResponse { audiences }))
+    }
+
+    async fn count(&self, request: Request<v1::AudienceCountRequest>) -> Result<Response<v1::AudienceCountResponse>, Status> {
+        let id = request.into_inner().id;
+        self.audience(&id)?;
+        let (counts, _) = self.shards.audience_members(&id, 0).map_err(ApiError::from)?;
+        Ok(Response::new(v1::AudienceCountResponse {
+            id,
+            count: counts.iter().map(|(_, n)| n).sum(),
+            per_shard: counts.into_iter().map(|(shard, count)| v1::ShardCount { shard, count }).collect(),
+        }))
+    }
+
+    async fn preview(&self, request: Request<v1::AudiencePreviewRequest>) -> Result<Response<v1::AudiencePreviewResponse>, Status> {
+        let req = request.into_inner();
+        self.audience(&req.id)?;
+        let limit = if req.limit == 0 { 10 } else { req.limit.min(1000) } as usize;
+        let (counts, ids) = self.shards.audience_members(&req.id, limit).map_err(ApiError::from)?;
+        let mut members = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(state) = self.shards.customer(id).await.map_err(ApiError::from)? {
+                members.push(v1::AudienceMember {
+                    customer_id: state.id.to_string(),
+                    identities: state.identities.iter().map(|i| v1::Identity { kind: i.kind.as_str().to_string(), value: i.value.clone() }).collect(),
+                });
+            }
+        }
+        Ok(Response::new(v1::AudiencePreviewResponse { id: req.id, count: counts.iter().map(|(_, n)| n).sum(), members }))
+    }
+}
+
+impl Services {
+    fn audience(&self, id: &str) -> Result<(), Status> {
+        if self.shards.audiences().iter().any(|a| a.def.id == id) {
+            Ok(())
+        } else {
+            Err(ApiError::NotFound(format!("no audience {id:?}: see `chorusctl audience list`")).into())
+        }
     }
 }
 

@@ -107,10 +107,50 @@ pub enum Command {
         #[command(subcommand)]
         command: JourneyCommand,
     },
+    /// Audiences: named conditions over profiles and event history, kept up to date on
+    /// every change to a customer
+    Audience {
+        #[command(subcommand)]
+        command: AudienceCommand,
+    },
     /// Cluster settings for guardrails: frequency caps, quiet hours, default time zone
     Settings {
         #[command(subcommand)]
         command: SettingsCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AudienceCommand {
+    /// Check audience files without a node
+    #[command(after_help = "FILE (YAML or JSON):\n  id: high-value-browsers\n  name: High-value browsers\n  condition: 'profile.ltv > 500 && events.count(\"Product Viewed\", duration(\"7d\")) >= 2'")]
+    Validate {
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<std::path::PathBuf>,
+    },
+    /// Publish audience files; every existing customer is evaluated before this returns
+    #[command(after_help = "JSON: [{file, id, version, evaluated, members}]")]
+    Apply {
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<std::path::PathBuf>,
+    },
+    /// List the audiences with their member counts
+    #[command(after_help = "Columns: ID VERSION MEMBERS NAME CONDITION.\n\nJSON: {audiences: [{id, version, name, description, condition, members}]}")]
+    List,
+    /// How many customers are in an audience now (counted on every shard)
+    #[command(after_help = "JSON: {id, count, per_shard: [{shard, count}]}")]
+    Count {
+        /// Audience id
+        id: String,
+    },
+    /// A sample of an audience's members with their identities
+    #[command(after_help = "JSON: {id, count, members: [{customer_id, identities: [{kind, value}]}]}")]
+    Preview {
+        /// Audience id
+        id: String,
+        /// Most members to show
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        limit: u32,
     },
 }
 
@@ -182,6 +222,21 @@ holdout_converted, treatment_rate, holdout_rate, absolute_lift, relative_lift, c
     Archive {
         /// Journey id
         id: String,
+    },
+    /// Enroll a customer in a journey whose entry is `api: true`
+    #[command(after_help = "JSON: {customer_id, journey}\n\nExample:\n  chorusctl journey enroll winback email:ada@example.com --properties '{\"offer\": \"10%\"}'")]
+    Enroll {
+        /// Journey id
+        journey: String,
+        /// Customer id (cu_…) or identity as kind:value
+        #[arg(value_name = "ID_OR_IDENTITY", value_parser = profile_target_arg)]
+        target: ProfileTarget,
+        /// The entry event's properties (a JSON object)
+        #[arg(long, value_name = "JSON")]
+        properties: Option<String>,
+        /// Idempotency key (the same id enrolls once)
+        #[arg(long)]
+        request_id: Option<String>,
     },
     /// Run a journey offline for one customer on a virtual clock over a trace of events
     /// and print every decision with its time and reason (the node's own core code)

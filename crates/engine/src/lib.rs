@@ -2,6 +2,7 @@
 //! **Invariant:** no I/O, no clock, no randomness, no tokio — time comes in as `now_ms`,
 //! so every replica and every replay makes the same decisions.
 
+pub mod audience;
 pub mod config;
 pub mod consent;
 pub mod expr;

@@ -38,6 +38,8 @@ pub struct CustomerState {
     pub contacts: VecDeque<crate::guard::Contact>,
     /// Opens per local hour of day (24 slots once the first open is seen), for `best_hour`.
     pub open_hours: Vec<u32>,
+    /// Audiences the customer belongs to, sorted (SPEC §4.1 "segment memberships").
+    pub segments: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -87,6 +89,8 @@ pub enum DecisionKind {
     Fallback,
     /// A send waits: quiet hours, a cap, or priority arbitration.
     Deferred,
+    AudienceEntered,
+    AudienceExited,
 }
 
 impl DecisionKind {
@@ -112,6 +116,8 @@ impl DecisionKind {
             DecisionKind::Converted => "converted",
             DecisionKind::Fallback => "fallback",
             DecisionKind::Deferred => "deferred",
+            DecisionKind::AudienceEntered => "audience.entered",
+            DecisionKind::AudienceExited => "audience.exited",
         }
     }
 }
@@ -198,6 +204,7 @@ impl CustomerState {
             timer_seq: 0,
             contacts: VecDeque::new(),
             open_hours: Vec::new(),
+            segments: Vec::new(),
         }
     }
 
@@ -415,10 +422,10 @@ pub fn merge_into(survivor: &mut CustomerState, other: &mut CustomerState, now_m
     // and the other's exits with reason `merged` (no duplicate messages). Moved
     // instances keep their timer numbers; the counter stays above all of them.
     for inst in std::mem::take(&mut other.journeys) {
-        if survivor.journeys.iter().any(|s| s.journey == inst.journey && !s.done) {
+        if survivor.journeys.iter().any(|s| s.journey == inst.journey && s.entry_key == inst.entry_key && !s.done) {
             survivor.decide(cfg, now_ms, DecisionKind::Exited, "merged", format!("{} of {} (this profile is already in it)", inst.journey, other.id));
         } else {
-            survivor.journeys.retain(|s| s.journey != inst.journey);
+            survivor.journeys.retain(|s| !(s.journey == inst.journey && s.entry_key == inst.entry_key));
             survivor.journeys.push(inst);
         }
     }
@@ -444,6 +451,9 @@ pub fn merge_into(survivor: &mut CustomerState, other: &mut CustomerState, now_m
     survivor.merged_from.push(other.id);
     survivor.merged_from.extend(other.merged_from.iter().copied());
     survivor.decide(cfg, now_ms, DecisionKind::Merged, "identity link", format!("{} merged into this profile", other.id));
+    // Memberships are re-evaluated for the survivor at its next change; the tombstone
+    // belongs to none.
+    other.segments.clear();
     other.merged_into = Some(survivor.id);
     other.updated_ms = now_ms;
     other.history.clear();

@@ -103,7 +103,36 @@ pub fn load_catalog(store: &Store, shard: ShardId) -> Result<JourneyCatalog, Str
     if let Some(v) = store.shard().get(keys::catalog_settings(shard)).map_err(|e| e.to_string())? {
         out.settings = chorus_types::encoding::decode(&v).map_err(|e| e.to_string())?;
     }
+    let mut audiences = Vec::new();
+    for kv in store.shard().prefix(keys::catalog_audiences_prefix(shard)) {
+        let (_, v) = kv.into_inner().map_err(|e| e.to_string())?;
+        let (order, version, def): (u64, u32, Vec<u8>) = chorus_types::encoding::decode(&v).map_err(|e| e.to_string())?;
+        let def: chorus_engine::audience::AudienceDef = chorus_types::encoding::decode(&def).map_err(|e| e.to_string())?;
+        audiences.push((order, Arc::new(chorus_engine::audience::CompiledAudience::new(def, version)?)));
+    }
+    audiences.sort_by_key(|(o, _)| *o);
+    out.audiences = audiences.into_iter().map(|(_, a)| a).collect();
+    let runs_prefix = keys::catalog_schedule_runs_prefix(shard);
+    for kv in store.shard().prefix(&runs_prefix) {
+        let (k, v) = kv.into_inner().map_err(|e| e.to_string())?;
+        let id = String::from_utf8_lossy(&k[runs_prefix.len()..]).into_owned();
+        out.schedule_runs.insert(id, chorus_types::encoding::decode(&v).map_err(|e| e.to_string())?);
+    }
     Ok(Arc::new(out))
+}
+
+/// Members of `audience` in `shard`: how many, and the first `sample` of them.
+pub fn audience_members(store: &Store, shard: ShardId, audience: &str, sample: usize) -> Result<(u64, Vec<CustomerId>), String> {
+    let mut count = 0;
+    let mut first = Vec::new();
+    for kv in store.shard().prefix(keys::members_prefix(shard, audience)) {
+        let k = kv.key().map_err(|e| e.to_string())?;
+        count += 1;
+        if first.len() < sample {
+            first.extend(keys::trailing_customer(&k));
+        }
+    }
+    Ok((count, first))
 }
 
 /// Journey counters of `shard`: (version, step, what) → (count, sum).
@@ -188,6 +217,11 @@ impl ShardApp {
 
     pub fn config(&self) -> &ShardConfig {
         &self.config
+    }
+
+    /// The catalog this shard applies inputs with now.
+    pub fn catalog(&self) -> JourneyCatalog {
+        self.catalog.read().expect("catalog lock").clone()
     }
 
     /// Passivate idle actors between apply rounds (their state is persisted).
@@ -326,6 +360,8 @@ struct Round<'a> {
     catalog_changed: bool,
     /// Customers that started holding in a paused journey this round.
     paused_marks: HashSet<(String, CustomerId)>,
+    /// Audience membership changes of this round, in order: (audience, customer, member).
+    membership: Vec<(String, CustomerId, bool)>,
     now_ms: i64,
 }
 
@@ -353,6 +389,7 @@ impl<'a> Round<'a> {
             catalog: app.catalog.read().expect("catalog lock").clone(),
             catalog_changed: false,
             paused_marks: HashSet::new(),
+            membership: Vec::new(),
             now_ms: 0,
         }
     }
@@ -419,6 +456,15 @@ impl<'a> Round<'a> {
                 Ok(ShardResult::Done)
             }
             ShardOp::Noop => Ok(ShardResult::Done),
+            ShardOp::Evaluate { customers } => {
+                for c in customers {
+                    let c = self.resolve_tomb(c)?;
+                    if c.home_shard() == self.shard() && (self.created.contains_key(&c) || self.load_state(c).is_ok()) {
+                        self.push(c, now, CustomerInput::Evaluate);
+                    }
+                }
+                Ok(ShardResult::Done)
+            }
             ShardOp::Catalog { change } => {
                 // Inputs before this entry run with the catalog they were committed under.
                 self.flush_all().await?;
@@ -427,6 +473,8 @@ impl<'a> Round<'a> {
                     journeys: self.catalog.journeys.clone(),
                     lifecycle: self.catalog.lifecycle.clone(),
                     settings: self.catalog.settings.clone(),
+                    audiences: self.catalog.audiences.clone(),
+                    schedule_runs: self.catalog.schedule_runs.clone(),
                 };
                 match change {
                     chorus_types::CatalogChange::PutJourney { id, version, def } => {
@@ -474,6 +522,57 @@ impl<'a> Round<'a> {
                     chorus_types::CatalogChange::PutSettings { settings } => {
                         next.settings = chorus_types::encoding::decode(&settings).map_err(io_err)?;
                         self.batch.insert(self.app.store.shard(), keys::catalog_settings(shard), settings);
+                    }
+                    chorus_types::CatalogChange::PutAudience { id, version, def } => {
+                        let decoded: chorus_engine::audience::AudienceDef = chorus_types::encoding::decode(&def).map_err(io_err)?;
+                        let compiled = Arc::new(chorus_engine::audience::CompiledAudience::new(decoded, version).map_err(io_err)?);
+                        // An audience keeps its place in the evaluation order when updated.
+                        let order = match self.app.store.shard().get(keys::catalog_audience(shard, &id)).map_err(io_err)? {
+                            Some(v) => chorus_types::encoding::decode::<(u64, u32, Vec<u8>)>(&v).map_err(io_err)?.0,
+                            None => {
+                                self.meta.audience_orders += 1;
+                                self.meta.audience_orders
+                            }
+                        };
+                        self.batch.insert(self.app.store.shard(), keys::catalog_audience(shard, &id), chorus_types::encoding::encode(&(order, version, def)));
+                        match next.audiences.iter().position(|a| a.def.id == id) {
+                            Some(p) => next.audiences[p] = compiled,
+                            None => next.audiences.push(compiled),
+                        }
+                    }
+                    chorus_types::CatalogChange::RunSchedule { journey, at_ms } => {
+                        if next.schedule_runs.get(&journey).is_some_and(|last| *last >= at_ms) {
+                            return Ok(ShardResult::Done); // this run was already applied
+                        }
+                        next.schedule_runs.insert(journey.clone(), at_ms);
+                        self.batch.insert(self.app.store.shard(), keys::catalog_schedule_run(shard, &journey), chorus_types::encoding::encode(&at_ms));
+                        let audience = next.latest(&journey).and_then(|j| match &j.def.entry.trigger {
+                            chorus_engine::journey::Trigger::Schedule { audience, .. } => Some(audience.clone()),
+                            _ => None,
+                        });
+                        self.catalog = Arc::new(next);
+                        self.catalog_changed = true;
+                        if let Some(audience) = audience {
+                            let mut members: Vec<CustomerId> = Vec::new();
+                            for kv in self.app.store.shard().prefix(keys::members_prefix(shard, &audience)) {
+                                members.extend(keys::trailing_customer(&kv.key().map_err(io_err)?));
+                            }
+                            for (a, c, member) in &self.membership {
+                                if *a == audience {
+                                    if *member {
+                                        members.push(*c);
+                                    } else {
+                                        members.retain(|m| m != c);
+                                    }
+                                }
+                            }
+                            members.sort_unstable();
+                            members.dedup();
+                            for c in members {
+                                self.push(c, now, CustomerInput::Enroll { journey: journey.clone(), at_ms });
+                            }
+                        }
+                        return Ok(ShardResult::Done);
                     }
                 }
                 self.catalog = Arc::new(next);
@@ -550,6 +649,20 @@ impl<'a> Round<'a> {
             let e = self.stats.entry(keys::stat(shard, &journey, version, &step, &what)).or_insert((0, 0.0));
             e.0 += 1;
             e.1 += value;
+        }
+    }
+
+    /// Keep the audience member index in step with the customers' memberships.
+    fn add_membership(&mut self, customer: CustomerId, changes: Vec<(String, bool)>) {
+        let shard = self.shard();
+        for (audience, member) in changes {
+            let key = keys::member(shard, &audience, customer);
+            if member {
+                self.batch.insert(self.app.store.shard(), key, b"".to_vec());
+            } else {
+                self.batch.remove(self.app.store.shard(), key);
+            }
+            self.membership.push((audience, customer, member));
         }
     }
 
@@ -1157,6 +1270,7 @@ impl<'a> Round<'a> {
                     self.add_timers(applied.timers);
                     self.add_stats(applied.stats);
                     self.add_paused(id, applied.held);
+                    self.add_membership(id, applied.membership);
                 }
                 None => {
                     let inputs = Arc::try_unwrap(inputs).unwrap_or_else(|shared| (*shared).clone());
@@ -1182,6 +1296,7 @@ impl<'a> Round<'a> {
                     self.add_timers(applied.timers);
                     self.add_stats(applied.stats);
                     self.add_paused(id, applied.held);
+                    self.add_membership(id, applied.membership);
                     registry.clear_failures(id);
                     return Ok(());
                 }

@@ -29,6 +29,10 @@ pub enum CustomerInput {
     JourneyTimer { journey: String, entry_key: String, seq: u64 },
     /// A paused journey was resumed or archived: held instances move on.
     JourneyWake { journey: String },
+    /// Re-evaluate the customer's audiences (an audience was applied).
+    Evaluate,
+    /// A scheduled entry enrolls the customer in `journey` (its audience's member).
+    Enroll { journey: String, at_ms: i64 },
 }
 
 /// The journeys the core runs (every version, compiled once per catalog change), their
@@ -48,6 +52,8 @@ pub struct Applied {
     pub stats: Vec<StatDelta>,
     /// Journeys this customer now holds in because they are paused.
     pub held: Vec<String>,
+    /// Audience membership changes: (audience, member now).
+    pub membership: Vec<(String, bool)>,
 }
 
 /// One journey counter increment.
@@ -89,22 +95,58 @@ impl Actor for CustomerActor {
                 let mut timers = Vec::new();
                 let mut stats = Vec::new();
                 let mut held = Vec::new();
+                let before = live.state.segments.clone();
                 for (now_ms, input) in inputs.iter() {
                     apply_input(&mut live.state, input, *now_ms, &live.config, &catalog.settings, &mut intents);
                     let mut out = JourneyOutput { intents: &mut intents, timers: &mut timers, stats: &mut stats, held: &mut held };
                     run_journeys(&mut live.state, input, *now_ms, &live.config, &catalog, &mut out);
+                    run_audiences(&mut live.state, input, *now_ms, &live.config, &catalog, &mut out);
                 }
-                let _ = reply.send(Applied { id: live.state.id, encoded: chorus_types::encoding::encode(&live.state), intents, timers, stats, held });
+                let membership = membership_changes(&before, &live.state.segments);
+                let _ = reply.send(Applied { id: live.state.id, encoded: chorus_types::encoding::encode(&live.state), intents, timers, stats, held, membership });
             }
             CustomerMsg::Get(reply) => {
                 let _ = reply.send(live.state.clone());
             }
             CustomerMsg::Replace(state, reply) => {
+                let membership = membership_changes(&live.state.segments, &state.segments);
                 live.state = *state;
-                let _ = reply.send(Applied { id: live.state.id, encoded: chorus_types::encoding::encode(&live.state), intents: Vec::new(), timers: Vec::new(), stats: Vec::new(), held: Vec::new() });
+                let _ = reply.send(Applied {
+                    id: live.state.id,
+                    encoded: chorus_types::encoding::encode(&live.state),
+                    intents: Vec::new(),
+                    timers: Vec::new(),
+                    stats: Vec::new(),
+                    held: Vec::new(),
+                    membership,
+                });
             }
         }
         Ok(())
+    }
+}
+
+/// (audience, member now) for every difference between two sorted membership lists.
+fn membership_changes(before: &[String], after: &[String]) -> Vec<(String, bool)> {
+    let mut out: Vec<(String, bool)> = before.iter().filter(|a| !after.contains(a)).map(|a| (a.clone(), false)).collect();
+    out.extend(after.iter().filter(|a| !before.contains(a)).map(|a| (a.clone(), true)));
+    out
+}
+
+/// Re-evaluate the customer's audiences after an input that can change what they
+/// match; each change becomes an `audience.entered` / `audience.exited` event that is
+/// recorded in the history and runs the journeys (audience entries, exits, goals).
+fn run_audiences(state: &mut CustomerState, input: &CustomerInput, now_ms: i64, config: &ShardConfig, catalog: &JourneyCatalog, out: &mut JourneyOutput<'_>) {
+    use chorus_engine::audience::{change_event, evaluate_audiences, forget_removed};
+    let relevant = matches!(input, CustomerInput::Event(_) | CustomerInput::Link(_) | CustomerInput::Unlink { .. } | CustomerInput::Evaluate | CustomerInput::JourneyTimer { .. } | CustomerInput::JourneyWake { .. });
+    if !relevant || state.is_tombstone() || (catalog.audiences.is_empty() && state.segments.is_empty()) {
+        return;
+    }
+    forget_removed(state, &catalog.audiences);
+    for (audience, entered) in evaluate_audiences(state, &catalog.audiences, now_ms, &config.engine) {
+        let event = change_event(state, &audience, entered, now_ms);
+        chorus_engine::apply_event(state, &event, now_ms, &config.engine);
+        run_journeys(state, &CustomerInput::Event(event), now_ms, config, catalog, out);
     }
 }
 
@@ -125,12 +167,16 @@ pub fn run_journeys(state: &mut CustomerState, input: &CustomerInput, now_ms: i6
     let effects = match input {
         // Opens feed the best-hour histogram even when no journey runs.
         CustomerInput::Event(e) if !catalog.journeys.is_empty() || e.name.ends_with(".opened") => {
-            on_input(state, &Input::Event(e), catalog, &[], now_ms, &config.engine)
+            on_input(state, &Input::Event(e), catalog, now_ms, &config.engine)
         }
         CustomerInput::JourneyTimer { journey, entry_key, seq } => {
-            on_input(state, &Input::Timer { journey, entry_key, seq: *seq }, catalog, &[], now_ms, &config.engine)
+            on_input(state, &Input::Timer { journey, entry_key, seq: *seq }, catalog, now_ms, &config.engine)
         }
-        CustomerInput::JourneyWake { journey } => on_input(state, &Input::Wake { journey }, catalog, &[], now_ms, &config.engine),
+        CustomerInput::JourneyWake { journey } => on_input(state, &Input::Wake { journey }, catalog, now_ms, &config.engine),
+        CustomerInput::Enroll { journey, at_ms } => {
+            let event = enroll_event(state, journey, *at_ms);
+            on_input(state, &Input::Event(&event), catalog, now_ms, &config.engine)
+        }
         _ => return,
     };
     for e in effects {
@@ -146,13 +192,29 @@ pub fn run_journeys(state: &mut CustomerState, input: &CustomerInput, now_ms: i6
     }
 }
 
+/// The event a scheduled entry enrolls a customer with (deterministic per run).
+fn enroll_event(state: &CustomerState, journey: &str, at_ms: i64) -> Event {
+    use chorus_engine::journey::run::ENROLL_EVENT;
+    let input = chorus_types::EventInput {
+        message_id: format!("{ENROLL_EVENT}/{journey}/{}/{at_ms}", state.id),
+        name: ENROLL_EVENT.into(),
+        identities: vec![("user_id".into(), state.id.to_string())],
+        properties: serde_json::json!({"journey": journey, "scheduled_at_ms": at_ms}).as_object().cloned().unwrap_or_default(),
+        timestamp_ms: at_ms,
+        ..Default::default()
+    };
+    let mut e = input.validate().expect("a well-formed enroll event");
+    e.identities.clear();
+    e
+}
+
 /// Apply one input with the decision core. Pure given (state, input, now, config,
 /// settings). Intents the core decided to send are appended to `intents`.
 pub fn apply_input(state: &mut CustomerState, input: &CustomerInput, now_ms: i64, config: &ShardConfig, settings: &chorus_engine::guard::Settings, intents: &mut Vec<Intent>) {
     let cfg = &config.engine;
     match input {
         // Handled by `run_journeys`.
-        CustomerInput::JourneyTimer { .. } | CustomerInput::JourneyWake { .. } => {}
+        CustomerInput::JourneyTimer { .. } | CustomerInput::JourneyWake { .. } | CustomerInput::Enroll { .. } | CustomerInput::Evaluate => {}
         CustomerInput::Send(req) => {
             if let chorus_engine::SendDecision::Send(intent) = chorus_engine::decide_send(state, req, now_ms, cfg) {
                 intents.push(intent);

@@ -29,10 +29,13 @@ pub const OUTBOX: u8 = b'o';
 /// Durable timers: due ms (u64 BE) ++ timer id → timer.
 pub const TIMER: u8 = b't';
 /// Catalog: `v/` ++ journey id \0 version (u32 BE) → encoded definition;
-/// `l/` ++ journey id → lifecycle; `s` → encoded settings.
+/// `l/` ++ journey id → lifecycle; `s` → encoded settings; `a/` ++ audience id →
+/// (order, version, encoded definition); `r/` ++ journey id → last scheduled run (ms).
 pub const CATALOG: u8 = b'g';
 /// Customers holding in a paused journey: journey \0 customer → ().
 pub const PAUSED: u8 = b'w';
+/// Audience members: audience \0 customer → ().
+pub const MEMBER: u8 = b'n';
 /// Journey counters: journey \0 version (u32 BE) step \0 what → (count, sum).
 pub const STATS: u8 = b'u';
 /// Inputs parked for quarantined customers: customer ++ seq.
@@ -143,6 +146,35 @@ pub fn catalog_lifecycle_prefix(shard: ShardId) -> Vec<u8> {
 }
 pub fn catalog_settings(shard: ShardId) -> Vec<u8> {
     shard_key(shard, CATALOG, b"s")
+}
+pub fn catalog_audience(shard: ShardId, id: &str) -> Vec<u8> {
+    let mut rest = b"a/".to_vec();
+    rest.extend_from_slice(id.as_bytes());
+    shard_key(shard, CATALOG, &rest)
+}
+pub fn catalog_audiences_prefix(shard: ShardId) -> Vec<u8> {
+    shard_key(shard, CATALOG, b"a/")
+}
+pub fn catalog_schedule_run(shard: ShardId, journey: &str) -> Vec<u8> {
+    let mut rest = b"r/".to_vec();
+    rest.extend_from_slice(journey.as_bytes());
+    shard_key(shard, CATALOG, &rest)
+}
+pub fn catalog_schedule_runs_prefix(shard: ShardId) -> Vec<u8> {
+    shard_key(shard, CATALOG, b"r/")
+}
+pub fn member(shard: ShardId, audience: &str, customer: CustomerId) -> Vec<u8> {
+    let mut rest = paused_prefix_rest(audience);
+    rest.extend_from_slice(&customer.0.to_be_bytes());
+    shard_key(shard, MEMBER, &rest)
+}
+pub fn members_prefix(shard: ShardId, audience: &str) -> Vec<u8> {
+    shard_key(shard, MEMBER, &paused_prefix_rest(audience))
+}
+/// The customer id at the end of a member or paused key.
+pub fn trailing_customer(key: &[u8]) -> Option<CustomerId> {
+    let b = key.get(key.len().checked_sub(8)?..)?;
+    Some(CustomerId(u64::from_be_bytes(b.try_into().ok()?)))
 }
 pub fn paused(shard: ShardId, journey: &str, customer: CustomerId) -> Vec<u8> {
     let mut rest = paused_prefix_rest(journey);

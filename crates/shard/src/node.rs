@@ -132,6 +132,9 @@ impl Shards {
             tasks.push(tokio::spawn(async move { me.dispatcher(i, rx).await }));
         }
         let me = self.clone();
+        let rx = self.inner.shutdown.subscribe();
+        tasks.push(tokio::spawn(async move { me.scheduler(rx).await }));
+        let me = self.clone();
         let mut rx = self.inner.shutdown.subscribe();
         tasks.push(tokio::spawn(async move {
             let period = Duration::from_millis((me.inner.config.actor_idle_ms / 4).clamp(50, 5_000));
@@ -146,6 +149,43 @@ impl Shards {
             }
         }));
         self.inner.tasks.lock().expect("tasks lock").extend(tasks);
+    }
+
+    /// Run scheduled journey entries when due (by the node clock): every shard enrolls
+    /// its members of the journey's audience at the same log-ordered catalog entry.
+    /// Missed runs (the node was down, or the clock jumped) collapse into one.
+    async fn scheduler(&self, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                _ = shutdown.changed() => return,
+            }
+            let Some(h) = self.inner.shards.first() else { return };
+            if !h.group.is_leader() {
+                continue;
+            }
+            let catalog = h.app.catalog();
+            let now = self.inner.clock.now_ms();
+            for j in catalog.latest_versions() {
+                let chorus_engine::journey::Trigger::Schedule { every_ms, at, .. } = &j.def.entry.trigger else { continue };
+                if catalog.lifecycle(&j.def.id) != chorus_engine::journey::run::Lifecycle::Active {
+                    continue;
+                }
+                let first = at.as_deref().and_then(chorus_types::time::parse_rfc3339_ms);
+                let due = match (catalog.schedule_runs.get(&j.def.id), every_ms) {
+                    (None, _) => first.unwrap_or(now),
+                    (Some(last), Some(every)) if *every > 0 => last + ((now - last) / every).max(1) * every,
+                    (Some(_), _) => continue, // a one-time schedule that ran
+                };
+                if due > now {
+                    continue;
+                }
+                tracing::info!(journey = %j.def.id, at_ms = due, "scheduled entry is due");
+                if let Err(e) = self.propose_catalog(chorus_types::CatalogChange::RunSchedule { journey: j.def.id.clone(), at_ms: due }).await {
+                    tracing::warn!(journey = %j.def.id, error = %e, "scheduled entry failed; retrying");
+                }
+            }
+        }
     }
 
     /// Propose a tick whenever shard `i`'s earliest timer is due (by the node clock,
@@ -310,6 +350,51 @@ impl Shards {
     /// Replace the cluster settings (caps, quiet hours, time zone) on every shard.
     pub async fn put_settings(&self, settings: &chorus_engine::guard::Settings) -> Result<(), ShardError> {
         self.propose_catalog(chorus_types::CatalogChange::PutSettings { settings: chorus_types::encoding::encode(settings) }).await
+    }
+
+    /// Publish a new version of an audience to every shard, then evaluate every existing
+    /// customer against it (in log-ordered batches) so counts are right at once.
+    /// Returns (version, customers evaluated).
+    pub async fn publish_audience(&self, def: &chorus_engine::audience::AudienceDef) -> Result<(u32, u64), ShardError> {
+        let version = self.audiences().iter().find(|a| a.def.id == def.id).map(|a| a.version + 1).unwrap_or(1);
+        self.propose_catalog(chorus_types::CatalogChange::PutAudience { id: def.id.clone(), version, def: chorus_types::encoding::encode(def) }).await?;
+        const BATCH: usize = 512;
+        let backfills = self.inner.shards.iter().map(|h| async move {
+            let mut ids = Vec::new();
+            for kv in self.inner.store.shard().prefix(crate::keys::customer_prefix(h.id)) {
+                let k = kv.key().map_err(|e| ShardError::Store(e.to_string()))?;
+                ids.extend(crate::keys::trailing_customer(&k));
+            }
+            let n = ids.len() as u64;
+            for chunk in ids.chunks(BATCH) {
+                let cmd = ShardCommand { now_ms: self.inner.clock.now_ms(), op: ShardOp::Evaluate { customers: chunk.to_vec() } };
+                h.group.propose(cmd).await?;
+            }
+            Ok::<u64, ShardError>(n)
+        });
+        let mut evaluated = 0;
+        for r in futures::future::join_all(backfills).await {
+            evaluated += r?;
+        }
+        Ok((version, evaluated))
+    }
+
+    /// The audiences in the catalog, in evaluation order.
+    pub fn audiences(&self) -> Vec<Arc<chorus_engine::audience::CompiledAudience>> {
+        self.inner.shards.first().map(|h| h.app.catalog().audiences.clone()).unwrap_or_default()
+    }
+
+    /// How many customers are in `audience` now, per shard, and a sample of up to
+    /// `sample` members (scatter-gather over every shard's member index).
+    pub fn audience_members(&self, audience: &str, sample: usize) -> Result<(Vec<(ShardId, u64)>, Vec<CustomerId>), ShardError> {
+        let mut counts = Vec::new();
+        let mut members = Vec::new();
+        for h in &self.inner.shards {
+            let (n, first) = crate::apply::audience_members(&self.inner.store, h.id, audience, sample.saturating_sub(members.len())).map_err(ShardError::Store)?;
+            counts.push((h.id, n));
+            members.extend(first);
+        }
+        Ok((counts, members))
     }
 
     /// The node clock (manual clocks included).

@@ -26,6 +26,8 @@ pub struct ShardMeta {
     pub intents: u64,
     /// Next sequence number of an input held for a frozen customer.
     pub held_seq: u64,
+    /// Audiences ever applied here: gives each new audience its evaluation order.
+    pub audience_orders: u64,
 }
 
 pub fn read_meta(store: &Store, shard: ShardId) -> Result<ShardMeta, String> {

@@ -33,6 +33,8 @@ pub enum ShardOp {
     /// A change to the catalog (journeys, ...), applied by every shard at its position
     /// in that shard's log.
     Catalog { change: CatalogChange },
+    /// Re-evaluate these customers' audiences (backfill after an audience is applied).
+    Evaluate { customers: Vec<CustomerId> },
 }
 
 /// Catalog changes. Definitions travel encoded (the core owns their types).
@@ -45,6 +47,11 @@ pub enum CatalogChange {
     SetLifecycle { id: String, lifecycle: String },
     /// Replace the cluster settings (an encoded `guard::Settings`).
     PutSettings { settings: Vec<u8> },
+    /// Publish version `version` of audience `id` (an encoded `AudienceDef`).
+    PutAudience { id: String, version: u32, def: Vec<u8> },
+    /// A scheduled entry of journey `journey` is due at `at_ms`: each shard enrolls its
+    /// members of the journey's audience.
+    RunSchedule { journey: String, at_ms: i64 },
 }
 
 /// A message between shards (SPEC §3.1).
@@ -139,6 +146,7 @@ impl std::fmt::Display for ShardCommand {
             ShardOp::Noop => write!(f, "noop@{}", self.now_ms),
             ShardOp::Send { requests } => write!(f, "send({})@{}", requests.len(), self.now_ms),
             ShardOp::Catalog { .. } => write!(f, "catalog@{}", self.now_ms),
+            ShardOp::Evaluate { customers } => write!(f, "evaluate({})@{}", customers.len(), self.now_ms),
         }
     }
 }

@@ -235,3 +235,29 @@ pub async fn stats(ctx: &Ctx, id: &str) -> anyhow::Result<u8> {
     emit(&t.render());
     Ok(EXIT_OK)
 }
+
+/// `journey enroll`: Journeys.Enroll.
+pub async fn enroll(ctx: &Ctx, journey: &str, target: &crate::args::ProfileTarget, properties: Option<&str>, request_id: Option<&str>) -> anyhow::Result<u8> {
+    use chorus_proto::v1::EnrollRequest;
+    use chorus_proto::v1::journeys_client::JourneysClient;
+    if let Some(p) = properties {
+        match serde_json::from_str::<Value>(p) {
+            Ok(Value::Object(_)) => {}
+            _ => return Err(Failure::usage(format!("--properties {p:?} is not a JSON object")).hint("e.g. --properties '{\"offer\": \"10%\"}'").into()),
+        }
+    }
+    let mut client = JourneysClient::new(ctx.connect().await?);
+    let req = EnrollRequest {
+        journey: journey.to_string(),
+        profile: Some(super::profile::profile_ref(target)),
+        properties_json: properties.unwrap_or_default().to_string(),
+        request_id: request_id.unwrap_or_default().to_string(),
+    };
+    let r = ctx.call("enroll a customer", client.enroll(req)).await?;
+    if ctx.json() {
+        emit_json(&json!({"customer_id": r.customer_id, "journey": r.journey}));
+    } else {
+        emit(&format!("{} enrolled in journey {:?}", r.customer_id, r.journey));
+    }
+    Ok(EXIT_OK)
+}

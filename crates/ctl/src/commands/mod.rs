@@ -1,6 +1,7 @@
 //! Runs one parsed command against a node: connecting, timeouts, and dispatch to the
 //! command modules. Commands return an exit code or a [`Failure`]; only they print.
 
+mod audience;
 mod clock;
 mod cluster;
 mod event;
@@ -10,7 +11,7 @@ mod profile;
 mod settings;
 
 use crate::args::{
-    Cli, ClockCommand, ClusterCommand, Command, EventCommand, JourneyCommand, MessagesCommand, ProfileCommand, SettingsCommand, ShardCommand,
+    AudienceCommand, Cli, ClockCommand, ClusterCommand, Command, EventCommand, JourneyCommand, MessagesCommand, ProfileCommand, SettingsCommand, ShardCommand,
 };
 use crate::failure::{self, Failure};
 use crate::output::Format;
@@ -130,6 +131,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Journey { command: JourneyCommand::Pause { id } } => journey::set_lifecycle(&ctx, &id, "paused").await?,
         Command::Journey { command: JourneyCommand::Resume { id } } => journey::set_lifecycle(&ctx, &id, "active").await?,
         Command::Journey { command: JourneyCommand::Archive { id } } => journey::set_lifecycle(&ctx, &id, "archived").await?,
+        Command::Journey { command: JourneyCommand::Enroll { journey, target, properties, request_id } } => {
+            journey::enroll(&ctx, &journey, &target, properties.as_deref(), request_id.as_deref()).await?
+        }
+        Command::Audience { command } => match command {
+            AudienceCommand::Validate { files } => audience::validate(&ctx, &files)?,
+            AudienceCommand::Apply { files } => audience::apply(&ctx, &files).await?,
+            AudienceCommand::List => audience::list(&ctx).await?,
+            AudienceCommand::Count { id } => audience::count(&ctx, &id).await?,
+            AudienceCommand::Preview { id, limit } => audience::preview(&ctx, &id, limit).await?,
+        },
         Command::Settings { command: SettingsCommand::Show } => settings::show(&ctx).await?,
         Command::Settings { command: SettingsCommand::Validate { file } } => settings::validate(&ctx, &file)?,
         Command::Settings { command: SettingsCommand::Apply { file } } => settings::apply(&ctx, &file).await?,

@@ -55,12 +55,12 @@ fn ev(name: &str, traits: serde_json::Value) -> Event {
 fn event(c: &mut CustomerState, cat: &RunCatalog, name: &str, now: i64) -> Vec<Effect> {
     let e = ev(name, serde_json::Value::Null);
     apply_event(c, &e, now, &EngineConfig::default());
-    on_input(c, &Input::Event(&e), cat, &[], now, &EngineConfig::default())
+    on_input(c, &Input::Event(&e), cat, now, &EngineConfig::default())
 }
 
 fn fire(c: &mut CustomerState, cat: &RunCatalog, fx: &[Effect]) -> Vec<Effect> {
     let (journey, key, seq, at) = fx.iter().find_map(|e| if let Effect::Timer { journey, entry_key, seq, at_ms } = e { Some((journey.clone(), entry_key.clone(), *seq, *at_ms)) } else { None }).expect("a timer");
-    on_input(c, &Input::Timer { journey: &journey, entry_key: &key, seq }, cat, &[], at, &EngineConfig::default())
+    on_input(c, &Input::Timer { journey: &journey, entry_key: &key, seq }, cat, at, &EngineConfig::default())
 }
 
 fn timer_at(fx: &[Effect]) -> i64 {
@@ -260,7 +260,7 @@ fn rule_best_hour_waits_for_the_customers_most_likely_open_hour() {
         // 19:xx New York time (00:xx UTC the next day).
         let e = ev("email.opened", serde_json::Value::Null);
         let at = ms(&format!("{day}T00:15:00Z"));
-        on_input(&mut c, &Input::Event(&e), &cat, &[], at, &EngineConfig::default());
+        on_input(&mut c, &Input::Event(&e), &cat, at, &EngineConfig::default());
     }
     let fx = event(&mut c, &cat, "Browsed", ms(NOON));
     assert_eq!(timer_at(&fx), ms("2027-01-16T00:00:00Z"), "19:00 New York time");
@@ -309,7 +309,7 @@ fn rule_paused_journeys_take_no_entries_and_hold_customers_at_their_next_step() 
     let mut other = CustomerState::new(CustomerId::new(0, 9), 0);
     assert!(event(&mut other, &cat, "Signed Up", ms(NOON)).is_empty() && other.journeys.is_empty(), "no entries while paused");
     cat.lifecycle.insert("onboarding".into(), Lifecycle::Active);
-    let fx = on_input(&mut c, &Input::Wake { journey: "onboarding" }, &cat, &[], ms(NOON) + 2 * H, &EngineConfig::default());
+    let fx = on_input(&mut c, &Input::Wake { journey: "onboarding" }, &cat, ms(NOON) + 2 * H, &EngineConfig::default());
     assert_eq!(sent(&fx), vec!["email hello-v1"]);
 }
 
@@ -336,11 +336,61 @@ fn rule_an_opt_out_cancels_deferred_sends_at_once() {
     let before = c.consent.ledger.len();
     apply_event(&mut c, &stop, at, &EngineConfig::default());
     crate::consent::after_event(&mut c, &stop, before, &cat.settings, at, &EngineConfig::default());
-    let fx = on_input(&mut c, &Input::Event(&stop), &cat, &[], at, &EngineConfig::default());
+    let fx = on_input(&mut c, &Input::Event(&stop), &cat, at, &EngineConfig::default());
     assert!(sent(&fx).is_empty());
     let skipped = c.decisions.iter().rev().find(|d| d.kind == DecisionKind::Skipped).unwrap();
     assert_eq!((skipped.at_ms, skipped.reason.as_str()), (at, "sms: sms opted out"));
     assert!(c.journeys.iter().all(|i| i.deferred.is_none()));
     // The original timer is stale: nothing goes out in the morning.
     assert!(sent(&fire(&mut c, &cat, &deferred)).is_empty());
+}
+
+fn track(name: &str, props: serde_json::Value, id: &str) -> Event {
+    EventInput { message_id: id.into(), name: name.into(), identities: vec![("email".into(), "ada@example.com".into())], properties: props.as_object().cloned().unwrap_or_default(), ..Default::default() }.validate().unwrap()
+}
+
+fn on(c: &mut CustomerState, cat: &RunCatalog, e: &Event, now: i64) -> Vec<Effect> {
+    apply_event(c, e, now, &EngineConfig::default());
+    on_input(c, &Input::Event(e), cat, now, &EngineConfig::default())
+}
+
+#[test]
+fn rule_entry_keys_allow_one_instance_per_key_up_to_max_concurrent() {
+    let text = "id: order-updates\ncategory: transactional\nentry:\n  event: Order Placed\n  entry_key: event.properties.order_id\n  max_concurrent: 2\nsteps:\n  - id: confirm\n    send: { channel: email, template: order-confirmation }\n    next: ship\n  - id: ship\n    wait_for:\n      events:\n        - event: Order Shipped\n          filter: 'event.properties.order_id == entry.properties.order_id'\n          next: shipped\n      timeout: 7d\n      on_timeout: shipped\n  - id: shipped\n    send: { channel: email, template: order-shipped }\n";
+    let cat = catalog(vec![compile(text, 1)], Settings::default());
+    let mut c = customer();
+    assert_eq!(sent(&on(&mut c, &cat, &track("Order Placed", json!({"order_id": "A1"}), "o1"), ms(NOON))), vec!["email order-confirmation"]);
+    // The same order again: already in the journey with that key.
+    assert!(sent(&on(&mut c, &cat, &track("Order Placed", json!({"order_id": "A1"}), "o1b"), ms(NOON) + 1)).is_empty());
+    assert_eq!(sent(&on(&mut c, &cat, &track("Order Placed", json!({"order_id": 77}), "o2"), ms(NOON) + 2)), vec!["email order-confirmation"]);
+    // A third order while two are open: max_concurrent.
+    assert!(sent(&on(&mut c, &cat, &track("Order Placed", json!({"order_id": "C3"}), "o3"), ms(NOON) + 3)).is_empty());
+    assert!(last(&c, DecisionKind::Skipped).starts_with("max_concurrent reached"), "{:?}", c.decisions);
+    let keys: Vec<&str> = c.journeys.iter().map(|i| i.entry_key.as_str()).collect();
+    assert_eq!(keys, vec!["A1", "77"]);
+}
+
+#[test]
+fn rule_api_entry_enrolls_by_the_enroll_event() {
+    let text = "id: winback\ncategory: marketing\nentry:\n  api: true\nsteps:\n  - id: hello\n    send: { channel: email, template: winback }\n";
+    let cat = catalog(vec![compile(text, 1)], Settings::default());
+    let mut c = customer();
+    assert!(on(&mut c, &cat, &track("winback", json!({}), "x"), ms(NOON)).is_empty(), "an event named like the journey does not enroll");
+    let fx = on(&mut c, &cat, &track(super::run::ENROLL_EVENT, json!({"journey": "winback", "offer": "10%"}), "e1"), ms(NOON));
+    assert_eq!(sent(&fx), vec!["email winback"]);
+    assert!(last(&c, DecisionKind::Entered).starts_with("event journey.enroll | winback v1"), "{:?}", c.decisions);
+}
+
+#[test]
+fn rule_audience_entry_enrolls_when_the_customer_joins_the_audience() {
+    use crate::audience::{AudienceDef, CompiledAudience, change_event, evaluate_audiences};
+    let text = "id: vip-welcome\ncategory: marketing\nentry:\n  audience: vips\nsteps:\n  - id: hello\n    send: { channel: email, template: vip-welcome }\n";
+    let mut cat = catalog(vec![compile(text, 1)], Settings::default());
+    cat.audiences.push(Arc::new(CompiledAudience::new(AudienceDef { id: "vips".into(), name: "VIPs".into(), description: String::new(), condition: "profile.ltv > 500".into() }, 1).unwrap()));
+    let mut c = customer();
+    c.attributes.0.insert("ltv".into(), json!(900));
+    let changes = evaluate_audiences(&mut c, &cat.audiences, ms(NOON), &EngineConfig::default());
+    assert_eq!(changes, vec![("vips".to_string(), true)]);
+    let e = change_event(&c, "vips", true, ms(NOON));
+    assert_eq!(sent(&on(&mut c, &cat, &e, ms(NOON))), vec!["email vip-welcome"]);
 }

@@ -99,6 +99,10 @@ pub struct RunCatalog {
     pub journeys: Vec<Arc<Compiled>>,
     pub lifecycle: BTreeMap<String, Lifecycle>,
     pub settings: Settings,
+    /// Audiences, evaluated on every change to a customer, in this order.
+    pub audiences: Vec<Arc<crate::audience::CompiledAudience>>,
+    /// Scheduled journeys → when their entry last ran.
+    pub schedule_runs: BTreeMap<String, i64>,
 }
 
 impl RunCatalog {
@@ -168,6 +172,10 @@ pub enum Effect {
     Held { journey: String },
 }
 
+/// The event that enrolls a customer in a journey whose entry is `api` (or a
+/// schedule): properties `{"journey": id, ...}` (the rest is the entry event's data).
+pub const ENROLL_EVENT: &str = "journey.enroll";
+
 /// What woke the interpreter.
 pub enum Input<'a> {
     Event(&'a Event),
@@ -190,7 +198,6 @@ struct Run<'a> {
     cfg: &'a EngineConfig,
     now: i64,
     effects: Vec<Effect>,
-    segments: &'a [String],
     catalog: &'a RunCatalog,
 }
 
@@ -199,7 +206,7 @@ impl<'a> Run<'a> {
     where
         'a: 's,
     {
-        Scope { state, event, entry: None, steps: inst.map(steps_value).unwrap_or(Value::Null), segments: self.segments, now_ms: self.now }
+        Scope { state, event, entry: None, steps: inst.map(steps_value).unwrap_or(Value::Null), segments: &state.segments, now_ms: self.now }
     }
 
     fn cond(&self, j: &Compiled, src: &str, state: &CustomerState, event: Option<&Event>, inst: Option<&Instance>) -> Result<bool, String> {
@@ -220,8 +227,8 @@ fn version_of<'c>(catalog: &'c RunCatalog, inst: &Instance) -> Option<&'c Compil
 }
 
 /// Apply one input to every journey of `catalog` for this customer.
-pub fn on_input(state: &mut CustomerState, input: &Input<'_>, catalog: &RunCatalog, segments: &[String], now_ms: i64, cfg: &EngineConfig) -> Vec<Effect> {
-    let mut run = Run { cfg, now: now_ms, effects: Vec::new(), segments, catalog };
+pub fn on_input(state: &mut CustomerState, input: &Input<'_>, catalog: &RunCatalog, now_ms: i64, cfg: &EngineConfig) -> Vec<Effect> {
+    let mut run = Run { cfg, now: now_ms, effects: Vec::new(), catalog };
     if let Input::Event(e) = input {
         if matches!(e.name.as_str(), "email.opened" | "push.opened") {
             guard::record_open(state, now_ms, &catalog.settings);
@@ -245,11 +252,17 @@ pub fn on_input(state: &mut CustomerState, input: &Input<'_>, catalog: &RunCatal
                 }
             }
             // 2. Entries, into the latest version of active journeys.
+            let reserved = matches!(event.name.as_str(), crate::audience::AUDIENCE_ENTERED | ENROLL_EVENT);
+            let props: Value = if reserved && !event.properties.is_empty() { serde_json::from_str(&event.properties).unwrap_or(Value::Null) } else { Value::Null };
+            let prop = |k: &str| props.get(k).and_then(Value::as_str).unwrap_or_default();
             for j in catalog.latest_versions() {
-                if let Trigger::Event(name) = &j.def.entry.trigger {
-                    if *name == event.name && catalog.lifecycle(&j.def.id) == Lifecycle::Active {
-                        try_enter(state, j, Some(event), &mut run);
-                    }
+                let enters = match &j.def.entry.trigger {
+                    Trigger::Event(name) => *name == event.name,
+                    Trigger::Audience(a) => event.name == crate::audience::AUDIENCE_ENTERED && prop("audience") == a,
+                    Trigger::Api | Trigger::Schedule { .. } => event.name == ENROLL_EVENT && prop("journey") == j.def.id,
+                };
+                if enters && catalog.lifecycle(&j.def.id) == Lifecycle::Active {
+                    try_enter(state, j, Some(event), &mut run);
                 }
             }
         }
@@ -463,10 +476,36 @@ fn convert(state: &mut CustomerState, inst: &Instance, j: &Compiled, g: &Goal, e
 
 fn try_enter(state: &mut CustomerState, j: &Compiled, event: Option<&Event>, run: &mut Run<'_>) {
     let id = j.def.id.clone();
-    if state.journeys.iter().any(|x| x.journey == id && !x.done) {
-        return; // one instance per journey (entry keys arrive with max_concurrent)
+    // The instance's entry key: the journey id, or the value of `entry_key` (e.g. an
+    // order id) so one customer can be in the journey once per key.
+    let key = match &j.def.entry.entry_key {
+        None => id.clone(),
+        Some(src) => match evaluate(j.expr(src), &run.scope(state, event, None)) {
+            Ok(Value::String(s)) if !s.is_empty() => s,
+            Ok(Value::Number(n)) => n.to_string(),
+            Ok(other) => {
+                state.decide(run.cfg, run.now, DecisionKind::Skipped, "expression error", format!("{id} entry_key gave {other}, not a string or number"));
+                return;
+            }
+            Err(e) => {
+                state.decide(run.cfg, run.now, DecisionKind::Skipped, "expression error", format!("{id} entry_key: {e}"));
+                return;
+            }
+        },
+    };
+    if state.journeys.iter().any(|x| x.journey == id && x.entry_key == key && !x.done) {
+        return; // already in the journey with this key
     }
-    match (&j.def.entry.reentry, state.journey_entries.get(&id)) {
+    let active = state.journeys.iter().filter(|x| x.journey == id && !x.done).count() as u32;
+    if active >= j.def.entry.max_concurrent {
+        if j.def.entry.entry_key.is_some() {
+            state.decide(run.cfg, run.now, DecisionKind::Skipped, "max_concurrent reached", format!("{id} key {key}: already in it {active} time(s) (max_concurrent {})", j.def.entry.max_concurrent));
+        }
+        return;
+    }
+    // Re-entry counts per journey, or per key for keyed journeys.
+    let entries_key = if j.def.entry.entry_key.is_some() { format!("{id}\u{0}{key}") } else { id.clone() };
+    match (&j.def.entry.reentry, state.journey_entries.get(&entries_key)) {
         (Reentry::Never, Some(_)) => return,
         (Reentry::Cooldown { ms }, Some(last)) if run.now - last < *ms => return,
         _ => {}
@@ -481,15 +520,15 @@ fn try_enter(state: &mut CustomerState, j: &Compiled, event: Option<&Event>, run
             }
         }
     }
-    state.journeys.retain(|x| x.journey != id); // a finished entry's goal window ends here
+    state.journeys.retain(|x| !(x.journey == id && x.entry_key == key)); // a finished entry's goal window ends here
     let holdout = (bucket(&state.id.to_string(), &id) as f64) < j.def.entry.holdout_percent * 100.0;
     let first = j.def.steps[0].id.clone();
-    state.journey_entries.insert(id.clone(), run.now);
+    state.journey_entries.insert(entries_key, run.now);
     state.journeys.push(Instance {
         journey: id.clone(),
         version: j.version,
         step: first.clone(),
-        entry_key: id.clone(),
+        entry_key: key.clone(),
         entered_ms: run.now,
         holdout,
         timer_seq: 0,
@@ -502,7 +541,8 @@ fn try_enter(state: &mut CustomerState, j: &Compiled, event: Option<&Event>, run
         deferred: None,
         held: false,
     });
-    state.decide(run.cfg, run.now, DecisionKind::Entered, event.map(|e| format!("event {}", e.name)).unwrap_or_else(|| "trigger".into()), format!("{id} v{}{}", j.version, if holdout { " (holdout: never messaged)" } else { "" }));
+    let keyed = if j.def.entry.entry_key.is_some() { format!(" key {key}") } else { String::new() };
+    state.decide(run.cfg, run.now, DecisionKind::Entered, event.map(|e| format!("event {}", e.name)).unwrap_or_else(|| "trigger".into()), format!("{id} v{}{keyed}{}", j.version, if holdout { " (holdout: never messaged)" } else { "" }));
     run.stat(j, &first, if holdout { "entered_holdout" } else { "entered" }, 1.0);
     let pos = state.journeys.len() - 1;
     execute(state, pos, j, event, run);

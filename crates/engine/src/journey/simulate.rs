@@ -104,7 +104,7 @@ pub fn simulate(catalog: &RunCatalog, mut customer: CustomerState, mut trace: Ve
         let Some(pos) = timers.iter().position(|(t, _, _, _)| *t <= limit) else { break };
         let (at, journey, key, seq) = timers.remove(pos);
         let before = c.decisions.len();
-        let fx = on_input(c, &Input::Timer { journey: &journey, entry_key: &key, seq }, catalog, &[], at, cfg);
+        let fx = on_input(c, &Input::Timer { journey: &journey, entry_key: &key, seq }, catalog, at, cfg);
         let text = if fx.is_empty() && c.decisions.len() == before { "timer fires: nothing to do (the customer moved on)" } else { "timer fires" };
         out.push(Line { at_ms: at, kind: "timer", text: text.into() });
         record(c, at, fx, timers, out, seen);
@@ -113,7 +113,7 @@ pub fn simulate(catalog: &RunCatalog, mut customer: CustomerState, mut trace: Ve
         fire_until(&mut customer, at, &mut timers, &mut out, &mut seen);
         out.push(Line { at_ms: at, kind: "event", text: format!("{} {}", event.event_type.as_str(), event.name) });
         apply_event(&mut customer, &event, at, cfg);
-        let fx = on_input(&mut customer, &Input::Event(&event), catalog, &[], at, cfg);
+        let fx = on_input(&mut customer, &Input::Event(&event), catalog, at, cfg);
         record(&customer, at, fx, &mut timers, &mut out, &mut seen);
     }
     fire_until(&mut customer, until_ms, &mut timers, &mut out, &mut seen);

@@ -207,11 +207,11 @@ mod interpreter {
         let e = ev(name, props);
         let cfg = EngineConfig::default();
         apply_event(c, &e, now, &cfg);
-        on_input(c, &Input::Event(&e), j, &[], now, &cfg)
+        on_input(c, &Input::Event(&e), j, now, &cfg)
     }
 
     fn timer(c: &mut CustomerState, j: &RunCatalog, seq: u64, now: i64) -> Vec<Effect> {
-        on_input(c, &Input::Timer { journey: "browse-abandon", entry_key: "browse-abandon", seq }, j, &[], now, &EngineConfig::default())
+        on_input(c, &Input::Timer { journey: "browse-abandon", entry_key: "browse-abandon", seq }, j, now, &EngineConfig::default())
     }
 
     fn sends(effects: &[Effect]) -> Vec<(String, String)> {
@@ -388,7 +388,7 @@ fn rule_merged_profiles_keep_one_position_per_journey() {
     let (mut a, mut b, mut lone) = (mk(1), mk(2), mk(3));
     for c in [&mut a, &mut b] {
         apply_event(c, &viewed, 1_000, &cfg);
-        on_input(c, &Input::Event(&viewed), &j, &[], 1_000, &cfg);
+        on_input(c, &Input::Event(&viewed), &j, 1_000, &cfg);
         assert_eq!(c.journeys.len(), 1);
     }
     merge_into(&mut a, &mut b, 2_000, &cfg);
@@ -397,7 +397,7 @@ fn rule_merged_profiles_keep_one_position_per_journey() {
     // A journey only the merged profile was in moves to the survivor.
     let mut fresh = mk(4);
     apply_event(&mut lone, &viewed, 1_000, &cfg);
-    on_input(&mut lone, &Input::Event(&viewed), &j, &[], 1_000, &cfg);
+    on_input(&mut lone, &Input::Event(&viewed), &j, 1_000, &cfg);
     let seq = lone.journeys[0].timer_seq;
     merge_into(&mut fresh, &mut lone, 2_000, &cfg);
     assert_eq!(fresh.journeys.len(), 1);

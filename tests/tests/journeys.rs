@@ -91,6 +91,15 @@ async fn browse_abandon_and_post_purchase_run_on_a_live_node() {
         counters.iter().filter(|c| c["step"] == step && c["what"] == what).map(|c| c["count"].as_u64().unwrap()).sum()
     };
     assert_eq!(count("recos_email", "sent:email") + count("recos_email", "skipped_holdout"), 2, "{st}");
+    if st["converted"] == 1 {
+        assert_eq!(st["time_to_conversion"][0], json!({"bucket": "<1h", "count": 1, "mean_ms": 0.0}), "{st}");
+    }
+    let exits: Vec<(String, u64)> = st["exits"].as_array().unwrap().iter().map(|e| (e["reason"].as_str().unwrap().to_string(), e["count"].as_u64().unwrap())).collect();
+    assert!(exits.contains(&("event Order Completed".to_string(), 1)), "{st}");
+    assert!(exits.contains(&("completed".to_string(), 1)), "{st}");
+    let paths: Vec<&str> = st["top_paths"].as_array().unwrap().iter().map(|p| p["path"].as_str().unwrap()).collect();
+    assert!(paths.contains(&"recos_email>wait_engagement>sms_incentive"), "{st}");
+    assert!(paths.contains(&"recos_email>wait_engagement"), "Bob left mid-wait: {st}");
     let missing = node.ctl(&["journey", "stats", "no-such-journey"]).await;
     assert_eq!(missing.code(), Some(1));
     assert!(missing.stderr.contains("no journey \"no-such-journey\""), "{}", missing.stderr);

@@ -485,8 +485,28 @@ impl v1::journeys_server::Journeys for Services {
         let (h_entered, _) = total("entered_holdout");
         let (h_converted, _) = total("converted_holdout");
         let l = chorus_engine::journey::stats::lift(entered, converted, h_entered, h_converted);
+        // Journey-level counters (step "") summed over versions.
+        let mut by: std::collections::BTreeMap<String, (u64, f64)> = Default::default();
+        for ((_, step, what), (c, sum)) in &merged {
+            if step.is_empty() {
+                let e = by.entry(what.clone()).or_default();
+                e.0 += c;
+                e.1 += sum;
+            }
+        }
+        let mut time_to_conversion = Vec::new();
+        for bucket in chorus_engine::journey::run::TTC_BUCKETS.iter().map(|(b, _)| *b).chain([">7d"]) {
+            let (count, sum) = by.get(&format!("ttc:{bucket}")).copied().unwrap_or_default();
+            time_to_conversion.push(v1::TimeBucket { bucket: bucket.to_string(), count, mean_ms: if count > 0 { sum / count as f64 } else { 0.0 } });
+        }
+        let mut top_paths: Vec<v1::PathCount> = by.iter().filter_map(|(w, (c, _))| w.strip_prefix("path:").map(|p| v1::PathCount { path: p.to_string(), count: *c })).collect();
+        top_paths.sort_by(|a, b| b.count.cmp(&a.count).then(a.path.cmp(&b.path)));
+        top_paths.truncate(10);
+        let mut exits: Vec<v1::ReasonCount> = by.iter().filter_map(|(w, (c, _))| w.strip_prefix("exit:").map(|r| v1::ReasonCount { reason: r.to_string(), count: *c })).collect();
+        exits.sort_by(|a, b| b.count.cmp(&a.count).then(a.reason.cmp(&b.reason)));
         let counters = merged
             .into_iter()
+            .filter(|((_, step, _), _)| !step.is_empty())
             .map(|((version, step, what), (count, sum))| v1::StepCounter { version, step, what, count, sum })
             .collect();
         Ok(Response::new(v1::JourneyStatsResponse {
@@ -503,6 +523,9 @@ impl v1::journeys_server::Journeys for Services {
             relative_lift: l.relative.unwrap_or(f64::NAN),
             ci95_low: l.ci95.map(|c| c.0).unwrap_or(0.0),
             ci95_high: l.ci95.map(|c| c.1).unwrap_or(0.0),
+            time_to_conversion,
+            top_paths,
+            exits,
         }))
     }
 

@@ -194,7 +194,8 @@ JSON: [{file, valid, journey, steps, problems: [{line, path, message}]}]\n\nExam
     /// A journey's results: counters per version and step, conversions, revenue and
     /// treatment vs holdout lift with a 95% confidence interval
     #[command(after_help = "JSON: the JourneyStatsResponse fields: {id, entered, converted, revenue, holdout_entered, \
-holdout_converted, treatment_rate, holdout_rate, absolute_lift, relative_lift, ci95: [low, high], counters: [{version, step, what, count, sum}]}")]
+holdout_converted, treatment_rate, holdout_rate, absolute_lift, relative_lift, ci95: [low, high], counters: [{version, step, what, count, sum}], \
+time_to_conversion: [{bucket, count, mean_ms}], top_paths: [{path, count}], exits: [{reason, count}]}")]
     Stats {
         /// Journey id
         id: String,

@@ -6,6 +6,7 @@
 
 use crate::{ConsentStatus, CustomerState, DecisionKind, EngineConfig};
 use chorus_types::{Category, Intent, IdentityKind, SendRequest};
+use serde::{Deserialize, Serialize};
 
 /// What the core decided about one send.
 #[derive(Clone, Debug, PartialEq)]
@@ -14,6 +15,38 @@ pub enum SendDecision {
     /// `code` is a stable machine-readable reason for counters: `consent`, `topic`,
     /// `contact`, `merged`.
     Skip { reason: String, code: &'static str },
+}
+
+/// An intent handed to the outbox whose outcome is not known yet. Kept on the customer
+/// so outcomes reach the journey step that sent it, and so an exit or an opt-out can
+/// cancel what has not gone out.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PendingIntent {
+    pub key: String,
+    pub channel: String,
+    /// Empty for API sends.
+    pub journey: String,
+    pub version: u32,
+    pub step: String,
+    pub entry_key: String,
+    pub at_ms: i64,
+}
+
+/// Most pending intents remembered per customer (the oldest are forgotten first; their
+/// outcomes are still recorded, just not attributed to a step).
+pub const PENDING_INTENTS_MAX: usize = 256;
+
+pub fn track_pending(state: &mut CustomerState, p: PendingIntent) {
+    state.pending_intents.push(p);
+    if state.pending_intents.len() > PENDING_INTENTS_MAX {
+        state.pending_intents.remove(0);
+    }
+}
+
+/// Forget a pending intent once its outcome is known; returns it.
+pub fn settle(state: &mut CustomerState, key: &str) -> Option<PendingIntent> {
+    let pos = state.pending_intents.iter().position(|p| p.key == key)?;
+    Some(state.pending_intents.remove(pos))
 }
 
 /// The deterministic idempotency key of an API send: re-processing the same request
@@ -45,6 +78,8 @@ pub fn decide_send(state: &mut CustomerState, req: &SendRequest, now_ms: i64, cf
     }
     if let SendDecision::Send(intent) = &decision {
         crate::guard::record_contact(state, crate::guard::Contact { at_ms: now_ms, channel: intent.channel.clone(), category: intent.category, journey: String::new() });
+        let p = PendingIntent { key: intent.key.clone(), channel: intent.channel.clone(), journey: String::new(), version: 0, step: String::new(), entry_key: String::new(), at_ms: now_ms };
+        track_pending(state, p);
     }
     match &decision {
         SendDecision::Send(intent) => state.decide(

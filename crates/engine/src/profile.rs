@@ -40,6 +40,8 @@ pub struct CustomerState {
     pub open_hours: Vec<u32>,
     /// Audiences the customer belongs to, sorted (SPEC §4.1 "segment memberships").
     pub segments: Vec<String>,
+    /// Intents in the outbox whose outcome is not known yet.
+    pub pending_intents: Vec<crate::messaging::PendingIntent>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -205,6 +207,7 @@ impl CustomerState {
             contacts: VecDeque::new(),
             open_hours: Vec::new(),
             segments: Vec::new(),
+            pending_intents: Vec::new(),
         }
     }
 
@@ -451,6 +454,7 @@ pub fn merge_into(survivor: &mut CustomerState, other: &mut CustomerState, now_m
     survivor.merged_from.push(other.id);
     survivor.merged_from.extend(other.merged_from.iter().copied());
     survivor.decide(cfg, now_ms, DecisionKind::Merged, "identity link", format!("{} merged into this profile", other.id));
+    survivor.pending_intents.append(&mut other.pending_intents);
     // Memberships are re-evaluated for the survivor at its next change; the tombstone
     // belongs to none.
     other.segments.clear();

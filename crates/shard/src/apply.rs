@@ -652,6 +652,28 @@ impl<'a> Round<'a> {
         }
     }
 
+    /// Take cancelled intents out of the outbox unless they already went (an intent the
+    /// dispatcher holds right now may still be delivered; its outcome is then ignored).
+    fn cancel_intents(&mut self, keys: Vec<String>) -> io::Result<()> {
+        let shard = self.shard();
+        for key in keys {
+            if self.outbox_removed.contains(&key) {
+                continue;
+            }
+            if let Some(pos) = self.intents.iter().position(|i| i.key == key) {
+                self.intents.remove(pos); // decided and cancelled within this round
+                continue;
+            }
+            let k = keys::outbox(shard, &key);
+            if self.app.store.shard().get(&k).map_err(io_err)?.is_some() {
+                self.batch.remove(self.app.store.shard(), k);
+                self.outbox_removed.insert(key);
+                self.meta.intents = self.meta.intents.saturating_sub(1);
+            }
+        }
+        Ok(())
+    }
+
     /// Keep the audience member index in step with the customers' memberships.
     fn add_membership(&mut self, customer: CustomerId, changes: Vec<(String, bool)>) {
         let shard = self.shard();
@@ -1271,6 +1293,7 @@ impl<'a> Round<'a> {
                     self.add_stats(applied.stats);
                     self.add_paused(id, applied.held);
                     self.add_membership(id, applied.membership);
+                    self.cancel_intents(applied.cancelled)?;
                 }
                 None => {
                     let inputs = Arc::try_unwrap(inputs).unwrap_or_else(|shared| (*shared).clone());
@@ -1297,6 +1320,7 @@ impl<'a> Round<'a> {
                     self.add_stats(applied.stats);
                     self.add_paused(id, applied.held);
                     self.add_membership(id, applied.membership);
+                    self.cancel_intents(applied.cancelled)?;
                     registry.clear_failures(id);
                     return Ok(());
                 }

@@ -54,6 +54,8 @@ pub struct Applied {
     pub held: Vec<String>,
     /// Audience membership changes: (audience, member now).
     pub membership: Vec<(String, bool)>,
+    /// Outbox intents to cancel if they have not gone out yet.
+    pub cancelled: Vec<String>,
 }
 
 /// One journey counter increment.
@@ -95,15 +97,16 @@ impl Actor for CustomerActor {
                 let mut timers = Vec::new();
                 let mut stats = Vec::new();
                 let mut held = Vec::new();
+                let mut cancelled = Vec::new();
                 let before = live.state.segments.clone();
                 for (now_ms, input) in inputs.iter() {
                     apply_input(&mut live.state, input, *now_ms, &live.config, &catalog.settings, &mut intents);
-                    let mut out = JourneyOutput { intents: &mut intents, timers: &mut timers, stats: &mut stats, held: &mut held };
+                    let mut out = JourneyOutput { intents: &mut intents, timers: &mut timers, stats: &mut stats, held: &mut held, cancelled: &mut cancelled };
                     run_journeys(&mut live.state, input, *now_ms, &live.config, &catalog, &mut out);
                     run_audiences(&mut live.state, input, *now_ms, &live.config, &catalog, &mut out);
                 }
                 let membership = membership_changes(&before, &live.state.segments);
-                let _ = reply.send(Applied { id: live.state.id, encoded: chorus_types::encoding::encode(&live.state), intents, timers, stats, held, membership });
+                let _ = reply.send(Applied { id: live.state.id, encoded: chorus_types::encoding::encode(&live.state), intents, timers, stats, held, membership, cancelled });
             }
             CustomerMsg::Get(reply) => {
                 let _ = reply.send(live.state.clone());
@@ -119,6 +122,7 @@ impl Actor for CustomerActor {
                     stats: Vec::new(),
                     held: Vec::new(),
                     membership,
+                    cancelled: Vec::new(),
                 });
             }
         }
@@ -156,6 +160,7 @@ pub struct JourneyOutput<'a> {
     pub timers: &'a mut Vec<(i64, chorus_types::Timer)>,
     pub stats: &'a mut Vec<StatDelta>,
     pub held: &'a mut Vec<String>,
+    pub cancelled: &'a mut Vec<String>,
 }
 
 /// Run the journeys on an event or a journey timer (after the profile was updated).
@@ -173,6 +178,10 @@ pub fn run_journeys(state: &mut CustomerState, input: &CustomerInput, now_ms: i6
             on_input(state, &Input::Timer { journey, entry_key, seq: *seq }, catalog, now_ms, &config.engine)
         }
         CustomerInput::JourneyWake { journey } => on_input(state, &Input::Wake { journey }, catalog, now_ms, &config.engine),
+        CustomerInput::Outcome(o) => {
+            let delivered = o.status == DispatchStatus::Delivered;
+            on_input(state, &Input::Outcome { key: &o.idempotency_key, delivered, detail: &o.detail }, catalog, now_ms, &config.engine)
+        }
         CustomerInput::Enroll { journey, at_ms } => {
             let event = enroll_event(state, journey, *at_ms);
             on_input(state, &Input::Event(&event), catalog, now_ms, &config.engine)
@@ -187,6 +196,7 @@ pub fn run_journeys(state: &mut CustomerState, input: &CustomerInput, now_ms: i6
             }
             Effect::Stat { journey, version, step, what, value } => out.stats.push((journey, version, step, what, value)),
             Effect::Held { journey } => out.held.push(journey),
+            Effect::Cancel { key } => out.cancelled.push(key),
             Effect::Trigger { .. } => {}
         }
     }

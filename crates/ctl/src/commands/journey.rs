@@ -213,6 +213,9 @@ pub async fn stats(ctx: &Ctx, id: &str) -> anyhow::Result<u8> {
             "absolute_lift": r.absolute_lift, "relative_lift": num(r.relative_lift),
             "ci95": if r.holdout_entered > 0 { json!([r.ci95_low, r.ci95_high]) } else { Value::Null },
             "counters": counters,
+            "time_to_conversion": r.time_to_conversion.iter().map(|b| json!({"bucket": b.bucket, "count": b.count, "mean_ms": b.mean_ms})).collect::<Vec<_>>(),
+            "top_paths": r.top_paths.iter().map(|p| json!({"path": p.path, "count": p.count})).collect::<Vec<_>>(),
+            "exits": r.exits.iter().map(|e| json!({"reason": e.reason, "count": e.count})).collect::<Vec<_>>(),
         }));
         return Ok(EXIT_OK);
     }
@@ -226,6 +229,22 @@ pub async fn stats(ctx: &Ctx, id: &str) -> anyhow::Result<u8> {
         emit(&format!("lift        {} absolute, {} relative, 95% CI [{}, {}]", pct(r.absolute_lift), rel, pct(r.ci95_low), pct(r.ci95_high)));
     } else {
         emit("lift        n/a (no holdout group yet)");
+    }
+    if r.converted > 0 {
+        let ttc: Vec<String> = r.time_to_conversion.iter().filter(|b| b.count > 0).map(|b| format!("{} {}", b.bucket, b.count)).collect();
+        emit(&format!("time to convert  {}", ttc.join(", ")));
+    }
+    if !r.exits.is_empty() {
+        let exits: Vec<String> = r.exits.iter().map(|e| format!("{} {}", e.reason, e.count)).collect();
+        emit(&format!("ended       {}", exits.join(", ")));
+    }
+    if !r.top_paths.is_empty() {
+        emit("");
+        let mut t = crate::output::Table::new(&["COUNT", "PATH"]);
+        for p in &r.top_paths {
+            t.push(vec![p.count.to_string(), p.path.replace('>', " → ")]);
+        }
+        emit(&t.render());
     }
     let mut t = crate::output::Table::new(&["VERSION", "STEP", "WHAT", "COUNT", "SUM"]);
     for c in &r.counters {

@@ -394,3 +394,57 @@ fn rule_audience_entry_enrolls_when_the_customer_joins_the_audience() {
     let e = change_event(&c, "vips", true, ms(NOON));
     assert_eq!(sent(&on(&mut c, &cat, &e, ms(NOON))), vec!["email vip-welcome"]);
 }
+
+const SEQUENCE: &str = "id: nurture\ncategory: marketing\nentry:\n  event: Signed Up\nexit:\n  - event: Unsubscribed From Nurture\ngoal:\n  event: Order Completed\n  within: 7d\n  value: event.properties.revenue\nsteps:\n  - id: intro\n    send: { channel: email, template: intro }\n    next: check\n  - id: check\n    wait_for:\n      timeout: 2d\n      branches:\n        - when: 'steps.intro.failed'\n          next: by_sms\n        - when: 'steps.intro.clicked'\n          next: thanks\n      on_timeout: thanks\n  - id: by_sms\n    send: { channel: sms, template: intro-sms }\n  - id: thanks\n    send: { channel: email, template: thanks }\n";
+
+fn intent_key(fx: &[Effect]) -> String {
+    fx.iter().find_map(|e| if let Effect::Send(i) = e { Some(i.key.clone()) } else { None }).expect("a send")
+}
+
+#[test]
+fn rule_exit_criteria_cancel_undelivered_intents() {
+    let cat = catalog(vec![compile(SEQUENCE, 1)], Settings::default());
+    let mut c = customer();
+    let fx = on(&mut c, &cat, &track("Signed Up", json!({}), "s"), ms(NOON));
+    let key = intent_key(&fx);
+    let fx = on(&mut c, &cat, &track("Unsubscribed From Nurture", json!({}), "u"), ms(NOON) + 1_000);
+    assert!(fx.iter().any(|e| matches!(e, Effect::Cancel { key: k } if *k == key)), "{fx:?}");
+    assert!(last(&c, DecisionKind::Skipped).starts_with("cancelled: nurture exited on Unsubscribed From Nurture"), "{:?}", c.decisions);
+    assert!(c.pending_intents.is_empty());
+}
+
+#[test]
+fn rule_an_opt_out_cancels_undelivered_intents_on_that_channel() {
+    let cat = catalog(vec![compile(SEQUENCE, 1)], Settings::default());
+    let mut c = customer();
+    let key = intent_key(&on(&mut c, &cat, &track("Signed Up", json!({}), "s"), ms(NOON)));
+    let out = ev("", json!({"consent": {"email": "opted_out"}}));
+    let fx = on(&mut c, &cat, &out, ms(NOON) + 10);
+    assert!(fx.iter().any(|e| matches!(e, Effect::Cancel { key: k } if *k == key)), "{fx:?}");
+}
+
+#[test]
+fn rule_outcomes_reach_the_step_that_sent_and_can_branch() {
+    let cat = catalog(vec![compile(SEQUENCE, 1)], Settings::default());
+    let mut c = customer();
+    let key = intent_key(&on(&mut c, &cat, &track("Signed Up", json!({}), "s"), ms(NOON)));
+    let fx = on_input(&mut c, &Input::Outcome { key: &key, delivered: false, detail: "550 mailbox unavailable: bounced" }, &cat, ms(NOON) + 5, &EngineConfig::default());
+    assert!(stats(&fx).contains(&"failed:email:bounced".to_string()), "{fx:?}");
+    assert_eq!(sent(&fx), vec!["sms intro-sms"], "steps.intro.failed takes the SMS branch at once");
+}
+
+#[test]
+fn rule_measurement_counts_engagement_time_to_conversion_and_paths() {
+    let cat = catalog(vec![compile(SEQUENCE, 1)], Settings::default());
+    let mut c = customer();
+    on(&mut c, &cat, &track("Signed Up", json!({}), "s"), ms(NOON));
+    let click = json!({"journey": "nurture", "step": "intro"});
+    let fx = on(&mut c, &cat, &track("email.clicked", click.clone(), "c1"), ms(NOON) + H);
+    let st = stats(&fx);
+    assert!(st.contains(&"engaged:opened".to_string()) && st.contains(&"engaged:clicked".to_string()), "{st:?}");
+    assert!(st.contains(&"path:intro>check>thanks".to_string()) && st.contains(&"exit:completed".to_string()), "{st:?}");
+    // A second click is not a second unique click.
+    assert!(!stats(&on(&mut c, &cat, &track("email.clicked", click, "c2"), ms(NOON) + 2 * H)).iter().any(|s| s.starts_with("engaged:")));
+    let fx = on(&mut c, &cat, &track("Order Completed", json!({"revenue": 40}), "o"), ms(NOON) + 30 * H);
+    assert!(stats(&fx).contains(&"ttc:1d-3d".to_string()), "{fx:?}");
+}

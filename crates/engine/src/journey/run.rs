@@ -170,6 +170,8 @@ pub enum Effect {
     Stat { journey: String, version: u32, step: String, what: String, value: f64 },
     /// The instance holds because its journey is paused: wake it on resume.
     Held { journey: String },
+    /// Take this intent out of the outbox if it has not gone yet (exit, opt-out).
+    Cancel { key: String },
 }
 
 /// The event that enrolls a customer in a journey whose entry is `api` (or a
@@ -182,6 +184,8 @@ pub enum Input<'a> {
     Timer { journey: &'a str, entry_key: &'a str, seq: u64 },
     /// The journey was resumed or archived: held instances move on (or exit).
     Wake { journey: &'a str },
+    /// The outcome of delivering one of the customer's intents.
+    Outcome { key: &'a str, delivered: bool, detail: &'a str },
 }
 
 /// Deterministic per-customer bucket in [0, 10000) for holdouts and splits.
@@ -291,6 +295,7 @@ pub fn on_input(state: &mut CustomerState, input: &Input<'_>, catalog: &RunCatal
                 }
             }
         }
+        Input::Outcome { key, delivered, detail } => on_outcome(state, key, *delivered, detail, &mut run),
         Input::Wake { journey } => {
             let mut i = 0;
             while i < state.journeys.len() {
@@ -322,8 +327,75 @@ pub fn on_input(state: &mut CustomerState, input: &Input<'_>, catalog: &RunCatal
     run.effects
 }
 
-/// Decide again, now, every deferred send whose channel or topic is opted out.
+/// Attribute a delivery outcome to the journey step that sent it: `steps.<id>.delivered`
+/// / `failed` in expressions, and the step's counters by channel and reason.
+fn on_outcome(state: &mut CustomerState, key: &str, delivered: bool, detail: &str, run: &mut Run<'_>) {
+    let Some(p) = crate::messaging::settle(state, key) else { return };
+    if p.journey.is_empty() {
+        return;
+    }
+    let Some(j) = run.catalog.version(&p.journey, p.version) else { return };
+    let what = if delivered { format!("delivered:{}", p.channel) } else { format!("failed:{}:{}", p.channel, failure_reason(detail)) };
+    run.stat(j, &p.step, what, 1.0);
+    let Some(i) = state.journeys.iter().position(|x| x.journey == p.journey && x.entry_key == p.entry_key) else { return };
+    let flags = state.journeys[i].steps.entry(p.step.clone()).or_default();
+    if delivered {
+        flags.delivered = true;
+    } else {
+        flags.failed = true;
+    }
+    // A waiting instance may move on (`when: steps.x.failed`).
+    if state.journeys[i].done || state.journeys[i].version != j.version {
+        return;
+    }
+    if let Some(Step { kind: StepKind::WaitFor { branches, .. }, .. }) = j.step(&state.journeys[i].step).cloned() {
+        for b in &branches {
+            if run.cond(j, &b.when, state, None, Some(&state.journeys[i])) == Ok(true) {
+                advance(state, i, j, Some(b.next.clone()), &format!("condition {}", b.when), None, run);
+                return;
+            }
+        }
+    }
+}
+
+/// A short, stable reason for failure counters from a connector's detail text.
+fn failure_reason(detail: &str) -> String {
+    let d = detail.to_ascii_lowercase();
+    let reason = if d.contains("bounce") {
+        "bounced"
+    } else if d.contains("unregistered") || d.contains("invalid token") {
+        "unregistered"
+    } else if d.contains("invalid") || d.contains("bad address") || d.contains("undeliverable") {
+        "invalid_address"
+    } else if d.contains("rate") || d.contains("429") {
+        "rate_limited"
+    } else if d.contains("timeout") || d.contains("timed out") {
+        "timeout"
+    } else if d.contains("template") {
+        "template"
+    } else {
+        "error"
+    };
+    reason.to_string()
+}
+
+/// Cancel the pending intents matching `which`: out of the outbox if not gone yet.
+fn cancel_pending(state: &mut CustomerState, run: &mut Run<'_>, reason: &str, which: impl Fn(&crate::messaging::PendingIntent) -> bool) {
+    let (cancel, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut state.pending_intents).into_iter().partition(|p| which(p));
+    state.pending_intents = keep;
+    for p in cancel {
+        state.decide(run.cfg, run.now, DecisionKind::Skipped, format!("cancelled: {reason}"), format!("{} {} (key {}) if not delivered yet", p.channel, if p.journey.is_empty() { "api send".to_string() } else { format!("{} {}", p.journey, p.step) }, p.key));
+        run.effects.push(Effect::Cancel { key: p.key });
+    }
+}
+
+/// Decide again, now, every deferred send whose channel or topic is opted out, and
+/// cancel undelivered intents on opted-out channels.
 fn cancel_opted_out(state: &mut CustomerState, run: &mut Run<'_>) {
+    let out_channels: Vec<String> = state.consent.channels.iter().filter(|(_, e)| e.status == crate::ConsentStatus::OptedOut).map(|(c, _)| c.clone()).collect();
+    if !out_channels.is_empty() && state.pending_intents.iter().any(|p| out_channels.contains(&p.channel)) {
+        cancel_pending(state, run, "opted out", |p| out_channels.contains(&p.channel));
+    }
     let mut i = 0;
     while i < state.journeys.len() {
         let inst = &state.journeys[i];
@@ -399,6 +471,7 @@ fn on_event_in_instance(state: &mut CustomerState, i: usize, j: &Compiled, event
     if props.get("journey").and_then(Value::as_str) == Some(j.def.id.as_str()) {
         if let Some(step) = props.get("step").and_then(Value::as_str) {
             let flags = state.journeys[i].steps.entry(step.to_string()).or_default();
+            let before = flags.clone();
             match event.name.as_str() {
                 "email.opened" | "push.opened" | "in_app.viewed" => flags.opened = true,
                 "email.clicked" | "push.clicked" | "in_app.clicked" | "sms.clicked" => {
@@ -407,6 +480,14 @@ fn on_event_in_instance(state: &mut CustomerState, i: usize, j: &Compiled, event
                 }
                 "email.delivered" | "sms.delivered" | "push.delivered" => flags.delivered = true,
                 _ => {}
+            }
+            // Engagement counts once per step and entry (unique opens and clicks).
+            let (opened, clicked) = (flags.opened && !before.opened, flags.clicked && !before.clicked);
+            if opened {
+                run.stat(j, step, "engaged:opened", 1.0);
+            }
+            if clicked {
+                run.stat(j, step, "engaged:clicked", 1.0);
             }
         }
     }
@@ -421,6 +502,10 @@ fn on_event_in_instance(state: &mut CustomerState, i: usize, j: &Compiled, event
                 let inst = state.journeys.remove(i);
                 state.decide(run.cfg, run.now, DecisionKind::Exited, format!("exit event {}", event.name), format!("{} at step {}", j.def.id, inst.step));
                 run.stat(j, &inst.step, "exited", 1.0);
+                run.stat(j, "", format!("exit:event {}", event.name), 1.0);
+                run.stat(j, "", path_stat(&inst), 1.0);
+                let (jid, key) = (inst.journey.clone(), inst.entry_key.clone());
+                cancel_pending(state, run, &format!("{jid} exited on {}", event.name), |p| p.journey == jid && p.entry_key == key);
                 // Goal first if the exit event is also the goal.
                 if let Some(g) = &j.def.goal {
                     if g.event == event.name && !inst.converted && run.now - inst.entered_ms <= g.within_ms {
@@ -469,6 +554,9 @@ fn convert(state: &mut CustomerState, inst: &Instance, j: &Compiled, g: &Goal, e
     };
     state.decide(run.cfg, run.now, DecisionKind::Converted, format!("goal {}", g.event), format!("{} value {value} after {} ms{}", j.def.id, run.now - inst.entered_ms, if inst.holdout { " (holdout)" } else { "" }));
     run.stat(j, &inst.step, if inst.holdout { "converted_holdout" } else { "converted" }, value);
+    if !inst.holdout {
+        run.stat(j, "", format!("ttc:{}", ttc_bucket(run.now - inst.entered_ms)), (run.now - inst.entered_ms) as f64);
+    }
     if let Some(t) = &j.def.on_goal_trigger {
         run.effects.push(Effect::Trigger { journey: t.clone() });
     }
@@ -584,7 +672,33 @@ fn release_deferred(state: &mut CustomerState, run: &mut Run<'_>) {
     }
 }
 
+/// Time-to-conversion histogram buckets (SPEC §10).
+pub const TTC_BUCKETS: &[(&str, i64)] = &[("<1h", 3_600_000), ("1h-6h", 6 * 3_600_000), ("6h-24h", 86_400_000), ("1d-3d", 3 * 86_400_000), ("3d-7d", 7 * 86_400_000)];
+
+fn ttc_bucket(ms: i64) -> &'static str {
+    TTC_BUCKETS.iter().find(|(_, upto)| ms < *upto).map(|(b, _)| *b).unwrap_or(">7d")
+}
+
+/// Steps in a path counter (longer paths are cut, so paths stay few).
+const PATH_STEPS_MAX: usize = 12;
+
+/// `path:a>b>c` for the top-paths table.
+fn path_stat(inst: &Instance) -> String {
+    let mut p: Vec<&str> = Vec::new();
+    for s in &inst.path {
+        if p.last() != Some(&s.as_str()) {
+            p.push(s);
+        }
+    }
+    let cut = p.len() > PATH_STEPS_MAX;
+    p.truncate(PATH_STEPS_MAX);
+    format!("path:{}{}", p.join(">"), if cut { ">…" } else { "" })
+}
+
 fn finish(state: &mut CustomerState, pos: usize, j: &Compiled, reason: &str, run: &mut Run<'_>) -> bool {
+    run.stat(j, "", format!("exit:{reason}"), 1.0);
+    let path = path_stat(&state.journeys[pos]);
+    run.stat(j, "", path, 1.0);
     let inst = &mut state.journeys[pos];
     let step = inst.step.clone();
     let goal_open = j.def.goal.as_ref().is_some_and(|g| !inst.converted && run.now - inst.entered_ms <= g.within_ms);
@@ -875,6 +989,10 @@ fn send(state: &mut CustomerState, pos: usize, j: &Compiled, step: &Step, event:
         let waited = releasing.as_ref().map(|d| format!(" after waiting since {} ({})", chorus_types::time::format_rfc3339_ms(d.since_ms), d.reason)).unwrap_or_default();
         state.decide(run.cfg, run.now, DecisionKind::Sent, format!("journey {}", j.def.id), format!("{sid}: {ch} {template} to {}{waited}", if intent.to.is_empty() { "-" } else { &intent.to }));
         guard::record_contact(state, guard::Contact { at_ms: run.now, channel: ch.to_string(), category: j.def.category, journey: j.def.id.clone() });
+        crate::messaging::track_pending(
+            state,
+            crate::messaging::PendingIntent { key: intent.key.clone(), channel: ch.to_string(), journey: j.def.id.clone(), version: j.version, step: sid.to_string(), entry_key: inst.entry_key.clone(), at_ms: run.now },
+        );
         let inst = &mut state.journeys[pos];
         inst.deferred = None;
         inst.steps.entry(sid.to_string()).or_default().sent = true;

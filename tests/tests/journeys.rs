@@ -125,3 +125,152 @@ async fn browse_abandon_and_post_purchase_run_on_a_live_node() {
         .collect();
     assert_eq!(simulated, captured(&node, &ada).await, "simulation and live run send the same messages");
 }
+
+/// The customer's decisions as (kind, reason) pairs.
+async fn decisions(node: &Node, customer: &str) -> Vec<(String, String)> {
+    let out = node.ctl(&["-o", "json", "profile", "explain", customer, "--limit", "500"]).await;
+    out.ok();
+    out.json()["decisions"].as_array().unwrap().iter().map(|d| (d["kind"].as_str().unwrap().to_string(), d["reason"].as_str().unwrap().to_string())).collect()
+}
+
+async fn has_decision(node: &Node, customer: &str, kind: &str, reason_starts: &str) -> bool {
+    decisions(node, customer).await.iter().any(|(k, r)| k == kind && r.starts_with(reason_starts))
+}
+
+async fn wait_for_decision(node: &Node, customer: &str, kind: &str, reason_starts: &str) {
+    wait_until(Duration::from_secs(30), &format!("{kind} {reason_starts:?} for {customer}"), || async {
+        if has_decision(node, customer, kind, reason_starts).await { Ok(()) } else { Err(format!("{:#?}", decisions(node, customer).await)) }
+    })
+    .await
+}
+
+fn shard_of(customer_id: &str) -> u64 {
+    u64::from_str_radix(&customer_id["cu_".len()..], 16).unwrap() >> 48
+}
+
+fn msg(channel: &str, template: &str) -> (String, String) {
+    (channel.to_string(), template.to_string())
+}
+
+/// SPEC §6's browse-abandon journey with customers taking every branch: clicked,
+/// opened only, no open, purchase mid-wait, capped, quiet hours, no SMS consent, STOP
+/// reply, and merged mid-journey (into a customer of another shard).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browse_abandon_every_branch_on_a_live_node() {
+    let node = Node::start(NodeOpts::new("journeys-branches").shards(8).manual_clock()).await;
+    let dir = tempfile::tempdir().unwrap();
+    // No holdout here: every customer's path is asserted.
+    let browse = dir.path().join("browse-abandon.yaml");
+    std::fs::write(&browse, std::fs::read_to_string(BROWSE).unwrap().replace("holdout: 10%", "holdout: 0%")).unwrap();
+    let settings = dir.path().join("settings.yaml");
+    std::fs::write(&settings, "caps:\n  - { name: sms-daily, channels: [sms], max: 1, window: 24h }\n").unwrap();
+    node.ctl(&["settings", "apply", settings.to_str().unwrap()]).await.ok();
+    node.ctl(&["journey", "apply", POST, browse.to_str().unwrap()]).await.ok();
+    node.ctl(&["clock", "set", "2027-01-14T15:00:00Z"]).await.ok();
+
+    phase("nine customers browse");
+    let who = ["clicker", "opener", "silent", "buyer", "capped", "night", "noconsent", "stopper"];
+    let mut events = Vec::new();
+    for (i, name) in who.iter().enumerate() {
+        let tz = if *name == "night" { "Asia/Tokyo" } else { "UTC" };
+        let mut traits = json!({"ltv": 900, "timezone": tz});
+        if !matches!(*name, "noconsent") {
+            traits["consent"] = json!({"sms": "opted_in"});
+        }
+        let phone = format!("+1415555{:04}", 100 + i);
+        events.push(identify(&format!("{name}-id"), &[("user_id", name), ("email", &format!("{name}@example.com")), ("phone", &phone)], traits));
+        events.push(track(&format!("{name}-view"), "Product Viewed", &[("user_id", name)], json!({"sku": "A"})));
+    }
+    // The merged story: B browses anonymously with an email; A (a user in another
+    // shard, not in the journey) logs in on B's device later.
+    events.push(identify("b-id", &[("anonymous_id", "anon-b"), ("email", "b@example.com")], json!({"ltv": 900, "timezone": "UTC"})));
+    let resp = node.send(events).await;
+    let id = |n: usize| resp.results[n * 2].customer_id.clone();
+    let c: std::collections::HashMap<&str, String> = who.iter().enumerate().map(|(i, n)| (*n, id(i))).collect();
+    let b = resp.results[who.len() * 2].customer_id.clone();
+    // B's anonymous id is indexed in its own shard by a cross-shard claim: browse once
+    // it resolves to B.
+    wait_until(Duration::from_secs(30), "anon-b resolves to B", || async {
+        match node.profile("anonymous_id", "anon-b", 0).await {
+            Ok(p) if p.customer_id == b => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    node.send(vec![track("b-view", "Product Viewed", &[("anonymous_id", "anon-b")], json!({"sku": "B"}))]).await;
+    for (name, cid) in &c {
+        assert_eq!(wait_for_messages(&node, cid, 1).await, vec![msg("email", "browse-recos")], "{name}");
+    }
+    wait_for_messages(&node, &b, 1).await;
+    let mut a_user = String::new();
+    let mut a = String::new();
+    for n in 0..64 {
+        let user = format!("alex-{n}");
+        let r = node.send(vec![identify(&format!("{user}-id"), &[("user_id", &user), ("phone", "+14155559999")], json!({"ltv": 100, "timezone": "UTC", "consent": {"sms": "opted_in"}}))]).await;
+        if shard_of(&r.results[0].customer_id) != shard_of(&b) {
+            a_user = user;
+            a = r.results[0].customer_id.clone();
+            break;
+        }
+    }
+    assert!(!a.is_empty(), "a user id homed in another shard than {b}");
+
+    phase("an hour later: a click, an open, a purchase, a STOP reply");
+    node.ctl(&["clock", "advance", "1h"]).await.ok();
+    let at = |s: &str| json!({"journey": "browse-abandon", "step": s});
+    node.send(vec![
+        track("clicker-click", "email.clicked", &[("user_id", "clicker")], at("recos_email")),
+        track("opener-open", "email.opened", &[("user_id", "opener")], at("recos_email")),
+        track("buyer-buy", "Order Completed", &[("user_id", "buyer")], json!({"revenue": 120.0})),
+        track("stopper-stop", "sms.received", &[("phone", "+14155550107")], json!({"body": "STOP"})),
+    ])
+    .await;
+    assert_eq!(wait_for_messages(&node, &c["clicker"], 2).await[1], msg("webhook", "meta-retargeting-add"), "clicked → retarget");
+    assert_eq!(wait_for_messages(&node, &c["opener"], 2).await[1], msg("email", "tighter-benefit"), "opened only → push, no token → email fallback");
+    assert_eq!(wait_for_messages(&node, &c["buyer"], 2).await[1], msg("email", "order-thanks"), "purchase mid-wait → exit, convert, post-purchase");
+    wait_for_decision(&node, &c["stopper"], "consent.changed", "opted_out").await;
+    wait_for_decision(&node, &c["opener"], "fallback", "push: no valid push token").await;
+
+    phase("at 23 h: a marketing SMS for `capped`, and Alex logs in on B's device (cross-shard merge)");
+    node.ctl(&["clock", "advance", "22h"]).await.ok();
+    node.ctl(&["messages", "send", "--to", "user_id:capped", "--channel", "sms", "--template", "flash-sale", "--request-id", "flash-1"]).await.ok();
+    assert_eq!(wait_for_messages(&node, &c["capped"], 2).await[1], msg("sms", "flash-sale"));
+    node.send(vec![identify("alex-login", &[("user_id", &a_user), ("anonymous_id", "anon-b")], json!({}))]).await;
+    wait_for_decision(&node, &a, "merged", "identity link").await;
+
+    phase("24 h: the wait times out for everyone still waiting");
+    node.ctl(&["clock", "advance", "1h"]).await.ok();
+    // The day's only SMS slot: sends wait out the 1 s arbitration window, then go.
+    wait_for_decision(&node, &c["silent"], "deferred", "arbitration").await;
+    node.ctl(&["clock", "advance", "2s"]).await.ok();
+    assert_eq!(wait_for_messages(&node, &c["silent"], 2).await[1], msg("sms", "direct-incentive"), "no open → SMS");
+    assert_eq!(wait_for_messages(&node, &a, 1).await, vec![msg("sms", "direct-incentive")], "B's journey went on as Alex's, its timer forwarded across shards");
+    wait_for_decision(&node, &c["noconsent"], "skipped", "sms: no sms consent").await;
+    wait_for_decision(&node, &c["stopper"], "skipped", "sms: sms opted out").await;
+    wait_for_decision(&node, &c["capped"], "deferred", "capped by sms-daily").await;
+    wait_for_decision(&node, &c["night"], "deferred", "sms quiet hours 21:00–08:00 in Asia/Tokyo (profile)").await;
+    assert_eq!(captured(&node, &c["night"]).await.len(), 1);
+    assert_eq!(captured(&node, &c["capped"]).await.len(), 2);
+
+    phase("08:00 in Tokyo: the night customer's SMS goes");
+    node.ctl(&["clock", "advance", "8h"]).await.ok();
+    wait_for_decision(&node, &c["night"], "deferred", "arbitration").await;
+    node.ctl(&["clock", "advance", "2s"]).await.ok();
+    assert_eq!(wait_for_messages(&node, &c["night"], 2).await[1], msg("sms", "direct-incentive"), "quiet hours → deferred to 08:00 local");
+
+    phase("47 h: the capped customer's SMS goes once the earlier one leaves the 24 h window");
+    node.ctl(&["clock", "advance", "15h"]).await.ok();
+    wait_for_decision(&node, &c["capped"], "deferred", "arbitration").await;
+    node.ctl(&["clock", "advance", "2s"]).await.ok();
+    assert_eq!(wait_for_messages(&node, &c["capped"], 3).await[2], msg("sms", "direct-incentive"), "capped → deferred, then sent");
+
+    phase("nobody got anything twice");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let expected = [("clicker", 2), ("opener", 2), ("silent", 2), ("buyer", 2), ("capped", 3), ("night", 2), ("noconsent", 1), ("stopper", 1)];
+    for (name, n) in expected {
+        let got = captured(&node, &c[name]).await;
+        assert_eq!(got.len(), n, "{name}: {got:?}");
+    }
+    assert_eq!(captured(&node, &a).await.len(), 1);
+    assert_eq!(captured(&node, &b).await.len(), 1);
+}

@@ -623,20 +623,30 @@ impl<'a> Round<'a> {
         for (key, timer) in fired {
             self.batch.remove(self.app.store.shard(), key);
             self.meta.timers = self.meta.timers.saturating_sub(1);
-            match timer {
-                Timer::Journey { customer, journey, entry_key, seq } => {
-                    let customer = self.resolve_tomb(customer)?;
-                    if customer.home_shard() == shard {
-                        self.push(customer, now, CustomerInput::JourneyTimer { journey, entry_key, seq });
-                    }
+            self.fire_timer(timer, now)?;
+        }
+        Ok(())
+    }
+
+    /// Act on a fired timer for its customer — here, or in the shard of the customer it
+    /// was merged into.
+    fn fire_timer(&mut self, timer: Timer, now: i64) -> io::Result<()> {
+        let shard = self.shard();
+        match timer {
+            Timer::Journey { customer, journey, entry_key, seq } => {
+                let customer = self.resolve_tomb(customer)?;
+                if customer.home_shard() == shard {
+                    self.push(customer, now, CustomerInput::JourneyTimer { journey, entry_key, seq });
+                } else {
+                    self.send_cross(customer.home_shard(), CrossShardMessage::FireTimer { timer: Timer::Journey { customer, journey, entry_key, seq } });
                 }
-                Timer::Send(req) => {
-                    let customer = self.resolve_tomb(req.customer)?;
-                    if customer.home_shard() == shard {
-                        self.push(customer, now, CustomerInput::Send(SendRequest { customer, ..req }));
-                    } else {
-                        tracing::warn!(shard, %customer, request = %req.request_id, "scheduled send for a customer merged into another shard is dropped");
-                    }
+            }
+            Timer::Send(req) => {
+                let customer = self.resolve_tomb(req.customer)?;
+                if customer.home_shard() == shard {
+                    self.push(customer, now, CustomerInput::Send(SendRequest { customer, ..req }));
+                } else {
+                    self.send_cross(customer.home_shard(), CrossShardMessage::FireTimer { timer: Timer::Send(SendRequest { customer, ..req }) });
                 }
             }
         }
@@ -960,6 +970,7 @@ impl<'a> Round<'a> {
                     self.send_cross(target.home_shard(), CrossShardMessage::Forward { customer: target, event });
                 }
             }
+            CrossShardMessage::FireTimer { timer } => self.fire_timer(timer, now)?,
             CrossShardMessage::MergeRequest { key, owner, other } => Box::pin(self.merge_request(key, owner, other, now)).await?,
             CrossShardMessage::MergeOffer { key, owner, other, other_state } => self.merge_offer(key, owner, other, other_state, now).await?,
             CrossShardMessage::MergeAbsorb { key, survivor, merged, merged_state } => self.merge_absorb(key, survivor, merged, merged_state, now).await?,

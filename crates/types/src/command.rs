@@ -77,6 +77,9 @@ pub enum CrossShardMessage {
     /// The merge did not happen: unfreeze `customer` (re-linking `key` away to `to` when
     /// the limit-1 rule said so).
     MergeCancel { customer: CustomerId, relink: Option<(Identity, CustomerId)> },
+    /// A durable timer of a customer merged into a customer of the target shard fired:
+    /// it acts there (journey positions and scheduled sends moved with the merge).
+    FireTimer { timer: crate::Timer },
 }
 
 /// Result of delivering one outbox intent.

@@ -48,7 +48,7 @@ impl CompiledAudience {
 
     /// Whether the customer matches now.
     pub fn matches(&self, state: &CustomerState, segments: &[String], now_ms: i64) -> Result<bool, String> {
-        evaluate_bool(&self.expr, &Scope { state, event: None, entry: None, steps: Value::Null, segments, now_ms })
+        evaluate_bool(&self.expr, &Scope { state, event: None, entry: Value::Null, steps: Value::Null, segments, now_ms })
     }
 }
 

@@ -35,8 +35,9 @@ pub struct Scope<'a> {
     pub state: &'a CustomerState,
     /// The event being processed, if any.
     pub event: Option<&'a Event>,
-    /// The event that entered the customer into the journey, if any.
-    pub entry: Option<&'a Event>,
+    /// The event that entered the customer into the journey (`{name, properties}`), or
+    /// null.
+    pub entry: Value,
     /// `steps.<id>.{sent, delivered, opened, clicked, converted, failed}`.
     pub steps: Value,
     /// Audiences the customer belongs to.
@@ -145,7 +146,7 @@ pub fn evaluate(expr: &Expr, scope: &Scope<'_>) -> Result<Value, String> {
     ctx.add_function("last", last_fn).map_err(|e| e.to_string())?;
     ctx.add_variable_from_value("profile", to_cel(&profile_value(scope.state))?);
     ctx.add_variable_from_value("event", to_cel(&scope.event.map(event_value).unwrap_or(Value::Null))?);
-    ctx.add_variable_from_value("entry", to_cel(&scope.entry.map(event_value).unwrap_or(Value::Null))?);
+    ctx.add_variable_from_value("entry", to_cel(&scope.entry)?);
     ctx.add_variable_from_value("steps", to_cel(&scope.steps)?);
     ctx.add_variable_from_value("segments", to_cel(&json!(scope.segments))?);
     ctx.add_variable_from_value("now", cel::Value::Int(scope.now_ms));
@@ -227,7 +228,7 @@ mod tests {
 
     fn eval(src: &str, c: &CustomerState, now: i64, event: Option<&Event>) -> Result<Value, String> {
         let steps = json!({"recos_email": {"sent": true, "opened": true, "clicked": false}});
-        evaluate(&compile(src).unwrap(), &Scope { state: c, event, entry: None, steps, segments: &["vip".to_string()], now_ms: now })
+        evaluate(&compile(src).unwrap(), &Scope { state: c, event, entry: Value::Null, steps, segments: &["vip".to_string()], now_ms: now })
     }
 
     #[test]
@@ -260,7 +261,7 @@ mod tests {
         let c = customer();
         assert!(eval("profile.missing.deeper > 3", &c, 0, None).is_err());
         assert!(eval("duration(\"forever\") > 0", &c, 0, None).unwrap_err().contains("duration"));
-        let err = evaluate_bool(&compile("profile.ltv").unwrap(), &Scope { state: &c, event: None, entry: None, steps: Value::Null, segments: &[], now_ms: 0 }).unwrap_err();
+        let err = evaluate_bool(&compile("profile.ltv").unwrap(), &Scope { state: &c, event: None, entry: Value::Null, steps: Value::Null, segments: &[], now_ms: 0 }).unwrap_err();
         assert!(err.contains("not true or false"), "{err}");
     }
 }

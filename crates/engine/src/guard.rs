@@ -42,6 +42,21 @@ pub struct Settings {
     /// An SMS opt-in from anywhere but the customer's phone stays pending until they
     /// reply YES (SPEC §4.3 double opt-in).
     pub sms_double_opt_in: bool,
+    /// Channel → whether marketing may go to a customer whose consent on it is unknown
+    /// (SPEC §4.3 defaults: email and push yes — push still needs a token —, sms, mms
+    /// and media no). Channels not listed: yes.
+    pub unknown_consent: BTreeMap<String, bool>,
+}
+
+impl Settings {
+    pub fn unknown_consent_allows_marketing(&self, channel: &str) -> bool {
+        self.unknown_consent.get(channel).copied().unwrap_or(true)
+    }
+}
+
+/// The SPEC §4.3 defaults for unknown consent.
+pub fn default_unknown_consent() -> BTreeMap<String, bool> {
+    [("email", true), ("push", true), ("sms", false), ("mms", false), ("media", false)].into_iter().map(|(c, b)| (c.to_string(), b)).collect()
 }
 
 impl Default for Settings {
@@ -55,6 +70,7 @@ impl Default for Settings {
             defer_max_ms: 3 * 86_400_000,
             best_hour_default: 10,
             sms_double_opt_in: false,
+            unknown_consent: default_unknown_consent(),
         }
     }
 }

@@ -71,8 +71,8 @@ pub fn contact_point(state: &CustomerState, channel: &str) -> Option<String> {
 }
 
 /// Decide one send and record the decision on the customer.
-pub fn decide_send(state: &mut CustomerState, req: &SendRequest, now_ms: i64, cfg: &EngineConfig) -> SendDecision {
-    let mut decision = evaluate(state, req);
+pub fn decide_send(state: &mut CustomerState, req: &SendRequest, now_ms: i64, cfg: &EngineConfig, settings: &crate::guard::Settings) -> SendDecision {
+    let mut decision = evaluate(state, req, settings);
     if let SendDecision::Send(intent) = &mut decision {
         intent.created_ms = now_ms;
     }
@@ -95,7 +95,7 @@ pub fn decide_send(state: &mut CustomerState, req: &SendRequest, now_ms: i64, cf
 }
 
 /// The send checks without recording a decision (the journey interpreter records its own).
-pub(crate) fn evaluate(state: &CustomerState, req: &SendRequest) -> SendDecision {
+pub(crate) fn evaluate(state: &CustomerState, req: &SendRequest, settings: &crate::guard::Settings) -> SendDecision {
     if state.is_tombstone() {
         return SendDecision::Skip { reason: "customer merged away".into(), code: "merged" };
     }
@@ -106,8 +106,7 @@ pub(crate) fn evaluate(state: &CustomerState, req: &SendRequest) -> SendDecision
         return SendDecision::Skip { reason: format!("{} opted out", req.channel), code: "consent" };
     }
     if marketing {
-        let needs_opt_in = matches!(req.channel.as_str(), "sms" | "mms" | "media");
-        if needs_opt_in && channel_consent != ConsentStatus::OptedIn {
+        if channel_consent != ConsentStatus::OptedIn && !settings.unknown_consent_allows_marketing(&req.channel) {
             return SendDecision::Skip { reason: format!("no {} consent (marketing needs an explicit opt-in)", req.channel), code: "consent" };
         }
         if !req.topic.is_empty() && state.consent.topics.get(&req.topic).is_some_and(|t| t.status == ConsentStatus::OptedOut) {
@@ -172,7 +171,7 @@ mod tests {
     #[test]
     fn rule_email_unknown_consent_may_send_marketing() {
         let mut c = customer();
-        let d = decide_send(&mut c, &req("email", Category::Marketing), 5, &EngineConfig::default());
+        let d = decide_send(&mut c, &req("email", Category::Marketing), 5, &EngineConfig::default(), &crate::guard::Settings::default());
         let SendDecision::Send(i) = d else { panic!("{d:?}") };
         assert_eq!(i.to, "ada@example.com");
         assert_eq!(i.key, "api/r1/cu_0000000000000001");
@@ -187,7 +186,7 @@ mod tests {
     fn rule_channel_opt_out_is_a_hard_stop_even_for_transactional() {
         let mut c = customer();
         set(&mut c, "email", ConsentStatus::OptedOut);
-        let d = decide_send(&mut c, &req("email", Category::Transactional), 0, &EngineConfig::default());
+        let d = decide_send(&mut c, &req("email", Category::Transactional), 0, &EngineConfig::default(), &crate::guard::Settings::default());
         assert_eq!(d, SendDecision::Skip { reason: "email opted out".into(), code: "consent" });
         assert_eq!(c.decisions.back().unwrap().kind, DecisionKind::Skipped);
     }
@@ -197,10 +196,10 @@ mod tests {
         let mut c = customer();
         c.identities.push(Identity { kind: IdentityKind::Phone, value: "+14155550123".into() });
         let cfg = EngineConfig::default();
-        assert!(matches!(decide_send(&mut c, &req("sms", Category::Marketing), 0, &cfg), SendDecision::Skip { .. }));
-        assert!(matches!(decide_send(&mut c, &req("sms", Category::Transactional), 0, &cfg), SendDecision::Send(_)));
+        assert!(matches!(decide_send(&mut c, &req("sms", Category::Marketing), 0, &cfg, &crate::guard::Settings::default()), SendDecision::Skip { .. }));
+        assert!(matches!(decide_send(&mut c, &req("sms", Category::Transactional), 0, &cfg, &crate::guard::Settings::default()), SendDecision::Send(_)));
         set(&mut c, "sms", ConsentStatus::OptedIn);
-        assert!(matches!(decide_send(&mut c, &req("sms", Category::Marketing), 0, &cfg), SendDecision::Send(_)));
+        assert!(matches!(decide_send(&mut c, &req("sms", Category::Marketing), 0, &cfg, &crate::guard::Settings::default()), SendDecision::Send(_)));
     }
 
     #[test]
@@ -210,15 +209,26 @@ mod tests {
         let mut r = req("email", Category::Marketing);
         r.topic = "promotions".into();
         let cfg = EngineConfig::default();
-        assert!(matches!(decide_send(&mut c, &r, 0, &cfg), SendDecision::Skip { .. }));
+        assert!(matches!(decide_send(&mut c, &r, 0, &cfg, &crate::guard::Settings::default()), SendDecision::Skip { .. }));
         r.category = Category::Transactional;
-        assert!(matches!(decide_send(&mut c, &r, 0, &cfg), SendDecision::Send(_)));
+        assert!(matches!(decide_send(&mut c, &r, 0, &cfg, &crate::guard::Settings::default()), SendDecision::Send(_)));
+    }
+
+    #[test]
+    fn rule_unknown_consent_policies_are_configurable() {
+        let mut c = customer();
+        let mut settings = crate::guard::Settings::default();
+        settings.unknown_consent.insert("email".into(), false);
+        let d = decide_send(&mut c, &req("email", Category::Marketing), 0, &EngineConfig::default(), &settings);
+        assert_eq!(d, SendDecision::Skip { reason: "no email consent (marketing needs an explicit opt-in)".into(), code: "consent" });
+        // Transactional messages do not need marketing consent.
+        assert!(matches!(decide_send(&mut c, &req("email", Category::Transactional), 0, &EngineConfig::default(), &settings), SendDecision::Send(_)));
     }
 
     #[test]
     fn rule_a_send_needs_a_contact_point() {
         let mut c = CustomerState::new(CustomerId::new(0, 2), 0);
-        let d = decide_send(&mut c, &req("push", Category::Transactional), 0, &EngineConfig::default());
+        let d = decide_send(&mut c, &req("push", Category::Transactional), 0, &EngineConfig::default(), &crate::guard::Settings::default());
         assert_eq!(d, SendDecision::Skip { reason: "no valid push token".into(), code: "contact" });
     }
 }

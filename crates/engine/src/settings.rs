@@ -8,6 +8,7 @@
 //! defer_max: 3d
 //! best_hour_default: 10
 //! sms_double_opt_in: false
+//! unknown_consent: { email: allow, push: allow, sms: deny, mms: deny, media: deny }
 //! caps:
 //!   - { name: marketing-daily, max: 3, window: 24h }           # any channel
 //!   - { name: sms-per-day, channels: [sms], max: 1, window: 1d, calendar: true }
@@ -37,7 +38,7 @@ pub fn parse_settings(text: &str) -> Result<Settings, Vec<Diagnostic>> {
     Err(diags)
 }
 
-const KEYS: &[&str] = &["timezone", "arbitration_window", "defer_max", "best_hour_default", "sms_double_opt_in", "caps", "quiet_hours"];
+const KEYS: &[&str] = &["timezone", "arbitration_window", "defer_max", "best_hour_default", "sms_double_opt_in", "unknown_consent", "caps", "quiet_hours"];
 const CAP_KEYS: &[&str] = &["name", "category", "channels", "max", "window", "calendar"];
 
 fn parse(value: &Value, problems: &mut Vec<(String, String)>) -> Settings {
@@ -95,6 +96,29 @@ fn parse(value: &Value, problems: &mut Vec<(String, String)>) -> Settings {
         match v.as_bool() {
             Some(b) => s.sms_double_opt_in = b,
             None => err("sms_double_opt_in".into(), "sms_double_opt_in is true or false".into()),
+        }
+    }
+    if let Some(v) = m.get("unknown_consent") {
+        match v.as_object() {
+            Some(policies) => {
+                for (channel, p) in policies {
+                    let path = child("unknown_consent", channel);
+                    if !chorus_types::CHANNELS.contains(&channel.as_str()) {
+                        err(path, format!("unknown channel {channel:?}; channels: {}", chorus_types::CHANNELS.join(", ")));
+                        continue;
+                    }
+                    match p.as_str() {
+                        Some("allow") => {
+                            s.unknown_consent.insert(channel.clone(), true);
+                        }
+                        Some("deny") => {
+                            s.unknown_consent.insert(channel.clone(), false);
+                        }
+                        _ => err(path, "allow (marketing may go without an explicit opt-in) or deny (it needs one)".into()),
+                    }
+                }
+            }
+            None => err("unknown_consent".into(), "unknown_consent maps channels to allow or deny, e.g. { sms: deny }".into()),
         }
     }
     if let Some(v) = m.get("caps") {
@@ -247,6 +271,8 @@ pub fn format_settings(s: &Settings) -> String {
     out.push_str(&format!("defer_max: {}\n", format_duration_ms(s.defer_max_ms)));
     out.push_str(&format!("best_hour_default: {}\n", s.best_hour_default));
     out.push_str(&format!("sms_double_opt_in: {}\n", s.sms_double_opt_in));
+    let policies: Vec<String> = s.unknown_consent.iter().map(|(c, allow)| format!("{c}: {}", if *allow { "allow" } else { "deny" })).collect();
+    out.push_str(&format!("unknown_consent: {{ {} }}\n", policies.join(", ")));
     if s.caps.is_empty() {
         out.push_str("caps: []\n");
     } else {
@@ -297,6 +323,7 @@ pub fn settings_json(s: &Settings) -> Value {
         "defer_max": format_duration_ms(s.defer_max_ms),
         "best_hour_default": s.best_hour_default,
         "sms_double_opt_in": s.sms_double_opt_in,
+        "unknown_consent": s.unknown_consent.iter().map(|(c, a)| (c.clone(), Value::from(if *a { "allow" } else { "deny" }))).collect::<Map<String, Value>>(),
         "caps": caps,
         "quiet_hours": quiet,
     })
@@ -323,7 +350,7 @@ mod tests {
 
     #[test]
     fn rule_settings_round_trip_through_their_text() {
-        let s = parse_settings("sms_double_opt_in: true\ncaps:\n  - { name: \"weekly all\", category: any, max: 10, window: 7d }\n").unwrap();
+        let s = parse_settings("sms_double_opt_in: true\nunknown_consent: { email: deny, in_app: allow }\ncaps:\n  - { name: \"weekly all\", category: any, max: 10, window: 7d }\n").unwrap();
         assert!(s.sms_double_opt_in);
         assert_eq!(parse_settings(&format_settings(&s)).unwrap(), s);
         assert_eq!(parse_settings(&format_settings(&Settings::default())).unwrap(), Settings::default());

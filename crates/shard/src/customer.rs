@@ -226,7 +226,7 @@ pub fn apply_input(state: &mut CustomerState, input: &CustomerInput, now_ms: i64
         // Handled by `run_journeys`.
         CustomerInput::JourneyTimer { .. } | CustomerInput::JourneyWake { .. } | CustomerInput::Enroll { .. } | CustomerInput::Evaluate => {}
         CustomerInput::Send(req) => {
-            if let chorus_engine::SendDecision::Send(intent) = chorus_engine::decide_send(state, req, now_ms, cfg) {
+            if let chorus_engine::SendDecision::Send(intent) = chorus_engine::decide_send(state, req, now_ms, cfg, settings) {
                 intents.push(intent);
             }
         }
@@ -259,7 +259,7 @@ pub fn apply_input(state: &mut CustomerState, input: &CustomerInput, now_ms: i64
             chorus_engine::apply_event(state, e, now_ms, cfg);
             // SMS keywords, the help reply and double opt-in.
             for req in chorus_engine::consent::after_event(state, e, ledger_before, settings, now_ms, cfg) {
-                if let chorus_engine::SendDecision::Send(intent) = chorus_engine::decide_send(state, &req, now_ms, cfg) {
+                if let chorus_engine::SendDecision::Send(intent) = chorus_engine::decide_send(state, &req, now_ms, cfg, settings) {
                     intents.push(intent);
                 }
             }

@@ -368,6 +368,11 @@ fn rule_entry_keys_allow_one_instance_per_key_up_to_max_concurrent() {
     assert!(last(&c, DecisionKind::Skipped).starts_with("max_concurrent reached"), "{:?}", c.decisions);
     let keys: Vec<&str> = c.journeys.iter().map(|i| i.entry_key.as_str()).collect();
     assert_eq!(keys, vec!["A1", "77"]);
+    // `entry` is each instance's own entry event: shipping order 77 moves only its instance.
+    let fx = on(&mut c, &cat, &track("Order Shipped", json!({"order_id": 77}), "s77"), ms(NOON) + 4);
+    assert_eq!(sent(&fx), vec!["email order-shipped"]);
+    let keys: Vec<&str> = c.journeys.iter().map(|i| i.entry_key.as_str()).collect();
+    assert_eq!(keys, vec!["A1"]);
 }
 
 #[test]

@@ -210,7 +210,15 @@ impl<'a> Run<'a> {
     where
         'a: 's,
     {
-        Scope { state, event, entry: None, steps: inst.map(steps_value).unwrap_or(Value::Null), segments: &state.segments, now_ms: self.now }
+        // Before entry (filter, entry key) the entry event is the current one.
+        let entry = match inst {
+            Some(i) => i.entry_event.as_ref().map(|(name, props)| {
+                let props = if props.is_empty() { Value::Object(Default::default()) } else { serde_json::from_str(props).unwrap_or(Value::Null) };
+                serde_json::json!({"name": name, "properties": props})
+            }),
+            None => event.map(crate::expr::event_value),
+        };
+        Scope { state, event, entry: entry.unwrap_or(Value::Null), steps: inst.map(steps_value).unwrap_or(Value::Null), segments: &state.segments, now_ms: self.now }
     }
 
     fn cond(&self, j: &Compiled, src: &str, state: &CustomerState, event: Option<&Event>, inst: Option<&Instance>) -> Result<bool, String> {
@@ -912,7 +920,7 @@ fn send(state: &mut CustomerState, pos: usize, j: &Compiled, step: &Step, event:
             topic: topic.clone().unwrap_or_default(),
         };
         // 2–3. Consent and a contact point: on failure, try the next channel.
-        let mut intent = match check_send(state, &req) {
+        let mut intent = match check_send(state, &req, settings) {
             SendDecision::Send(intent) => intent,
             SendDecision::Skip { reason, code } => {
                 reasons.push(format!("{ch}: {reason}"));

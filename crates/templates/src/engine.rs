@@ -86,6 +86,15 @@ fn record_miss(registers: &Registers, path: &[ScalarCow<'_>]) {
     }
 }
 
+/// The filters of [`language`] (liquid's standard filters).
+pub const FILTERS: &[&str] = &[
+    "abs", "append", "at_least", "at_most", "capitalize", "ceil", "compact", "concat", "date", "default", "divided_by",
+    "downcase", "escape", "escape_once", "first", "floor", "join", "last", "lstrip", "map", "minus", "modulo",
+    "newline_to_br", "plus", "prepend", "remove", "remove_first", "replace", "replace_first", "reverse", "round", "rstrip",
+    "size", "slice", "sort", "sort_natural", "split", "strip", "strip_html", "strip_newlines", "times", "truncate",
+    "truncatewords", "uniq", "upcase", "url_decode", "url_encode", "where",
+];
+
 /// Build the language: liquid's standard tags and blocks (except `include`, `render`,
 /// `tablerow` and `for`, replaced by [`BoundedFor`]) and its filters, size-checked.
 pub fn language(bounds: Bounds) -> Language {
@@ -655,6 +664,14 @@ mod tests {
     fn run(text: &str, globals: Object) -> std::result::Result<Outcome, Failure> {
         let t = compile(text, &lang()).unwrap();
         render(&t, &globals, Bounds { loop_iterations_max: 100, output_bytes_max: 1000 })
+    }
+
+    #[test]
+    fn the_filter_list_is_the_registered_filters() {
+        let lang = lang();
+        let mut registered: Vec<&str> = lang.filters.plugin_names().collect();
+        registered.sort_unstable();
+        assert_eq!(registered, FILTERS);
     }
 
     #[test]

@@ -52,7 +52,7 @@ const OPERATORS: &[&str] = &["and", "or", "contains", "in", "reversed"];
 
 /// Scan `text`; `filters` are the known filter names.
 pub fn scan(text: &str, filters: &[&str], nesting_depth_max: usize) -> Scan {
-    let mut s = Scanner { text, lines: line_starts(text), out: Scan::default(), filters, depth: 0 };
+    let mut s = Scanner { text, lines: line_starts(text), out: Scan::default(), filters, open: Vec::new() };
     s.run(nesting_depth_max);
     s.out
 }
@@ -66,7 +66,8 @@ struct Scanner<'a> {
     lines: Vec<usize>,
     out: Scan,
     filters: &'a [&'a str],
-    depth: usize,
+    /// Open blocks: (tag, position).
+    open: Vec<(&'a str, usize)>,
 }
 
 /// Liquid's whitespace (no tabs).
@@ -110,12 +111,21 @@ impl Scanner<'_> {
     }
 
     fn literal(&mut self, piece: &str, trim_start: bool) {
-        if self.depth == 0 {
+        if self.open.is_empty() {
             self.out.literal.push_str(if trim_start { trim_ws_start(piece) } else { piece });
         }
     }
 
     fn run(&mut self, nesting_depth_max: usize) {
+        self.markup(nesting_depth_max);
+        for (opener, at) in std::mem::take(&mut self.open) {
+            self.problem(at, format!("{{% {opener} %}} is never closed: add {{% end{opener} %}}"));
+        }
+    }
+
+    /// Walk the text: literal pieces, outputs and tags. Stops at the first markup it
+    /// cannot follow (liquid then reports the syntax error).
+    fn markup(&mut self, nesting_depth_max: usize) {
         let text = self.text;
         let mut pos = 0;
         let mut trim_next = false;
@@ -184,13 +194,27 @@ impl Scanner<'_> {
                     continue;
                 }
                 _ if OPENERS.contains(&name) => {
-                    self.depth += 1;
-                    if self.depth > nesting_depth_max && !too_deep_reported {
+                    self.open.push((name, first.pos));
+                    if self.open.len() > nesting_depth_max && !too_deep_reported {
                         too_deep_reported = true;
                         self.problem(first.pos, format!("blocks are nested more than {nesting_depth_max} deep (nesting_depth_max): flatten the template"));
                     }
                 }
-                _ if CLOSERS.contains(&name) => self.depth = self.depth.saturating_sub(1),
+                _ if CLOSERS.contains(&name) => match self.open.last() {
+                    Some((opener, _)) if name.strip_prefix("end") == Some(opener) => {
+                        self.open.pop();
+                    }
+                    Some((opener, _)) => {
+                        let opener = *opener;
+                        self.problem(first.pos, format!("{{% {name} %}} does not close the open {{% {opener} %}}: close that first with {{% end{opener} %}}"));
+                        self.open.clear();
+                        return;
+                    }
+                    None => {
+                        self.problem(first.pos, format!("{{% {name} %}} closes no block"));
+                        return;
+                    }
+                },
                 _ => {}
             }
             let mut p = Parser { toks: &toks, i: 1, refs: Vec::new(), filters: Vec::new() };

@@ -26,6 +26,8 @@ use liquid_core::{
 };
 use liquid_lib::stdlib;
 use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// A static path segment of a variable: `.name`, `["name"]` or `[0]`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -57,8 +59,21 @@ pub struct Bounds {
     pub output_bytes_max: usize,
 }
 
-/// Most distinct missing variables remembered per render (for error messages).
-const MISSES_MAX: usize = 64;
+/// Most distinct missing lookups remembered per render; beyond it, further ones are
+/// not kept (so not checked by the strict rule).
+const MISSES_MAX: usize = 1024;
+
+/// A lookup that found nothing (and gave nil), with where it happened: inside the
+/// evaluation of filter `inside` (its arguments), or just before filter `before`
+/// started (the value a filter chain starts from). Filters are numbered in the order
+/// they appear in the template text.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Miss {
+    pub root: String,
+    pub segs: Vec<Seg>,
+    pub inside: Option<usize>,
+    pub before: Option<usize>,
+}
 
 /// Per-render state, kept in liquid's registers (shared by every frame of a render).
 #[derive(Default, Debug)]
@@ -66,8 +81,45 @@ struct State {
     iterations: u64,
     loops_exceeded: bool,
     value_exceeded: bool,
-    /// Paths looked up but absent, in order of first miss: (root, segments).
-    misses: Vec<(String, Vec<Seg>)>,
+    /// Filters being evaluated (innermost last).
+    filters: Vec<usize>,
+    /// Misses outside any filter not yet followed by a filter.
+    tail: Vec<(String, Vec<Seg>)>,
+    misses: std::collections::BTreeSet<Miss>,
+}
+
+impl State {
+    fn keep(&mut self, m: Miss) {
+        if self.misses.len() < MISSES_MAX {
+            self.misses.insert(m);
+        }
+    }
+
+    fn miss(&mut self, root: String, segs: Vec<Seg>) {
+        if let Some(&f) = self.filters.last() {
+            self.keep(Miss { root, segs, inside: Some(f), before: None });
+        } else if self.tail.len() < MISSES_MAX && !self.tail.iter().any(|(r, s)| *r == root && *s == segs) {
+            self.tail.push((root, segs));
+        }
+    }
+
+    fn filter_start(&mut self, id: usize) {
+        for (root, segs) in std::mem::take(&mut self.tail) {
+            self.keep(Miss { root, segs, inside: None, before: Some(id) });
+        }
+        self.filters.push(id);
+    }
+
+    fn filter_end(&mut self) {
+        self.filters.pop();
+    }
+
+    fn finish(&mut self) -> Vec<Miss> {
+        for (root, segs) in std::mem::take(&mut self.tail) {
+            self.keep(Miss { root, segs, inside: None, before: None });
+        }
+        std::mem::take(&mut self.misses).into_iter().collect()
+    }
 }
 
 fn record_miss(registers: &Registers, path: &[ScalarCow<'_>]) {
@@ -80,10 +132,7 @@ fn record_miss(registers: &Registers, path: &[ScalarCow<'_>]) {
             _ => Seg::Key(s.to_kstr().to_string()),
         })
         .collect();
-    let mut st = registers.get_mut::<State>();
-    if st.misses.len() < MISSES_MAX && !st.misses.iter().any(|(r, s)| *r == root && *s == segs) {
-        st.misses.push((root, segs));
-    }
+    registers.get_mut::<State>().miss(root, segs);
 }
 
 /// The filters of [`language`] (liquid's standard filters).
@@ -95,9 +144,17 @@ pub const FILTERS: &[&str] = &[
     "truncatewords", "uniq", "upcase", "url_decode", "url_encode", "where",
 ];
 
+/// The language and the numbering of the filters it parses.
+pub struct Lang {
+    language: Language,
+    filter_ids: Arc<AtomicUsize>,
+}
+
 /// Build the language: liquid's standard tags and blocks (except `include`, `render`,
-/// `tablerow` and `for`, replaced by [`BoundedFor`]) and its filters, size-checked.
-pub fn language(bounds: Bounds) -> Language {
+/// `tablerow`; `for` is [`BoundedFor`], `comment` does not parse its content) and its
+/// filters, size-checked and numbered.
+pub fn language(bounds: Bounds) -> Lang {
+    let filter_ids = Arc::new(AtomicUsize::new(0));
     let mut lang = Language::empty();
     let tags: Vec<Box<dyn liquid_core::ParseTag>> = vec![
         Box::new(stdlib::AssignTag),
@@ -116,7 +173,7 @@ pub fn language(bounds: Bounds) -> Language {
         Box::new(stdlib::UnlessBlock),
         Box::new(stdlib::IfChangedBlock),
         Box::new(BoundedFor { loop_iterations_max: bounds.loop_iterations_max }),
-        Box::new(stdlib::CommentBlock),
+        Box::new(Comment),
         Box::new(stdlib::CaptureBlock),
         Box::new(stdlib::CaseBlock),
     ];
@@ -175,14 +232,56 @@ pub fn language(bounds: Bounds) -> Language {
     ];
     for f in filters {
         let name = f.reflection().name().to_string();
-        lang.filters.register(name, Box::new(SizedFilter { inner: f, value_bytes_max: bounds.output_bytes_max }));
+        let sized = SizedFilter { inner: f, value_bytes_max: bounds.output_bytes_max, ids: filter_ids.clone() };
+        lang.filters.register(name, Box::new(sized));
     }
-    lang
+    Lang { language: lang, filter_ids }
 }
 
-/// Compile template text; the error is liquid's own message.
-pub fn compile(text: &str, lang: &Language) -> std::result::Result<Template, String> {
-    liquid_core::parser::parse(text, lang).map(Template::new).map_err(|e| e.to_string())
+/// Compile template text: the template and how many filters it has (numbered from 0
+/// in text order); the error is liquid's own message.
+pub fn compile(text: &str, lang: &Lang) -> std::result::Result<(Template, usize), String> {
+    lang.filter_ids.store(0, Ordering::SeqCst);
+    let t = liquid_core::parser::parse(text, &lang.language).map(Template::new).map_err(|e| e.to_string())?;
+    Ok((t, lang.filter_ids.load(Ordering::SeqCst)))
+}
+
+/// `{% comment %}…{% endcomment %}` whose content is skipped, not parsed (comments
+/// nest), so it holds no filters.
+#[derive(Clone, Copy, Debug)]
+struct Comment;
+
+impl BlockReflection for Comment {
+    fn start_tag(&self) -> &str {
+        "comment"
+    }
+    fn end_tag(&self) -> &str {
+        "endcomment"
+    }
+    fn description(&self) -> &str {
+        "text that is not rendered"
+    }
+}
+
+#[derive(Debug)]
+struct Nothing;
+
+impl Renderable for Nothing {
+    fn render_to(&self, _writer: &mut dyn Write, _runtime: &dyn Runtime) -> Result<()> {
+        Ok(())
+    }
+}
+
+impl ParseBlock for Comment {
+    fn parse(&self, mut args: TagTokenIter<'_>, mut tokens: TagBlock<'_, '_>, _options: &Language) -> Result<Box<dyn Renderable>> {
+        args.expect_nothing()?;
+        tokens.escape_liquid(true)?;
+        tokens.assert_empty();
+        Ok(Box::new(Nothing))
+    }
+    fn reflection(&self) -> &dyn BlockReflection {
+        self
+    }
 }
 
 /// Why a render failed.
@@ -194,11 +293,11 @@ pub enum Failure {
     Liquid(String),
 }
 
-/// A finished render: the text and the variables that were missing (and rendered as nil).
+/// A finished render: the text and the lookups that found nothing (rendered as nil).
 #[derive(Debug)]
 pub struct Outcome {
     pub text: String,
-    pub misses: Vec<(String, Vec<Seg>)>,
+    pub misses: Vec<Miss>,
 }
 
 /// Render `template` with `globals` under `bounds`.
@@ -219,7 +318,8 @@ pub fn render(template: &Template, globals: &Object, bounds: Bounds) -> std::res
     }
     result.map_err(|e| Failure::Liquid(e.to_string()))?;
     let text = String::from_utf8(out.buf).map_err(|_| Failure::Liquid("the output is not valid UTF-8".into()))?;
-    Ok(Outcome { text, misses: std::mem::take(&mut st.misses) })
+    let misses = st.finish();
+    Ok(Outcome { text, misses })
 }
 
 /// An output buffer that refuses to grow past `max` bytes.
@@ -555,6 +655,8 @@ impl Renderable for For {
 struct SizedFilter {
     inner: Box<dyn ParseFilter>,
     value_bytes_max: usize,
+    /// The next filter number of the template being compiled.
+    ids: Arc<AtomicUsize>,
 }
 
 impl ParseFilter for SizedFilter {
@@ -566,6 +668,7 @@ impl ParseFilter for SizedFilter {
             .parse(FilterArguments { positional: Box::new(positional.clone().into_iter()), keyword: Box::new(keyword.into_iter()) })?;
         Ok(Box::new(Sized_ {
             inner,
+            id: self.ids.fetch_add(1, Ordering::SeqCst),
             name: self.inner.reflection().name().to_string(),
             args: positional,
             value_bytes_max: self.value_bytes_max,
@@ -594,6 +697,7 @@ impl FilterReflection for SizedFilter {
 #[derive(Debug)]
 struct Sized_ {
     inner: Box<dyn Filter>,
+    id: usize,
     name: String,
     args: Vec<Expression>,
     value_bytes_max: usize,
@@ -640,10 +744,12 @@ impl Filter for Sized_ {
             runtime.registers().get_mut::<State>().value_exceeded = true;
             Error::with_msg(format!("the result of `{}` would exceed output_bytes_max", self.name))
         };
+        runtime.registers().get_mut::<State>().filter_start(self.id);
         if self.predicted_bytes(input, runtime)? > self.value_bytes_max {
             return Err(too_big(runtime));
         }
         let out = self.inner.evaluate(input, runtime)?;
+        runtime.registers().get_mut::<State>().filter_end();
         if value_bytes(&out) > self.value_bytes_max {
             return Err(too_big(runtime));
         }
@@ -657,19 +763,23 @@ impl Filter for Sized_ {
 mod tests {
     use super::*;
 
-    fn lang() -> Language {
+    fn lang() -> Lang {
         language(Bounds { loop_iterations_max: 100, output_bytes_max: 1000 })
     }
 
+    fn miss(root: &str, key: &str, inside: Option<usize>, before: Option<usize>) -> Miss {
+        Miss { root: root.into(), segs: vec![Seg::Key(key.into())], inside, before }
+    }
+
     fn run(text: &str, globals: Object) -> std::result::Result<Outcome, Failure> {
-        let t = compile(text, &lang()).unwrap();
+        let (t, _) = compile(text, &lang()).unwrap();
         render(&t, &globals, Bounds { loop_iterations_max: 100, output_bytes_max: 1000 })
     }
 
     #[test]
     fn the_filter_list_is_the_registered_filters() {
         let lang = lang();
-        let mut registered: Vec<&str> = lang.filters.plugin_names().collect();
+        let mut registered: Vec<&str> = lang.language.filters.plugin_names().collect();
         registered.sort_unstable();
         assert_eq!(registered, FILTERS);
     }
@@ -677,9 +787,14 @@ mod tests {
     #[test]
     fn missing_values_are_nil_and_recorded() {
         let g = liquid_core::object!({"profile": {"first_name": "Ada"}});
-        let o = run("Hi {{ profile.first_name }} {{ profile.last | default: 'x' }}{% if profile.vip %}!{% endif %}", g).unwrap();
-        assert_eq!(o.text, "Hi Ada x");
-        assert_eq!(o.misses, vec![("profile".to_string(), vec![Seg::Key("last".into())])]);
+        let text = "Hi {{ profile.first_name }} {{ profile.last | default: 'x' }}{% if profile.vip %}!{% endif %}{% if profile.a == 1 %}{% endif %}{{ 'x' | append: profile.b | upcase }}{% comment %}{{ x | upcase }}{% endcomment %}";
+        assert_eq!(compile(text, &lang()).unwrap().1, 3, "filters are numbered; comments hold none");
+        let o = run(text, g).unwrap();
+        assert_eq!(o.text, "Hi Ada xX");
+        assert_eq!(
+            o.misses,
+            vec![miss("profile", "a", None, Some(1)), miss("profile", "b", Some(1), None), miss("profile", "last", None, Some(0))]
+        );
     }
 
     #[test]
@@ -694,7 +809,7 @@ mod tests {
         let g = liquid_core::object!({"xs": [{"a": 1}, {"b": 2}]});
         let o = run("{% for x in xs %}{{ forloop.index }}:{{ x.a }};{% endfor %}", g).unwrap();
         assert_eq!(o.text, "1:1;2:;");
-        assert_eq!(o.misses, vec![("x".to_string(), vec![Seg::Key("a".into())])]);
+        assert_eq!(o.misses, vec![miss("x", "a", None, None)]);
     }
 
     #[test]

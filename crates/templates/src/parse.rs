@@ -18,6 +18,9 @@ use std::collections::BTreeMap;
 pub(crate) struct Text {
     pub compiled: liquid_core::Template,
     pub scan: Scan,
+    /// Liquid numbered as many filters as the scanner saw, so a missing value can be
+    /// traced to its filter chain (always, unless the two disagree on the syntax).
+    pub chains_known: bool,
     /// The field path in the file, e.g. `locales.fr.email.subject`.
     pub path: String,
     /// File line of the text's first line, and whether its lines are file lines.
@@ -151,7 +154,7 @@ struct Problem {
 pub(crate) struct Parser<'a> {
     limits: &'a Limits,
     lines: &'a LineMap,
-    lang: liquid_core::Language,
+    lang: engine::Lang,
     filter_names: Vec<&'static str>,
     problems: Vec<Problem>,
     strict: bool,
@@ -486,7 +489,7 @@ impl Parser<'_> {
         self.check_variables(&scan, path, &at);
         let compiled = if scan_ok {
             match engine::compile(&source, &self.lang) {
-                Ok(c) => Some(c),
+                Ok((c, filters)) => Some((c, filters == scan.filters.len())),
                 Err(e) => {
                     let (line, message) = liquid_error(&e);
                     self.err_at(path, at(line.unwrap_or(1)), format!("liquid: {message}"));
@@ -497,7 +500,8 @@ impl Parser<'_> {
             None
         };
         self.check_rules(&scan, path, channel, name, first_line);
-        Some(Text { compiled: compiled?, scan, path: path.to_string(), first_line, literal_block })
+        let (compiled, chains_known) = compiled?;
+        Some(Text { compiled, chains_known, scan, path: path.to_string(), first_line, literal_block })
     }
 
     /// Strict mode: every variable is a template variable (or one the template sets),

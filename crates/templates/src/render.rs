@@ -4,9 +4,10 @@
 //! on the result (SMS segments, push lengths, URLs, the unsubscribe link, tracking).
 
 use crate::email::{contains_url, insert_open_pixel, track_links};
-use crate::engine::{self, Bounds, Failure, path_text};
+use crate::engine::{self, Bounds, Failure, Miss, path_text};
 use crate::output::*;
 use crate::parse::{Slot, Template, Text, Variant, normalize_locale, ucs2_hint};
+use crate::scan::Ref;
 use crate::sms::sms_length;
 use crate::{At, RenderError};
 use chorus_types::Category;
@@ -75,22 +76,44 @@ impl Template {
             }
         })?;
         if self.strict {
-            for (root, segs) in &out.misses {
-                let refs: Vec<_> = text
-                    .scan
-                    .refs
-                    .iter()
-                    .filter(|r| r.root == *root && if r.dynamic { segs.starts_with(&r.segs) } else { r.segs == *segs })
-                    .collect();
-                if let Some(first) = refs.first()
-                    && refs.iter().all(|r| !r.excused)
-                {
-                    return Err(RenderError::Missing { at: self.at(text, first.line), variable: path_text(root, segs) });
+            for miss in &out.misses {
+                if let Some(r) = violation(text, miss) {
+                    return Err(RenderError::Missing { at: self.at(text, r.line), variable: path_text(&miss.root, &miss.segs) });
                 }
             }
         }
         Ok(out.text)
     }
+}
+
+/// In strict mode, whether a lookup that found nothing breaks the rule, and at which
+/// reference: it does when it was made for a filter chain without `default` (the
+/// value it starts from or a filter's argument). A lookup made outside any filter
+/// chain with filters (a plain `{{ x }}`, an `assign`, a test) breaks it when the
+/// variable is printed plainly somewhere and never tested: when it is also tested
+/// (`{% if x == 1 %}…{{ x }}…`) the miss is taken to be the test's.
+fn violation<'s>(text: &'s Text, miss: &Miss) -> Option<&'s Ref> {
+    let scan = &text.scan;
+    let matching: Vec<&Ref> = scan
+        .refs
+        .iter()
+        .filter(|r| r.root == miss.root && if r.dynamic { miss.segs.starts_with(&r.segs) } else { r.segs == miss.segs })
+        .collect();
+    if !text.chains_known {
+        return if matching.iter().any(|r| scan.excused(r)) { None } else { matching.first().copied() };
+    }
+    let chain = match (miss.inside, miss.before) {
+        (Some(f), _) => scan.filters.get(f).map(|u| u.chain),
+        (None, Some(f)) => scan.filters.get(f).filter(|u| u.first).map(|u| u.chain),
+        (None, None) => None,
+    };
+    if let Some(c) = chain
+        && let Some(r) = matching.iter().find(|r| r.chain == Some(c))
+    {
+        return if scan.chains[c].has_default { None } else { Some(r) };
+    }
+    let plain: Vec<&Ref> = matching.into_iter().filter(|r| r.chain.is_none_or(|c| !scan.chains[c].has_filters)).collect();
+    if plain.iter().any(|r| r.chain.is_none()) { None } else { plain.first().copied() }
 }
 
 /// The Liquid variables for `ctx`.

@@ -1,8 +1,10 @@
 //! A read-only pass over Liquid template text that liquid itself does not offer:
-//! every variable reference with its line and whether a missing value is tolerated
-//! there (a condition, a loop collection, a `default` filter), the names the template
-//! binds itself, the text every rendering outputs, and problems worth a precise line
-//! (unknown tags and filters, nesting too deep, a local hiding a template variable).
+//! every variable reference with its line and where it is used (a test — condition,
+//! loop collection — or a filter chain, with or without `default`), the filters in
+//! text order (the order liquid numbers them in when compiling), the names the
+//! template binds itself, the text every rendering outputs, and problems worth a
+//! precise line (unknown tags and filters, unbalanced or too deeply nested blocks, a
+//! local hiding a template variable).
 //!
 //! It follows liquid 0.26's grammar (identifiers may contain `-`, strings have no
 //! escapes). Syntax errors are left to liquid's parser, which runs after this.
@@ -20,15 +22,32 @@ pub struct Ref {
     pub dynamic: bool,
     /// 1-based line within the template text.
     pub line: usize,
-    /// A missing value is tolerated here: a condition, a `for` collection, or an
-    /// expression with a `default` filter.
-    pub excused: bool,
+    /// The filter chain (output, `assign`, `cycle`) it is part of; None in a test
+    /// (`if`, `elsif`, `unless`, `case`, `when`, `for`), where a missing value is nil.
+    pub chain: Option<usize>,
+}
+
+/// A filter chain: `value | filter | …` of an output, `assign` or `cycle`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Chain {
+    pub has_default: bool,
+    pub has_filters: bool,
+}
+
+/// One filter in text order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FilterUse {
+    pub chain: usize,
+    /// The chain's first filter (the one right after the value it starts from).
+    pub first: bool,
 }
 
 /// What [`scan`] found.
 #[derive(Debug, Default)]
 pub struct Scan {
     pub refs: Vec<Ref>,
+    pub chains: Vec<Chain>,
+    pub filters: Vec<FilterUse>,
     /// Names the template binds: `assign`, `capture`, `for` variables, counters.
     pub locals: BTreeSet<String>,
     /// The text outside any block, which every rendering outputs.
@@ -95,6 +114,13 @@ fn markup_end(text: &str, from: usize, close: &str) -> Option<usize> {
         i += 1;
     }
     None
+}
+
+impl Scan {
+    /// A missing value is tolerated at `r`: a test, or a chain with `default`.
+    pub fn excused(&self, r: &Ref) -> bool {
+        r.chain.is_none_or(|c| self.chains[c].has_default)
+    }
 }
 
 impl Scanner<'_> {
@@ -164,7 +190,7 @@ impl Scanner<'_> {
                 let toks = lex(inner, inner_pos);
                 let mut p = Parser { toks: &toks, i: 0, refs: Vec::new(), filters: Vec::new() };
                 p.chain();
-                self.finish(p, None);
+                self.finish(p, false);
                 continue;
             }
             // A tag.
@@ -233,33 +259,41 @@ impl Scanner<'_> {
                                 p.i += 1;
                             }
                             p.chain();
-                            self.finish(p, None);
+                            self.finish(p, false);
                         }
                         "for" => {
                             self.out.locals.insert("forloop".into());
                             p.rest();
-                            self.finish(p, Some(true));
+                            self.finish(p, true);
                         }
                         _ => {}
                     }
                 }
                 "if" | "elsif" | "unless" | "case" | "when" => {
                     p.rest();
-                    self.finish(p, Some(true));
+                    self.finish(p, true);
                 }
                 "cycle" => {
                     p.rest();
-                    self.finish(p, Some(false));
+                    self.finish(p, false);
                 }
                 _ => {}
             }
         }
     }
 
-    /// Record a parsed piece's references (excused as given, or when a `default`
-    /// filter is applied) and check its filters.
-    fn finish(&mut self, p: Parser<'_, '_>, excused: Option<bool>) {
-        let excused = excused.unwrap_or_else(|| p.filters.iter().any(|(f, _)| *f == "default"));
+    /// Record a parsed piece's references and filters: a test's, or a chain's.
+    fn finish(&mut self, p: Parser<'_, '_>, test: bool) {
+        let chain = if test {
+            None
+        } else {
+            let id = self.out.chains.len();
+            self.out.chains.push(Chain { has_default: p.filters.iter().any(|(f, _)| *f == "default"), has_filters: !p.filters.is_empty() });
+            for i in 0..p.filters.len() {
+                self.out.filters.push(FilterUse { chain: id, first: i == 0 });
+            }
+            Some(id)
+        };
         for (name, pos) in &p.filters {
             if !self.filters.contains(name) {
                 let msg = match crate::closest(name, self.filters) {
@@ -271,7 +305,7 @@ impl Scanner<'_> {
         }
         for r in p.refs {
             let line = self.line(r.pos);
-            self.out.refs.push(Ref { root: r.root, segs: r.segs, dynamic: r.dynamic, line, excused });
+            self.out.refs.push(Ref { root: r.root, segs: r.segs, dynamic: r.dynamic, line, chain });
         }
     }
 }
@@ -495,10 +529,10 @@ mod tests {
     const FILTERS: &[&str] = &["default", "upcase", "append", "size"];
 
     fn refs(text: &str) -> Vec<(String, usize, bool)> {
-        scan(text, FILTERS, 8)
-            .refs
-            .into_iter()
-            .map(|r| (crate::engine::path_text(&r.root, &r.segs) + if r.dynamic { "[…]" } else { "" }, r.line, r.excused))
+        let s = scan(text, FILTERS, 8);
+        s.refs
+            .iter()
+            .map(|r| (crate::engine::path_text(&r.root, &r.segs) + if r.dynamic { "[…]" } else { "" }, r.line, s.excused(r)))
             .collect()
     }
 
@@ -533,8 +567,11 @@ mod tests {
                 (4, "{% assign profile %} would hide the template variable profile: choose another name".to_string()),
             ]
         );
-        let r: Vec<_> = s.refs.iter().map(|r| (r.root.as_str(), r.excused)).collect();
-        assert_eq!(r, vec![("profile", true), ("event", true), ("vars", true), ("p", false), ("forloop", false), ("x", false)]);
+        let r: Vec<_> = s.refs.iter().map(|r| (r.root.as_str(), r.chain)).collect();
+        assert_eq!(r, vec![("profile", Some(0)), ("event", None), ("vars", None), ("p", Some(1)), ("forloop", Some(2)), ("x", Some(3))]);
+        assert_eq!(s.chains[0], Chain { has_default: true, has_filters: true });
+        assert_eq!(s.chains[1], Chain { has_default: false, has_filters: false });
+        assert_eq!(s.filters, vec![FilterUse { chain: 0, first: true }, FilterUse { chain: 3, first: true }]);
     }
 
     #[test]

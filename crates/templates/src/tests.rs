@@ -199,6 +199,29 @@ fn rule_strict_missing_attribute_is_a_render_error_naming_it() {
 }
 
 #[test]
+fn rule_strict_applies_to_each_use_not_each_variable() {
+    let t = ok(concat!(
+        "id: t\nsms:\n  body: |\n",
+        "    {{ event.name | default: event.sku }}\n",
+        "    shop.example/p/{{ event.sku | url_encode }}\n",
+        "    {% if profile.tier == 'gold' %}Gold {{ profile.tier }}{% endif %}\n"
+    ));
+    let mut c = ctx(json!({}));
+    c.event = json!({"name": "Lamp"}).as_object().cloned().unwrap();
+    assert_eq!(
+        render(&t, "sms", &c).unwrap_err().to_string(),
+        "t.yaml:5: sms.body: event.sku is not set for this customer: give it a default ({{ event.sku | default: \"…\" }}) or set strict: false"
+    );
+    c.event = json!({"sku": "S1"}).as_object().cloned().unwrap();
+    assert_eq!(sms_body(&t, &c), "S1\nshop.example/p/S1");
+    let t = ok("id: t\nsms: { body: \"{{ 'x' | append: profile.suffix | upcase }}\" }\n");
+    assert_eq!(
+        render(&t, "sms", &ctx(json!({}))).unwrap_err().to_string(),
+        "t.yaml:2: sms.body: profile.suffix is not set for this customer: give it a default ({{ profile.suffix | default: \"…\" }}) or set strict: false"
+    );
+}
+
+#[test]
 fn rule_default_filter_covers_a_missing_attribute() {
     let t = ok("id: t\nsms: { body: \"Hi {{ profile.first_name | default: 'there' }}, {{ profile.city | upcase | default: 'friend' }}\" }\n");
     assert_eq!(sms_body(&t, &ctx(json!({}))), "Hi there, friend");

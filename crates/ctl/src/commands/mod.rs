@@ -7,9 +7,11 @@ mod event;
 mod journey;
 mod messages;
 mod profile;
+mod template;
 
 use crate::args::{
     Cli, ClockCommand, ClusterCommand, Command, EventCommand, JourneyCommand, MessagesCommand, ProfileCommand, ShardCommand,
+    TemplateCommand,
 };
 use crate::failure::{self, Failure};
 use crate::output::Format;
@@ -116,6 +118,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Journey { command: JourneyCommand::Stats { id } } => journey::stats(&ctx, &id).await?,
         Command::Journey { command: JourneyCommand::Simulate { file, events, profile, until } } => {
             journey::simulate(&ctx, &file, &events, profile.as_deref(), until)?
+        }
+        Command::Template { command: TemplateCommand::Validate { files } } => template::validate(&ctx, &files)?,
+        Command::Template { command: TemplateCommand::Render { file, channel, profile, vars, event, locale } } => {
+            template::render(&ctx, &file, &channel, template::Inputs { profile, vars, event, locale })?
         }
         Command::Clock { command } => match command {
             ClockCommand::Show => clock::run(&ctx, clock::Op::Show).await?,

@@ -175,7 +175,7 @@ async fn template_render_prints_the_message_for_a_sample_customer() {
     assert_eq!(
         out.json(),
         json!({"template": "tighter-benefit", "locale": null, "channel": "push", "title": "Desk lamp is waiting",
-               "body": "Free delivery on it until midnight, Ada.", "image": null, "deep_link": "shop://product/SKU 1"})
+               "body": "Free delivery on it until midnight, Ada.", "image": null, "deep_link": "shop://product/SKU%201"})
     );
     let out = ctl(&["-o", "json", "template", "render", &example("meta-retargeting-add"), "--channel", "webhook", "--profile", &profile, "--event", &event]).await;
     out.ok();

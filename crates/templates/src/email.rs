@@ -6,7 +6,8 @@
 /// Rewrite every trackable link of `html` with `track(url, index)`, where `index`
 /// counts the tracked links from 0 in document order. Not tracked: anything but
 /// absolute `http://`/`https://` URLs (so `mailto:`, `tel:`, `#anchors`, relative
-/// links) and the unsubscribe link `skip` (compared after HTML-unescaping).
+/// links) and the unsubscribe link: a URL that starts with `skip` (when not empty;
+/// compared after HTML-unescaping).
 /// The URL handed to `track` is HTML-unescaped; its result is escaped back.
 pub fn track_links(html: &str, skip: &str, track: &dyn Fn(&str, usize) -> String) -> String {
     let mut out = String::with_capacity(html.len() + html.len() / 8);
@@ -47,7 +48,8 @@ pub fn track_links(html: &str, skip: &str, track: &dyn Fn(&str, usize) -> String
             if attr_name.eq_ignore_ascii_case("href") && v_end > v_start {
                 let url = unescape(&html[v_start..v_end]);
                 let lower = url.trim().to_ascii_lowercase();
-                let trackable = (lower.starts_with("http://") || lower.starts_with("https://")) && url.trim() != skip;
+                let unsubscribe = !skip.is_empty() && url.trim().starts_with(skip);
+                let trackable = (lower.starts_with("http://") || lower.starts_with("https://")) && !unsubscribe;
                 out.push_str(&html[i..v_start]);
                 if trackable {
                     out.push_str(&escape_attr(&track(url.trim(), index)));

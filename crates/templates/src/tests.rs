@@ -529,7 +529,7 @@ fn rule_click_tracking_skips_mailto_tel_anchors_and_unsubscribe() {
         "id: t\nemail:\n  subject: S\n  html: |\n",
         "    <a href=\"https://shop.example/p?a=1&amp;b=2\">P</a> <a class=x href='mailto:help@example.com'>M</a>\n",
         "    <a href=\"tel:+331\">T</a> <a href=\"#top\">Top</a> <A HREF=https://shop.example/q>Q</A>\n",
-        "    <!-- <a href=\"https://hidden.example\"> --> <a href=\"{{ links.unsubscribe }}\">U</a></body>\n"
+        "    <!-- <a href=\"https://hidden.example\"> --> <a href=\"{{ links.unsubscribe }}?from=footer\">U</a></body>\n"
     ));
     let click = |url: &str, i: usize| format!("https://t.example/c/{i}?u={}", url.len());
     let Content::Email(e) = t.render("email", &ctx(json!({})), &Tracking { click: Some(&click), open_pixel: Some("https://t.example/o/1") }).unwrap().content
@@ -541,7 +541,7 @@ fn rule_click_tracking_skips_mailto_tel_anchors_and_unsubscribe() {
         concat!(
             "<a href=\"https://t.example/c/0?u=30\">P</a> <a class=x href='mailto:help@example.com'>M</a>\n",
             "<a href=\"tel:+331\">T</a> <a href=\"#top\">Top</a> <A HREF=https://t.example/c/1?u=22>Q</A>\n",
-            "<!-- <a href=\"https://hidden.example\"> --> <a href=\"https://t.example/u/abc\">U</a>",
+            "<!-- <a href=\"https://hidden.example\"> --> <a href=\"https://t.example/u/abc?from=footer\">U</a>",
             "<img src=\"https://t.example/o/1\" width=\"1\" height=\"1\" alt=\"\" style=\"display:block;border:0;width:1px;height:1px\"></body>\n"
         )
     );
@@ -604,6 +604,22 @@ fn rule_rendered_sms_serializes_encoding_and_segments() {
     );
     let back: Rendered = serde_json::from_value(serde_json::to_value(&r).unwrap()).unwrap();
     assert_eq!(back, r);
+}
+
+#[test]
+fn rule_liquid_errors_at_render_name_the_field() {
+    let t = ok("id: t\nsms:\n  body: |\n    x\n    {{ 'x' | truncate: 'a' }}\n");
+    assert_eq!(
+        render(&t, "sms", &ctx(json!({}))).unwrap_err().to_string(),
+        "t.yaml:4: sms.body: Invalid argument; argument=length; cause=Whole number expected; in Filter error; filter=truncate : \"a\"; input=\"x\""
+    );
+}
+
+#[test]
+fn templates_can_be_shared_between_threads() {
+    fn shared<T: Send + Sync>() {}
+    shared::<Template>();
+    shared::<Rendered>();
 }
 
 // ---- the examples ---------------------------------------------------------------

@@ -1,6 +1,8 @@
 //! Liquid with bounds (liquid 0.26's engine and standard library): the language we
-//! register, a bounded `for` loop, size-checked filters, a lenient runtime that turns
-//! a missing variable into nil and records it, and an output writer with a cap.
+//! register, a bounded `for` loop, size-checked and numbered filters, a lenient
+//! runtime that turns a missing variable into nil (so `| default:` works) and records
+//! where it was looked up (in or just before which filter) for the strict rule, and
+//! an output writer with a cap.
 //!
 //! Why not the `liquid` facade: it renders only with its own runtime, and the bounds
 //! and the missing-variable rules live in the runtime. What is bounded, and how:

@@ -134,7 +134,8 @@ JSON: [{file, valid, template, channels, locales, problems: [{line, path, messag
 Exit codes: 0 rendered; 1 the template does not render for this customer (the error says why); 2 the file is invalid.\n\n\
 JSON: {template, locale, channel, ...fields}: email {subject, preheader, html, text, headers}; sms {body, encoding, units, segments}; \
 mms {body, media_url}; push {title, body, image, deep_link}; in_app {title, body, buttons: [{label, action}]}; webhook {url, method, headers, body}.\n\n\
-Example:\n  chorusctl template render examples/templates/browse-recos.yaml --channel email --profile examples/traces/ada.json --locale fr")]
+Example:\n  chorusctl template render examples/templates/browse-recos.yaml --channel email --profile examples/traces/ada.json \\
+    --event examples/traces/product-viewed.json --locale fr")]
     Render {
         /// The template file
         #[arg(value_name = "FILE")]

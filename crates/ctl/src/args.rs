@@ -118,6 +118,11 @@ pub enum Command {
         #[command(subcommand)]
         command: SettingsCommand,
     },
+    /// Message templates: validate and preview-render template files (offline, no node needed)
+    Template {
+        #[command(subcommand)]
+        command: TemplateCommand,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -170,6 +175,50 @@ pub enum SettingsCommand {
     Apply {
         #[arg(value_name = "FILE")]
         file: std::path::PathBuf,
+    },
+}
+
+/// Channels a template can have a variant for.
+pub const TEMPLATE_CHANNELS: [&str; 6] = ["email", "sms", "mms", "push", "in_app", "webhook"];
+
+#[derive(Subcommand, Debug)]
+pub enum TemplateCommand {
+    /// Check template files (YAML or JSON) without a node: shape, Liquid syntax, unknown
+    /// variables (strict mode), unsubscribe links, SMS segments and push lengths
+    #[command(after_help = "Each problem is printed as FILE:LINE: FIELD: MESSAGE. Exit code 1 if any file has problems.\n\n\
+JSON: [{file, valid, template, channels, locales, problems: [{line, path, message}]}]\n\nExample:\n  chorusctl template validate examples/templates/*.yaml")]
+    Validate {
+        /// Template files
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<std::path::PathBuf>,
+    },
+    /// Render one channel of a template for a sample customer, as it would be sent
+    #[command(after_help = "PROFILE: the customer's attributes as a JSON object, or {\"customer_id\": \"cu_…\", \"attributes\": {...}} \
+(the shape `journey simulate --profile` reads). Links are preview URLs under https://chorus.invalid/; click tracking is off.\n\n\
+Exit codes: 0 rendered; 1 the template does not render for this customer (the error says why); 2 the file is invalid.\n\n\
+JSON: {template, locale, channel, ...fields}: email {subject, preheader, html, text, headers}; sms {body, encoding, units, segments}; \
+mms {body, media_url}; push {title, body, image, deep_link}; in_app {title, body, buttons: [{label, action}]}; webhook {url, method, headers, body}.\n\n\
+Example:\n  chorusctl template render examples/templates/browse-recos.yaml --channel email --profile examples/traces/ada.json \\
+    --event examples/traces/product-viewed.json --locale fr")]
+    Render {
+        /// The template file
+        #[arg(value_name = "FILE")]
+        file: std::path::PathBuf,
+        /// Which variant to render
+        #[arg(long, value_parser = TEMPLATE_CHANNELS)]
+        channel: String,
+        /// The customer's profile (JSON); default: no attributes
+        #[arg(long, value_name = "P.json")]
+        profile: Option<std::path::PathBuf>,
+        /// Per-send variables (`vars.*`), a JSON object
+        #[arg(long, value_name = "V.json")]
+        vars: Option<std::path::PathBuf>,
+        /// The triggering event's properties (`event.*`), a JSON object
+        #[arg(long, value_name = "E.json")]
+        event: Option<std::path::PathBuf>,
+        /// Render in this locale (default: the profile's `locale` attribute), e.g. fr or fr-CA
+        #[arg(long, value_name = "LOCALE")]
+        locale: Option<String>,
     },
 }
 

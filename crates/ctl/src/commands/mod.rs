@@ -9,9 +9,11 @@ mod journey;
 mod messages;
 mod profile;
 mod settings;
+mod template;
 
 use crate::args::{
     AudienceCommand, Cli, ClockCommand, ClusterCommand, Command, EventCommand, JourneyCommand, MessagesCommand, ProfileCommand, SettingsCommand, ShardCommand,
+    TemplateCommand,
 };
 use crate::failure::{self, Failure};
 use crate::output::Format;
@@ -144,6 +146,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Settings { command: SettingsCommand::Show } => settings::show(&ctx).await?,
         Command::Settings { command: SettingsCommand::Validate { file } } => settings::validate(&ctx, &file)?,
         Command::Settings { command: SettingsCommand::Apply { file } } => settings::apply(&ctx, &file).await?,
+        Command::Template { command: TemplateCommand::Validate { files } } => template::validate(&ctx, &files)?,
+        Command::Template { command: TemplateCommand::Render { file, channel, profile, vars, event, locale } } => {
+            template::render(&ctx, &file, &channel, template::Inputs { profile, vars, event, locale })?
+        }
         Command::Clock { command } => match command {
             ClockCommand::Show => clock::run(&ctx, clock::Op::Show).await?,
             ClockCommand::Advance { by_ms } => clock::run(&ctx, clock::Op::Advance(by_ms)).await?,

@@ -131,6 +131,7 @@ mod tests {
             vars: JsonMap::new(),
             journey: String::new(),
             created_ms: 1,
+            content: String::new(),
         }
     }
 

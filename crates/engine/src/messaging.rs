@@ -136,6 +136,7 @@ pub(crate) fn evaluate(state: &CustomerState, req: &SendRequest, settings: &crat
         vars,
         journey: String::new(),
         created_ms: 0,
+        content: String::new(),
     })
 }
 

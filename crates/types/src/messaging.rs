@@ -81,4 +81,10 @@ pub struct Intent {
     pub vars: JsonMap,
     pub journey: String,
     pub created_ms: i64,
+    /// The rendered message: the JSON of a `chorus_templates::Rendered` (channel,
+    /// template, locale and every field: subject/html/text/headers, sms body with
+    /// encoding and segments, push title/body, webhook url/method/headers/body, ...).
+    /// Empty when the node has no template of that id (the connector then gets only
+    /// the template id and `vars`).
+    pub content: String,
 }

@@ -18,6 +18,28 @@ pub struct Config {
     pub shards: ShardsConfig,
     pub clock: ClockConfig,
     pub log: LogConfig,
+    pub tracking: TrackingConfig,
+}
+
+/// Engagement tracking (open pixel, click redirects, unsubscribe page) on the HTTP port.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrackingConfig {
+    /// The URL customers reach this node's HTTP port at (default: http://<http.addr>).
+    /// Every node of a cluster needs the same value (or a load balancer in front).
+    pub public_url: String,
+    /// Environment variable holding the token signing key. Unset: a random key is
+    /// generated once and kept in the data directory (`tracking.key`). Every node of a
+    /// cluster needs the same key.
+    pub secret_env: String,
+    /// Rewrite email links for click tracking and add an open pixel.
+    pub email_tracking: bool,
+}
+
+impl Default for TrackingConfig {
+    fn default() -> Self {
+        TrackingConfig { public_url: String::new(), secret_env: "CHORUS_TRACKING_SECRET".into(), email_tracking: true }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -82,6 +104,7 @@ impl Default for Config {
             shards: ShardsConfig::default(),
             clock: ClockConfig::default(),
             log: LogConfig::default(),
+            tracking: TrackingConfig::default(),
         }
     }
 }
@@ -179,6 +202,29 @@ impl Config {
             bail!("grpc.batch_events_max and grpc.stream_batches_in_flight_max must be at least 1");
         }
         Ok(())
+    }
+
+    /// The tracking configuration the decision core renders links with.
+    pub fn tracking(&self, http_addr: &std::net::SocketAddr) -> anyhow::Result<chorus_engine::render::TrackingConfig> {
+        let base_url = if self.tracking.public_url.is_empty() { format!("http://{http_addr}") } else { self.tracking.public_url.trim_end_matches('/').to_string() };
+        let secret = match std::env::var(&self.tracking.secret_env) {
+            Ok(s) if !s.is_empty() => s.into_bytes(),
+            _ => {
+                let path = self.data_dir.join("tracking.key");
+                match std::fs::read(&path) {
+                    Ok(k) if !k.is_empty() => k,
+                    _ => {
+                        let mut key = vec![0u8; 32];
+                        use std::io::Read;
+                        std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut key)).context("read /dev/urandom for the tracking key")?;
+                        std::fs::create_dir_all(&self.data_dir).ok();
+                        std::fs::write(&path, &key).with_context(|| format!("write {}", path.display()))?;
+                        key
+                    }
+                }
+            }
+        };
+        Ok(chorus_engine::render::TrackingConfig { base_url, secret, email_tracking: self.tracking.email_tracking })
     }
 
     pub fn shard_config(&self) -> anyhow::Result<chorus_shard::ShardConfig> {

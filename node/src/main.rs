@@ -118,7 +118,7 @@ async fn shutdown_signal() {
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
-    let shard_config = config.shard_config()?;
+    let mut shard_config = config.shard_config()?;
     let store = chorus_store::Store::open(&config.data_dir, chorus_store::StoreOptions::default())
         .with_context(|| format!("open the data directory {}", config.data_dir.display()))?;
     let clock = Arc::new(match config.clock.mode.as_str() {
@@ -130,6 +130,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let http_listener = tokio::net::TcpListener::bind(&config.http.addr).await.with_context(|| format!("bind HTTP address {}", config.http.addr))?;
     let grpc_addr = grpc_listener.local_addr()?;
     let http_addr = http_listener.local_addr()?;
+    shard_config.engine.tracking = config.tracking(&http_addr)?;
+    let tracking = shard_config.engine.tracking.clone();
 
     // Until real providers are configured (issue "Channels"), every channel is served by
     // the capture connector, which stores messages for `chorusctl messages tail`.
@@ -158,6 +160,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         batch_events_max: config.grpc.batch_events_max,
         stream_batches_in_flight_max: config.grpc.stream_batches_in_flight_max,
         version: env!("CARGO_PKG_VERSION").to_string(),
+        tracking,
         grpc_addr: grpc_addr.to_string(),
         http_addr: http_addr.to_string(),
     });
@@ -175,6 +178,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .add_service(v1::journeys_server::JourneysServer::new(services.clone()))
         .add_service(v1::settings_server::SettingsServer::new(services.clone()))
         .add_service(v1::audiences_server::AudiencesServer::new(services.clone()))
+        .add_service(v1::templates_server::TemplatesServer::new(services.clone()))
         .serve_with_incoming_shutdown(
             // Small replies must not wait for Nagle's algorithm.
             tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
@@ -188,7 +192,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
             }
         })
     };
-    let http = axum::serve(http_listener, chorus_api::http::router(shards.clone(), api_config)).with_graceful_shutdown(stopped(stop_rx.clone()));
+    let app = chorus_api::http::router(shards.clone(), api_config).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let http = axum::serve(http_listener, app).with_graceful_shutdown(stopped(stop_rx.clone()));
     let grpc_task = tokio::spawn(grpc);
     let http_task = tokio::spawn(async move { http.await });
 

@@ -491,6 +491,38 @@ impl Node {
 
     // ---- chorusctl
 
+    /// Apply minimal templates `(id, channel)` (marketing, one line of text each; email
+    /// ones carry the unsubscribe link) with `chorusctl template apply`.
+    pub async fn apply_simple_templates(&self, templates: &[(&str, &str)]) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut files = Vec::new();
+        for (id, channel) in templates {
+            let body = match *channel {
+                "email" => format!("email:\n  subject: '{id}'\n  html: '<p>{id}</p><p><a href=\"{{{{ links.unsubscribe }}}}\">Unsubscribe</a></p>'\n"),
+                "sms" => format!("sms:\n  body: '{id}. Reply STOP to opt out'\n"),
+                "push" => format!("push:\n  body: '{id}'\n"),
+                "webhook" => "webhook:\n  url: 'https://hooks.example.com/chorus'\n  body: '{\"customer\": \"{{ profile.id }}\"}'\n".to_string(),
+                other => panic!("no simple template for channel {other}"),
+            };
+            let path = dir.path().join(format!("{id}.yaml"));
+            std::fs::write(&path, format!("id: {id}\ncategory: marketing\n{body}")).expect("write template");
+            files.push(path.to_string_lossy().into_owned());
+        }
+        let mut args = vec!["template", "apply"];
+        args.extend(files.iter().map(String::as_str));
+        self.ctl(&args).await.ok();
+    }
+
+    /// Apply every template of examples/templates.
+    pub async fn apply_example_templates(&self) {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/templates");
+        let mut files: Vec<String> = std::fs::read_dir(dir).expect("examples/templates").filter_map(|e| e.ok()).map(|e| e.path().to_string_lossy().into_owned()).filter(|p| p.ends_with(".yaml")).collect();
+        files.sort();
+        let mut args = vec!["template", "apply"];
+        args.extend(files.iter().map(String::as_str));
+        self.ctl(&args).await.ok();
+    }
+
     /// Run `chorusctl --endpoint <this node> ARGS`.
     pub async fn ctl(&self, args: &[&str]) -> CtlOutput {
         let mut full = vec!["--endpoint".to_string(), self.grpc_url()];

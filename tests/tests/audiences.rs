@@ -84,6 +84,7 @@ async fn audiences_and_audience_schedule_and_api_entries_on_a_live_node() {
 
     phase("journeys: on entering the audience, on a schedule for it, and by API");
     let (vip, weekly, winback) = (file("vip.yaml", VIP_WELCOME), file("weekly.yaml", WEEKLY), file("winback.yaml", WINBACK));
+    node.apply_simple_templates(&[("vip-welcome", "email"), ("weekly-picks", "email"), ("winback", "email")]).await;
     node.ctl(&["journey", "apply", &vip, &weekly, &winback]).await.ok();
     let ada = node.profile("user_id", "ada", 0).await.unwrap().customer_id;
     let bob = node.profile("user_id", "bob", 0).await.unwrap().customer_id;

@@ -64,6 +64,7 @@ async fn quiet_hours_caps_stop_replies_and_lifecycle_on_a_live_node() {
     assert_eq!(shown.json()["quiet_hours"], json!({"sms": "21:00-08:00"}));
 
     let (promo, cart, onboarding) = (file("promo.yaml", PROMO), file("cart.yaml", CART), file("onboarding.yaml", ONBOARDING));
+    node.apply_simple_templates(&[("promo-sms", "sms"), ("cart-sms", "sms"), ("hello", "email")]).await;
     node.ctl(&["journey", "apply", &promo, &cart, &onboarding]).await.ok();
     // 22:30 in New York on Thursday 2027-01-14.
     node.ctl(&["clock", "set", "2027-01-15T03:30:00Z"]).await.ok();

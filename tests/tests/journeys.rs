@@ -33,6 +33,11 @@ async fn wait_for_messages(node: &Node, customer: &str, n: usize) -> Vec<(String
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browse_abandon_and_post_purchase_run_on_a_live_node() {
     let node = Node::start(NodeOpts::new("journeys").shards(8).manual_clock()).await;
+    phase("a journey whose templates are not on the node is refused with its line");
+    let out = node.ctl(&["journey", "apply", POST]).await;
+    assert_eq!(out.code(), Some(1));
+    assert!(out.stderr.contains("unknown template \"order-thanks\""), "{}", out.stderr);
+    node.apply_example_templates().await;
     phase("a journey that triggers an unknown journey is refused with its line");
     let out = node.ctl(&["journey", "apply", BROWSE]).await;
     assert_eq!(out.code(), Some(1));
@@ -165,6 +170,7 @@ async fn browse_abandon_every_branch_on_a_live_node() {
     let settings = dir.path().join("settings.yaml");
     std::fs::write(&settings, "caps:\n  - { name: sms-daily, channels: [sms], max: 1, window: 24h }\n").unwrap();
     node.ctl(&["settings", "apply", settings.to_str().unwrap()]).await.ok();
+    node.apply_example_templates().await;
     node.ctl(&["journey", "apply", POST, browse.to_str().unwrap()]).await.ok();
     node.ctl(&["clock", "set", "2027-01-14T15:00:00Z"]).await.ok();
 

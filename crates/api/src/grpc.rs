@@ -333,7 +333,14 @@ impl v1::admin_server::Admin for Services {
 }
 
 fn captured(m: chorus_connectors::capture::Captured) -> v1::CapturedMessage {
-    let body = serde_json::json!({"template": m.intent.template, "category": m.intent.category.as_str(), "vars": m.intent.vars.0});
+    // The rendered message when the node had its template; else what a renderer would get.
+    let body = match serde_json::from_str::<serde_json::Value>(&m.intent.content) {
+        Ok(serde_json::Value::Object(mut rendered)) => {
+            rendered.insert("category".into(), m.intent.category.as_str().into());
+            serde_json::Value::Object(rendered)
+        }
+        _ => serde_json::json!({"template": m.intent.template, "category": m.intent.category.as_str(), "vars": m.intent.vars.0}),
+    };
     v1::CapturedMessage {
         seq: m.seq,
         at_ms: m.at_ms,
@@ -461,6 +468,7 @@ impl v1::journeys_server::Journeys for Services {
         let catalog = chorus_engine::journey::Catalog {
             journeys: Some(self.shards.journeys().map_err(ApiError::from)?.into_iter().map(|j| j.id).collect()),
             audiences: Some(self.shards.audiences().iter().map(|a| a.def.id.clone()).collect()),
+            templates: Some(self.shards.templates().map_err(ApiError::from)?.into_iter().map(|t| t.0).collect()),
             // Every channel has a connector on this node (the capture connector at least).
             connected_channels: Some(chorus_types::CHANNELS.iter().map(|c| c.to_string()).collect()),
             ..Default::default()
@@ -709,4 +717,35 @@ impl v1::settings_server::Settings for Services {
 
 fn settings_response(s: &chorus_engine::guard::Settings) -> v1::SettingsResponse {
     v1::SettingsResponse { text: chorus_engine::settings::format_settings(s), json: chorus_engine::settings::settings_json(s).to_string() }
+}
+
+#[tonic::async_trait]
+impl v1::templates_server::Templates for Services {
+    async fn apply(&self, request: Request<v1::ApplyTemplateRequest>) -> Result<Response<v1::ApplyTemplateResponse>, Status> {
+        let req = request.into_inner();
+        let file = if req.file_name.is_empty() { "template".to_string() } else { req.file_name };
+        let t = chorus_templates::parse(&req.source, &file).map_err(|diags| {
+            let lines: Vec<String> = diags.iter().map(|d| d.to_string()).collect();
+            ApiError::invalid("source", format!("the template is not valid:\n{}", lines.join("\n")))
+        })?;
+        let version = self.shards.publish_template(t.id(), &req.source, &file).await.map_err(ApiError::from)?;
+        Ok(Response::new(v1::ApplyTemplateResponse { id: t.id().to_string(), version }))
+    }
+
+    async fn list(&self, _: Request<v1::ListTemplatesRequest>) -> Result<Response<v1::ListTemplatesResponse>, Status> {
+        let mut templates = Vec::new();
+        for (id, version, file, _) in self.shards.templates().map_err(ApiError::from)? {
+            let Some(t) = self.shards.template(&id) else { continue };
+            templates.push(v1::TemplateSummary {
+                id,
+                version,
+                name: t.name().to_string(),
+                category: t.category().as_str().to_string(),
+                channels: t.channels().iter().map(|c| c.to_string()).collect(),
+                locales: t.locales().iter().map(|l| l.to_string()).collect(),
+                file,
+            });
+        }
+        Ok(Response::new(v1::ListTemplatesResponse { templates }))
+    }
 }

@@ -31,7 +31,8 @@ pub fn router(shards: Shards, config: Arc<ApiConfig>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(RAW_BODY_BYTES_MAX))
-        .with_state(AppState { shards, config })
+        .with_state(AppState { shards: shards.clone(), config: config.clone() })
+        .merge(crate::tracking::router(shards, config))
 }
 
 fn error(status: u16, code: &str, message: String) -> Response {

@@ -6,6 +6,7 @@ pub mod convert;
 pub mod error;
 pub mod grpc;
 pub mod http;
+pub mod tracking;
 
 pub use error::ApiError;
 
@@ -22,6 +23,8 @@ pub struct ApiConfig {
     pub version: String,
     pub grpc_addr: String,
     pub http_addr: String,
+    /// Verifies engagement-tracking tokens (the same key the decision core signs with).
+    pub tracking: chorus_engine::render::TrackingConfig,
 }
 
 impl Default for ApiConfig {
@@ -33,6 +36,7 @@ impl Default for ApiConfig {
             version: env!("CARGO_PKG_VERSION").to_string(),
             grpc_addr: String::new(),
             http_addr: String::new(),
+            tracking: Default::default(),
         }
     }
 }

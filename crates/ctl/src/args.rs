@@ -192,6 +192,17 @@ JSON: [{file, valid, template, channels, locales, problems: [{line, path, messag
         #[arg(required = true, value_name = "FILE")]
         files: Vec<std::path::PathBuf>,
     },
+    /// Validate template files and publish each as a new version on the node; sends
+    /// naming the template render with it from then on
+    #[command(after_help = "JSON: [{file, id, version}]\n\nExample:\n  chorusctl template apply examples/templates/*.yaml")]
+    Apply {
+        /// Template files
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<std::path::PathBuf>,
+    },
+    /// List the templates on the node
+    #[command(after_help = "Columns: ID VERSION CATEGORY CHANNELS LOCALES NAME.\n\nJSON: {templates: [{id, version, name, category, channels, locales, file}]}")]
+    List,
     /// Render one channel of a template for a sample customer, as it would be sent
     #[command(after_help = "PROFILE: the customer's attributes as a JSON object, or {\"customer_id\": \"cu_…\", \"attributes\": {...}} \
 (the shape `journey simulate --profile` reads). Links are preview URLs under https://chorus.invalid/; click tracking is off.\n\n\

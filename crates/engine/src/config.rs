@@ -16,6 +16,8 @@ pub struct EngineConfig {
     pub counter_names_max: usize,
     /// Attributes kept per profile; further new keys are rejected with a decision.
     pub attributes_max: usize,
+    /// Where engagement-tracking links point and the key that signs them.
+    pub tracking: crate::render::TrackingConfig,
 }
 
 impl Default for EngineConfig {
@@ -27,6 +29,7 @@ impl Default for EngineConfig {
             counter_days_max: 90,
             counter_names_max: 256,
             attributes_max: 512,
+            tracking: Default::default(),
         }
     }
 }

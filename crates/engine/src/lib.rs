@@ -11,6 +11,7 @@ pub mod journey;
 pub mod identity;
 pub mod messaging;
 pub mod profile;
+pub mod render;
 pub mod settings;
 
 pub use config::EngineConfig;

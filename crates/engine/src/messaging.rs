@@ -70,11 +70,19 @@ pub fn contact_point(state: &CustomerState, channel: &str) -> Option<String> {
     }
 }
 
-/// Decide one send and record the decision on the customer.
-pub fn decide_send(state: &mut CustomerState, req: &SendRequest, now_ms: i64, cfg: &EngineConfig, settings: &crate::guard::Settings) -> SendDecision {
-    let mut decision = evaluate(state, req, settings);
+/// Decide one send (rendering it with its template when the catalog has one) and
+/// record the decision on the customer. Returns the tracking record of a rendered send.
+pub fn decide_send(state: &mut CustomerState, req: &SendRequest, now_ms: i64, cfg: &EngineConfig, catalog: &crate::journey::run::RunCatalog) -> (SendDecision, Option<crate::render::TrackRecord>) {
+    let mut decision = evaluate(state, req, &catalog.settings);
+    let mut record = None;
     if let SendDecision::Send(intent) = &mut decision {
         intent.created_ms = now_ms;
+        if let Some(t) = catalog.templates.get(&req.template) {
+            match crate::render::render_intent(state, intent, t, None, "", &cfg.tracking, now_ms) {
+                Ok(r) => record = Some(r),
+                Err(e) => decision = SendDecision::Skip { reason: format!("template error: {e}"), code: "template" },
+            }
+        }
     }
     if let SendDecision::Send(intent) = &decision {
         crate::guard::record_contact(state, crate::guard::Contact { at_ms: now_ms, channel: intent.channel.clone(), category: intent.category, journey: String::new() });
@@ -91,7 +99,7 @@ pub fn decide_send(state: &mut CustomerState, req: &SendRequest, now_ms: i64, cf
         ),
         SendDecision::Skip { reason, .. } => state.decide(cfg, now_ms, DecisionKind::Skipped, reason.clone(), format!("{} {} (request {})", req.channel, req.template, req.request_id)),
     }
-    decision
+    (decision, record)
 }
 
 /// The send checks without recording a decision (the journey interpreter records its own).
@@ -172,7 +180,7 @@ mod tests {
     #[test]
     fn rule_email_unknown_consent_may_send_marketing() {
         let mut c = customer();
-        let d = decide_send(&mut c, &req("email", Category::Marketing), 5, &EngineConfig::default(), &crate::guard::Settings::default());
+        let d = decide_send(&mut c, &req("email", Category::Marketing), 5, &EngineConfig::default(), &crate::journey::run::RunCatalog::default()).0;
         let SendDecision::Send(i) = d else { panic!("{d:?}") };
         assert_eq!(i.to, "ada@example.com");
         assert_eq!(i.key, "api/r1/cu_0000000000000001");
@@ -187,7 +195,7 @@ mod tests {
     fn rule_channel_opt_out_is_a_hard_stop_even_for_transactional() {
         let mut c = customer();
         set(&mut c, "email", ConsentStatus::OptedOut);
-        let d = decide_send(&mut c, &req("email", Category::Transactional), 0, &EngineConfig::default(), &crate::guard::Settings::default());
+        let d = decide_send(&mut c, &req("email", Category::Transactional), 0, &EngineConfig::default(), &crate::journey::run::RunCatalog::default()).0;
         assert_eq!(d, SendDecision::Skip { reason: "email opted out".into(), code: "consent" });
         assert_eq!(c.decisions.back().unwrap().kind, DecisionKind::Skipped);
     }
@@ -197,10 +205,10 @@ mod tests {
         let mut c = customer();
         c.identities.push(Identity { kind: IdentityKind::Phone, value: "+14155550123".into() });
         let cfg = EngineConfig::default();
-        assert!(matches!(decide_send(&mut c, &req("sms", Category::Marketing), 0, &cfg, &crate::guard::Settings::default()), SendDecision::Skip { .. }));
-        assert!(matches!(decide_send(&mut c, &req("sms", Category::Transactional), 0, &cfg, &crate::guard::Settings::default()), SendDecision::Send(_)));
+        assert!(matches!(decide_send(&mut c, &req("sms", Category::Marketing), 0, &cfg, &crate::journey::run::RunCatalog::default()).0, SendDecision::Skip { .. }));
+        assert!(matches!(decide_send(&mut c, &req("sms", Category::Transactional), 0, &cfg, &crate::journey::run::RunCatalog::default()).0, SendDecision::Send(_)));
         set(&mut c, "sms", ConsentStatus::OptedIn);
-        assert!(matches!(decide_send(&mut c, &req("sms", Category::Marketing), 0, &cfg, &crate::guard::Settings::default()), SendDecision::Send(_)));
+        assert!(matches!(decide_send(&mut c, &req("sms", Category::Marketing), 0, &cfg, &crate::journey::run::RunCatalog::default()).0, SendDecision::Send(_)));
     }
 
     #[test]
@@ -210,26 +218,26 @@ mod tests {
         let mut r = req("email", Category::Marketing);
         r.topic = "promotions".into();
         let cfg = EngineConfig::default();
-        assert!(matches!(decide_send(&mut c, &r, 0, &cfg, &crate::guard::Settings::default()), SendDecision::Skip { .. }));
+        assert!(matches!(decide_send(&mut c, &r, 0, &cfg, &crate::journey::run::RunCatalog::default()).0, SendDecision::Skip { .. }));
         r.category = Category::Transactional;
-        assert!(matches!(decide_send(&mut c, &r, 0, &cfg, &crate::guard::Settings::default()), SendDecision::Send(_)));
+        assert!(matches!(decide_send(&mut c, &r, 0, &cfg, &crate::journey::run::RunCatalog::default()).0, SendDecision::Send(_)));
     }
 
     #[test]
     fn rule_unknown_consent_policies_are_configurable() {
         let mut c = customer();
-        let mut settings = crate::guard::Settings::default();
-        settings.unknown_consent.insert("email".into(), false);
-        let d = decide_send(&mut c, &req("email", Category::Marketing), 0, &EngineConfig::default(), &settings);
+        let mut catalog = crate::journey::run::RunCatalog::default();
+        catalog.settings.unknown_consent.insert("email".into(), false);
+        let (d, _) = decide_send(&mut c, &req("email", Category::Marketing), 0, &EngineConfig::default(), &catalog);
         assert_eq!(d, SendDecision::Skip { reason: "no email consent (marketing needs an explicit opt-in)".into(), code: "consent" });
         // Transactional messages do not need marketing consent.
-        assert!(matches!(decide_send(&mut c, &req("email", Category::Transactional), 0, &EngineConfig::default(), &settings), SendDecision::Send(_)));
+        assert!(matches!(decide_send(&mut c, &req("email", Category::Transactional), 0, &EngineConfig::default(), &catalog).0, SendDecision::Send(_)));
     }
 
     #[test]
     fn rule_a_send_needs_a_contact_point() {
         let mut c = CustomerState::new(CustomerId::new(0, 2), 0);
-        let d = decide_send(&mut c, &req("push", Category::Transactional), 0, &EngineConfig::default(), &crate::guard::Settings::default());
+        let d = decide_send(&mut c, &req("push", Category::Transactional), 0, &EngineConfig::default(), &crate::journey::run::RunCatalog::default()).0;
         assert_eq!(d, SendDecision::Skip { reason: "no valid push token".into(), code: "contact" });
     }
 }

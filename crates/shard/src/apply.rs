@@ -112,6 +112,12 @@ pub fn load_catalog(store: &Store, shard: ShardId) -> Result<JourneyCatalog, Str
     }
     audiences.sort_by_key(|(o, _)| *o);
     out.audiences = audiences.into_iter().map(|(_, a)| a).collect();
+    for kv in store.shard().prefix(keys::catalog_templates_prefix(shard)) {
+        let (_, v) = kv.into_inner().map_err(|e| e.to_string())?;
+        let (_version, source, file): (u32, String, String) = chorus_types::encoding::decode(&v).map_err(|e| e.to_string())?;
+        let t = chorus_templates::parse(&source, &file).map_err(|d| format!("template {file}: {}", d.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("; ")))?;
+        out.templates.insert(t.id().to_string(), Arc::new(t));
+    }
     let runs_prefix = keys::catalog_schedule_runs_prefix(shard);
     for kv in store.shard().prefix(&runs_prefix) {
         let (k, v) = kv.into_inner().map_err(|e| e.to_string())?;
@@ -119,6 +125,26 @@ pub fn load_catalog(store: &Store, shard: ShardId) -> Result<JourneyCatalog, Str
         out.schedule_runs.insert(id, chorus_types::encoding::decode(&v).map_err(|e| e.to_string())?);
     }
     Ok(Arc::new(out))
+}
+
+/// The engagement-tracking record `id` of `shard`.
+pub fn read_track(store: &Store, shard: ShardId, id: u64) -> Result<Option<chorus_engine::render::TrackRecord>, String> {
+    match store.shard().get(keys::track(shard, id)).map_err(|e| e.to_string())? {
+        Some(v) => chorus_types::encoding::decode(&v).map(Some).map_err(|e| e.to_string()),
+        None => Ok(None),
+    }
+}
+
+/// (id, version, file) of every template in `shard`'s catalog.
+pub fn list_templates(store: &Store, shard: ShardId) -> Result<Vec<(String, u32, String, String)>, String> {
+    let mut out = Vec::new();
+    for kv in store.shard().prefix(keys::catalog_templates_prefix(shard)) {
+        let (k, v) = kv.into_inner().map_err(|e| e.to_string())?;
+        let id = String::from_utf8_lossy(&k[keys::catalog_templates_prefix(shard).len()..]).into_owned();
+        let (version, source, file): (u32, String, String) = chorus_types::encoding::decode(&v).map_err(|e| e.to_string())?;
+        out.push((id, version, file, source));
+    }
+    Ok(out)
 }
 
 /// Members of `audience` in `shard`: how many, and the first `sample` of them.
@@ -469,13 +495,7 @@ impl<'a> Round<'a> {
                 // Inputs before this entry run with the catalog they were committed under.
                 self.flush_all().await?;
                 let shard = self.shard();
-                let mut next = chorus_engine::journey::run::RunCatalog {
-                    journeys: self.catalog.journeys.clone(),
-                    lifecycle: self.catalog.lifecycle.clone(),
-                    settings: self.catalog.settings.clone(),
-                    audiences: self.catalog.audiences.clone(),
-                    schedule_runs: self.catalog.schedule_runs.clone(),
-                };
+                let mut next = (*self.catalog).clone();
                 match change {
                     chorus_types::CatalogChange::PutJourney { id, version, def } => {
                         let decoded: chorus_engine::journey::JourneyDef = chorus_types::encoding::decode(&def).map_err(io_err)?;
@@ -539,6 +559,11 @@ impl<'a> Round<'a> {
                             Some(p) => next.audiences[p] = compiled,
                             None => next.audiences.push(compiled),
                         }
+                    }
+                    chorus_types::CatalogChange::PutTemplate { id, version, source, file } => {
+                        let t = chorus_templates::parse(&source, &file).map_err(|d| io_err(format!("template {id}: {}", d.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("; "))))?;
+                        self.batch.insert(self.app.store.shard(), keys::catalog_template(shard, &id), chorus_types::encoding::encode(&(version, source, file)));
+                        next.templates.insert(id, Arc::new(t));
                     }
                     chorus_types::CatalogChange::RunSchedule { journey, at_ms } => {
                         if next.schedule_runs.get(&journey).is_some_and(|last| *last >= at_ms) {
@@ -1305,6 +1330,9 @@ impl<'a> Round<'a> {
                     self.add_paused(id, applied.held);
                     self.add_membership(id, applied.membership);
                     self.cancel_intents(applied.cancelled)?;
+                    for r in applied.tracks {
+                        self.batch.insert(self.app.store.shard(), keys::track(self.app.shard, r.id), chorus_types::encoding::encode(&r));
+                    }
                 }
                 None => {
                     let inputs = Arc::try_unwrap(inputs).unwrap_or_else(|shared| (*shared).clone());
@@ -1332,6 +1360,9 @@ impl<'a> Round<'a> {
                     self.add_paused(id, applied.held);
                     self.add_membership(id, applied.membership);
                     self.cancel_intents(applied.cancelled)?;
+                    for r in applied.tracks {
+                        self.batch.insert(self.app.store.shard(), keys::track(self.app.shard, r.id), chorus_types::encoding::encode(&r));
+                    }
                     registry.clear_failures(id);
                     return Ok(());
                 }

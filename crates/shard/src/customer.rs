@@ -56,6 +56,8 @@ pub struct Applied {
     pub membership: Vec<(String, bool)>,
     /// Outbox intents to cancel if they have not gone out yet.
     pub cancelled: Vec<String>,
+    /// Engagement-tracking records of rendered messages.
+    pub tracks: Vec<chorus_engine::render::TrackRecord>,
 }
 
 /// One journey counter increment.
@@ -98,15 +100,16 @@ impl Actor for CustomerActor {
                 let mut stats = Vec::new();
                 let mut held = Vec::new();
                 let mut cancelled = Vec::new();
+                let mut tracks = Vec::new();
                 let before = live.state.segments.clone();
                 for (now_ms, input) in inputs.iter() {
-                    apply_input(&mut live.state, input, *now_ms, &live.config, &catalog.settings, &mut intents);
-                    let mut out = JourneyOutput { intents: &mut intents, timers: &mut timers, stats: &mut stats, held: &mut held, cancelled: &mut cancelled };
+                    apply_input(&mut live.state, input, *now_ms, &live.config, &catalog, &mut intents, &mut tracks);
+                    let mut out = JourneyOutput { intents: &mut intents, timers: &mut timers, stats: &mut stats, held: &mut held, cancelled: &mut cancelled, tracks: &mut tracks };
                     run_journeys(&mut live.state, input, *now_ms, &live.config, &catalog, &mut out);
                     run_audiences(&mut live.state, input, *now_ms, &live.config, &catalog, &mut out);
                 }
                 let membership = membership_changes(&before, &live.state.segments);
-                let _ = reply.send(Applied { id: live.state.id, encoded: chorus_types::encoding::encode(&live.state), intents, timers, stats, held, membership, cancelled });
+                let _ = reply.send(Applied { id: live.state.id, encoded: chorus_types::encoding::encode(&live.state), intents, timers, stats, held, membership, cancelled, tracks });
             }
             CustomerMsg::Get(reply) => {
                 let _ = reply.send(live.state.clone());
@@ -123,6 +126,7 @@ impl Actor for CustomerActor {
                     held: Vec::new(),
                     membership,
                     cancelled: Vec::new(),
+                    tracks: Vec::new(),
                 });
             }
         }
@@ -161,6 +165,7 @@ pub struct JourneyOutput<'a> {
     pub stats: &'a mut Vec<StatDelta>,
     pub held: &'a mut Vec<String>,
     pub cancelled: &'a mut Vec<String>,
+    pub tracks: &'a mut Vec<chorus_engine::render::TrackRecord>,
 }
 
 /// Run the journeys on an event or a journey timer (after the profile was updated).
@@ -197,6 +202,7 @@ pub fn run_journeys(state: &mut CustomerState, input: &CustomerInput, now_ms: i6
             Effect::Stat { journey, version, step, what, value } => out.stats.push((journey, version, step, what, value)),
             Effect::Held { journey } => out.held.push(journey),
             Effect::Cancel { key } => out.cancelled.push(key),
+            Effect::Track(r) => out.tracks.push(r),
             Effect::Trigger { .. } => {}
         }
     }
@@ -220,14 +226,24 @@ fn enroll_event(state: &CustomerState, journey: &str, at_ms: i64) -> Event {
 
 /// Apply one input with the decision core. Pure given (state, input, now, config,
 /// settings). Intents the core decided to send are appended to `intents`.
-pub fn apply_input(state: &mut CustomerState, input: &CustomerInput, now_ms: i64, config: &ShardConfig, settings: &chorus_engine::guard::Settings, intents: &mut Vec<Intent>) {
+pub fn apply_input(
+    state: &mut CustomerState,
+    input: &CustomerInput,
+    now_ms: i64,
+    config: &ShardConfig,
+    catalog: &chorus_engine::journey::run::RunCatalog,
+    intents: &mut Vec<Intent>,
+    tracks: &mut Vec<chorus_engine::render::TrackRecord>,
+) {
     let cfg = &config.engine;
+    let settings = &catalog.settings;
     match input {
         // Handled by `run_journeys`.
         CustomerInput::JourneyTimer { .. } | CustomerInput::JourneyWake { .. } | CustomerInput::Enroll { .. } | CustomerInput::Evaluate => {}
         CustomerInput::Send(req) => {
-            if let chorus_engine::SendDecision::Send(intent) = chorus_engine::decide_send(state, req, now_ms, cfg, settings) {
+            if let (chorus_engine::SendDecision::Send(intent), record) = chorus_engine::decide_send(state, req, now_ms, cfg, catalog) {
                 intents.push(intent);
+                tracks.extend(record);
             }
         }
         CustomerInput::Scheduled { request, at_ms } => {
@@ -259,8 +275,9 @@ pub fn apply_input(state: &mut CustomerState, input: &CustomerInput, now_ms: i64
             chorus_engine::apply_event(state, e, now_ms, cfg);
             // SMS keywords, the help reply and double opt-in.
             for req in chorus_engine::consent::after_event(state, e, ledger_before, settings, now_ms, cfg) {
-                if let chorus_engine::SendDecision::Send(intent) = chorus_engine::decide_send(state, &req, now_ms, cfg, settings) {
+                if let (chorus_engine::SendDecision::Send(intent), record) = chorus_engine::decide_send(state, &req, now_ms, cfg, catalog) {
                     intents.push(intent);
+                    tracks.extend(record);
                 }
             }
         }

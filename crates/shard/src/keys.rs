@@ -36,6 +36,8 @@ pub const CATALOG: u8 = b'g';
 pub const PAUSED: u8 = b'w';
 /// Audience members: audience \0 customer → ().
 pub const MEMBER: u8 = b'n';
+/// Engagement-tracking records: id (u64 BE) → `render::TrackRecord`.
+pub const TRACK: u8 = b'l';
 /// Journey counters: journey \0 version (u32 BE) step \0 what → (count, sum).
 pub const STATS: u8 = b'u';
 /// Inputs parked for quarantined customers: customer ++ seq.
@@ -154,6 +156,17 @@ pub fn catalog_audience(shard: ShardId, id: &str) -> Vec<u8> {
 }
 pub fn catalog_audiences_prefix(shard: ShardId) -> Vec<u8> {
     shard_key(shard, CATALOG, b"a/")
+}
+pub fn catalog_template(shard: ShardId, id: &str) -> Vec<u8> {
+    let mut rest = b"t/".to_vec();
+    rest.extend_from_slice(id.as_bytes());
+    shard_key(shard, CATALOG, &rest)
+}
+pub fn catalog_templates_prefix(shard: ShardId) -> Vec<u8> {
+    shard_key(shard, CATALOG, b"t/")
+}
+pub fn track(shard: ShardId, id: u64) -> Vec<u8> {
+    shard_key(shard, TRACK, &id.to_be_bytes())
 }
 pub fn catalog_schedule_run(shard: ShardId, journey: &str) -> Vec<u8> {
     let mut rest = b"r/".to_vec();

@@ -379,6 +379,31 @@ impl Shards {
         Ok((version, evaluated))
     }
 
+    /// Publish a new version of a template (already validated) to every shard.
+    pub async fn publish_template(&self, id: &str, source: &str, file: &str) -> Result<u32, ShardError> {
+        let version = self.templates()?.iter().find(|t| t.0 == id).map(|t| t.1 + 1).unwrap_or(1);
+        self.propose_catalog(chorus_types::CatalogChange::PutTemplate { id: id.to_string(), version, source: source.to_string(), file: file.to_string() }).await?;
+        Ok(version)
+    }
+
+    /// Templates in the catalog: (id, version, file, source).
+    pub fn templates(&self) -> Result<Vec<(String, u32, String, String)>, ShardError> {
+        crate::apply::list_templates(&self.inner.store, 0).map_err(ShardError::Store)
+    }
+
+    /// A parsed template of the catalog.
+    pub fn template(&self, id: &str) -> Option<Arc<chorus_templates::Template>> {
+        self.inner.shards.first().and_then(|h| h.app.catalog().templates.get(id).cloned())
+    }
+
+    /// The engagement-tracking record `id` of `shard`.
+    pub fn track_record(&self, shard: ShardId, id: u64) -> Result<Option<chorus_engine::render::TrackRecord>, ShardError> {
+        if shard >= self.inner.config.shard_count {
+            return Ok(None);
+        }
+        crate::apply::read_track(&self.inner.store, shard, id).map_err(ShardError::Store)
+    }
+
     /// The audiences in the catalog, in evaluation order.
     pub fn audiences(&self) -> Vec<Arc<chorus_engine::audience::CompiledAudience>> {
         self.inner.shards.first().map(|h| h.app.catalog().audiences.clone()).unwrap_or_default()

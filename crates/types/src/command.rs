@@ -52,6 +52,9 @@ pub enum CatalogChange {
     /// A scheduled entry of journey `journey` is due at `at_ms`: each shard enrolls its
     /// members of the journey's audience.
     RunSchedule { journey: String, at_ms: i64 },
+    /// Publish version `version` of template `id`: its source text (validated before it
+    /// was proposed; parsed again by every shard).
+    PutTemplate { id: String, version: u32, source: String, file: String },
 }
 
 /// A message between shards (SPEC §3.1).

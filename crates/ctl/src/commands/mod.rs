@@ -147,6 +147,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Settings { command: SettingsCommand::Validate { file } } => settings::validate(&ctx, &file)?,
         Command::Settings { command: SettingsCommand::Apply { file } } => settings::apply(&ctx, &file).await?,
         Command::Template { command: TemplateCommand::Validate { files } } => template::validate(&ctx, &files)?,
+        Command::Template { command: TemplateCommand::Apply { files } } => template::apply(&ctx, &files).await?,
+        Command::Template { command: TemplateCommand::List } => template::list(&ctx).await?,
         Command::Template { command: TemplateCommand::Render { file, channel, profile, vars, event, locale } } => {
             template::render(&ctx, &file, &channel, template::Inputs { profile, vars, event, locale })?
         }

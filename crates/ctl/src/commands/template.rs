@@ -145,3 +145,45 @@ fn cell(v: &Value) -> String {
         other => other.to_string(),
     }
 }
+
+/// `template apply`: Templates.Apply for each file, in order.
+pub async fn apply(ctx: &Ctx, files: &[PathBuf]) -> anyhow::Result<u8> {
+    use chorus_proto::v1::ApplyTemplateRequest;
+    use chorus_proto::v1::templates_client::TemplatesClient;
+    let mut client = TemplatesClient::new(ctx.connect().await?);
+    let mut out = Vec::new();
+    for file in files {
+        let source = read(file)?;
+        let req = ApplyTemplateRequest { source, file_name: file.display().to_string() };
+        let r = ctx.call("apply a template", client.apply(req)).await?;
+        if !ctx.json() {
+            emit(&format!("{}: template {:?} is now version {}", file.display(), r.id, r.version));
+        }
+        out.push(json!({"file": file.display().to_string(), "id": r.id, "version": r.version}));
+    }
+    if ctx.json() {
+        emit_json(&Value::Array(out));
+    }
+    Ok(EXIT_OK)
+}
+
+/// `template list`: Templates.List.
+pub async fn list(ctx: &Ctx) -> anyhow::Result<u8> {
+    use chorus_proto::v1::ListTemplatesRequest;
+    use chorus_proto::v1::templates_client::TemplatesClient;
+    let mut client = TemplatesClient::new(ctx.connect().await?);
+    let r = ctx.call("list templates", client.list(ListTemplatesRequest {})).await?;
+    if ctx.json() {
+        let list: Vec<Value> = r.templates.iter().map(|t| json!({"id": t.id, "version": t.version, "name": t.name, "category": t.category, "channels": t.channels, "locales": t.locales, "file": t.file})).collect();
+        emit_json(&json!({"templates": list}));
+    } else if r.templates.is_empty() {
+        eprintln!("no templates: apply some with `chorusctl template apply FILE...`");
+    } else {
+        let mut t = crate::output::Table::new(&["ID", "VERSION", "CATEGORY", "CHANNELS", "LOCALES", "NAME"]);
+        for x in &r.templates {
+            t.push(vec![x.id.clone(), x.version.to_string(), x.category.clone(), x.channels.join(","), x.locales.join(","), x.name.clone()]);
+        }
+        emit(&t.render());
+    }
+    Ok(EXIT_OK)
+}

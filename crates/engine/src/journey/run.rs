@@ -94,7 +94,7 @@ impl Lifecycle {
 
 /// The journeys that run — every stored version, so customers in flight finish on
 /// theirs — with each journey's lifecycle, and the settings sends are checked against.
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct RunCatalog {
     pub journeys: Vec<Arc<Compiled>>,
     pub lifecycle: BTreeMap<String, Lifecycle>,
@@ -103,6 +103,8 @@ pub struct RunCatalog {
     pub audiences: Vec<Arc<crate::audience::CompiledAudience>>,
     /// Scheduled journeys → when their entry last ran.
     pub schedule_runs: BTreeMap<String, i64>,
+    /// Templates by id (latest version); sends render with them at decision time.
+    pub templates: BTreeMap<String, Arc<chorus_templates::Template>>,
 }
 
 impl RunCatalog {
@@ -172,6 +174,8 @@ pub enum Effect {
     Held { journey: String },
     /// Take this intent out of the outbox if it has not gone yet (exit, opt-out).
     Cancel { key: String },
+    /// Keep this record for engagement tracking (open pixel, clicks, unsubscribe).
+    Track(crate::render::TrackRecord),
 }
 
 /// The event that enrolls a customer in a journey whose entry is `api` (or a
@@ -990,6 +994,18 @@ fn send(state: &mut CustomerState, pos: usize, j: &Compiled, step: &Step, event:
         intent.key = format!("j/{}/v{}/{}/{}/{}/{}", j.def.id, j.version, inst.entry_key, inst.entered_ms, sid, state.id);
         intent.journey = j.def.id.clone();
         intent.created_ms = run.now;
+        // Render now: a template that cannot render for this customer is a decision.
+        if let Some(t) = run.catalog.templates.get(template.as_str()) {
+            let entry_props = inst.entry_event.as_ref().map(|(_, p)| p.as_str()).unwrap_or("");
+            match crate::render::render_intent(state, &mut intent, t, Some((&j.def.id, sid)), entry_props, &run.cfg.tracking, run.now) {
+                Ok(record) => run.effects.push(Effect::Track(record)),
+                Err(e) => {
+                    reasons.push(format!("{ch}: template error: {e}"));
+                    skip_code = "template";
+                    continue;
+                }
+            }
+        }
         if n > 0 {
             state.decide(run.cfg, run.now, DecisionKind::Fallback, reasons.join("; "), format!("{} {sid}: {channel} → {ch}", j.def.id));
             run.stat(j, sid, format!("fallback:{ch}"), 1.0);

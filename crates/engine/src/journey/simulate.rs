@@ -96,6 +96,7 @@ pub fn simulate(catalog: &RunCatalog, mut customer: CustomerState, mut trace: Ve
                 Effect::Trigger { journey } => out.push(Line { at_ms: at, kind: "trigger", text: format!("enroll in {journey}") }),
                 Effect::Stat { .. } => {}
                 Effect::Held { journey } => out.push(Line { at_ms: at, kind: "held", text: format!("{journey} is paused: holding") }),
+                Effect::Track(_) => {}
                 Effect::Cancel { key } => out.push(Line { at_ms: at, kind: "cancel", text: format!("cancel {key} if not delivered yet") }),
             }
         }

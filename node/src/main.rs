@@ -179,6 +179,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .add_service(v1::settings_server::SettingsServer::new(services.clone()))
         .add_service(v1::audiences_server::AudiencesServer::new(services.clone()))
         .add_service(v1::templates_server::TemplatesServer::new(services.clone()))
+        .add_service(v1::content_server::ContentServer::new(services.clone()))
         .serve_with_incoming_shutdown(
             // Small replies must not wait for Nagle's algorithm.
             tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),

@@ -112,4 +112,29 @@ async fn rendered_messages_and_engagement_tracking_over_http() {
     node.ctl(&["messages", "send", "--to", "user_id:ada", "--channel", "email", "--template", "tighter-benefit", "--request-id", "r2"]).await.ok();
     let explain = node.ctl(&["-o", "json", "profile", "explain", &ada]).await;
     assert!(explain.json()["decisions"].as_array().unwrap().iter().any(|d| d["kind"] == "skipped" && d["reason"] == "email opted out"), "{}", explain.stdout);
+
+    phase("in-app: the message waits on the profile for its placement until dismissed");
+    let dir2 = tempfile::tempdir().unwrap();
+    let t = dir2.path().join("banner.yaml");
+    std::fs::write(&t, "id: spring-banner\ncategory: marketing\nin_app:\n  title: 'Spring sale, {{ profile.first_name }}'\n  body: '20% off everything'\n  buttons:\n    - { label: Shop, action: 'app://sale' }\n").unwrap();
+    node.ctl(&["template", "apply", t.to_str().unwrap()]).await.ok();
+    node.ctl(&["messages", "send", "--to", "user_id:ada", "--channel", "in_app", "--template", "spring-banner", "--vars", "{\"placement\": \"home\"}", "--request-id", "r3"]).await.ok();
+    let auth = basic_auth("wk_test");
+    let get = || async { http_request(node.http_addr(), "GET", "/v1/content/home?identity=user_id:ada", &[("Authorization", auth.as_str())], b"").await };
+    let r = wait_until(Duration::from_secs(30), "the in-app message", || async {
+        let r = get().await;
+        if r.status == 200 && !r.json()["messages"].as_array().unwrap().is_empty() { Ok(r) } else { Err(r.text()) }
+    })
+    .await;
+    let m = r.json()["messages"][0].clone();
+    assert_eq!(m["content"]["title"], "Spring sale, Ada");
+    assert_eq!(m["content"]["buttons"][0]["action"], "app://sale");
+    assert_eq!(m["placement"], "home");
+    let unauth = http_request(node.http_addr(), "GET", "/v1/content/home?identity=user_id:ada", &[], b"").await;
+    assert_eq!(unauth.status, 401);
+    let other = http_request(node.http_addr(), "GET", "/v1/content/footer?identity=user_id:ada", &[("Authorization", auth.as_str())], b"").await;
+    assert!(other.json()["messages"].as_array().unwrap().is_empty());
+    let key = m["key"].as_str().unwrap().to_string();
+    node.send(vec![track("ada-dismiss", "in_app.dismissed", &[("user_id", "ada")], json!({"key": key}))]).await;
+    assert!(get().await.json()["messages"].as_array().unwrap().is_empty(), "dismissed");
 }

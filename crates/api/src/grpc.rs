@@ -749,3 +749,32 @@ impl v1::templates_server::Templates for Services {
         Ok(Response::new(v1::ListTemplatesResponse { templates }))
     }
 }
+
+/// In-app messages of a customer for a placement (shared by gRPC and HTTP).
+pub async fn content(shards: &chorus_shard::Shards, id: chorus_types::CustomerId, placement: &str) -> Result<v1::ContentResponse, ApiError> {
+    let (state, _) = shards.customer_following_merges(id).await.map_err(ApiError::from)?.ok_or_else(|| ApiError::NotFound(format!("no customer {id}")))?;
+    let placement = if placement.is_empty() { "default" } else { placement };
+    let messages = chorus_engine::inbox::visible(&state, placement, shards.now_ms())
+        .into_iter()
+        .map(|m| v1::InAppMessage {
+            key: m.key.clone(),
+            placement: m.placement.clone(),
+            template: m.template.clone(),
+            journey: m.journey.clone(),
+            created_ms: m.created_ms,
+            expires_ms: m.expires_ms,
+            viewed: m.viewed,
+            content_json: m.content.clone(),
+        })
+        .collect();
+    Ok(v1::ContentResponse { customer_id: state.id.to_string(), messages })
+}
+
+#[tonic::async_trait]
+impl v1::content_server::Content for Services {
+    async fn get(&self, request: Request<v1::ContentRequest>) -> Result<Response<v1::ContentResponse>, Status> {
+        let req = request.into_inner();
+        let id = self.resolve_ref(req.profile).await?;
+        Ok(Response::new(content(&self.shards, id, &req.placement).await?))
+    }
+}

@@ -27,6 +27,7 @@ const RAW_BODY_BYTES_MAX: usize = 1024 * 1024;
 pub fn router(shards: Shards, config: Arc<ApiConfig>) -> Router {
     Router::new()
         .route("/v1/{endpoint}", post(segment))
+        .route("/v1/content/{placement}", get(content))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -42,6 +43,57 @@ fn error(status: u16, code: &str, message: String) -> Response {
 
 fn seg_error(e: SegmentError) -> Response {
     error(e.http_status(), e.code(), e.to_string())
+}
+
+/// `GET /v1/content/{placement}?identity=kind:value` (or `?customer_id=cu_…`): the
+/// customer's in-app messages, authenticated with a write key like the Segment API.
+async fn content(State(st): State<AppState>, Path(placement): Path<String>, axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>, headers: HeaderMap) -> Response {
+    let header_str = |h: header::HeaderName| headers.get(h).and_then(|v| v.to_str().ok());
+    let key = match chorus_segment::write_key_from_header(header_str(header::AUTHORIZATION)) {
+        Ok(Some(k)) => k,
+        Ok(None) => return error(401, "missing_write_key", "send the write key as HTTP Basic auth (the key as user name)".into()),
+        Err(e) => return seg_error(e),
+    };
+    if !st.config.write_keys.is_empty() && !st.config.write_keys.iter().any(|k| key_matches(k, &key)) {
+        return error(401, "invalid_write_key", "the write key is not known to this Chorus node: use a key listed in [http] write_keys".into());
+    }
+    let id = match (q.get("customer_id"), q.get("identity")) {
+        (Some(c), _) => match c.parse::<chorus_types::CustomerId>() {
+            Ok(id) => id,
+            Err(e) => return error(400, "invalid_argument", format!("customer_id: {e}")),
+        },
+        (None, Some(i)) => {
+            let Some((kind, value)) = i.split_once(':') else { return error(400, "invalid_argument", "identity: use kind:value, e.g. user_id:42".into()) };
+            let identity = match convert::identity(kind, value) {
+                Ok(id) => id,
+                Err(e) => return error(400, "invalid_argument", e.to_string()),
+            };
+            match st.shards.find(&identity).await {
+                Ok(Some(id)) => id,
+                Ok(None) => return error(404, "not_found", format!("no customer with {identity}")),
+                Err(e) => return error(503, "unavailable", e.to_string()),
+            }
+        }
+        (None, None) => return error(400, "invalid_argument", "give ?identity=kind:value or ?customer_id=cu_…".into()),
+    };
+    match crate::grpc::content(&st.shards, id, &placement).await {
+        Ok(r) => {
+            let messages: Vec<serde_json::Value> = r
+                .messages
+                .iter()
+                .map(|m| {
+                    json!({
+                        "key": m.key, "placement": m.placement, "template": m.template, "journey": m.journey,
+                        "created_ms": m.created_ms, "expires_ms": m.expires_ms, "viewed": m.viewed,
+                        "content": serde_json::from_str::<serde_json::Value>(&m.content_json).unwrap_or(serde_json::Value::Null),
+                    })
+                })
+                .collect();
+            axum::Json(json!({"customer_id": r.customer_id, "messages": messages})).into_response()
+        }
+        Err(crate::error::ApiError::NotFound(m)) => error(404, "not_found", m),
+        Err(e) => error(503, "unavailable", e.to_string()),
+    }
 }
 
 /// Constant-time comparison of write keys.

@@ -9,6 +9,7 @@ pub mod expr;
 pub mod guard;
 pub mod journey;
 pub mod identity;
+pub mod inbox;
 pub mod messaging;
 pub mod profile;
 pub mod render;

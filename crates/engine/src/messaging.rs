@@ -88,6 +88,7 @@ pub fn decide_send(state: &mut CustomerState, req: &SendRequest, now_ms: i64, cf
         crate::guard::record_contact(state, crate::guard::Contact { at_ms: now_ms, channel: intent.channel.clone(), category: intent.category, journey: String::new() });
         let p = PendingIntent { key: intent.key.clone(), channel: intent.channel.clone(), journey: String::new(), version: 0, step: String::new(), entry_key: String::new(), at_ms: now_ms };
         track_pending(state, p);
+        crate::inbox::store(state, intent, now_ms);
     }
     match &decision {
         SendDecision::Send(intent) => state.decide(

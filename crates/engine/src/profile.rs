@@ -42,6 +42,8 @@ pub struct CustomerState {
     pub segments: Vec<String>,
     /// Intents in the outbox whose outcome is not known yet.
     pub pending_intents: Vec<crate::messaging::PendingIntent>,
+    /// In-app messages waiting to be shown.
+    pub inbox: Vec<crate::inbox::InAppMessage>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -208,6 +210,7 @@ impl CustomerState {
             open_hours: Vec::new(),
             segments: Vec::new(),
             pending_intents: Vec::new(),
+            inbox: Vec::new(),
         }
     }
 
@@ -318,6 +321,7 @@ pub fn apply_event(state: &mut CustomerState, event: &Event, now_ms: i64, cfg: &
             }
         }
     }
+    crate::inbox::on_event(state, event);
     consent_changed
 }
 
@@ -455,6 +459,7 @@ pub fn merge_into(survivor: &mut CustomerState, other: &mut CustomerState, now_m
     survivor.merged_from.extend(other.merged_from.iter().copied());
     survivor.decide(cfg, now_ms, DecisionKind::Merged, "identity link", format!("{} merged into this profile", other.id));
     survivor.pending_intents.append(&mut other.pending_intents);
+    survivor.inbox.append(&mut other.inbox);
     // Memberships are re-evaluated for the survivor at its next change; the tombstone
     // belongs to none.
     other.segments.clear();

@@ -1017,6 +1017,7 @@ fn send(state: &mut CustomerState, pos: usize, j: &Compiled, step: &Step, event:
             state,
             crate::messaging::PendingIntent { key: intent.key.clone(), channel: ch.to_string(), journey: j.def.id.clone(), version: j.version, step: sid.to_string(), entry_key: inst.entry_key.clone(), at_ms: run.now },
         );
+        crate::inbox::store(state, &intent, run.now);
         let inst = &mut state.journeys[pos];
         inst.deferred = None;
         inst.steps.entry(sid.to_string()).or_default().sent = true;

@@ -195,6 +195,52 @@ impl v1::profiles_server::Profiles for Services {
 
 #[tonic::async_trait]
 impl v1::admin_server::Admin for Services {
+    async fn list_dead_letters(&self, request: Request<v1::ListDeadLettersRequest>) -> Result<Response<v1::ListDeadLettersResponse>, Status> {
+        let limit = match request.into_inner().limit {
+            0 => 100,
+            n => n.min(10_000) as usize,
+        };
+        let letters = self
+            .shards
+            .dead_letters(limit)
+            .map_err(ApiError::from)?
+            .into_iter()
+            .map(|d| v1::DeadLetter {
+                idempotency_key: d.intent.key,
+                customer_id: d.intent.customer.to_string(),
+                channel: d.intent.channel,
+                template: d.intent.template,
+                journey: d.intent.journey,
+                to: d.intent.to,
+                status: d.status,
+                detail: d.detail,
+                at_ms: d.at_ms,
+                content_json: d.intent.content,
+            })
+            .collect();
+        Ok(Response::new(v1::ListDeadLettersResponse { letters }))
+    }
+
+    async fn redrive(&self, request: Request<v1::RedriveRequest>) -> Result<Response<v1::RedriveResponse>, Status> {
+        let req = request.into_inner();
+        if req.keys.is_empty() && !req.all {
+            return Err(ApiError::invalid("keys", "name the dead letters to redrive, or ask for all").into());
+        }
+        let letters = self.shards.dead_letters(usize::MAX).map_err(ApiError::from)?;
+        let mut picked = Vec::new();
+        for k in &req.keys {
+            match letters.iter().find(|d| d.intent.key == *k) {
+                Some(d) => picked.push((d.intent.customer, d.intent.key.clone())),
+                None => return Err(ApiError::NotFound(format!("no dead letter with key {k:?}: see `chorusctl dlq list`")).into()),
+            }
+        }
+        if req.all {
+            picked = letters.iter().map(|d| (d.intent.customer, d.intent.key.clone())).collect();
+        }
+        let redriven = self.shards.redrive(picked).await.map_err(ApiError::from)?;
+        Ok(Response::new(v1::RedriveResponse { redriven }))
+    }
+
     async fn cluster_status(&self, _: Request<v1::ClusterStatusRequest>) -> Result<Response<v1::ClusterStatusResponse>, Status> {
         let shards = self.shards.status();
         let me = self.shards.node_id();

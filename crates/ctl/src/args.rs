@@ -113,6 +113,11 @@ pub enum Command {
         #[command(subcommand)]
         command: AudienceCommand,
     },
+    /// Messages that could not be delivered: look at them and send them again
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
     /// Cluster settings for guardrails: frequency caps, quiet hours, default time zone
     Settings {
         #[command(subcommand)]
@@ -156,6 +161,33 @@ pub enum AudienceCommand {
         /// Most members to show
         #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
         limit: u32,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DlqCommand {
+    /// List dead letters, oldest first
+    #[command(after_help = "Columns: TIME KEY CUSTOMER CHANNEL TEMPLATE STATUS DETAIL.\n\nJSON: {letters: [{idempotency_key, customer_id, channel, template, journey, to, status, detail, at_ms, at, content}]}")]
+    List {
+        /// Most per shard
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Show one dead letter with its rendered message
+    Show {
+        /// The idempotency key (from `dlq list`)
+        key: String,
+    },
+    /// Put dead letters back in the outbox (same idempotency keys, so a provider that
+    /// honours keys still sends once)
+    #[command(group(ArgGroup::new("which").required(true).multiple(false)))]
+    Redrive {
+        /// Idempotency keys
+        #[arg(group = "which")]
+        keys: Vec<String>,
+        /// Every dead letter
+        #[arg(long, group = "which")]
+        all: bool,
     },
 }
 

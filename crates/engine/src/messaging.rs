@@ -30,6 +30,8 @@ pub struct PendingIntent {
     pub step: String,
     pub entry_key: String,
     pub at_ms: i64,
+    /// The contact point it went to (marked when the provider says it is bad).
+    pub to: String,
 }
 
 /// Most pending intents remembered per customer (the oldest are forgotten first; their
@@ -41,6 +43,30 @@ pub fn track_pending(state: &mut CustomerState, p: PendingIntent) {
     if state.pending_intents.len() > PENDING_INTENTS_MAX {
         state.pending_intents.remove(0);
     }
+}
+
+/// The status a permanent delivery failure gives the contact point, if any:
+/// `bounced`, `undeliverable` or `unregistered`.
+pub fn contact_status_of_failure(detail: &str) -> Option<&'static str> {
+    let d = detail.to_ascii_lowercase();
+    if d.contains("unregistered") || d.contains("invalid token") {
+        Some("unregistered")
+    } else if d.contains("bounce") || d.contains("complaint") {
+        Some("bounced")
+    } else if d.contains("invalid_address") || d.contains("undeliverable") || d.contains("bad address") {
+        Some("undeliverable")
+    } else {
+        None
+    }
+}
+
+/// Mark a contact point bad (it is skipped from now on, with the reason in explain).
+pub fn mark_contact(state: &mut CustomerState, to: &str, status: &str, detail: &str, now_ms: i64, cfg: &EngineConfig) {
+    if to.is_empty() || state.contact_status.get(to).is_some_and(|s| s == status) {
+        return;
+    }
+    state.contact_status.insert(to.to_string(), status.to_string());
+    state.decide(cfg, now_ms, DecisionKind::DeliveryFailed, format!("contact point {status}"), format!("{to} will not be used again: {detail}"));
 }
 
 /// Forget a pending intent once its outcome is known; returns it.
@@ -59,11 +85,13 @@ fn consent(state: &CustomerState, channel: &str) -> ConsentStatus {
     state.consent.channels.get(channel).map(|e| e.status).unwrap_or(ConsentStatus::Unknown)
 }
 
-/// The contact point for `channel`, if the customer has one.
+/// The contact point for `channel`, if the customer has a valid one (SPEC §4.1: a
+/// bounced, undeliverable or unregistered address is not used again).
 pub fn contact_point(state: &CustomerState, channel: &str) -> Option<String> {
-    let identity = |kind: IdentityKind| state.identities.iter().rev().find(|i| i.kind == kind).map(|i| i.value.clone());
+    let usable = |v: &str| !state.contact_status.contains_key(v);
+    let identity = |kind: IdentityKind| state.identities.iter().rev().find(|i| i.kind == kind && usable(&i.value)).map(|i| i.value.clone());
     match channel {
-        "email" => identity(IdentityKind::Email).or_else(|| state.attributes.get("email").and_then(|v| v.as_str()).map(str::to_string)),
+        "email" => identity(IdentityKind::Email).or_else(|| state.attributes.get("email").and_then(|v| v.as_str()).filter(|v| usable(v)).map(str::to_string)),
         "sms" | "mms" => identity(IdentityKind::Phone),
         "push" => identity(IdentityKind::PushToken),
         _ => Some(String::new()),
@@ -86,7 +114,7 @@ pub fn decide_send(state: &mut CustomerState, req: &SendRequest, now_ms: i64, cf
     }
     if let SendDecision::Send(intent) = &decision {
         crate::guard::record_contact(state, crate::guard::Contact { at_ms: now_ms, channel: intent.channel.clone(), category: intent.category, journey: String::new() });
-        let p = PendingIntent { key: intent.key.clone(), channel: intent.channel.clone(), journey: String::new(), version: 0, step: String::new(), entry_key: String::new(), at_ms: now_ms };
+        let p = PendingIntent { key: intent.key.clone(), channel: intent.channel.clone(), journey: String::new(), version: 0, step: String::new(), entry_key: String::new(), at_ms: now_ms, to: intent.to.clone() };
         track_pending(state, p);
         crate::inbox::store(state, intent, now_ms);
     }

@@ -44,6 +44,9 @@ pub struct CustomerState {
     pub pending_intents: Vec<crate::messaging::PendingIntent>,
     /// In-app messages waiting to be shown.
     pub inbox: Vec<crate::inbox::InAppMessage>,
+    /// Contact points that must not be used: address → bounced / undeliverable /
+    /// unregistered (SPEC §4.1).
+    pub contact_status: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -211,6 +214,7 @@ impl CustomerState {
             segments: Vec::new(),
             pending_intents: Vec::new(),
             inbox: Vec::new(),
+            contact_status: BTreeMap::new(),
         }
     }
 
@@ -460,6 +464,7 @@ pub fn merge_into(survivor: &mut CustomerState, other: &mut CustomerState, now_m
     survivor.decide(cfg, now_ms, DecisionKind::Merged, "identity link", format!("{} merged into this profile", other.id));
     survivor.pending_intents.append(&mut other.pending_intents);
     survivor.inbox.append(&mut other.inbox);
+    survivor.contact_status.append(&mut other.contact_status);
     // Memberships are re-evaluated for the survivor at its next change; the tombstone
     // belongs to none.
     other.segments.clear();

@@ -127,6 +127,28 @@ pub fn load_catalog(store: &Store, shard: ShardId) -> Result<JourneyCatalog, Str
     Ok(Arc::new(out))
 }
 
+/// An intent that could not be delivered, kept for operators.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct DeadLetter {
+    pub intent: Intent,
+    pub status: String,
+    pub detail: String,
+    pub at_ms: i64,
+}
+
+/// Dead letters of `shard`, oldest key first, at most `limit`.
+pub fn read_dead_letters(store: &Store, shard: ShardId, limit: usize) -> Result<Vec<DeadLetter>, String> {
+    let mut out = Vec::new();
+    for kv in store.shard().prefix(keys::dead_prefix(shard)) {
+        if out.len() >= limit {
+            break;
+        }
+        let (_, v) = kv.into_inner().map_err(|e| e.to_string())?;
+        out.push(chorus_types::encoding::decode(&v).map_err(|e| e.to_string())?);
+    }
+    Ok(out)
+}
+
 /// The engagement-tracking record `id` of `shard`.
 pub fn read_track(store: &Store, shard: ShardId, id: u64) -> Result<Option<chorus_engine::render::TrackRecord>, String> {
     match store.shard().get(keys::track(shard, id)).map_err(|e| e.to_string())? {
@@ -482,6 +504,20 @@ impl<'a> Round<'a> {
                 Ok(ShardResult::Done)
             }
             ShardOp::Noop => Ok(ShardResult::Done),
+            ShardOp::Redrive { keys: dead } => {
+                let shard = self.shard();
+                let mut n = 0;
+                for key in dead {
+                    let dk = keys::dead(shard, &key);
+                    let Some(v) = self.app.store.shard().get(&dk).map_err(io_err)? else { continue };
+                    let record: DeadLetter = chorus_types::encoding::decode(&v).map_err(io_err)?;
+                    self.batch.remove(self.app.store.shard(), dk);
+                    self.outbox_removed.remove(&key);
+                    self.intents.push(record.intent);
+                    n += 1;
+                }
+                Ok(ShardResult::Count(n))
+            }
             ShardOp::Evaluate { customers } => {
                 for c in customers {
                     let c = self.resolve_tomb(c)?;
@@ -748,6 +784,22 @@ impl<'a> Round<'a> {
         let present = self.intents.iter().any(|i| i.key == o.idempotency_key) || self.app.store.shard().get(&key).map_err(io_err)?.is_some();
         if !present || self.outbox_removed.contains(&o.idempotency_key) {
             return Ok(()); // already settled: a repeated outcome
+        }
+        // A message that could not be delivered goes to the dead-letter list, from
+        // which an operator can look at it and redrive it (`chorusctl dlq`).
+        if o.status != chorus_types::DispatchStatus::Delivered {
+            let intent = match self.intents.iter().find(|i| i.key == o.idempotency_key) {
+                Some(i) => Some(i.clone()),
+                None => self.app.store.shard().get(&key).map_err(io_err)?.map(|v| chorus_types::encoding::decode::<Intent>(&v)).transpose().map_err(io_err)?,
+            };
+            if let Some(intent) = intent {
+                let status = match o.status {
+                    chorus_types::DispatchStatus::FailedPermanent => "failed permanently",
+                    _ => "gave up after retries",
+                };
+                let record = DeadLetter { intent, status: status.to_string(), detail: o.detail.clone(), at_ms: now };
+                self.batch.insert(self.app.store.shard(), keys::dead(shard, &o.idempotency_key), chorus_types::encoding::encode(&record));
+            }
         }
         self.batch.remove(self.app.store.shard(), key);
         self.outbox_removed.insert(o.idempotency_key.clone());

@@ -38,6 +38,8 @@ pub const PAUSED: u8 = b'w';
 pub const MEMBER: u8 = b'n';
 /// Engagement-tracking records: id (u64 BE) → `render::TrackRecord`.
 pub const TRACK: u8 = b'l';
+/// Dead letters: idempotency key → (intent, status, detail, failed at).
+pub const DEAD: u8 = b'z';
 /// Journey counters: journey \0 version (u32 BE) step \0 what → (count, sum).
 pub const STATS: u8 = b'u';
 /// Inputs parked for quarantined customers: customer ++ seq.
@@ -164,6 +166,12 @@ pub fn catalog_template(shard: ShardId, id: &str) -> Vec<u8> {
 }
 pub fn catalog_templates_prefix(shard: ShardId) -> Vec<u8> {
     shard_key(shard, CATALOG, b"t/")
+}
+pub fn dead(shard: ShardId, key: &str) -> Vec<u8> {
+    shard_key(shard, DEAD, key.as_bytes())
+}
+pub fn dead_prefix(shard: ShardId) -> Vec<u8> {
+    shard_key(shard, DEAD, b"")
 }
 pub fn track(shard: ShardId, id: u64) -> Vec<u8> {
     shard_key(shard, TRACK, &id.to_be_bytes())

@@ -396,6 +396,32 @@ impl Shards {
         self.inner.shards.first().and_then(|h| h.app.catalog().templates.get(id).cloned())
     }
 
+    /// Dead letters across every shard (most `limit` per shard).
+    pub fn dead_letters(&self, limit: usize) -> Result<Vec<crate::apply::DeadLetter>, ShardError> {
+        let mut out = Vec::new();
+        for h in &self.inner.shards {
+            out.extend(crate::apply::read_dead_letters(&self.inner.store, h.id, limit).map_err(ShardError::Store)?);
+        }
+        out.sort_by_key(|d| d.at_ms);
+        Ok(out)
+    }
+
+    /// Put dead letters back in their shards' outboxes (same keys); returns how many.
+    pub async fn redrive(&self, keys: Vec<(CustomerId, String)>) -> Result<u64, ShardError> {
+        let mut per_shard: std::collections::BTreeMap<ShardId, Vec<String>> = Default::default();
+        for (customer, key) in keys {
+            per_shard.entry(customer.home_shard()).or_default().push(key);
+        }
+        let mut n = 0;
+        for (shard, keys) in per_shard {
+            let h = self.hosted(shard)?;
+            if let (_, chorus_types::ShardResult::Count(c)) = h.group.propose(ShardCommand { now_ms: self.inner.clock.now_ms(), op: ShardOp::Redrive { keys } }).await? {
+                n += c;
+            }
+        }
+        Ok(n)
+    }
+
     /// The engagement-tracking record `id` of `shard`.
     pub fn track_record(&self, shard: ShardId, id: u64) -> Result<Option<chorus_engine::render::TrackRecord>, ShardError> {
         if shard >= self.inner.config.shard_count {

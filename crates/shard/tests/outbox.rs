@@ -139,3 +139,55 @@ async fn undelivered_intents_are_redriven_once_and_timers_survive_restart() {
     assert_eq!(kinds, vec!["created", "sent", "scheduled", "delivered", "sent", "delivered"], "{:?}", state.decisions);
     shards.shutdown().await;
 }
+
+/// A provider that rejects every message with a permanent error until it is fixed.
+struct Rejecting {
+    fixed: std::sync::atomic::AtomicBool,
+    capture: Arc<CaptureConnector>,
+}
+
+impl Connector for Rejecting {
+    fn name(&self) -> &str {
+        "rejecting"
+    }
+    fn deliver<'a>(&'a self, intent: &'a Intent) -> Pin<Box<dyn Future<Output = Result<String, DeliveryError>> + Send + 'a>> {
+        Box::pin(async move {
+            if self.fixed.load(std::sync::atomic::Ordering::SeqCst) {
+                self.capture.deliver(intent).await
+            } else {
+                Err(DeliveryError::Permanent("550 5.7.1 relay denied".into()))
+            }
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_messages_go_to_the_dead_letter_list_and_can_be_redriven() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = chorus_store::Store::open(dir.path(), Default::default()).unwrap();
+    let clock = Arc::new(Clock::manual(store.clone()).unwrap());
+    let capture = Arc::new(CaptureConnector::new(store.clone(), Box::new(|| 0)).unwrap());
+    let provider = Arc::new(Rejecting { fixed: false.into(), capture });
+    let connectors = Connectors::start(vec![("email".into(), provider.clone() as Arc<dyn Connector>, Default::default())]).await.unwrap();
+    let config = ShardConfig { shard_count: 2, ..ShardConfig::default() };
+    let tuning = chorus_raft::GroupTuning { heartbeat_ms: 50, election_min_ms: 150, election_max_ms: 300, ..Default::default() };
+    let shards = Shards::open(1, "127.0.0.1:0", store.clone(), clock.clone(), config, tuning, connectors).await.unwrap();
+    let e = EventInput { message_id: "m1".into(), event_type: "identify".into(), identities: vec![("email".into(), "ada@example.com".into())], ..Default::default() }.validate().unwrap();
+    let chorus_types::EventOutcome::Applied { customer } = shards.ingest(vec![e]).await.remove(0).unwrap() else { panic!() };
+    let req = SendRequest { request_id: "r1".into(), customer, channel: "email".into(), template: "welcome".into(), category: Category::Transactional, vars: JsonMap::new(), send_at_ms: 0, topic: String::new() };
+    shards.send(vec![req]).await.remove(0).unwrap();
+    eprintln!("--- the provider refuses: the message lands in the dead-letter list with the reason");
+    wait_for("a dead letter", || shards.dead_letters(10).unwrap().len() == 1).await;
+    let dead = shards.dead_letters(10).unwrap().remove(0);
+    assert_eq!((dead.intent.key.as_str(), dead.status.as_str(), dead.detail.as_str()), (format!("api/r1/{customer}").as_str(), "failed permanently", "550 5.7.1 relay denied"));
+    assert_eq!(shards.status().iter().map(|s| s.pending_intents).sum::<u64>(), 0);
+    eprintln!("--- once the provider is fixed, a redrive delivers it with the same key");
+    provider.fixed.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(shards.redrive(vec![(customer, dead.intent.key.clone())]).await.unwrap(), 1);
+    assert_eq!(shards.redrive(vec![(customer, dead.intent.key.clone())]).await.unwrap(), 0, "a key is redriven once");
+    wait_for("the redriven message", || read_after(&store, 0, 10).unwrap().len() == 1).await;
+    assert_eq!(read_after(&store, 0, 10).unwrap()[0].intent.key, dead.intent.key);
+    assert!(shards.dead_letters(10).unwrap().is_empty());
+    wait_for("the outcome", || shards.status().iter().map(|s| s.pending_intents).sum::<u64>() == 0).await;
+    shards.shutdown().await;
+}

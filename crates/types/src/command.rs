@@ -35,6 +35,8 @@ pub enum ShardOp {
     Catalog { change: CatalogChange },
     /// Re-evaluate these customers' audiences (backfill after an audience is applied).
     Evaluate { customers: Vec<CustomerId> },
+    /// Move dead letters back into the outbox (same idempotency keys) to try again.
+    Redrive { keys: Vec<String> },
 }
 
 /// Catalog changes. Definitions travel encoded (the core owns their types).
@@ -110,6 +112,8 @@ pub enum ShardResult {
     Ingest(Vec<EventOutcome>),
     /// One outcome per send request, in order.
     Send(Vec<SendOutcome>),
+    /// How many items the command acted on (e.g. dead letters redriven).
+    Count(u64),
 }
 
 /// What happened to a send request when its entry was applied. The send decision
@@ -153,6 +157,7 @@ impl std::fmt::Display for ShardCommand {
             ShardOp::Send { requests } => write!(f, "send({})@{}", requests.len(), self.now_ms),
             ShardOp::Catalog { .. } => write!(f, "catalog@{}", self.now_ms),
             ShardOp::Evaluate { customers } => write!(f, "evaluate({})@{}", customers.len(), self.now_ms),
+            ShardOp::Redrive { keys } => write!(f, "redrive({})@{}", keys.len(), self.now_ms),
         }
     }
 }

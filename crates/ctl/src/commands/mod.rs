@@ -3,6 +3,7 @@
 
 mod audience;
 mod clock;
+mod dlq;
 mod cluster;
 mod event;
 mod journey;
@@ -12,7 +13,7 @@ mod settings;
 mod template;
 
 use crate::args::{
-    AudienceCommand, Cli, ClockCommand, ClusterCommand, Command, EventCommand, JourneyCommand, MessagesCommand, ProfileCommand, SettingsCommand, ShardCommand,
+    AudienceCommand, Cli, ClockCommand, DlqCommand, ClusterCommand, Command, EventCommand, JourneyCommand, MessagesCommand, ProfileCommand, SettingsCommand, ShardCommand,
     TemplateCommand,
 };
 use crate::failure::{self, Failure};
@@ -142,6 +143,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             AudienceCommand::List => audience::list(&ctx).await?,
             AudienceCommand::Count { id } => audience::count(&ctx, &id).await?,
             AudienceCommand::Preview { id, limit } => audience::preview(&ctx, &id, limit).await?,
+        },
+        Command::Dlq { command } => match command {
+            DlqCommand::List { limit } => dlq::list(&ctx, limit, None).await?,
+            DlqCommand::Show { key } => dlq::list(&ctx, 10_000, Some(&key)).await?,
+            DlqCommand::Redrive { keys, all } => dlq::redrive(&ctx, keys, all).await?,
         },
         Command::Settings { command: SettingsCommand::Show } => settings::show(&ctx).await?,
         Command::Settings { command: SettingsCommand::Validate { file } } => settings::validate(&ctx, &file)?,

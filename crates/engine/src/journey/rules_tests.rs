@@ -453,3 +453,14 @@ fn rule_measurement_counts_engagement_time_to_conversion_and_paths() {
     let fx = on(&mut c, &cat, &track("Order Completed", json!({"revenue": 40}), "o"), ms(NOON) + 30 * H);
     assert!(stats(&fx).contains(&"ttc:1d-3d".to_string()), "{fx:?}");
 }
+
+#[test]
+fn rule_a_bounced_address_is_not_used_again() {
+    let cat = catalog(vec![compile(SEQUENCE, 1)], Settings::default());
+    let mut c = customer();
+    let key = intent_key(&on(&mut c, &cat, &track("Signed Up", json!({}), "s"), ms(NOON)));
+    on_input(&mut c, &Input::Outcome { key: &key, delivered: false, detail: "550 5.1.1 mailbox unavailable (bounced)" }, &cat, ms(NOON) + 5, &EngineConfig::default());
+    assert_eq!(c.contact_status.get("ada@example.com").map(String::as_str), Some("bounced"));
+    assert!(last(&c, DecisionKind::DeliveryFailed).starts_with("contact point bounced"), "{:?}", c.decisions);
+    assert_eq!(crate::messaging::contact_point(&c, "email"), None);
+}

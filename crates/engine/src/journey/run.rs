@@ -343,6 +343,11 @@ pub fn on_input(state: &mut CustomerState, input: &Input<'_>, catalog: &RunCatal
 /// / `failed` in expressions, and the step's counters by channel and reason.
 fn on_outcome(state: &mut CustomerState, key: &str, delivered: bool, detail: &str, run: &mut Run<'_>) {
     let Some(p) = crate::messaging::settle(state, key) else { return };
+    if !delivered {
+        if let Some(status) = crate::messaging::contact_status_of_failure(detail) {
+            crate::messaging::mark_contact(state, &p.to, status, detail, run.now, run.cfg);
+        }
+    }
     if p.journey.is_empty() {
         return;
     }
@@ -1015,7 +1020,16 @@ fn send(state: &mut CustomerState, pos: usize, j: &Compiled, step: &Step, event:
         guard::record_contact(state, guard::Contact { at_ms: run.now, channel: ch.to_string(), category: j.def.category, journey: j.def.id.clone() });
         crate::messaging::track_pending(
             state,
-            crate::messaging::PendingIntent { key: intent.key.clone(), channel: ch.to_string(), journey: j.def.id.clone(), version: j.version, step: sid.to_string(), entry_key: inst.entry_key.clone(), at_ms: run.now },
+            crate::messaging::PendingIntent {
+                key: intent.key.clone(),
+                channel: ch.to_string(),
+                journey: j.def.id.clone(),
+                version: j.version,
+                step: sid.to_string(),
+                entry_key: inst.entry_key.clone(),
+                at_ms: run.now,
+                to: intent.to.clone(),
+            },
         );
         crate::inbox::store(state, &intent, run.now);
         let inst = &mut state.journeys[pos];

@@ -207,7 +207,7 @@ impl SmtpConfig {
             return Err(format!("smtp pool_size_max must be within 1..={POOL_SIZE_MAX_LIMIT}, not {}", self.pool_size_max));
         }
         self.timeout()?;
-        self.from_mailbox()?;
+        self.sender_mailbox()?;
         self.reply_to_mailbox()?;
         let password = self.resolve_password(env)?;
         match (&self.username, &password) {
@@ -223,7 +223,7 @@ impl SmtpConfig {
         Ok(())
     }
 
-    fn from_mailbox(&self) -> Result<Mailbox, String> {
+    fn sender_mailbox(&self) -> Result<Mailbox, String> {
         let address: Address = self.from.trim().parse().map_err(|e| format!("smtp from {:?}: {e}", self.from))?;
         Ok(Mailbox::new(self.from_name.clone().filter(|n| !n.trim().is_empty()), address))
     }
@@ -341,7 +341,7 @@ const RESERVED_HEADERS: &[&str] = &[
 
 impl Composer {
     fn new(cfg: &SmtpConfig) -> Result<Composer, String> {
-        let from = cfg.from_mailbox()?;
+        let from = cfg.sender_mailbox()?;
         let message_id_domain = from.email.domain().to_string();
         Ok(Composer { from, reply_to: cfg.reply_to_mailbox()?, message_id_domain })
     }

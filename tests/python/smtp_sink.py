@@ -10,10 +10,13 @@ Options:
   --reject-550 ADDR   refuse RCPT TO:<ADDR> with "550 5.1.1 ... mailbox unavailable"
   --reject-451 ADDR   refuse RCPT TO:<ADDR> with "451 4.3.0 ... try again later"
   --auth USER:PASS    require AUTH (PLAIN/LOGIN, allowed without TLS) with these credentials
+  --tls MODE          "starttls" (offer and require STARTTLS) or "tls" (TLS from the first
+                      byte), with a certificate for 127.0.0.1 from a private CA made with
+                      trustme; the CA's PEM is written to --ca-out
 
 It exits when its standard input closes (the test that started it ended).
 
-Needs aiosmtpd: pip install -r tests/python/requirements.txt
+Needs aiosmtpd (and trustme for --tls): pip install -r tests/python/requirements.txt
 """
 
 import argparse
@@ -21,6 +24,7 @@ import asyncio
 import email
 import email.policy
 import json
+import ssl
 import sys
 import threading
 
@@ -54,11 +58,13 @@ class Sink:
                 continue
             parts.append({"content_type": part.get_content_type(), "body": part.get_content()})
         login = getattr(session, "chorus_login", None)
+        ssl_object = server.transport.get_extra_info("ssl_object") if server.transport else None
         emit(
             {
                 "mail_from": envelope.mail_from,
                 "rcpt_tos": envelope.rcpt_tos,
                 "login": login,
+                "tls": ssl_object.version() if ssl_object else None,
                 "headers": [[k, str(v)] for k, v in msg.items()],
                 "content_type": msg.get_content_type(),
                 "parts": parts,
@@ -85,10 +91,23 @@ async def main():
     p.add_argument("--reject-550", action="append", default=[])
     p.add_argument("--reject-451", action="append", default=[])
     p.add_argument("--auth", default=None, help="USER:PASS")
+    p.add_argument("--tls", choices=["starttls", "tls"], default=None)
+    p.add_argument("--ca-out", default=None, help="where to write the CA certificate (PEM) with --tls")
     args = p.parse_args()
+
+    server_ssl = None
+    if args.tls:
+        import trustme
+
+        ca = trustme.CA()
+        ca.cert_pem.write_to_path(args.ca_out)
+        server_ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert("127.0.0.1").configure_cert(server_ssl)
 
     handler = Sink(args.reject_550, args.reject_451)
     smtp_kwargs = {"decode_data": False, "hostname": "sink.test"}
+    if args.tls == "starttls":
+        smtp_kwargs.update(tls_context=server_ssl, require_starttls=True)
     if args.auth:
         user, _, password = args.auth.partition(":")
         smtp_kwargs.update(
@@ -98,7 +117,8 @@ async def main():
         )
 
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: SMTP(handler, **smtp_kwargs), host="127.0.0.1", port=0)
+    implicit = server_ssl if args.tls == "tls" else None
+    server = await loop.create_server(lambda: SMTP(handler, **smtp_kwargs), host="127.0.0.1", port=0, ssl=implicit)
     port = server.sockets[0].getsockname()[1]
     emit({"port": port})
 

@@ -35,7 +35,7 @@ use lettre::message::header::{HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart, SinglePart};
 use lettre::transport::smtp::PoolConfig;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
-use lettre::transport::smtp::client::{Tls, TlsParameters};
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::transport::smtp::extension::ClientId;
 use lettre::{Address, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use serde::Deserialize;
@@ -84,6 +84,7 @@ impl SmtpTls {
 /// reply_to = "help@example.com"
 /// pool_size_max = 8
 /// timeout = "30s"
+/// # ca_file = "/etc/chorus/relay-ca.pem"   # a private CA, besides the platform's
 /// ```
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -122,6 +123,10 @@ pub struct SmtpConfig {
     /// The name sent in `EHLO`; when absent, "localhost".
     #[serde(default)]
     pub helo_name: Option<String>,
+    /// A PEM file of CA certificates to trust besides the platform's (a relay with a
+    /// private CA); only with `tls` "starttls" or "tls".
+    #[serde(default)]
+    pub ca_file: Option<String>,
 }
 
 fn default_pool_size_max() -> u32 {
@@ -147,6 +152,7 @@ impl std::fmt::Debug for SmtpConfig {
             .field("pool_size_max", &self.pool_size_max)
             .field("timeout", &self.timeout)
             .field("helo_name", &self.helo_name)
+            .field("ca_file", &self.ca_file)
             .finish()
     }
 }
@@ -167,6 +173,7 @@ impl SmtpConfig {
             pool_size_max: default_pool_size_max(),
             timeout: default_timeout(),
             helo_name: None,
+            ca_file: None,
         }
     }
 
@@ -215,6 +222,9 @@ impl SmtpConfig {
             (None, Some(_)) => return Err("smtp password is set without username".into()),
             _ => {}
         }
+        if self.ca_file.is_some() && self.tls == SmtpTls::None {
+            return Err("smtp ca_file needs tls = \"starttls\" or \"tls\"".into());
+        }
         if let Some(h) = &self.helo_name
             && (h.is_empty() || !h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'))
         {
@@ -248,10 +258,18 @@ impl SmtpConnector {
     pub fn new(cfg: SmtpConfig, env: Env<'_>) -> Result<SmtpConnector, String> {
         cfg.validate(env)?;
         let password = cfg.resolve_password(env)?;
+        let tls_parameters = || -> Result<TlsParameters, String> {
+            let mut b = TlsParameters::builder(cfg.host.clone());
+            if let Some(path) = &cfg.ca_file {
+                let pem = std::fs::read(path).map_err(|e| format!("smtp ca_file {path}: {e}"))?;
+                b = b.add_root_certificate(Certificate::from_pem(&pem).map_err(|e| format!("smtp ca_file {path}: {e}"))?);
+            }
+            b.build().map_err(|e| format!("smtp tls: {e}"))
+        };
         let tls = match cfg.tls {
             SmtpTls::None => Tls::None,
-            SmtpTls::Starttls => Tls::Required(TlsParameters::new(cfg.host.clone()).map_err(|e| format!("smtp tls: {e}"))?),
-            SmtpTls::Tls => Tls::Wrapper(TlsParameters::new(cfg.host.clone()).map_err(|e| format!("smtp tls: {e}"))?),
+            SmtpTls::Starttls => Tls::Required(tls_parameters()?),
+            SmtpTls::Tls => Tls::Wrapper(tls_parameters()?),
         };
         let pool = PoolConfig::new().max_size(cfg.pool_size_max).min_idle(0).idle_timeout(Duration::from_secs(60));
         let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(cfg.host.clone())
@@ -685,6 +703,8 @@ mod tests {
         assert!(bad.validate(&env).unwrap_err().contains("pool_size_max"));
         let bad = SmtpConfig { username: None, ..cfg.clone() };
         assert!(bad.validate(&env).unwrap_err().contains("without username"));
+        let bad = SmtpConfig { tls: SmtpTls::None, ca_file: Some("ca.pem".into()), ..cfg.clone() };
+        assert!(bad.validate(&env).unwrap_err().contains("ca_file needs tls"));
         assert!(serde_json::from_value::<SmtpConfig>(serde_json::json!({"host": "h", "from": "a@b.c", "tls": "ssl"})).is_err());
         let default: SmtpConfig = serde_json::from_value(serde_json::json!({"host": "h", "from": "a@b.c"})).unwrap();
         assert_eq!((default.tls, default.port(), default.pool_size_max), (SmtpTls::Starttls, 587, 8));

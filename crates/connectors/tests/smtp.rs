@@ -1,9 +1,10 @@
 //! The SMTP email connector against a real SMTP server: aiosmtpd, started by the test
 //! (tests/python/smtp_sink.py), which parses each received message with Python's email
 //! package. Checks the MIME that arrives (headers, both parts, the html body), the
-//! outcomes of 550 (permanent, "bounced") and 451 (transient) replies, AUTH, the
-//! Message-ID's idempotency and a refused connection. Fails — never skips — when
-//! python3 or aiosmtpd is missing: CI installs them.
+//! outcomes of 550 (permanent, "bounced") and 451 (transient) replies, AUTH, STARTTLS
+//! and implicit TLS (a private CA made by trustme), the Message-ID's idempotency and a
+//! refused connection. Fails — never skips — when python3, aiosmtpd or trustme is
+//! missing: CI installs them (`pip install -r tests/python/requirements.txt`).
 
 use chorus_connectors::smtp::{SmtpConfig, SmtpConnector, SmtpTls};
 use chorus_connectors::{Connector, ConnectorLimits, DeliveryError, deliver_with_retries};
@@ -30,17 +31,24 @@ fn phase(what: &str) {
 /// A running smtp_sink.py; killed when dropped (and it exits when its stdin closes).
 struct Sink {
     port: u16,
+    /// With TLS: the private CA that signed the server's certificate (in `_dir`).
+    ca_file: Option<String>,
+    _dir: tempfile::TempDir,
     lines: Lines<BufReader<ChildStdout>>,
     _child: Child,
 }
 
 impl Sink {
     async fn start(auth: Option<&str>) -> Sink {
-        let check = Command::new("python3").args(["-c", "import aiosmtpd"]).output().await;
+        Sink::start_with(auth, None).await
+    }
+
+    async fn start_with(auth: Option<&str>, tls: Option<&str>) -> Sink {
+        let check = Command::new("python3").args(["-c", "import aiosmtpd, trustme"]).output().await;
         match check {
             Err(e) => panic!("python3 is needed for the SMTP tests ({e}): install Python 3, then {HINT}"),
             Ok(out) if !out.status.success() => {
-                panic!("aiosmtpd is not installed: {HINT}\n{}", String::from_utf8_lossy(&out.stderr))
+                panic!("aiosmtpd or trustme is not installed: {HINT}\n{}", String::from_utf8_lossy(&out.stderr))
             }
             Ok(_) => {}
         }
@@ -50,11 +58,17 @@ impl Sink {
         if let Some(a) = auth {
             cmd.args(["--auth", a]);
         }
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ca_file = tls.map(|mode| {
+            let ca = dir.path().join("ca.pem").to_string_lossy().into_owned();
+            cmd.args(["--tls", mode, "--ca-out", &ca]);
+            ca
+        });
         let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit()).kill_on_drop(true).spawn().expect("start smtp_sink.py");
         let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
         let first = next_json(&mut lines).await;
         let port = first["port"].as_u64().expect("the sink prints its port first") as u16;
-        Sink { port, lines, _child: child }
+        Sink { port, ca_file, _dir: dir, lines, _child: child }
     }
 
     /// The next message the server received.
@@ -243,6 +257,27 @@ async fn auth_with_the_password_from_password_env() {
     phase("password_env naming an unset variable: refused when building the connector");
     let err = SmtpConnector::new(cfg, &no_env).err().expect("refused");
     assert!(err.contains("TEST_SMTP_PASSWORD is not set"), "{err}");
+}
+
+#[tokio::test]
+async fn starttls_and_implicit_tls_with_a_private_ca() {
+    for (mode, tls) in [("starttls", SmtpTls::Starttls), ("tls", SmtpTls::Tls)] {
+        phase(&format!("aiosmtpd with {mode} and a certificate for 127.0.0.1 from a private CA"));
+        let mut sink = Sink::start_with(None, Some(mode)).await;
+
+        phase("the platform's roots alone do not trust it: the handshake fails (transient)");
+        let untrusted = SmtpConnector::new(SmtpConfig { tls, ..config(sink.port) }, &no_env).expect("connector");
+        let err = untrusted.deliver(&intent("k-untrusted", "ada@example.com", marketing_email())).await.unwrap_err();
+        assert!(matches!(&err, DeliveryError::Transient(d) if d.contains("tls") || d.contains("certificate")), "{mode}: {err:?}");
+
+        phase("with ca_file: delivered over TLS");
+        let cfg = SmtpConfig { tls, ca_file: sink.ca_file.clone(), ..config(sink.port) };
+        let smtp = SmtpConnector::new(cfg, &no_env).expect("connector");
+        smtp.deliver(&intent("k-tls", "ada@example.com", marketing_email())).await.expect("delivered");
+        let msg = sink.received().await;
+        assert!(msg["tls"].as_str().is_some_and(|v| v.starts_with("TLSv1.")), "{mode}: {}", msg["tls"]);
+        assert_eq!(header(&msg, "X-Chorus-Key"), vec!["k-tls"]);
+    }
 }
 
 #[tokio::test]

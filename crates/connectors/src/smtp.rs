@@ -23,6 +23,9 @@
 //! not do it — unless the html already contains the preheader text, in which case the
 //! template placed it itself and the html is left as is. It is not added to the text part.
 //!
+//! TLS is rustls with the platform's roots (plus `ca_file`, for a relay with a private
+//! CA); `Date` is the system time of the attempt.
+//!
 //! Outcomes: 2xx → `Ok` with the server's reply; 4xx, timeouts and connection or TLS
 //! failures → `Transient`; 5xx → `Permanent` with the code and text, and for 550/551/553
 //! (the recipient refused) the detail says "bounced". The SMTP reply does not say which

@@ -1,10 +1,14 @@
 //! Channel connectors (SPEC §8): each channel's provider behind a supervised actor
 //! with bounded concurrency and retries with exponential backoff for transient errors.
 //! The capture connector stores messages locally (idempotently by key) so a new user
-//! sees messages without a provider account; real providers arrive with issue
-//! "Channels". Connectors never decide anything: they deliver intents.
+//! sees messages without a provider account; `smtp` sends email over SMTP and `webhook`
+//! makes signed HTTP calls (Standard Webhooks). Connectors never decide anything: they
+//! deliver intents, and they read no environment variables (secrets named by `*_env`
+//! settings are looked up through a function the binary passes in).
 
 pub mod capture;
+pub mod smtp;
+pub mod webhook;
 
 use chorus_types::{DispatchStatus, Intent};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
@@ -22,6 +26,50 @@ pub enum DeliveryError {
     /// Not worth retrying (bad address, rejected content).
     #[error("permanent delivery error: {0}")]
     Permanent(String),
+    /// Worth retrying, but not before the delay the provider asked for (an HTTP
+    /// `Retry-After`); retries wait at most [`ConnectorLimits::retry_after_max`].
+    #[error("transient delivery error (retry after {secs}s): {0}", secs = .1.as_secs())]
+    TransientAfter(String, Duration),
+}
+
+impl DeliveryError {
+    /// Whether another attempt may succeed.
+    pub fn is_transient(&self) -> bool {
+        !matches!(self, DeliveryError::Permanent(_))
+    }
+
+    /// The human-readable detail, without the kind.
+    pub fn detail(&self) -> &str {
+        match self {
+            DeliveryError::Transient(d) | DeliveryError::Permanent(d) | DeliveryError::TransientAfter(d, _) => d,
+        }
+    }
+}
+
+/// Looks up a secret by the name a `*_env` setting gives (binaries pass
+/// `&|name| std::env::var(name).ok()`; tests pass a map). Library crates never read the
+/// environment themselves.
+pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// The rendered message an intent carries (`Intent::content`), or a permanent error
+/// naming the intent when it was not rendered or is not for `channel`.
+pub fn rendered_content(intent: &Intent, channel: &str) -> Result<chorus_templates::Content, DeliveryError> {
+    if intent.content.trim().is_empty() {
+        return Err(DeliveryError::Permanent(format!(
+            "intent {} (template {}) has no rendered content: the {channel} connector needs a rendered {channel} message",
+            intent.key, intent.template
+        )));
+    }
+    let rendered: chorus_templates::Rendered = serde_json::from_str(&intent.content)
+        .map_err(|e| DeliveryError::Permanent(format!("intent {}: rendered content is not valid: {e}", intent.key)))?;
+    if rendered.content.channel() != channel {
+        return Err(DeliveryError::Permanent(format!(
+            "intent {}: rendered content is a {} message, not {channel}",
+            intent.key,
+            rendered.content.channel()
+        )));
+    }
+    Ok(rendered.content)
 }
 
 /// A provider of one or more channels.
@@ -41,11 +89,14 @@ pub struct ConnectorLimits {
     pub attempts_max: u32,
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
+    /// The longest wait honoured for a provider's `Retry-After` before the next attempt
+    /// (a longer hint is waited this long, then retried).
+    pub retry_after_max: Duration,
 }
 
 impl Default for ConnectorLimits {
     fn default() -> Self {
-        ConnectorLimits { concurrency_max: 64, attempts_max: 5, backoff_initial: Duration::from_millis(100), backoff_max: Duration::from_secs(10) }
+        ConnectorLimits { concurrency_max: 64, attempts_max: 5, backoff_initial: Duration::from_millis(100), backoff_max: Duration::from_secs(10), retry_after_max: Duration::from_secs(60) }
     }
 }
 
@@ -95,23 +146,24 @@ impl Actor for ConnectorActor {
     }
 }
 
-/// Deliver with exponential backoff (deterministic jitter from the key) on transient errors.
+/// Deliver with exponential backoff (deterministic jitter from the key) on transient
+/// errors; a provider's retry-after hint lengthens the wait (up to `retry_after_max`).
 pub async fn deliver_with_retries(connector: &dyn Connector, intent: &Intent, limits: &ConnectorLimits) -> Delivery {
     let mut backoff = limits.backoff_initial;
     let jitter_seed = intent.key.bytes().fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64));
     for attempt in 1..=limits.attempts_max {
-        match connector.deliver(intent).await {
+        let (detail, hint) = match connector.deliver(intent).await {
             Ok(detail) => return Delivery { status: DispatchStatus::Delivered, detail, attempts: attempt },
             Err(DeliveryError::Permanent(d)) => return Delivery { status: DispatchStatus::FailedPermanent, detail: d, attempts: attempt },
-            Err(DeliveryError::Transient(d)) => {
-                if attempt == limits.attempts_max {
-                    return Delivery { status: DispatchStatus::FailedTransient, detail: d, attempts: attempt };
-                }
-                let jitter = Duration::from_millis((jitter_seed.rotate_left(attempt) % 100) * backoff.as_millis() as u64 / 400);
-                tokio::time::sleep(backoff + jitter).await;
-                backoff = (backoff * 2).min(limits.backoff_max);
-            }
+            Err(DeliveryError::Transient(d)) => (d, Duration::ZERO),
+            Err(DeliveryError::TransientAfter(d, after)) => (d, after.min(limits.retry_after_max)),
+        };
+        if attempt == limits.attempts_max {
+            return Delivery { status: DispatchStatus::FailedTransient, detail, attempts: attempt };
         }
+        let jitter = Duration::from_millis((jitter_seed.rotate_left(attempt) % 100) * backoff.as_millis() as u64 / 400);
+        tokio::time::sleep((backoff + jitter).max(hint)).await;
+        backoff = (backoff * 2).min(limits.backoff_max);
     }
     Delivery { status: DispatchStatus::FailedTransient, detail: "no attempts configured".into(), attempts: 0 }
 }
@@ -195,5 +247,72 @@ impl Connectors {
 
     pub fn stop(&self) {
         self.supervisor.stop(None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chorus_types::{Category, CustomerId, JsonMap};
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// A provider that asks to wait `after` once, then accepts.
+    struct Throttled {
+        calls: AtomicU32,
+        after: Duration,
+    }
+
+    impl Connector for Throttled {
+        fn name(&self) -> &str {
+            "throttled"
+        }
+        fn deliver<'a>(&'a self, _i: &'a Intent) -> Pin<Box<dyn Future<Output = Result<String, DeliveryError>> + Send + 'a>> {
+            Box::pin(async move {
+                match self.calls.fetch_add(1, Ordering::SeqCst) {
+                    0 => Err(DeliveryError::TransientAfter("429 (retry after)".into(), self.after)),
+                    _ => Ok("200".into()),
+                }
+            })
+        }
+    }
+
+    fn intent() -> Intent {
+        Intent {
+            key: "k".into(),
+            customer: CustomerId::new(1, 2),
+            channel: "webhook".into(),
+            template: "t".into(),
+            category: Category::Transactional,
+            to: String::new(),
+            vars: JsonMap::new(),
+            journey: String::new(),
+            created_ms: 1,
+            content: String::new(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rule_retry_after_hint_is_honoured_up_to_retry_after_max() {
+        let limits = ConnectorLimits { backoff_initial: Duration::from_millis(10), retry_after_max: Duration::from_secs(60), ..Default::default() };
+        for (after, waited_min, waited_max) in [
+            (Duration::from_secs(7), Duration::from_secs(7), Duration::from_secs(8)),
+            (Duration::from_secs(3600), Duration::from_secs(60), Duration::from_secs(61)),
+        ] {
+            let c = Throttled { calls: AtomicU32::new(0), after };
+            let start = tokio::time::Instant::now();
+            let d = deliver_with_retries(&c, &intent(), &limits).await;
+            let waited = start.elapsed();
+            assert_eq!((d.status, d.attempts), (DispatchStatus::Delivered, 2));
+            assert!(waited >= waited_min && waited < waited_max, "hint {after:?}: waited {waited:?}");
+        }
+    }
+
+    #[test]
+    fn delivery_error_kinds() {
+        let e = DeliveryError::TransientAfter("429 Too Many Requests".into(), Duration::from_secs(7));
+        assert_eq!(e.to_string(), "transient delivery error (retry after 7s): 429 Too Many Requests");
+        assert!(e.is_transient() && DeliveryError::Transient("x".into()).is_transient());
+        assert!(!DeliveryError::Permanent("x".into()).is_transient());
+        assert_eq!(e.detail(), "429 Too Many Requests");
     }
 }

@@ -10,7 +10,7 @@ use crate::CustomerState;
 use base64::Engine;
 use chorus_templates::{Context, JourneyRef, Links, Template, Tracking};
 use chorus_types::Intent;
-use hmac::{KeyInit, Mac};
+use hmac::Mac;
 use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
 
@@ -49,7 +49,7 @@ pub struct TrackRecord {
 const MAC_LEN: usize = 12;
 
 fn mac(secret: &[u8], body: &[u8]) -> [u8; MAC_LEN] {
-    let mut m = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length");
+    let mut m = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(secret).expect("HMAC takes keys of any length");
     m.update(body);
     let full = m.finalize().into_bytes();
     let mut out = [0u8; MAC_LEN];

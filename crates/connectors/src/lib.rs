@@ -5,6 +5,9 @@
 //! "Channels". Connectors never decide anything: they deliver intents.
 
 pub mod capture;
+pub mod fcm;
+pub mod provider;
+pub mod twilio;
 
 use chorus_types::{DispatchStatus, Intent};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};

@@ -170,18 +170,18 @@ fn error(status: StatusCode, code: &str, message: String) -> Response {
 }
 
 /// The form parameters, after checking the request's signature.
-fn verified_params(config: &TwilioWebhookConfig, uri: &Uri, headers: &HeaderMap, body: &[u8]) -> Result<Vec<(String, String)>, Response> {
+fn verified_params(config: &TwilioWebhookConfig, uri: &Uri, headers: &HeaderMap, body: &[u8]) -> Result<Vec<(String, String)>, Box<Response>> {
     let params: Vec<(String, String)> =
-        serde_urlencoded::from_bytes(body).map_err(|e| error(StatusCode::BAD_REQUEST, "invalid_request", format!("the body is not a form: {e}")))?;
+        serde_urlencoded::from_bytes(body).map_err(|e| Box::new(error(StatusCode::BAD_REQUEST, "invalid_request", format!("the body is not a form: {e}"))))?;
     let url = format!("{}{}", config.public_url.trim_end_matches('/'), uri.path_and_query().map(|p| p.as_str()).unwrap_or(uri.path()));
     let given = headers.get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("");
     if given.is_empty() || !signature_matches(&config.auth_token, &url, &params, given) {
         tracing::debug!(%url, "twilio webhook signature mismatch");
-        return Err(error(
+        return Err(Box::new(error(
             StatusCode::FORBIDDEN,
             "invalid_signature",
             "X-Twilio-Signature does not match this request (check the auth token and that status_callback_base is the URL Twilio calls)".into(),
-        ));
+        )));
     }
     Ok(params)
 }
@@ -204,7 +204,7 @@ async fn ingest(shards: &Shards, input: EventInput) -> Option<Response> {
 async fn inbound(State(st): State<WebhookState>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
     let params = match verified_params(&st.config, &uri, &headers, &body) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let input = match inbound_event(&params) {
         Ok(i) => i,
@@ -219,7 +219,7 @@ async fn inbound(State(st): State<WebhookState>, uri: Uri, headers: HeaderMap, b
 async fn status(State(st): State<WebhookState>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
     let params = match verified_params(&st.config, &uri, &headers, &body) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let query: Vec<(String, String)> = serde_urlencoded::from_str(uri.query().unwrap_or("")).unwrap_or_default();
     let key = param(&query, "key").unwrap_or("").to_string();

@@ -51,7 +51,7 @@ fn rule_inbound_sms_becomes_sms_received_from_the_sender_phone() {
     assert_eq!(input.identities, vec![("phone".to_string(), "+14155550123".to_string())]);
     assert_eq!(Value::Object(input.properties.clone()), json!({"body": " stop ", "to": "+15005550006", "message_sid": "SM123"}));
     let event = input.validate().unwrap();
-    assert_eq!(chorus_engine::consent::keyword(&serde_json::from_str::<Value>(&event.properties).unwrap()["body"].as_str().unwrap().to_string()), Some("STOP"));
+    assert_eq!(chorus_engine::consent::keyword(&serde_json::from_str::<Value>(&event.properties).unwrap()["body"].as_str().unwrap()), Some("STOP"));
     assert_eq!(inbound_event(&pairs(&[("From", "+14155550123")])).unwrap_err().field, "MessageSid");
     assert_eq!(inbound_event(&pairs(&[("MessageSid", "SM1"), ("From", "not a phone")])).unwrap_err().field, "From");
 }

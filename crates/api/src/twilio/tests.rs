@@ -164,3 +164,16 @@ async fn rule_twilio_webhooks_become_events_of_the_customer() {
     assert_eq!(shards.find(&Identity::normalize(IdentityKind::Phone, "+14155550999").unwrap()).await.unwrap(), None);
     shards.shutdown().await;
 }
+
+#[test]
+fn webhook_config_comes_from_the_connector_settings() {
+    let cfg: chorus_connectors::twilio::TwilioConfig = serde_json::from_value(json!({
+        "account_sid": "AC1", "auth_token_env": "TOKEN_VAR", "from": "+15005550006", "status_callback_base": "https://chorus.example.com/"
+    }))
+    .unwrap();
+    let env = |name: &str| (name == "TOKEN_VAR").then(|| "secret".to_string());
+    let w = TwilioWebhookConfig::from_connector(&cfg, &env).unwrap();
+    assert_eq!((w.auth_token.as_str(), w.public_url.as_str()), ("secret", "https://chorus.example.com"));
+    let without = chorus_connectors::twilio::TwilioConfig { status_callback_base: None, ..cfg };
+    assert_eq!(TwilioWebhookConfig::from_connector(&without, &env).unwrap_err().field, "status_callback_base");
+}

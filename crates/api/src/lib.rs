@@ -7,6 +7,7 @@ pub mod error;
 pub mod grpc;
 pub mod http;
 pub mod tracking;
+pub mod twilio;
 
 pub use error::ApiError;
 

@@ -7,7 +7,10 @@
 //! settings are looked up through a function the binary passes in).
 
 pub mod capture;
+pub mod fcm;
+pub mod provider;
 pub mod smtp;
+pub mod twilio;
 pub mod webhook;
 
 use chorus_types::{DispatchStatus, Intent};

@@ -19,6 +19,42 @@ pub struct Config {
     pub clock: ClockConfig,
     pub log: LogConfig,
     pub tracking: TrackingConfig,
+    pub connectors: ConnectorsConfig,
+}
+
+/// Which provider serves each channel, the providers' settings and per-channel limits.
+/// Channels not listed use the capture connector (messages kept for `chorusctl messages
+/// tail`), so a new user needs no provider account.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConnectorsConfig {
+    /// channel → `capture` | `smtp` | `twilio` | `fcm` | `webhook`.
+    pub channels: std::collections::BTreeMap<String, String>,
+    pub smtp: Option<chorus_connectors::smtp::SmtpConfig>,
+    pub twilio: Option<chorus_connectors::twilio::TwilioConfig>,
+    pub fcm: Option<chorus_connectors::fcm::FcmConfig>,
+    pub webhook: Option<chorus_connectors::webhook::WebhookConfig>,
+    /// channel → limits.
+    pub limits: std::collections::BTreeMap<String, ChannelLimits>,
+}
+
+/// Delivery limits of one channel's connector.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChannelLimits {
+    /// Messages per second (token bucket); 0 = unlimited.
+    pub rate_per_sec: u32,
+    /// Deliveries in flight at once.
+    pub concurrency_max: usize,
+    /// Attempts per message before it goes to the dead-letter list.
+    pub attempts_max: u32,
+}
+
+impl Default for ChannelLimits {
+    fn default() -> Self {
+        let d = chorus_connectors::ConnectorLimits::default();
+        ChannelLimits { rate_per_sec: 0, concurrency_max: d.concurrency_max, attempts_max: d.attempts_max }
+    }
 }
 
 /// Engagement tracking (open pixel, click redirects, unsubscribe page) on the HTTP port.
@@ -105,6 +141,7 @@ impl Default for Config {
             clock: ClockConfig::default(),
             log: LogConfig::default(),
             tracking: TrackingConfig::default(),
+            connectors: ConnectorsConfig::default(),
         }
     }
 }

@@ -117,6 +117,57 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
+/// One (channel, connector, limits) per channel, from `[connectors]`; and the Twilio
+/// webhook settings when Twilio serves a channel.
+fn connector_routes(
+    cfg: &config::ConnectorsConfig,
+    capture: Arc<dyn chorus_connectors::Connector>,
+) -> anyhow::Result<(Vec<(String, Arc<dyn chorus_connectors::Connector>, chorus_connectors::ConnectorLimits)>, Option<chorus_api::twilio::TwilioWebhookConfig>)> {
+    use chorus_connectors::Connector;
+    let env = |k: &str| std::env::var(k).ok();
+    for ch in cfg.channels.keys().chain(cfg.limits.keys()) {
+        if !chorus_types::CHANNELS.contains(&ch.as_str()) {
+            anyhow::bail!("connectors: unknown channel {ch:?}; channels are {}", chorus_types::CHANNELS.join(", "));
+        }
+    }
+    let mut built: std::collections::HashMap<&str, Arc<dyn Connector>> = std::collections::HashMap::new();
+    let mut twilio_webhooks = None;
+    let mut routes = Vec::new();
+    for ch in chorus_types::CHANNELS {
+        let provider = cfg.channels.get(*ch).map(String::as_str).unwrap_or("capture");
+        let connector: Arc<dyn Connector> = match built.get(provider) {
+            Some(c) => c.clone(),
+            None => {
+                let missing = |section: &str| anyhow::anyhow!("connectors.channels.{ch} = {provider:?} needs a [connectors.{section}] section");
+                let c: Arc<dyn Connector> = match provider {
+                    "capture" => capture.clone(),
+                    "smtp" => Arc::new(chorus_connectors::smtp::SmtpConnector::new(cfg.smtp.clone().ok_or_else(|| missing("smtp"))?, &env).map_err(|e| anyhow::anyhow!("connectors.smtp: {e}"))?),
+                    "webhook" => {
+                        let w = cfg.webhook.clone().ok_or_else(|| missing("webhook"))?;
+                        let clock: chorus_connectors::webhook::Clock = Box::new(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0));
+                        Arc::new(chorus_connectors::webhook::WebhookConnector::new(w, &env, clock).map_err(|e| anyhow::anyhow!("connectors.webhook: {e}"))?)
+                    }
+                    "twilio" => {
+                        let t = cfg.twilio.as_ref().ok_or_else(|| missing("twilio"))?;
+                        if t.status_callback_base.as_deref().is_some_and(|b| !b.is_empty()) {
+                            twilio_webhooks = Some(chorus_api::twilio::TwilioWebhookConfig::from_connector(t, &env).map_err(|e| anyhow::anyhow!("connectors.twilio.{}: {}", e.field, e.message))?);
+                        }
+                        Arc::new(chorus_connectors::twilio::TwilioConnector::new(t, &env).map_err(|e| anyhow::anyhow!("connectors.twilio.{}: {}", e.field, e.message))?)
+                    }
+                    "fcm" => Arc::new(chorus_connectors::fcm::FcmConnector::new(cfg.fcm.as_ref().ok_or_else(|| missing("fcm"))?, &env).map_err(|e| anyhow::anyhow!("connectors.fcm.{}: {}", e.field, e.message))?),
+                    other => anyhow::bail!("connectors.channels.{ch} = {other:?}: use capture, smtp, twilio, fcm or webhook"),
+                };
+                built.insert(provider, c.clone());
+                c
+            }
+        };
+        let l = cfg.limits.get(*ch).cloned().unwrap_or_default();
+        let limits = chorus_connectors::ConnectorLimits { concurrency_max: l.concurrency_max.max(1), attempts_max: l.attempts_max.max(1), rate_per_sec: l.rate_per_sec, ..Default::default() };
+        routes.push((ch.to_string(), connector, limits));
+    }
+    Ok((routes, twilio_webhooks))
+}
+
 async fn run(config: Config) -> anyhow::Result<()> {
     let mut shard_config = config.shard_config()?;
     let store = chorus_store::Store::open(&config.data_dir, chorus_store::StoreOptions::default())
@@ -133,16 +184,13 @@ async fn run(config: Config) -> anyhow::Result<()> {
     shard_config.engine.tracking = config.tracking(&http_addr)?;
     let tracking = shard_config.engine.tracking.clone();
 
-    // Until real providers are configured (issue "Channels"), every channel is served by
-    // the capture connector, which stores messages for `chorusctl messages tail`.
+    // Channels not given a provider in [connectors] are served by the capture
+    // connector, which stores messages for `chorusctl messages tail`.
     let clock_for_capture = clock.clone();
     let capture: Arc<dyn chorus_connectors::Connector> =
         Arc::new(chorus_connectors::capture::CaptureConnector::new(store.clone(), Box::new(move || clock_for_capture.now_ms())).map_err(anyhow::Error::msg)?);
-    let connectors = chorus_connectors::Connectors::start(
-        chorus_types::CHANNELS.iter().map(|c| (c.to_string(), capture.clone(), chorus_connectors::ConnectorLimits::default())).collect(),
-    )
-    .await
-    .map_err(anyhow::Error::msg)?;
+    let (routes, twilio_webhooks) = connector_routes(&config.connectors, capture)?;
+    let connectors = chorus_connectors::Connectors::start(routes).await.map_err(anyhow::Error::msg)?;
     let shards = chorus_shard::Shards::open(
         config.node_id,
         &grpc_addr.to_string(),
@@ -161,6 +209,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         stream_batches_in_flight_max: config.grpc.stream_batches_in_flight_max,
         version: env!("CARGO_PKG_VERSION").to_string(),
         tracking,
+        twilio: twilio_webhooks.map(Arc::new),
         grpc_addr: grpc_addr.to_string(),
         http_addr: http_addr.to_string(),
     });

@@ -25,7 +25,7 @@ struct AppState {
 const RAW_BODY_BYTES_MAX: usize = 1024 * 1024;
 
 pub fn router(shards: Shards, config: Arc<ApiConfig>) -> Router {
-    Router::new()
+    let router = Router::new()
         .route("/v1/{endpoint}", post(segment))
         .route("/v1/content/{placement}", get(content))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -33,7 +33,11 @@ pub fn router(shards: Shards, config: Arc<ApiConfig>) -> Router {
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(RAW_BODY_BYTES_MAX))
         .with_state(AppState { shards: shards.clone(), config: config.clone() })
-        .merge(crate::tracking::router(shards, config))
+        .merge(crate::tracking::router(shards.clone(), config.clone()));
+    match &config.twilio {
+        Some(t) => router.merge(crate::twilio::router(shards, t.clone())),
+        None => router,
+    }
 }
 
 fn error(status: u16, code: &str, message: String) -> Response {

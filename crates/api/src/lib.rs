@@ -26,6 +26,8 @@ pub struct ApiConfig {
     pub http_addr: String,
     /// Verifies engagement-tracking tokens (the same key the decision core signs with).
     pub tracking: chorus_engine::render::TrackingConfig,
+    /// Serve Twilio's webhooks (inbound SMS, status callbacks) when Twilio is configured.
+    pub twilio: Option<std::sync::Arc<twilio::TwilioWebhookConfig>>,
 }
 
 impl Default for ApiConfig {
@@ -38,6 +40,7 @@ impl Default for ApiConfig {
             grpc_addr: String::new(),
             http_addr: String::new(),
             tracking: Default::default(),
+            twilio: None,
         }
     }
 }

@@ -95,11 +95,48 @@ pub struct ConnectorLimits {
     /// The longest wait honoured for a provider's `Retry-After` before the next attempt
     /// (a longer hint is waited this long, then retried).
     pub retry_after_max: Duration,
+    /// Deliveries started per second (a token bucket with a one-second burst); 0 means
+    /// no limit. Providers' own rate limits are honoured without burning attempts.
+    pub rate_per_sec: u32,
+}
+
+/// A token bucket: `rate` tokens per second, holding at most `rate` (a second's burst).
+struct TokenBucket {
+    rate: f64,
+    state: tokio::sync::Mutex<(f64, tokio::time::Instant)>,
+}
+
+impl TokenBucket {
+    fn new(rate: u32) -> Option<TokenBucket> {
+        (rate > 0).then(|| TokenBucket { rate: rate as f64, state: tokio::sync::Mutex::new((rate as f64, tokio::time::Instant::now())) })
+    }
+
+    /// Wait until a token is available and take it.
+    async fn take(&self) {
+        let mut s = self.state.lock().await;
+        loop {
+            let now = tokio::time::Instant::now();
+            s.0 = (s.0 + now.duration_since(s.1).as_secs_f64() * self.rate).min(self.rate);
+            s.1 = now;
+            if s.0 >= 1.0 {
+                s.0 -= 1.0;
+                return;
+            }
+            tokio::time::sleep(Duration::from_secs_f64((1.0 - s.0) / self.rate)).await;
+        }
+    }
 }
 
 impl Default for ConnectorLimits {
     fn default() -> Self {
-        ConnectorLimits { concurrency_max: 64, attempts_max: 5, backoff_initial: Duration::from_millis(100), backoff_max: Duration::from_secs(10), retry_after_max: Duration::from_secs(60) }
+        ConnectorLimits {
+            concurrency_max: 64,
+            attempts_max: 5,
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(10),
+            retry_after_max: Duration::from_secs(60),
+            rate_per_sec: 0,
+        }
     }
 }
 
@@ -121,6 +158,7 @@ struct ConnectorState {
     connector: Arc<dyn Connector>,
     limits: ConnectorLimits,
     permits: Arc<tokio::sync::Semaphore>,
+    bucket: Option<TokenBucket>,
 }
 
 impl Actor for ConnectorActor {
@@ -130,7 +168,8 @@ impl Actor for ConnectorActor {
 
     async fn pre_start(&self, _me: ActorRef<ConnectorMsg>, (connector, limits): Self::Arguments) -> Result<ConnectorState, ActorProcessingErr> {
         let permits = Arc::new(tokio::sync::Semaphore::new(limits.concurrency_max));
-        Ok(ConnectorState { connector, limits, permits })
+        let bucket = TokenBucket::new(limits.rate_per_sec);
+        Ok(ConnectorState { connector, limits, permits, bucket })
     }
 
     async fn handle(&self, _me: ActorRef<ConnectorMsg>, msg: ConnectorMsg, st: &mut ConnectorState) -> Result<(), ActorProcessingErr> {
@@ -138,6 +177,11 @@ impl Actor for ConnectorActor {
         // Bounded concurrency: wait for a slot here, so the mailbox (bounded by the
         // dispatcher's in-flight limit) holds the rest.
         let permit = st.permits.clone().acquire_owned().await?;
+        // The rate limit holds the mailbox too: the dispatcher's in-flight bound stops
+        // it from reading more of the outbox meanwhile.
+        if let Some(b) = &st.bucket {
+            b.take().await;
+        }
         let connector = st.connector.clone();
         let limits = st.limits.clone();
         tokio::spawn(async move {
@@ -250,6 +294,26 @@ impl Connectors {
 
     pub fn stop(&self) {
         self.supervisor.stop(None);
+    }
+}
+
+#[cfg(test)]
+mod rate_tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn rule_the_token_bucket_spaces_deliveries_at_the_rate() {
+        let b = TokenBucket::new(10).unwrap();
+        let start = tokio::time::Instant::now();
+        for _ in 0..10 {
+            b.take().await; // the first second's burst
+        }
+        assert!(start.elapsed() < Duration::from_millis(1));
+        for _ in 0..5 {
+            b.take().await;
+        }
+        let waited = start.elapsed();
+        assert!(waited >= Duration::from_millis(499) && waited <= Duration::from_millis(520), "{waited:?}");
     }
 }
 

@@ -108,4 +108,25 @@ async fn rendered_email_over_smtp_bounces_and_the_dead_letter_list() {
     let missing = node.ctl(&["dlq", "redrive", "no-such-key"]).await;
     assert_eq!(missing.code(), Some(1));
     assert!(missing.stderr.contains("no dead letter with key"), "{}", missing.stderr);
+
+    phase("bounces and complaints reported later by the provider's webhook");
+    node.send(vec![identify("cy-1", &[("user_id", "cy"), ("email", "cy@example.com")], json!({}))]).await;
+    let body = json!({"bounces": [
+        {"id": "evt-1", "email": "Ada@Example.com", "type": "bounce", "reason": "mailbox full"},
+        {"id": "evt-2", "email": "cy@example.com", "type": "complaint"},
+        {"id": "evt-3", "email": "nobody@example.com", "type": "bounce"},
+        {"id": "evt-4", "email": "cy@example.com", "type": "spam"},
+    ]});
+    let auth = basic_auth("wk_test");
+    let r = http_request(node.http_addr(), "POST", "/v1/email/bounces", &[("Authorization", auth.as_str()), ("Content-Type", "application/json")], body.to_string().as_bytes()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let statuses: Vec<String> = r.json()["results"].as_array().unwrap().iter().map(|x| x["status"].as_str().unwrap().to_string()).collect();
+    assert_eq!(statuses, vec!["accepted", "accepted", "unknown", "rejected"]);
+    let ada = node.profile("user_id", "ada", 0).await.unwrap().customer_id;
+    let explain = node.ctl(&["-o", "json", "profile", "explain", &ada]).await;
+    assert!(explain.json()["decisions"].as_array().unwrap().iter().any(|d| d["reason"] == "contact point bounced"), "{}", explain.stdout);
+    let consent = node.ctl(&["-o", "json", "profile", "consent", "user_id:cy"]).await;
+    let last = consent.json()["ledger"].as_array().unwrap().last().cloned().unwrap();
+    assert_eq!((last["scope"].as_str(), last["status"].as_str(), last["source"].as_str()), (Some("channel:email"), Some("opted_out"), Some("email complaint")));
+    assert!(node.profile("email", "nobody@example.com", 0).await.is_err(), "an unknown address does not create a profile");
 }

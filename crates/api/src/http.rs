@@ -28,6 +28,7 @@ pub fn router(shards: Shards, config: Arc<ApiConfig>) -> Router {
     let router = Router::new()
         .route("/v1/{endpoint}", post(segment))
         .route("/v1/content/{placement}", get(content))
+        .route("/v1/email/bounces", post(bounces))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -98,6 +99,78 @@ async fn content(State(st): State<AppState>, Path(placement): Path<String>, axum
         Err(crate::error::ApiError::NotFound(m)) => error(404, "not_found", m),
         Err(e) => error(503, "unavailable", e.to_string()),
     }
+}
+
+/// `POST /v1/email/bounces`: bounces and complaints reported by an email provider after
+/// it accepted a message. Body: `{"bounces": [{"id", "email", "type": "bounce" |
+/// "complaint", "reason"}]}` (or one such object). Each becomes `email.bounced` /
+/// `email.complained` for the customer with that address: a bounce marks the address, a
+/// complaint opts the customer out of email. Unknown addresses are reported, not created.
+async fn bounces(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let header_str = |h: header::HeaderName| headers.get(h).and_then(|v| v.to_str().ok());
+    let key = match chorus_segment::write_key_from_header(header_str(header::AUTHORIZATION)) {
+        Ok(Some(k)) => k,
+        Ok(None) => return error(401, "missing_write_key", "send the write key as HTTP Basic auth (the key as user name)".into()),
+        Err(e) => return seg_error(e),
+    };
+    if !st.config.write_keys.is_empty() && !st.config.write_keys.iter().any(|k| key_matches(k, &key)) {
+        return error(401, "invalid_write_key", "the write key is not known to this Chorus node: use a key listed in [http] write_keys".into());
+    }
+    let json: serde_json::Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => return error(400, "invalid_json", format!("the body is not JSON: {e}")),
+    };
+    let items: Vec<serde_json::Value> = match json.get("bounces") {
+        Some(serde_json::Value::Array(a)) => a.clone(),
+        Some(_) => return error(400, "invalid_argument", "bounces must be a list".into()),
+        None => vec![json],
+    };
+    let mut results = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let field = |k: &str| item.get(k).and_then(serde_json::Value::as_str).unwrap_or("").trim().to_string();
+        let (id, email, kind, reason) = (field("id"), field("email"), field("type"), field("reason"));
+        let name = match kind.as_str() {
+            "bounce" | "" => chorus_engine::consent::BOUNCED_EVENT,
+            "complaint" => chorus_engine::consent::COMPLAINED_EVENT,
+            other => {
+                results.push(json!({"index": i, "status": "rejected", "error": format!("type {other:?}: use bounce or complaint")}));
+                continue;
+            }
+        };
+        if id.is_empty() {
+            results.push(json!({"index": i, "status": "rejected", "error": "id is required (the provider's event id; it makes retries safe)"}));
+            continue;
+        }
+        let identity = match convert::identity("email", &email) {
+            Ok(x) => x,
+            Err(e) => {
+                results.push(json!({"index": i, "status": "rejected", "error": format!("email: {e}")}));
+                continue;
+            }
+        };
+        match st.shards.find(&identity).await {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                results.push(json!({"index": i, "status": "unknown", "error": format!("no customer has {}", identity.value)}));
+                continue;
+            }
+            Err(e) => return error(503, "unavailable", e.to_string()),
+        }
+        let input = chorus_types::EventInput {
+            message_id: format!("bounce/{id}"),
+            name: name.to_string(),
+            identities: vec![("email".into(), identity.value.clone())],
+            properties: json!({"email": identity.value, "reason": reason, "type": if name == chorus_engine::consent::BOUNCED_EVENT { "bounce" } else { "complaint" }}).as_object().cloned().unwrap_or_default(),
+            ..Default::default()
+        };
+        let now = st.shards.clock().now_ms();
+        let outcome = convert::ingest_inputs(&st.shards, vec![Ok(input)], now).await;
+        results.push(match outcome.into_iter().next() {
+            Some(ItemResult::Outcome(_)) => json!({"index": i, "status": "accepted"}),
+            _ => json!({"index": i, "status": "retry", "error": "not recorded; retry"}),
+        });
+    }
+    axum::Json(json!({"results": results})).into_response()
 }
 
 /// Constant-time comparison of write keys.

@@ -22,6 +22,10 @@ pub const HELP_TEMPLATE: &str = "sms-help";
 pub const DOUBLE_OPT_IN_TEMPLATE: &str = "sms-double-opt-in";
 /// Ledger source of keyword changes.
 pub const KEYWORD_SOURCE: &str = "sms keyword";
+/// An email bounced after it was accepted (`properties.email`, `properties.reason`).
+pub const BOUNCED_EVENT: &str = "email.bounced";
+/// The recipient marked an email as spam: a hard stop for email (SPEC §4.3).
+pub const COMPLAINED_EVENT: &str = "email.complained";
 
 /// The keyword an inbound SMS carries: the whole message, trimmed, case-insensitive.
 pub fn keyword(body: &str) -> Option<&'static str> {
@@ -59,6 +63,20 @@ pub fn after_event(state: &mut CustomerState, event: &Event, ledger_before: usiz
                 state.decide(cfg, now_ms, DecisionKind::ConsentChanged, "help requested", evidence);
                 out.push(reply(HELP_TEMPLATE, "sms-help"));
             }
+        }
+    }
+    // Bounces and complaints reported after delivery (a provider's webhook).
+    if (event.name == BOUNCED_EVENT || event.name == COMPLAINED_EVENT) && !event.properties.is_empty() {
+        let props = serde_json::from_str::<Value>(&event.properties).unwrap_or(Value::Null);
+        let reason = props.get("reason").and_then(Value::as_str).unwrap_or("").to_string();
+        let address = props.get("email").and_then(Value::as_str).map(str::to_string);
+        if event.name == BOUNCED_EVENT {
+            if let Some(a) = address {
+                crate::messaging::mark_contact(state, &a, "bounced", &format!("bounce reported: {reason} ({})", event.message_id), now_ms, cfg);
+            }
+        } else {
+            let evidence = format!("complaint {} {reason}", event.message_id);
+            set_consent(state, cfg, now_ms, true, "email", &Value::String("opted_out".into()), "email complaint", evidence.trim());
         }
     }
     // Double opt-in: an SMS opt-in from anywhere but the customer's own phone waits for
@@ -181,6 +199,22 @@ mod tests {
         apply(&mut c, &e, &Settings::default(), 1);
         let l = c.consent.ledger.last().unwrap();
         assert_eq!((l.source.as_str(), l.evidence.as_str()), ("api", "support ticket 42 (consent/r1)"));
+    }
+
+    #[test]
+    fn rule_a_reported_bounce_marks_the_address_and_a_complaint_is_a_hard_stop() {
+        let mut c = customer();
+        c.identities.push(Identity { kind: IdentityKind::Email, value: "ada@example.com".into() });
+        let ev = |name: &str, id: &str| {
+            let props = serde_json::json!({"email": "ada@example.com", "reason": "mailbox full"});
+            EventInput { message_id: id.into(), name: name.into(), identities: vec![("email".into(), "ada@example.com".into())], properties: props.as_object().cloned().unwrap(), ..Default::default() }.validate().unwrap()
+        };
+        apply(&mut c, &ev(BOUNCED_EVENT, "b1"), &Settings::default(), 1);
+        assert_eq!(c.contact_status.get("ada@example.com").map(String::as_str), Some("bounced"));
+        assert_eq!(crate::messaging::contact_point(&c, "email"), None);
+        apply(&mut c, &ev(COMPLAINED_EVENT, "c1"), &Settings::default(), 2);
+        assert_eq!(c.consent.channels["email"].status, ConsentStatus::OptedOut);
+        assert_eq!(c.consent.ledger.last().unwrap().source, "email complaint");
     }
 
     #[test]

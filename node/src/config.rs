@@ -48,12 +48,16 @@ pub struct ChannelLimits {
     pub concurrency_max: usize,
     /// Attempts per message before it goes to the dead-letter list.
     pub attempts_max: u32,
+    /// Messages failing in a row (retries exhausted) that open the circuit; 0 = never.
+    pub breaker_failures_max: u32,
+    /// How long an open circuit pauses deliveries (messages wait in the outbox).
+    pub breaker_cooldown: String,
 }
 
 impl Default for ChannelLimits {
     fn default() -> Self {
         let d = chorus_connectors::ConnectorLimits::default();
-        ChannelLimits { rate_per_sec: 0, concurrency_max: d.concurrency_max, attempts_max: d.attempts_max }
+        ChannelLimits { rate_per_sec: 0, concurrency_max: d.concurrency_max, attempts_max: d.attempts_max, breaker_failures_max: d.breaker_failures_max, breaker_cooldown: "30s".into() }
     }
 }
 

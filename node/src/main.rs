@@ -162,7 +162,15 @@ fn connector_routes(
             }
         };
         let l = cfg.limits.get(*ch).cloned().unwrap_or_default();
-        let limits = chorus_connectors::ConnectorLimits { concurrency_max: l.concurrency_max.max(1), attempts_max: l.attempts_max.max(1), rate_per_sec: l.rate_per_sec, ..Default::default() };
+        let cooldown = config::parse_duration_ms(&l.breaker_cooldown).map_err(|e| anyhow::anyhow!("connectors.limits.{ch}.breaker_cooldown: {e}"))?;
+        let limits = chorus_connectors::ConnectorLimits {
+            concurrency_max: l.concurrency_max.max(1),
+            attempts_max: l.attempts_max.max(1),
+            rate_per_sec: l.rate_per_sec,
+            breaker_failures_max: l.breaker_failures_max,
+            breaker_cooldown: std::time::Duration::from_millis(cooldown.max(0) as u64),
+            ..Default::default()
+        };
         routes.push((ch.to_string(), connector, limits));
     }
     Ok((routes, twilio_webhooks))

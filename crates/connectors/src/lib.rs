@@ -98,6 +98,18 @@ pub struct ConnectorLimits {
     /// Deliveries started per second (a token bucket with a one-second burst); 0 means
     /// no limit. Providers' own rate limits are honoured without burning attempts.
     pub rate_per_sec: u32,
+    /// Messages in a row that end in a transient failure (retries exhausted) before the
+    /// circuit opens: while open, nothing is attempted and intents wait in the outbox.
+    pub breaker_failures_max: u32,
+    /// How long the circuit stays open before one message tries again.
+    pub breaker_cooldown: Duration,
+}
+
+/// A circuit breaker over a connector's final outcomes.
+#[derive(Default)]
+struct Breaker {
+    consecutive: u32,
+    open_until: Option<tokio::time::Instant>,
 }
 
 /// A token bucket: `rate` tokens per second, holding at most `rate` (a second's burst).
@@ -136,6 +148,8 @@ impl Default for ConnectorLimits {
             backoff_max: Duration::from_secs(10),
             retry_after_max: Duration::from_secs(60),
             rate_per_sec: 0,
+            breaker_failures_max: 5,
+            breaker_cooldown: Duration::from_secs(30),
         }
     }
 }
@@ -146,6 +160,9 @@ pub struct Delivery {
     pub status: DispatchStatus,
     pub detail: String,
     pub attempts: u32,
+    /// Not attempted (the provider's circuit is open): leave the intent in the outbox
+    /// and offer it again after this long. No outcome is recorded.
+    pub retry_later: Option<Duration>,
 }
 
 pub enum ConnectorMsg {
@@ -159,6 +176,7 @@ struct ConnectorState {
     limits: ConnectorLimits,
     permits: Arc<tokio::sync::Semaphore>,
     bucket: Option<TokenBucket>,
+    breaker: Arc<std::sync::Mutex<Breaker>>,
 }
 
 impl Actor for ConnectorActor {
@@ -169,11 +187,18 @@ impl Actor for ConnectorActor {
     async fn pre_start(&self, _me: ActorRef<ConnectorMsg>, (connector, limits): Self::Arguments) -> Result<ConnectorState, ActorProcessingErr> {
         let permits = Arc::new(tokio::sync::Semaphore::new(limits.concurrency_max));
         let bucket = TokenBucket::new(limits.rate_per_sec);
-        Ok(ConnectorState { connector, limits, permits, bucket })
+        Ok(ConnectorState { connector, limits, permits, bucket, breaker: Arc::default() })
     }
 
     async fn handle(&self, _me: ActorRef<ConnectorMsg>, msg: ConnectorMsg, st: &mut ConnectorState) -> Result<(), ActorProcessingErr> {
         let ConnectorMsg::Deliver(intent, reply) = msg;
+        // An open circuit: the provider keeps failing; do not burn attempts on it.
+        let open = st.breaker.lock().expect("breaker lock").open_until.and_then(|t| t.checked_duration_since(tokio::time::Instant::now()));
+        if let Some(wait) = open {
+            let detail = format!("circuit open: {} failed {} messages in a row; trying again in {}s", st.connector.name(), st.limits.breaker_failures_max, wait.as_secs().max(1));
+            let _ = reply.send(Delivery { status: DispatchStatus::FailedTransient, detail, attempts: 0, retry_later: Some(wait) });
+            return Ok(());
+        }
         // Bounded concurrency: wait for a slot here, so the mailbox (bounded by the
         // dispatcher's in-flight limit) holds the rest.
         let permit = st.permits.clone().acquire_owned().await?;
@@ -184,9 +209,23 @@ impl Actor for ConnectorActor {
         }
         let connector = st.connector.clone();
         let limits = st.limits.clone();
+        let breaker = st.breaker.clone();
         tokio::spawn(async move {
             let delivery = deliver_with_retries(connector.as_ref(), &intent, &limits).await;
             drop(permit);
+            {
+                let mut b = breaker.lock().expect("breaker lock");
+                if delivery.status == DispatchStatus::FailedTransient && delivery.attempts > 0 {
+                    b.consecutive += 1;
+                    if limits.breaker_failures_max > 0 && b.consecutive >= limits.breaker_failures_max {
+                        tracing::warn!(connector = connector.name(), failures = b.consecutive, cooldown_s = limits.breaker_cooldown.as_secs(), "circuit open: pausing deliveries");
+                        b.open_until = Some(tokio::time::Instant::now() + limits.breaker_cooldown);
+                    }
+                } else {
+                    b.consecutive = 0;
+                    b.open_until = None;
+                }
+            }
             let _ = reply.send(delivery);
         });
         Ok(())
@@ -200,19 +239,19 @@ pub async fn deliver_with_retries(connector: &dyn Connector, intent: &Intent, li
     let jitter_seed = intent.key.bytes().fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64));
     for attempt in 1..=limits.attempts_max {
         let (detail, hint) = match connector.deliver(intent).await {
-            Ok(detail) => return Delivery { status: DispatchStatus::Delivered, detail, attempts: attempt },
-            Err(DeliveryError::Permanent(d)) => return Delivery { status: DispatchStatus::FailedPermanent, detail: d, attempts: attempt },
+            Ok(detail) => return Delivery { status: DispatchStatus::Delivered, detail, attempts: attempt, retry_later: None },
+            Err(DeliveryError::Permanent(d)) => return Delivery { status: DispatchStatus::FailedPermanent, detail: d, attempts: attempt, retry_later: None },
             Err(DeliveryError::Transient(d)) => (d, Duration::ZERO),
             Err(DeliveryError::TransientAfter(d, after)) => (d, after.min(limits.retry_after_max)),
         };
         if attempt == limits.attempts_max {
-            return Delivery { status: DispatchStatus::FailedTransient, detail, attempts: attempt };
+            return Delivery { status: DispatchStatus::FailedTransient, detail, attempts: attempt, retry_later: None };
         }
         let jitter = Duration::from_millis((jitter_seed.rotate_left(attempt) % 100) * backoff.as_millis() as u64 / 400);
         tokio::time::sleep((backoff + jitter).max(hint)).await;
         backoff = (backoff * 2).min(limits.backoff_max);
     }
-    Delivery { status: DispatchStatus::FailedTransient, detail: "no attempts configured".into(), attempts: 0 }
+    Delivery { status: DispatchStatus::FailedTransient, detail: "no attempts configured".into(), attempts: 0, retry_later: None }
 }
 
 /// Supervises connector actors and restarts any that fail.
@@ -284,11 +323,11 @@ impl Connectors {
     pub async fn deliver(&self, intent: Intent) -> Delivery {
         let actor = self.routes.lock().expect("routes lock").get(&intent.channel).cloned();
         let Some(actor) = actor else {
-            return Delivery { status: DispatchStatus::FailedPermanent, detail: format!("no connector configured for channel {}", intent.channel), attempts: 0 };
+            return Delivery { status: DispatchStatus::FailedPermanent, detail: format!("no connector configured for channel {}", intent.channel), attempts: 0, retry_later: None };
         };
         match actor.call(|reply| ConnectorMsg::Deliver(Box::new(intent), reply), None).await {
             Ok(ractor::rpc::CallResult::Success(d)) => d,
-            _ => Delivery { status: DispatchStatus::FailedTransient, detail: "connector restarted during delivery".into(), attempts: 0 },
+            _ => Delivery { status: DispatchStatus::FailedTransient, detail: "connector restarted during delivery".into(), attempts: 0, retry_later: None },
         }
     }
 
@@ -300,6 +339,53 @@ impl Connectors {
 #[cfg(test)]
 mod rate_tests {
     use super::*;
+
+    /// A provider that is down.
+    struct Down(std::sync::atomic::AtomicU32);
+    impl Connector for Down {
+        fn name(&self) -> &str {
+            "down"
+        }
+        fn deliver<'a>(&'a self, _intent: &'a Intent) -> Pin<Box<dyn Future<Output = Result<String, DeliveryError>> + Send + 'a>> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Box::pin(async { Err(DeliveryError::Transient("503 service unavailable".into())) })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rule_a_failing_provider_opens_the_circuit_and_intents_wait() {
+        let down = Arc::new(Down(0.into()));
+        let limits = ConnectorLimits { attempts_max: 2, backoff_initial: Duration::from_millis(1), breaker_failures_max: 3, breaker_cooldown: Duration::from_secs(30), ..Default::default() };
+        let c = Connectors::start(vec![("sms".into(), down.clone() as Arc<dyn Connector>, limits)]).await.unwrap();
+        let intent = |k: &str| Intent {
+            key: k.into(),
+            customer: chorus_types::CustomerId::new(0, 1),
+            channel: "sms".into(),
+            template: "t".into(),
+            category: chorus_types::Category::Marketing,
+            to: "+14155550123".into(),
+            vars: Default::default(),
+            journey: String::new(),
+            created_ms: 0,
+            content: String::new(),
+        };
+        for k in ["a", "b", "c"] {
+            let d = c.deliver(intent(k)).await;
+            assert_eq!((d.status, d.attempts, d.retry_later), (DispatchStatus::FailedTransient, 2, None));
+        }
+        let calls = down.0.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(calls, 6);
+        // Open: nothing is attempted; the intent waits.
+        let d = c.deliver(intent("d")).await;
+        assert_eq!(d.attempts, 0);
+        assert!(d.retry_later.is_some_and(|w| w <= Duration::from_secs(30)), "{d:?}");
+        assert!(d.detail.starts_with("circuit open: down failed 3 messages in a row"), "{}", d.detail);
+        assert_eq!(down.0.load(std::sync::atomic::Ordering::SeqCst), calls);
+        // After the cooldown one message tries again.
+        tokio::time::advance(Duration::from_secs(31)).await;
+        assert_eq!(c.deliver(intent("e")).await.attempts, 2);
+        c.stop();
+    }
 
     #[tokio::test(start_paused = true)]
     async fn rule_the_token_bucket_spaces_deliveries_at_the_rate() {

@@ -261,10 +261,18 @@ impl Shards {
                 in_flight.lock().expect("in-flight lock").insert(intent.key.clone());
                 let connectors = self.inner.connectors.clone();
                 let tx = done_tx.clone();
+                let waiting = in_flight.clone();
                 tokio::spawn(async move {
                     let key = intent.key.clone();
                     let customer = intent.customer;
                     let d = connectors.deliver(intent).await;
+                    if let Some(wait) = d.retry_later {
+                        // Not attempted (circuit open): the intent stays in the outbox and
+                        // is offered again once the wait is over.
+                        tokio::time::sleep(wait).await;
+                        waiting.lock().expect("in-flight lock").remove(&key);
+                        return;
+                    }
                     let _ = tx.send(DispatchOutcome { idempotency_key: key, customer, status: d.status, detail: d.detail }).await;
                 });
             }

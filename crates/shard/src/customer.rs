@@ -175,8 +175,9 @@ pub fn run_journeys(state: &mut CustomerState, input: &CustomerInput, now_ms: i6
         return;
     }
     let effects = match input {
-        // Opens feed the best-hour histogram even when no journey runs.
-        CustomerInput::Event(e) if !catalog.journeys.is_empty() || e.name.ends_with(".opened") => {
+        // Opens feed the best-hour histogram, and an opt-out cancels undelivered sends,
+        // even when no journey runs.
+        CustomerInput::Event(e) if !catalog.journeys.is_empty() || e.name.ends_with(".opened") || !state.pending_intents.is_empty() => {
             on_input(state, &Input::Event(e), catalog, now_ms, &config.engine)
         }
         CustomerInput::JourneyTimer { journey, entry_key, seq } => {

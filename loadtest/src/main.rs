@@ -10,6 +10,7 @@ mod node;
 mod procstat;
 mod report;
 mod scenario;
+mod w1;
 mod workload;
 
 use std::path::PathBuf;
@@ -253,6 +254,9 @@ async fn run(cli: Cli) -> anyhow::Result<Report> {
                 node.data_dir.display(),
                 node.log_path.display()
             );
+            let channel = client::connect(&node.endpoint(), Duration::from_secs(30)).await?;
+            let version = w1::publish(channel).await?;
+            eprintln!("chorus-loadtest: W1 journey browse-abandon v{version} is live");
             let result =
                 workload_run("bench", &node.endpoint(), Some(node.pid), &sc, &common).await;
             let alive = node.is_running();

@@ -297,6 +297,7 @@ async fn fill_customers(report: &mut Report, http: &str) {
                 let settled = g.pending_cross_shard == 0 && g.queued_events == 0;
                 if settled || started.elapsed() >= SETTLE_MAX {
                     report.node_customers = Some(g.customers);
+                    report.node_messages = Some(g.messages_decided);
                     report.node_live_actors = Some(g.live_actors);
                     report.settle_s = settled.then(|| started.elapsed().as_secs_f64());
                     if !settled {

@@ -255,6 +255,7 @@ pub struct NodeGauges {
     pub live_actors: u64,
     pub pending_cross_shard: u64,
     pub queued_events: u64,
+    pub messages_decided: u64,
 }
 
 /// Read the node's `/metrics` (plain HTTP/1.1 on loopback; no client library needed)
@@ -291,5 +292,6 @@ pub async fn scrape(http_addr: &str) -> anyhow::Result<NodeGauges> {
         live_actors: sum("chorus_shard_live_actors"),
         pending_cross_shard: sum("chorus_shard_pending_cross_shard"),
         queued_events: sum("chorus_shard_queued_events"),
+        messages_decided: sum("chorus_shard_messages_decided_total"),
     })
 }

@@ -58,6 +58,8 @@ pub struct Report {
     /// Customers homed on the node and resident actors, from its /metrics, at the end.
     pub node_customers: Option<u64>,
     pub node_live_actors: Option<u64>,
+    /// Messages the node decided (journey and API sends) during the whole run.
+    pub node_messages: Option<u64>,
     /// Seconds after the last ack until the node had no queued events and no pending
     /// cross-shard messages (identity claims, merges); `None` if not read or not settled.
     pub settle_s: Option<f64>,
@@ -119,6 +121,7 @@ impl Report {
             node,
             client,
             node_customers: None,
+            node_messages: None,
             node_live_actors: None,
             settle_s: None,
             node_exit: None,
@@ -223,6 +226,9 @@ impl Report {
         }
         if let (Some(c), Some(a)) = (self.node_customers, self.node_live_actors) {
             row(&mut o, "node customers / live actors", format!("{c} / {a}"));
+        }
+        if let Some(m) = self.node_messages {
+            row(&mut o, "messages decided (node, whole run)", format!("{m}"));
         }
         if let Some(t) = self.settle_s {
             row(&mut o, "cross-shard settle after run", format!("{t:.1} s"));

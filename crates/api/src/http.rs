@@ -292,6 +292,7 @@ async fn metrics(State(st): State<AppState>) -> Response {
     gauge("chorus_shard_queued_events", "Events queued or in flight in the shard's proposer.", &|s| s.queued_events);
     gauge("chorus_shard_pending_cross_shard", "Cross-shard messages not yet delivered.", &|s| s.pending_cross_shard);
     gauge("chorus_shard_quarantined_customers", "Customers quarantined after repeated failures.", &|s| s.quarantined);
+    gauge("chorus_shard_messages_decided_total", "Messages decided by the shard (intents recorded in its outbox), ever.", &|s| s.intents_total);
     gauge("chorus_shard_is_leader", "1 when this node leads the shard.", &|s| u64::from(s.leader == Some(st.shards.node_id())));
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

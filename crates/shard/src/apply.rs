@@ -64,6 +64,8 @@ pub struct ApplyStats {
     pub pending_cross_shard: AtomicU64,
     pub pending_timers: AtomicU64,
     pub pending_intents: AtomicU64,
+    /// Messages decided by this shard, ever.
+    pub intents_total: AtomicU64,
     /// Inputs ever held back for customers frozen by a cross-shard merge.
     pub held_inputs: AtomicU64,
     /// Earliest pending timer (ms), or i64::MAX.
@@ -249,6 +251,7 @@ impl ShardApp {
         stats.pending_cross_shard.store(pending, Ordering::Relaxed);
         stats.pending_timers.store(meta.timers, Ordering::Relaxed);
         stats.pending_intents.store(meta.intents, Ordering::Relaxed);
+        stats.intents_total.store(meta.intents_total, Ordering::Relaxed);
         stats.next_timer_ms.store(first_timer(&store, shard)?.unwrap_or(i64::MAX), Ordering::Relaxed);
         Ok(Arc::new(ShardApp {
             shard,
@@ -1495,6 +1498,7 @@ impl<'a> Round<'a> {
             // Idempotent: an intent is recorded once, whatever re-processing happens.
             if ks.get(&k).map_err(io_err)?.is_none() {
                 self.meta.intents += 1;
+                self.meta.intents_total += 1;
             }
             self.batch.insert(&ks, k, chorus_types::encoding::encode(&intent));
         }
@@ -1519,6 +1523,7 @@ impl<'a> Round<'a> {
         self.batch.commit().map_err(io_err)?;
         self.app.stats.pending_timers.store(self.meta.timers, Ordering::Relaxed);
         self.app.stats.pending_intents.store(self.meta.intents, Ordering::Relaxed);
+        self.app.stats.intents_total.store(self.meta.intents_total, Ordering::Relaxed);
         // Only a round that fired timers can move the earliest due time later: re-read it
         // then; otherwise new timers can only bring it earlier.
         let known = if self.timers_fired {

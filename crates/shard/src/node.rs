@@ -40,6 +40,8 @@ pub struct ShardStatusInfo {
     pub queued_events: u64,
     pub pending_timers: u64,
     pub pending_intents: u64,
+    /// Messages decided by the shard, ever.
+    pub intents_total: u64,
     /// Inputs held back (since start) while their customer was frozen by a merge.
     pub held_inputs: u64,
 }
@@ -682,6 +684,7 @@ impl Shards {
                     queued_events: h.proposer.queued() as u64,
                     pending_timers: h.app.stats.pending_timers.load(Ordering::Relaxed),
                     pending_intents: h.app.stats.pending_intents.load(Ordering::Relaxed),
+                    intents_total: h.app.stats.intents_total.load(Ordering::Relaxed),
                     held_inputs: h.app.stats.held_inputs.load(Ordering::Relaxed),
                 }
             })

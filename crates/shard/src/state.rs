@@ -28,6 +28,8 @@ pub struct ShardMeta {
     pub held_seq: u64,
     /// Audiences ever applied here: gives each new audience its evaluation order.
     pub audience_orders: u64,
+    /// Messages decided here (intents recorded in the outbox), ever.
+    pub intents_total: u64,
 }
 
 pub fn read_meta(store: &Store, shard: ShardId) -> Result<ShardMeta, String> {

@@ -248,6 +248,9 @@ async fn browse_abandon_every_branch_on_a_live_node() {
     node.ctl(&["clock", "advance", "1h"]).await.ok();
     // The day's only SMS slot: sends wait out the 1 s arbitration window, then go.
     wait_for_decision(&node, &c["silent"], "deferred", "arbitration").await;
+    // Alex's step runs when B's timer, forwarded from B's shard, arrives: wait for it
+    // before the clock moves on.
+    wait_for_decision(&node, &a, "deferred", "arbitration").await;
     node.ctl(&["clock", "advance", "2s"]).await.ok();
     assert_eq!(wait_for_messages(&node, &c["silent"], 2).await[1], msg("sms", "direct-incentive"), "no open → SMS");
     assert_eq!(wait_for_messages(&node, &a, 1).await, vec![msg("sms", "direct-incentive")], "B's journey went on as Alex's, its timer forwarded across shards");

@@ -327,6 +327,21 @@ async fn rule_expired_provider_token_is_re_signed_once() {
 }
 
 #[tokio::test]
+async fn rule_concurrent_sends_re_sign_an_expired_token_once() {
+    // Apple refuses re-signing more often than every 20 minutes: sends refused together
+    // share one new token.
+    let fx = start().await;
+    let apns = fx.connector();
+    *fx.apple.expire_left.lock().unwrap() = 1;
+    let intents: Vec<Intent> = (0..8).map(|i| push_intent(&format!("k{i}"), "a1b2c3d4")).collect();
+    let results = futures::future::join_all(intents.iter().map(|i| apns.deliver(i))).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let tokens: HashSet<String> = fx.seen().into_iter().map(|s| s.jwt).collect();
+    assert_eq!(tokens.len(), 2, "one token, then one re-signed token");
+    fx.assert_requests_valid();
+}
+
+#[tokio::test]
 async fn rule_a_timeout_is_transient() {
     let fx = start().await;
     let key = fx.key_pem.clone();

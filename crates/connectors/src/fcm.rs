@@ -12,7 +12,7 @@
 use crate::provider::{self, ConfigError, EnvLookup};
 use crate::{Connector, DeliveryError};
 use base64::Engine;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chorus_templates::{Content, Rendered};
 use chorus_types::Intent;
 use serde::Deserialize;
@@ -112,7 +112,7 @@ pub struct Signer {
 
 impl Signer {
     pub fn new(key: &ServiceAccountKey) -> Result<Signer, ConfigError> {
-        let der = pem_der(&key.private_key).ok_or_else(|| ConfigError::new("private_key", "is not a PEM private key (-----BEGIN PRIVATE KEY-----)"))?;
+        let der = provider::pem_der(&key.private_key).ok_or_else(|| ConfigError::new("private_key", "is not a PEM private key (-----BEGIN PRIVATE KEY-----)"))?;
         let pair = aws_lc_rs::signature::RsaKeyPair::from_pkcs8(&der)
             .or_else(|_| aws_lc_rs::signature::RsaKeyPair::from_der(&der))
             .map_err(|e| ConfigError::new("private_key", format!("is not an RSA private key: {e}")))?;
@@ -137,16 +137,6 @@ impl Signer {
             .map_err(|e| format!("sign the assertion: {e}"))?;
         Ok(format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(signature)))
     }
-}
-
-/// The DER inside the first PEM block of `pem`.
-fn pem_der(pem: &str) -> Option<Vec<u8>> {
-    let start = pem.find("-----BEGIN ")?;
-    let rest = &pem[start..];
-    let body_start = rest.find('\n')? + 1;
-    let body_end = rest.find("-----END ")?;
-    let b64: String = rest.get(body_start..body_end)?.chars().filter(|c| !c.is_whitespace()).collect();
-    STANDARD.decode(b64).ok()
 }
 
 struct CachedToken {
@@ -343,11 +333,5 @@ mod tests {
         let Err(DeliveryError::Transient(d)) = outcome(429, Some(3), br#"{"error": {"code": 429, "status": "RESOURCE_EXHAUSTED", "message": "quota"}}"#) else { panic!() };
         assert!(d.contains("retry after 3s"), "{d}");
         assert!(matches!(outcome(503, None, b""), Err(DeliveryError::Transient(_))));
-    }
-
-    #[test]
-    fn pem_blocks_are_decoded() {
-        assert_eq!(pem_der("-----BEGIN PRIVATE KEY-----\nAAEC\nAw==\n-----END PRIVATE KEY-----\n").unwrap(), vec![0, 1, 2, 3]);
-        assert!(pem_der("no pem").is_none());
     }
 }

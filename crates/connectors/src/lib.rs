@@ -6,6 +6,7 @@
 //! deliver intents, and they read no environment variables (secrets named by `*_env`
 //! settings are looked up through a function the binary passes in).
 
+pub mod apns;
 pub mod capture;
 pub mod fcm;
 pub mod provider;

@@ -1,7 +1,7 @@
-//! Pieces shared by the HTTP provider connectors (Twilio, FCM): configuration errors,
+//! Pieces shared by the HTTP provider connectors (Twilio, FCM, APNs): configuration errors,
 //! secrets from a value or a named environment variable (looked up through a function
 //! the binary supplies: library crates never read the environment themselves), the
-//! reqwest client (rustls), bounded response reading and the error → outcome rules
+//! reqwest client (rustls), PEM keys, bounded response reading and the error → outcome rules
 //! common to every provider (timeouts and connection errors are transient).
 
 use crate::DeliveryError;
@@ -102,6 +102,17 @@ pub fn clip(text: &str) -> String {
     }
 }
 
+/// The DER inside the first PEM block of `pem` (`-----BEGIN …-----`, base64, `-----END …-----`).
+pub fn pem_der(pem: &str) -> Option<Vec<u8>> {
+    use base64::Engine;
+    let start = pem.find("-----BEGIN ")?;
+    let rest = &pem[start..];
+    let body_start = rest.find('\n')? + 1;
+    let body_end = rest.find("-----END ")?;
+    let b64: String = rest.get(body_start..body_end)?.chars().filter(|c| !c.is_whitespace()).collect();
+    base64::engine::general_purpose::STANDARD.decode(b64).ok()
+}
+
 /// Percent-encodes a query-string component (RFC 3986 unreserved characters are kept).
 pub fn percent_encode(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -133,6 +144,12 @@ mod tests {
     fn percent_encoding_keeps_unreserved_characters() {
         assert_eq!(percent_encode("a-b_c.d~e"), "a-b_c.d~e");
         assert_eq!(percent_encode("k/1 2:+é"), "k%2F1%202%3A%2B%C3%A9");
+    }
+
+    #[test]
+    fn pem_blocks_are_decoded() {
+        assert_eq!(pem_der("-----BEGIN PRIVATE KEY-----\nAAEC\nAw==\n-----END PRIVATE KEY-----\n").unwrap(), vec![0, 1, 2, 3]);
+        assert!(pem_der("no pem").is_none());
     }
 
     #[test]

@@ -28,11 +28,12 @@ pub struct Config {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ConnectorsConfig {
-    /// channel → `capture` | `smtp` | `twilio` | `fcm` | `webhook`.
+    /// channel → `capture` | `smtp` | `twilio` | `fcm` | `apns` | `webhook`.
     pub channels: std::collections::BTreeMap<String, String>,
     pub smtp: Option<chorus_connectors::smtp::SmtpConfig>,
     pub twilio: Option<chorus_connectors::twilio::TwilioConfig>,
     pub fcm: Option<chorus_connectors::fcm::FcmConfig>,
+    pub apns: Option<chorus_connectors::apns::ApnsConfig>,
     pub webhook: Option<chorus_connectors::webhook::WebhookConfig>,
     /// channel → limits.
     pub limits: std::collections::BTreeMap<String, ChannelLimits>,

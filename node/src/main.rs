@@ -155,7 +155,8 @@ fn connector_routes(
                         Arc::new(chorus_connectors::twilio::TwilioConnector::new(t, &env).map_err(|e| anyhow::anyhow!("connectors.twilio.{}: {}", e.field, e.message))?)
                     }
                     "fcm" => Arc::new(chorus_connectors::fcm::FcmConnector::new(cfg.fcm.as_ref().ok_or_else(|| missing("fcm"))?, &env).map_err(|e| anyhow::anyhow!("connectors.fcm.{}: {}", e.field, e.message))?),
-                    other => anyhow::bail!("connectors.channels.{ch} = {other:?}: use capture, smtp, twilio, fcm or webhook"),
+                    "apns" => Arc::new(chorus_connectors::apns::ApnsConnector::new(cfg.apns.as_ref().ok_or_else(|| missing("apns"))?, &env).map_err(|e| anyhow::anyhow!("connectors.apns.{}: {}", e.field, e.message))?),
+                    other => anyhow::bail!("connectors.channels.{ch} = {other:?}: use capture, smtp, twilio, fcm, apns or webhook"),
                 };
                 built.insert(provider, c.clone());
                 c

@@ -1,8 +1,10 @@
 //! Channel connectors (SPEC §8): each channel's provider behind a supervised actor
 //! with bounded concurrency and retries with exponential backoff for transient errors.
 //! The capture connector stores messages locally (idempotently by key) so a new user
-//! sees messages without a provider account; `smtp` sends email over SMTP and `webhook`
-//! makes signed HTTP calls (Standard Webhooks). Connectors never decide anything: they
+//! sees messages without a provider account; `smtp` sends email over SMTP, `twilio` SMS
+//! and MMS, `fcm` and `apns` push, and `webhook` makes signed HTTP calls (Standard
+//! Webhooks). Each actor also applies a token-bucket rate limit and a circuit breaker.
+//! Connectors never decide anything: they
 //! deliver intents, and they read no environment variables (secrets named by `*_env`
 //! settings are looked up through a function the binary passes in).
 

@@ -122,11 +122,21 @@ async fn rendered_email_over_smtp_bounces_and_the_dead_letter_list() {
     assert_eq!(r.status, 200, "{}", r.text());
     let statuses: Vec<String> = r.json()["results"].as_array().unwrap().iter().map(|x| x["status"].as_str().unwrap().to_string()).collect();
     assert_eq!(statuses, vec!["accepted", "accepted", "unknown", "rejected"]);
+    // Reports are routed by the email address, possibly through another shard.
     let ada = node.profile("user_id", "ada", 0).await.unwrap().customer_id;
-    let explain = node.ctl(&["-o", "json", "profile", "explain", &ada]).await;
-    assert!(explain.json()["decisions"].as_array().unwrap().iter().any(|d| d["reason"] == "contact point bounced"), "{}", explain.stdout);
-    let consent = node.ctl(&["-o", "json", "profile", "consent", "user_id:cy"]).await;
-    let last = consent.json()["ledger"].as_array().unwrap().last().cloned().unwrap();
+    wait_until(Duration::from_secs(30), "ada's address marked bounced", || async {
+        let explain = node.ctl(&["-o", "json", "profile", "explain", &ada]).await;
+        if explain.json()["decisions"].as_array().unwrap().iter().any(|d| d["reason"] == "contact point bounced") { Ok(()) } else { Err(explain.stdout) }
+    })
+    .await;
+    let last = wait_until(Duration::from_secs(30), "cy's complaint in the ledger", || async {
+        let consent = node.ctl(&["-o", "json", "profile", "consent", "user_id:cy"]).await;
+        match consent.json()["ledger"].as_array().unwrap().last().cloned() {
+            Some(l) if l["source"] == "email complaint" => Ok(l),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
     assert_eq!((last["scope"].as_str(), last["status"].as_str(), last["source"].as_str()), (Some("channel:email"), Some("opted_out"), Some("email complaint")));
     assert!(node.profile("email", "nobody@example.com", 0).await.is_err(), "an unknown address does not create a profile");
 }

@@ -90,8 +90,11 @@ async fn sms_through_a_twilio_compatible_api_with_signed_webhooks() {
     let status = [("MessageSid", "SM1"), ("MessageStatus", "delivered")];
     let r = post_signed(&node, path, &status, &signature(&callback, &status).await).await;
     assert_eq!(r.status, 200, "{}", r.text());
-    let recent = node.ctl(&["-o", "json", "profile", "get", &ada, "--events", "5"]).await;
-    assert!(recent.json()["recent_events"].as_array().unwrap().iter().any(|e| e["name"] == "sms.delivered" && e["properties"]["key"] == key.as_str()), "{}", recent.stdout);
+    wait_until(Duration::from_secs(30), "sms.delivered on the profile", || async {
+        let recent = node.ctl(&["-o", "json", "profile", "get", &ada, "--events", "5"]).await;
+        if recent.json()["recent_events"].as_array().unwrap().iter().any(|e| e["name"] == "sms.delivered" && e["properties"]["key"] == key.as_str()) { Ok(()) } else { Err(recent.stdout) }
+    })
+    .await;
 
     phase("a forged inbound message is refused; a signed STOP opts the customer out");
     let inbound_url = format!("{PUBLIC_URL}/v1/twilio/inbound");
@@ -101,8 +104,16 @@ async fn sms_through_a_twilio_compatible_api_with_signed_webhooks() {
     let r = post_signed(&node, "/v1/twilio/inbound", &stop, &signature(&inbound_url, &stop).await).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(r.text().contains("<Response"), "{}", r.text());
-    let consent = node.ctl(&["-o", "json", "profile", "consent", &ada]).await;
-    let last = consent.json()["ledger"].as_array().unwrap().last().cloned().unwrap();
+    // The reply is routed by the phone number, possibly through another shard: the
+    // opt-out lands shortly after the webhook is answered.
+    let last = wait_until(Duration::from_secs(30), "the STOP in the consent ledger", || async {
+        let consent = node.ctl(&["-o", "json", "profile", "consent", &ada]).await;
+        match consent.json()["ledger"].as_array().unwrap().last().cloned() {
+            Some(l) if l["source"] == "sms keyword" => Ok(l),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
     assert_eq!((last["scope"].as_str(), last["status"].as_str(), last["source"].as_str()), (Some("channel:sms"), Some("opted_out"), Some("sms keyword")));
     node.ctl(&["messages", "send", "--to", "user_id:ada", "--channel", "sms", "--template", "sms-hi", "--request-id", "s2"]).await.ok();
     let explain = node.ctl(&["-o", "json", "profile", "explain", &ada]).await;

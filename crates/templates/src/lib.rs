@@ -19,7 +19,7 @@ mod parse;
 mod render;
 mod scan;
 mod sms;
-mod source;
+pub mod source;
 
 #[cfg(test)]
 mod tests;

@@ -2,7 +2,8 @@
 //! to source lines, so every validation error can say file, line and what to fix, and
 //! a line inside a template text (a `|` block) maps back to its line in the file.
 //! YAML (via saphyr, with spans) and JSON (parsed as YAML 1.2, which it is) both work.
-//! The approach of `chorus_engine::journey::source`, plus where each value starts.
+//! Shared by every YAML/JSON file Chorus reads with lines (journeys, audiences and
+//! settings load through `chorus_engine::journey::source`, which calls [`load_file`]).
 
 use saphyr::{LoadableYamlNode, MarkedYaml, Scalar, YamlData};
 use serde_json::{Map, Number, Value};
@@ -63,22 +64,28 @@ pub struct SyntaxError {
     pub message: String,
 }
 
-/// Parse YAML or JSON text into a value and its line map.
+/// Parse a template file's YAML or JSON text into a value and its line map.
 pub fn load(text: &str) -> Result<(Value, LineMap), SyntaxError> {
+    load_file(text, "template", "an id and one channel variant")
+}
+
+/// Parse YAML or JSON text holding one `kind` (a journey, a template, …; `needs` says
+/// what an empty file lacks) into a value and its line map.
+pub fn load_file(text: &str, kind: &str, needs: &str) -> Result<(Value, LineMap), SyntaxError> {
     let docs = MarkedYaml::load_from_str(text).map_err(|e| SyntaxError { line: e.marker().line(), message: e.info().to_string() })?;
     let mut map = LineMap::default();
     match docs.len() {
-        0 => Err(SyntaxError { line: 1, message: "the file is empty: a template needs at least an id and one channel variant".into() }),
+        0 => Err(SyntaxError { line: 1, message: format!("the file is empty: a {kind} needs at least {needs}") }),
         1 => {
             let src: Vec<&str> = text.lines().collect();
-            let v = convert(&docs[0], "", &src, &mut map)?;
+            let v = convert(&docs[0], "", &src, kind, &mut map)?;
             Ok((v, map))
         }
-        n => Err(SyntaxError { line: docs[1].span.start.line(), message: format!("{n} YAML documents in one file: put one template per file") }),
+        n => Err(SyntaxError { line: docs[1].span.start.line(), message: format!("{n} YAML documents in one file: put one {kind} per file") }),
     }
 }
 
-fn convert(node: &MarkedYaml<'_>, path: &str, src: &[&str], map: &mut LineMap) -> Result<Value, SyntaxError> {
+fn convert(node: &MarkedYaml<'_>, path: &str, src: &[&str], kind: &str, map: &mut LineMap) -> Result<Value, SyntaxError> {
     map.lines.entry(path.to_string()).or_insert(node.span.start.line());
     Ok(match &node.data {
         YamlData::Value(s) => scalar(s),
@@ -86,7 +93,7 @@ fn convert(node: &MarkedYaml<'_>, path: &str, src: &[&str], map: &mut LineMap) -
         YamlData::Sequence(items) => {
             let mut out = Vec::with_capacity(items.len());
             for (i, item) in items.iter().enumerate() {
-                out.push(convert(item, &index_path(path, i), src, map)?);
+                out.push(convert(item, &index_path(path, i), src, kind, map)?);
             }
             Value::Array(out)
         }
@@ -108,13 +115,13 @@ fn convert(node: &MarkedYaml<'_>, path: &str, src: &[&str], map: &mut LineMap) -
                     return Err(SyntaxError { line: k.span.start.line(), message: format!("duplicate key {key:?}") });
                 }
                 map.values.insert(p.clone(), (v.span.start.line(), literal_block(src, k)));
-                let value = convert(v, &p, src, map)?;
+                let value = convert(v, &p, src, kind, map)?;
                 out.insert(key, value);
             }
             Value::Object(out)
         }
-        YamlData::Tagged(_, inner) => convert(inner, path, src, map)?,
-        YamlData::Alias(_) => return Err(SyntaxError { line: node.span.start.line(), message: "YAML aliases are not supported in template files".into() }),
+        YamlData::Tagged(_, inner) => convert(inner, path, src, kind, map)?,
+        YamlData::Alias(_) => return Err(SyntaxError { line: node.span.start.line(), message: format!("YAML aliases are not supported in {kind} files") }),
         YamlData::BadValue => return Err(SyntaxError { line: node.span.start.line(), message: "invalid YAML value".into() }),
     })
 }

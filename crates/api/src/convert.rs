@@ -170,3 +170,19 @@ pub fn consent(state: &CustomerState) -> v1::ConsentResponse {
             .collect(),
     }
 }
+
+/// Ingest `input` as an event of `state`'s customer: routed by the customer's strongest
+/// identity (so it is ordered with the rest of their inputs), with `context.chorus`
+/// set when Chorus itself is the source (clients may not set it). Waits for the commit.
+pub async fn ingest_as_customer(shards: &chorus_shard::Shards, state: &CustomerState, mut input: chorus_types::EventInput, chorus: Option<Value>) -> Result<(), ApiError> {
+    let identity = chorus_types::routing::strongest(&state.identities).ok_or_else(|| ApiError::Internal(format!("customer {} has no identity", state.id)))?;
+    input.identities = vec![(identity.kind.as_str().to_string(), identity.value.clone())];
+    let mut event = input.validate().map_err(|e| ApiError::invalid(e.field, e.message))?;
+    if let Some(c) = chorus {
+        event.context = serde_json::json!({ chorus_types::event::CHORUS_CONTEXT_KEY: c }).to_string();
+    }
+    for r in shards.ingest(vec![event]).await {
+        r.map_err(ApiError::from)?;
+    }
+    Ok(())
+}

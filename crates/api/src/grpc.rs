@@ -169,7 +169,6 @@ impl v1::profiles_server::Profiles for Services {
         let (state, _) = self.shards.customer_following_merges(id).await.map_err(ApiError::from)?.ok_or_else(|| ApiError::NotFound(format!("no customer {id}")))?;
         // The change travels as an event of the customer's, so it is ordered with their
         // other inputs and replicated like them.
-        let identity = chorus_types::routing::strongest(&state.identities).cloned().ok_or_else(|| ApiError::Internal(format!("customer {} has no identity", state.id)))?;
         let consent = if scope_kind == "channel" {
             serde_json::json!({ name.clone(): status.as_str() })
         } else {
@@ -179,15 +178,11 @@ impl v1::profiles_server::Profiles for Services {
         let input = chorus_types::EventInput {
             message_id: format!("consent/{request_id}"),
             event_type: "identify".into(),
-            identities: vec![(identity.kind.as_str().to_string(), identity.value.clone())],
             traits: serde_json::json!({ "consent": consent }).as_object().cloned().unwrap_or_default(),
             ..Default::default()
         };
-        let mut event = input.validate().map_err(|e| ApiError::invalid(e.field, e.message))?;
-        event.context = serde_json::json!({"chorus": {"consent_source": "api", "evidence": req.evidence.trim()}}).to_string();
-        for r in self.shards.ingest(vec![event]).await {
-            r.map_err(ApiError::from)?;
-        }
+        let chorus = serde_json::json!({"consent_source": "api", "evidence": req.evidence.trim()});
+        convert::ingest_as_customer(&self.shards, &state, input, Some(chorus)).await?;
         let (state, _) = self.shards.customer_following_merges(state.id).await.map_err(ApiError::from)?.ok_or_else(|| ApiError::NotFound(format!("no customer {id}")))?;
         Ok(Response::new(convert::consent(&state)))
     }
@@ -627,19 +622,9 @@ impl v1::journeys_server::Journeys for Services {
         properties.insert("journey".into(), serde_json::Value::String(j.id.clone()));
         let id = self.resolve_ref(req.profile).await?;
         let (state, _) = self.shards.customer_following_merges(id).await.map_err(ApiError::from)?.ok_or_else(|| ApiError::NotFound(format!("no customer {id}")))?;
-        let identity = chorus_types::routing::strongest(&state.identities).cloned().ok_or_else(|| ApiError::Internal(format!("customer {} has no identity", state.id)))?;
         let request_id = if req.request_id.trim().is_empty() { format!("{}-{}-{}", j.id, state.id, self.shards.now_ms()) } else { req.request_id.trim().to_string() };
-        let input = chorus_types::EventInput {
-            message_id: format!("enroll/{request_id}"),
-            name: chorus_engine::journey::run::ENROLL_EVENT.into(),
-            identities: vec![(identity.kind.as_str().to_string(), identity.value.clone())],
-            properties,
-            ..Default::default()
-        };
-        let event = input.validate().map_err(|e| ApiError::invalid(e.field, e.message))?;
-        for r in self.shards.ingest(vec![event]).await {
-            r.map_err(ApiError::from)?;
-        }
+        let input = chorus_types::EventInput { message_id: format!("enroll/{request_id}"), name: chorus_engine::journey::run::ENROLL_EVENT.into(), properties, ..Default::default() };
+        convert::ingest_as_customer(&self.shards, &state, input, None).await?;
         Ok(Response::new(v1::EnrollResponse { customer_id: state.id.to_string(), journey: j.id }))
     }
 }

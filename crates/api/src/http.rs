@@ -50,17 +50,25 @@ fn seg_error(e: SegmentError) -> Response {
     error(e.http_status(), e.code(), e.to_string())
 }
 
+/// Check the HTTP Basic write key of a non-Segment endpoint (content, bounces).
+fn authorize(st: &AppState, headers: &HeaderMap) -> Result<(), Response> {
+    let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let key = match chorus_segment::write_key_from_header(authorization) {
+        Ok(Some(k)) => k,
+        Ok(None) => return Err(error(401, "missing_write_key", "send the write key as HTTP Basic auth (the key as user name)".into())),
+        Err(e) => return Err(seg_error(e)),
+    };
+    if !st.config.write_keys.is_empty() && !st.config.write_keys.iter().any(|k| key_matches(k, &key)) {
+        return Err(error(401, "invalid_write_key", "the write key is not known to this Chorus node: use a key listed in [http] write_keys".into()));
+    }
+    Ok(())
+}
+
 /// `GET /v1/content/{placement}?identity=kind:value` (or `?customer_id=cu_…`): the
 /// customer's in-app messages, authenticated with a write key like the Segment API.
 async fn content(State(st): State<AppState>, Path(placement): Path<String>, axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>, headers: HeaderMap) -> Response {
-    let header_str = |h: header::HeaderName| headers.get(h).and_then(|v| v.to_str().ok());
-    let key = match chorus_segment::write_key_from_header(header_str(header::AUTHORIZATION)) {
-        Ok(Some(k)) => k,
-        Ok(None) => return error(401, "missing_write_key", "send the write key as HTTP Basic auth (the key as user name)".into()),
-        Err(e) => return seg_error(e),
-    };
-    if !st.config.write_keys.is_empty() && !st.config.write_keys.iter().any(|k| key_matches(k, &key)) {
-        return error(401, "invalid_write_key", "the write key is not known to this Chorus node: use a key listed in [http] write_keys".into());
+    if let Err(r) = authorize(&st, &headers) {
+        return r;
     }
     let id = match (q.get("customer_id"), q.get("identity")) {
         (Some(c), _) => match c.parse::<chorus_types::CustomerId>() {
@@ -107,14 +115,8 @@ async fn content(State(st): State<AppState>, Path(placement): Path<String>, axum
 /// `email.complained` for the customer with that address: a bounce marks the address, a
 /// complaint opts the customer out of email. Unknown addresses are reported, not created.
 async fn bounces(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    let header_str = |h: header::HeaderName| headers.get(h).and_then(|v| v.to_str().ok());
-    let key = match chorus_segment::write_key_from_header(header_str(header::AUTHORIZATION)) {
-        Ok(Some(k)) => k,
-        Ok(None) => return error(401, "missing_write_key", "send the write key as HTTP Basic auth (the key as user name)".into()),
-        Err(e) => return seg_error(e),
-    };
-    if !st.config.write_keys.is_empty() && !st.config.write_keys.iter().any(|k| key_matches(k, &key)) {
-        return error(401, "invalid_write_key", "the write key is not known to this Chorus node: use a key listed in [http] write_keys".into());
+    if let Err(r) = authorize(&st, &headers) {
+        return r;
     }
     let json: serde_json::Value = match serde_json::from_slice(&body) {
         Ok(v) => v,

@@ -58,24 +58,15 @@ async fn emit(st: &TrackState, rec: &TrackRecord, name: &str, message_id: String
         Ok(None) => return Err(not_found("tracking")),
         Err(e) => return Err(unavailable(e)),
     };
-    let Some(identity) = chorus_types::routing::strongest(&state.identities).cloned() else { return Err(not_found("tracking")) };
     let input = chorus_types::EventInput {
         message_id,
         event_type: if traits.is_null() { "track".into() } else { "identify".into() },
         name: name.to_string(),
-        identities: vec![(identity.kind.as_str().to_string(), identity.value.clone())],
         properties: properties.as_object().cloned().unwrap_or_default(),
         traits: traits.as_object().cloned().unwrap_or_default(),
         ..Default::default()
     };
-    let mut event = input.validate().map_err(|e| unavailable(e.to_string()))?;
-    if let Some(c) = chorus {
-        event.context = json!({ "chorus": c }).to_string();
-    }
-    for r in st.shards.ingest(vec![event]).await {
-        r.map_err(unavailable)?;
-    }
-    Ok(())
+    crate::convert::ingest_as_customer(&st.shards, &state, input, chorus).await.map_err(unavailable)
 }
 
 fn props(rec: &TrackRecord) -> Value {

@@ -1378,22 +1378,28 @@ impl<'a> Round<'a> {
             };
             match ok {
                 Some(applied) => {
-                    self.states.insert(id, applied.encoded);
-                    self.intents.extend(applied.intents);
-                    self.add_timers(applied.timers);
-                    self.add_stats(applied.stats);
-                    self.add_paused(id, applied.held);
-                    self.add_membership(id, applied.membership);
-                    self.cancel_intents(applied.cancelled)?;
-                    for r in applied.tracks {
-                        self.batch.insert(self.app.store.shard(), keys::track(self.app.shard, r.id), chorus_types::encoding::encode(&r));
-                    }
+                    self.absorb(id, applied)?;
                 }
                 None => {
                     let inputs = Arc::try_unwrap(inputs).unwrap_or_else(|shared| (*shared).clone());
                     self.retry_or_park(id, inputs).await?
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Take what a customer actor produced into this round's batch.
+    fn absorb(&mut self, id: CustomerId, applied: CustomerApplied) -> io::Result<()> {
+        self.states.insert(id, applied.encoded);
+        self.intents.extend(applied.intents);
+        self.add_timers(applied.timers);
+        self.add_stats(applied.stats);
+        self.add_paused(id, applied.held);
+        self.add_membership(id, applied.membership);
+        self.cancel_intents(applied.cancelled)?;
+        for r in applied.tracks {
+            self.batch.insert(self.app.store.shard(), keys::track(self.app.shard, r.id), chorus_types::encoding::encode(&r));
         }
         Ok(())
     }
@@ -1408,16 +1414,7 @@ impl<'a> Round<'a> {
             let catalog = self.catalog.clone();
             match actor.call(|reply| CustomerMsg::Apply { inputs: shared, catalog, reply }, None).await {
                 Ok(ractor::rpc::CallResult::Success(applied)) => {
-                    self.states.insert(id, applied.encoded);
-                    self.intents.extend(applied.intents);
-                    self.add_timers(applied.timers);
-                    self.add_stats(applied.stats);
-                    self.add_paused(id, applied.held);
-                    self.add_membership(id, applied.membership);
-                    self.cancel_intents(applied.cancelled)?;
-                    for r in applied.tracks {
-                        self.batch.insert(self.app.store.shard(), keys::track(self.app.shard, r.id), chorus_types::encoding::encode(&r));
-                    }
+                    self.absorb(id, applied)?;
                     registry.clear_failures(id);
                     return Ok(());
                 }

@@ -6,6 +6,12 @@ pub mod v1 {
     tonic::include_proto!("chorus.v1");
 }
 
+/// The node-to-node protocol (raft transport and forwarding); used by chorus-raft only.
+#[allow(clippy::all)]
+pub mod internal {
+    tonic::include_proto!("chorus.internal.v1");
+}
+
 /// How an error should be reported to a client, independent of transport.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ErrorCode {

@@ -5,8 +5,10 @@
 mod log_store;
 mod network;
 mod state_machine;
+pub mod transport;
 
 pub use state_machine::{Application, Applied};
+pub use transport::{CallHandler, TlsMaterial, Transport, TransportError};
 
 use chorus_store::Store;
 use chorus_types::{NodeId, ShardCommand, ShardResult};
@@ -25,7 +27,10 @@ openraft::declare_raft_types!(
         Node = openraft::BasicNode,
 );
 
-type Raft = openraft::Raft<TypeConfig, state_machine::StateMachine>;
+type Raft = transport::Raft;
+
+/// The group id of the placement group (shards are 0..S).
+pub const PLACEMENT_GROUP: u32 = u32::MAX;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RaftError {
@@ -54,11 +59,16 @@ pub struct GroupTuning {
     pub election_max_ms: u64,
     /// Most entries per append/replication batch.
     pub payload_entries_max: u64,
+    /// Build a snapshot (and purge the log behind it) after this many entries.
+    pub snapshot_after_entries: u64,
+    /// Entries kept in the log behind a snapshot (so a briefly lagging follower catches
+    /// up by entries instead of a whole snapshot).
+    pub log_kept_after_snapshot: u64,
 }
 
 impl Default for GroupTuning {
     fn default() -> Self {
-        GroupTuning { heartbeat_ms: 300, election_min_ms: 1000, election_max_ms: 2000, payload_entries_max: 256 }
+        GroupTuning { heartbeat_ms: 300, election_min_ms: 1000, election_max_ms: 2000, payload_entries_max: 256, snapshot_after_entries: 20_000, log_kept_after_snapshot: 1_000 }
     }
 }
 
@@ -96,6 +106,7 @@ pub struct Group {
     id: u32,
     node: NodeId,
     raft: Raft,
+    transport: Transport,
 }
 
 impl Group {
@@ -107,6 +118,7 @@ impl Group {
         store: Store,
         app: Arc<dyn Application>,
         tuning: &GroupTuning,
+        transport: &Transport,
     ) -> Result<Group, RaftError> {
         let config = openraft::Config {
             cluster_name: format!("chorus-shard-{id}"),
@@ -114,16 +126,22 @@ impl Group {
             election_timeout_min: tuning.election_min_ms,
             election_timeout_max: tuning.election_max_ms,
             max_payload_entries: tuning.payload_entries_max,
-            snapshot_policy: openraft::SnapshotPolicy::Never,
+            snapshot_policy: if tuning.snapshot_after_entries == 0 {
+                openraft::SnapshotPolicy::Never
+            } else {
+                openraft::SnapshotPolicy::LogsSinceLast(tuning.snapshot_after_entries)
+            },
+            max_in_snapshot_log_to_keep: tuning.log_kept_after_snapshot,
             ..Default::default()
         };
         let config = Arc::new(config.validate().map_err(|e| RaftError::Fatal { group: id, detail: e.to_string() })?);
         let log = log_store::LogStore::new(id, store.clone());
         let sm = state_machine::StateMachine::new(id, app);
-        let raft = Raft::new(node, config, network::Network { group: id }, log, sm)
+        let raft = Raft::new(node, config, network::Network { group: id, transport: transport.clone() }, log, sm)
             .await
             .map_err(|e| RaftError::Fatal { group: id, detail: e.to_string() })?;
-        Ok(Group { id, node, raft })
+        transport.register(id, raft.clone());
+        Ok(Group { id, node, raft, transport: transport.clone() })
     }
 
     pub fn id(&self) -> u32 {
@@ -139,6 +157,76 @@ impl Group {
             Err(openraft::errors::RaftError::APIError(openraft::errors::InitializeError::NotAllowed(_))) => Ok(()),
             Err(e) => Err(RaftError::Fatal { group: self.id, detail: e.to_string() }),
         }
+    }
+
+    /// Initialize a fresh group with `members` as voters (id → node-to-node address).
+    /// Every member may call this with the same members; a group that is already
+    /// initialized is left as it is.
+    pub async fn initialize(&self, members: &[(NodeId, String)]) -> Result<(), RaftError> {
+        let nodes: BTreeMap<NodeId, openraft::BasicNode> = members.iter().map(|(id, a)| (*id, openraft::BasicNode::new(a))).collect();
+        for (id, a) in members {
+            self.transport.set_address(*id, a);
+        }
+        match self.raft.initialize(nodes).await {
+            Ok(()) => Ok(()),
+            Err(openraft::errors::RaftError::APIError(openraft::errors::InitializeError::NotAllowed(_))) => Ok(()),
+            Err(e) => Err(RaftError::Fatal { group: self.id, detail: e.to_string() }),
+        }
+    }
+
+    /// Whether this replica has a membership (initialized or joined).
+    pub async fn is_initialized(&self) -> Result<bool, RaftError> {
+        self.raft.is_initialized().await.map_err(|e| RaftError::Fatal { group: self.id, detail: e.to_string() })
+    }
+
+    /// Add `node` as a learner and wait until it has caught up with the log (by
+    /// entries, or by a streamed snapshot when the log behind it was purged).
+    pub async fn add_learner(&self, node: NodeId, addr: &str) -> Result<(), RaftError> {
+        self.transport.set_address(node, addr);
+        self.raft.add_learner(node, openraft::BasicNode::new(addr), true).await.map(|_| ()).map_err(|e| self.map_write_error(e))
+    }
+
+    /// Make `voters` the group's voters (each must be a member already); members that
+    /// are not in `voters` are removed from the group.
+    pub async fn set_voters(&self, voters: &[NodeId]) -> Result<(), RaftError> {
+        let set: std::collections::BTreeSet<NodeId> = voters.iter().copied().collect();
+        self.raft
+            .change_membership(openraft::ChangeMembers::ReplaceAllVoters(set), false)
+            .await
+            .map(|_| ())
+            .map_err(|e| self.map_write_error(e))
+    }
+
+    /// Remove learners (not voters) from the group.
+    pub async fn remove_learners(&self, nodes: &[NodeId]) -> Result<(), RaftError> {
+        let set: std::collections::BTreeSet<NodeId> = nodes.iter().copied().collect();
+        self.raft
+            .change_membership(openraft::ChangeMembers::RemoveNodes(set), false)
+            .await
+            .map(|_| ())
+            .map_err(|e| self.map_write_error(e))
+    }
+
+    /// Ask the leader (this node) to hand leadership to `to`.
+    pub async fn transfer_leader(&self, to: NodeId) -> Result<(), RaftError> {
+        self.raft.trigger().transfer_leader(to).await.map_err(|e| RaftError::Fatal { group: self.id, detail: e.to_string() })
+    }
+
+    /// The node-to-node address of every member of the group.
+    pub fn member_addresses(&self) -> Vec<(NodeId, String)> {
+        let m = self.raft.metrics().borrow_watched().clone();
+        m.membership_config.membership().nodes().map(|(id, n)| (*id, n.addr.clone())).collect()
+    }
+
+    /// Wait until the group knows a leader (any node); returns it.
+    pub async fn wait_any_leader(&self, timeout: Duration) -> Result<NodeId, RaftError> {
+        let m = self
+            .raft
+            .wait(Some(timeout))
+            .metrics(|m| m.current_leader.is_some(), "a leader")
+            .await
+            .map_err(|e| RaftError::Fatal { group: self.id, detail: e.to_string() })?;
+        Ok(m.current_leader.unwrap_or_default())
     }
 
     /// Wait until this node leads the group.
@@ -261,6 +349,7 @@ impl Group {
     }
 
     pub async fn shutdown(&self) -> Result<(), RaftError> {
+        self.transport.unregister(self.id);
         self.raft.shutdown().await.map_err(|e| RaftError::Fatal { group: self.id, detail: e.to_string() })
     }
 }

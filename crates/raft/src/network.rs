@@ -1,61 +1,23 @@
-//! Node-to-node raft transport. A single-voter group never sends RPCs; the tonic
-//! transport for replicated groups arrives with the cluster work (issue "Cluster").
+//! The per-group network factory openraft asks for connections: it records the address
+//! of every member it is told about (so node-level calls reach them too) and binds
+//! (target, group) onto the node's shared [`Transport`](crate::transport::Transport).
 
 use crate::TypeConfig;
-use openraft::OptionalSend;
-use openraft::alias::{SnapshotOf, VoteOf};
-use openraft::errors::{RPCError, ReplicationClosed, StreamingError, Unreachable};
-use openraft::network::RPCOption;
-use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
-use openraft::{BasicNode, RaftNetworkFactory, RaftNetworkV2};
+use crate::transport::Transport;
+use openraft::{BasicNode, RaftNetworkFactory};
+use openraft_multi::GroupNetworkAdapter;
 
 pub struct Network {
     pub group: u32,
-}
-
-pub struct Connection {
-    group: u32,
-    target: u64,
+    pub transport: Transport,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
-    type Network = Connection;
-    async fn new_client(&mut self, target: u64, _node: &BasicNode) -> Connection {
-        Connection { group: self.group, target }
-    }
-}
-
-impl Connection {
-    fn unreachable(&self) -> Unreachable<TypeConfig> {
-        Unreachable::from_string(format!(
-            "shard {} cannot reach node {}: node-to-node transport is not configured on this node",
-            self.group, self.target
-        ))
-    }
-}
-
-impl RaftNetworkV2<TypeConfig> for Connection {
-    type SnapshotData = Vec<u8>;
-
-    async fn append_entries(
-        &mut self,
-        _rpc: AppendEntriesRequest<TypeConfig>,
-        _option: RPCOption,
-    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        Err(RPCError::Unreachable(self.unreachable()))
-    }
-
-    async fn vote(&mut self, _rpc: VoteRequest<TypeConfig>, _option: RPCOption) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        Err(RPCError::Unreachable(self.unreachable()))
-    }
-
-    async fn full_snapshot(
-        &mut self,
-        _vote: VoteOf<TypeConfig>,
-        _snapshot: SnapshotOf<TypeConfig, Vec<u8>>,
-        _cancel: impl std::future::Future<Output = ReplicationClosed> + OptionalSend + 'static,
-        _option: RPCOption,
-    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        Err(StreamingError::Unreachable(self.unreachable()))
+    type Network = GroupNetworkAdapter<TypeConfig, u32, Transport>;
+    async fn new_client(&mut self, target: u64, node: &BasicNode) -> Self::Network {
+        if !node.addr.is_empty() {
+            self.transport.set_address(target, &node.addr);
+        }
+        GroupNetworkAdapter::new(self.transport.clone(), target, self.group)
     }
 }

@@ -1,5 +1,7 @@
-//! Tests of the log store and state-machine adapter: openraft's own storage suite and
-//! a single-voter group that survives a restart.
+//! Tests of the log store and state-machine adapter: openraft's own storage suite, a
+//! single-voter group that survives a restart, and a three-replica group over the real
+//! tonic transport on loopback (replication, failover, a new member caught up by a
+//! streamed snapshot).
 
 use super::*;
 use chorus_types::{EventOutcome, ShardOp};
@@ -96,7 +98,7 @@ async fn single_voter_group_commits_and_recovers_after_restart() {
     {
         let store = Store::open(dir.path(), chorus_store::StoreOptions::default()).unwrap();
         let app = Arc::new(Counter { group: 3, store: store.clone(), seen: Mutex::new(Vec::new()) });
-        let group = Group::start(3, 1, store.clone(), app.clone(), &tuning).await.unwrap();
+        let group = Group::start(3, 1, store.clone(), app.clone(), &tuning, &Transport::new(1, None)).await.unwrap();
         group.initialize_single("127.0.0.1:0").await.unwrap();
         group.wait_leader(Duration::from_secs(5)).await.unwrap();
         let (i1, _) = group.propose(cmd(1)).await.unwrap();
@@ -115,7 +117,7 @@ async fn single_voter_group_commits_and_recovers_after_restart() {
     // Reopen: the group is already initialized, keeps its applied state and log.
     let store = Store::open(dir.path(), chorus_store::StoreOptions::default()).unwrap();
     let app = Arc::new(Counter { group: 3, store: store.clone(), seen: Mutex::new(Vec::new()) });
-    let group = Group::start(3, 1, store.clone(), app.clone(), &tuning).await.unwrap();
+    let group = Group::start(3, 1, store.clone(), app.clone(), &tuning, &Transport::new(1, None)).await.unwrap();
     group.initialize_single("127.0.0.1:0").await.unwrap();
     group.wait_leader(Duration::from_secs(5)).await.unwrap();
     let (next, _) = group.propose(cmd(9)).await.unwrap();
@@ -123,4 +125,105 @@ async fn single_voter_group_commits_and_recovers_after_restart() {
     let count = store.shard().get(chorus_store::keys::shard_key(3, b'n', b"")).unwrap().unwrap();
     assert_eq!(u64::from_le_bytes(count[..8].try_into().unwrap()), 7, "each command applied exactly once");
     group.shutdown().await.unwrap();
+}
+
+fn count(store: &Store, group: u32) -> u64 {
+    store.shard().get(chorus_store::keys::shard_key(group, b'n', b"")).unwrap().map(|v| u64::from_le_bytes(v[..8].try_into().unwrap())).unwrap_or(0)
+}
+
+struct TestNode {
+    id: NodeId,
+    _dir: tempfile::TempDir,
+    store: Store,
+    transport: Transport,
+    addr: String,
+    group: Option<Group>,
+}
+
+async fn test_node(id: NodeId) -> TestNode {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), chorus_store::StoreOptions::default()).unwrap();
+    let transport = Transport::new(id, None);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let t = transport.clone();
+    tokio::spawn(async move { t.serve(listener, std::future::pending()).await.unwrap() });
+    TestNode { id, _dir: dir, store, transport, addr, group: None }
+}
+
+async fn leader_of(nodes: &[TestNode], timeout: Duration) -> usize {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(i) = nodes.iter().position(|n| n.group.as_ref().is_some_and(|g| g.is_leader())) {
+            return i;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no leader within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_replicate_fail_over_and_catch_up_a_new_member_by_snapshot() {
+    const G: u32 = 5;
+    let tuning = GroupTuning { heartbeat_ms: 50, election_min_ms: 200, election_max_ms: 400, snapshot_after_entries: 40, log_kept_after_snapshot: 0, ..Default::default() };
+    let mut nodes = Vec::new();
+    for id in 1..=4 {
+        nodes.push(test_node(id).await);
+    }
+    let members: Vec<(NodeId, String)> = nodes[..3].iter().map(|n| (n.id, n.addr.clone())).collect();
+    for n in &mut nodes[..3] {
+        let app = Arc::new(Counter { group: G, store: n.store.clone(), seen: Mutex::new(Vec::new()) });
+        let g = Group::start(G, n.id, n.store.clone(), app, &tuning, &n.transport).await.unwrap();
+        g.initialize(&members).await.unwrap();
+        n.group = Some(g);
+    }
+    tracing::info!("--- a leader is elected and commands replicate to every voter");
+    let l = leader_of(&nodes, Duration::from_secs(10)).await;
+    let leader = nodes[l].group.clone().unwrap();
+    let mut last = 0;
+    for chunk in 0..10 {
+        for r in leader.propose_many((0..10).map(|i| cmd(chunk * 10 + i)).collect()).await {
+            last = r.unwrap().0;
+        }
+    }
+    for n in &nodes[..3] {
+        n.group.as_ref().unwrap().wait_applied(last, Duration::from_secs(10)).await.unwrap();
+        assert_eq!(count(&n.store, G), 100, "node {} applied every command once", n.id);
+    }
+    assert_eq!(leader.status().voters, vec![1, 2, 3]);
+
+    tracing::info!("--- the leader stops: another voter takes over and commits");
+    let old = nodes[l].id;
+    leader.shutdown().await.unwrap();
+    nodes[l].group = None;
+    let l2 = leader_of(&nodes, Duration::from_secs(10)).await;
+    assert_ne!(nodes[l2].id, old);
+    let leader = nodes[l2].group.clone().unwrap();
+    for r in leader.propose_many((0..10).map(cmd).collect()).await {
+        last = r.unwrap().0;
+    }
+    assert_eq!(count(&nodes[l2].store, G), 110);
+
+    tracing::info!("--- a fourth node joins as a learner: the purged log means a streamed snapshot");
+    let app = Arc::new(Counter { group: G, store: nodes[3].store.clone(), seen: Mutex::new(Vec::new()) });
+    let g4 = Group::start(G, 4, nodes[3].store.clone(), app.clone(), &tuning, &nodes[3].transport).await.unwrap();
+    nodes[3].group = Some(g4.clone());
+    leader.add_learner(4, &nodes[3].addr).await.unwrap();
+    g4.wait_applied(last, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(count(&nodes[3].store, G), 110, "the learner has the state");
+    assert!(app.seen.lock().unwrap().len() < 110, "the learner got most of it by snapshot, not by replaying entries");
+
+    tracing::info!("--- the learner replaces the stopped voter");
+    let mut voters: Vec<NodeId> = nodes.iter().filter(|n| n.group.is_some()).map(|n| n.id).collect();
+    voters.sort();
+    leader.set_voters(&voters).await.unwrap();
+    assert_eq!(leader.status().voters, voters);
+    let (i, _) = leader.propose(cmd(1)).await.unwrap();
+    g4.wait_applied(i, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(count(&nodes[3].store, G), 111);
+    for n in &nodes {
+        if let Some(g) = &n.group {
+            g.shutdown().await.unwrap();
+        }
+    }
 }

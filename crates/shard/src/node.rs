@@ -102,7 +102,7 @@ impl Shards {
         let mut tasks = Vec::new();
         for id in 0..config.shard_count {
             let app = ShardApp::open(id, store.clone(), config.clone()).await.map_err(ShardError::Store)?;
-            let group = Group::start(id, node, store.clone(), app.clone(), &tuning).await?;
+            let group = Group::start(id, node, store.clone(), app.clone(), &tuning, &chorus_raft::Transport::new(node, None)).await?;
             group.initialize_single(addr).await?;
             let (proposer, task) = Proposer::spawn(group.clone(), clock.clone(), config.clone());
             tasks.push(task);

@@ -369,8 +369,24 @@ impl Application for ShardApp {
             batch.commit().map_err(io_err)?;
             self.registry.stop_customers();
             *meta = state::read_meta(&self.store, self.shard).map_err(io_err)?;
+            // Everything kept in memory is rebuilt from the installed state.
+            *self.catalog.write().expect("catalog lock") = load_catalog(&self.store, self.shard).map_err(io_err)?;
+            for kv in self.store.shard().prefix(keys::parked_prefix(self.shard)) {
+                let key = kv.key().map_err(io_err)?;
+                if key.len() >= 13 {
+                    self.registry.quarantine(CustomerId(u64::from_be_bytes(key[5..13].try_into().expect("8 bytes"))));
+                }
+            }
             let next = first_timer(&self.store, self.shard).map_err(io_err)?.unwrap_or(i64::MAX);
             self.stats.next_timer_ms.store(next, Ordering::Relaxed);
+            self.stats.customers.store(meta.customers - meta.tombstones, Ordering::Relaxed);
+            let pending = self.store.shard().prefix(keys::xout_prefix(self.shard)).count() as u64;
+            self.stats.pending_cross_shard.store(pending, Ordering::Relaxed);
+            self.stats.pending_timers.store(meta.timers, Ordering::Relaxed);
+            self.stats.pending_intents.store(meta.intents, Ordering::Relaxed);
+            self.stats.intents_total.store(meta.intents_total, Ordering::Relaxed);
+            self.outbox_notify.notify_one();
+            self.intent_notify.notify_one();
             Ok(())
         })
     }
@@ -507,6 +523,7 @@ impl<'a> Round<'a> {
                 Ok(ShardResult::Done)
             }
             ShardOp::Noop => Ok(ShardResult::Done),
+            ShardOp::Placement { .. } => Ok(ShardResult::Placement(Some("a shard does not take placement changes".into()))),
             ShardOp::Redrive { keys: dead } => {
                 let shard = self.shard();
                 let mut n = 0;

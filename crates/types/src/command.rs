@@ -37,6 +37,9 @@ pub enum ShardOp {
     Evaluate { customers: Vec<CustomerId> },
     /// Move dead letters back into the outbox (same idempotency keys) to try again.
     Redrive { keys: Vec<String> },
+    /// A change to the cluster's placement (members, shard replicas); only the
+    /// placement group's log carries it (an encoded `chorus_placement::PlacementOp`).
+    Placement { op: Vec<u8> },
 }
 
 /// Catalog changes. Definitions travel encoded (the core owns their types).
@@ -114,6 +117,8 @@ pub enum ShardResult {
     Send(Vec<SendOutcome>),
     /// How many items the command acted on (e.g. dead letters redriven).
     Count(u64),
+    /// A placement change was refused (why), or applied (`None`).
+    Placement(Option<String>),
 }
 
 /// What happened to a send request when its entry was applied. The send decision
@@ -158,6 +163,7 @@ impl std::fmt::Display for ShardCommand {
             ShardOp::Catalog { .. } => write!(f, "catalog@{}", self.now_ms),
             ShardOp::Evaluate { customers } => write!(f, "evaluate({})@{}", customers.len(), self.now_ms),
             ShardOp::Redrive { keys } => write!(f, "redrive({})@{}", keys.len(), self.now_ms),
+            ShardOp::Placement { .. } => write!(f, "placement@{}", self.now_ms),
         }
     }
 }

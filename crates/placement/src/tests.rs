@@ -1,0 +1,105 @@
+//! Placement rules: initialization, members and never-reused ids, refused changes that
+//! leave the state as it was, and the assignment, drain and rebalance plans.
+
+use super::*;
+
+fn member(id: NodeId) -> Member {
+    Member { id, addr: format!("10.0.0.{id}:7900"), grpc_addr: format!("10.0.0.{id}:7700"), http_addr: String::new(), draining: false }
+}
+
+fn init(nodes: u64, shards: u32, rf: u32) -> PlacementState {
+    let mut s = PlacementState::default();
+    s.apply(&PlacementOp::Init { cluster_id: "c1".into(), shards, replication: rf, members: (1..=nodes).map(member).collect() }).unwrap();
+    s
+}
+
+#[test]
+fn init_spreads_replicas_and_preferred_leaders_evenly() {
+    let s = init(3, 12, 3);
+    assert_eq!(s.shard_count(), 12);
+    assert!(s.shards.iter().all(|p| p.replicas.len() == 3 && p.generation == 0));
+    assert_eq!(s.replica_counts().values().copied().collect::<Vec<_>>(), vec![12, 12, 12]);
+    let mut firsts = BTreeMap::new();
+    for p in &s.shards {
+        *firsts.entry(p.replicas[0]).or_insert(0) += 1;
+    }
+    assert_eq!(firsts.values().copied().collect::<Vec<_>>(), vec![4, 4, 4]);
+    let s5 = init(5, 10, 3);
+    assert_eq!(s5.replica_counts().values().copied().collect::<Vec<_>>(), vec![6, 6, 6, 6, 6]);
+}
+
+#[test]
+fn init_is_refused_twice_and_with_too_few_nodes() {
+    let mut s = init(3, 4, 3);
+    let before = s.clone();
+    let again = s.apply(&PlacementOp::Init { cluster_id: "c2".into(), shards: 4, replication: 3, members: vec![member(9)] });
+    assert_eq!(again, Err(PlacementError::AlreadyInitialized { cluster_id: "c1".into() }));
+    assert_eq!(s, before, "a refused change leaves the state as it was");
+    let mut fresh = PlacementState::default();
+    let e = fresh.apply(&PlacementOp::Init { cluster_id: "c".into(), shards: 4, replication: 3, members: vec![member(1), member(2)] }).unwrap_err();
+    assert_eq!(e.to_string(), "replication 3 needs at least 3 nodes, but 2 are known");
+    let e = fresh.apply(&PlacementOp::Init { cluster_id: "c".into(), shards: 0, replication: 1, members: vec![member(1)] }).unwrap_err();
+    assert_eq!(e.to_string(), "shards must be between 1 and 4096, got 0");
+    assert!(!fresh.is_initialized());
+}
+
+#[test]
+fn node_ids_are_never_reused_and_a_node_with_replicas_cannot_be_removed() {
+    let mut s = init(3, 4, 3);
+    s.apply(&PlacementOp::AddNode { member: member(4) }).unwrap();
+    assert_eq!(s.apply(&PlacementOp::AddNode { member: member(4) }), Err(PlacementError::AlreadyMember { id: 4, addr: "10.0.0.4:7900".into() }));
+    let mut dup = member(5);
+    dup.addr = member(4).addr;
+    assert_eq!(s.apply(&PlacementOp::AddNode { member: dup }), Err(PlacementError::AddressTaken { addr: "10.0.0.4:7900".into(), id: 4 }));
+    assert_eq!(s.apply(&PlacementOp::RemoveNode { id: 1 }), Err(PlacementError::NodeNotEmpty { id: 1, shards: 4 }));
+    s.apply(&PlacementOp::RemoveNode { id: 4 }).unwrap();
+    assert_eq!(s.apply(&PlacementOp::AddNode { member: member(4) }), Err(PlacementError::IdReused { id: 4 }));
+    assert_eq!(s.apply(&PlacementOp::AddNode { member: member(0) }), Err(PlacementError::ZeroId));
+}
+
+#[test]
+fn drain_plan_moves_every_replica_to_the_least_loaded_other_node() {
+    let mut s = init(3, 6, 2);
+    s.apply(&PlacementOp::AddNode { member: member(4) }).unwrap();
+    let plan = s.drain_plan(1).unwrap();
+    assert_eq!(plan.len(), s.shards.iter().filter(|p| p.replicas.contains(&1)).count());
+    for m in &plan {
+        assert_eq!(m.from, 1);
+        assert!(!s.shards[m.shard as usize].replicas.contains(&m.to));
+    }
+    // Node 4 (empty) takes the most.
+    let to4 = plan.iter().filter(|m| m.to == 4).count();
+    assert!(to4 >= plan.len() / 2, "{plan:?}");
+    let three = init(3, 4, 3);
+    assert!(three.drain_plan(1).unwrap_err().to_string().contains("add a node first"));
+}
+
+#[test]
+fn rebalance_plan_evens_replicas_within_one_and_queued_moves_are_checked() {
+    let mut s = init(3, 8, 3);
+    s.apply(&PlacementOp::AddNode { member: member(4) }).unwrap();
+    let plan = s.rebalance_plan();
+    assert_eq!(plan.len(), 6, "24 replicas over 4 nodes: 6 move to the new node");
+    assert!(plan.iter().all(|m| m.to == 4));
+    let mut after = s.clone();
+    for m in &plan {
+        let r = after.shards[m.shard as usize].replicas.iter().map(|n| if *n == m.from { m.to } else { *n }).collect();
+        after.apply(&PlacementOp::SetShard { shard: m.shard, replicas: r, learners: vec![] }).unwrap();
+    }
+    assert_eq!(after.replica_counts().values().copied().collect::<Vec<_>>(), vec![6, 6, 6, 6]);
+    assert!(after.rebalance_plan().is_empty(), "a balanced cluster needs no moves");
+    s.apply(&PlacementOp::QueueMoves { moves: plan.clone() }).unwrap();
+    assert_eq!(s.moves, plan);
+    let bad = Move { shard: 0, from: 4, to: 1 };
+    assert!(s.apply(&PlacementOp::QueueMoves { moves: vec![bad] }).unwrap_err().to_string().contains("holds no replica"));
+    s.apply(&PlacementOp::MoveFinished { shard: plan[0].shard }).unwrap();
+    assert_eq!(s.moves.len(), 5);
+}
+
+#[test]
+fn placement_voters_are_at_most_five_and_skip_draining_members() {
+    let mut s = init(7, 4, 3);
+    assert_eq!(s.placement_voters(), vec![1, 2, 3, 4, 5]);
+    s.apply(&PlacementOp::SetDraining { id: 2, draining: true }).unwrap();
+    assert_eq!(s.placement_voters(), vec![1, 3, 4, 5, 6]);
+}

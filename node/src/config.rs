@@ -20,6 +20,36 @@ pub struct Config {
     pub log: LogConfig,
     pub tracking: TrackingConfig,
     pub connectors: ConnectorsConfig,
+    /// Present on a node of a multi-node cluster; absent, the node runs alone.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// Membership of a multi-node cluster.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// Where the node-to-node gRPC listens (raft and forwarding), e.g. `0.0.0.0:7900`.
+    pub listen: String,
+    /// The address other nodes dial to reach this one (default: `listen`).
+    pub advertise: String,
+    /// Node-to-node addresses of the first nodes; `cluster init` forms the cluster from them.
+    pub seeds: Vec<String>,
+    /// Raft heartbeat interval (elections time out after 4–8 heartbeats).
+    pub heartbeat: String,
+    /// Mutual TLS between nodes.
+    pub tls: Option<ClusterTls>,
+}
+
+/// PEM files for mutual TLS between nodes.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterTls {
+    /// The cluster CA that signs every node certificate.
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// The name node certificates carry (default: the host part of each address).
+    pub server_name: Option<String>,
 }
 
 /// Which provider serves each channel, the providers' settings and per-channel limits.
@@ -147,6 +177,7 @@ impl Default for Config {
             log: LogConfig::default(),
             tracking: TrackingConfig::default(),
             connectors: ConnectorsConfig::default(),
+            cluster: None,
         }
     }
 }
@@ -224,6 +255,15 @@ impl Config {
         if let Some(v) = var("CHORUS_LOG") {
             self.log.level = v;
         }
+        for (k, set) in [
+            ("CHORUS_CLUSTER_LISTEN", (|c: &mut ClusterConfig, v: String| c.listen = v) as fn(&mut ClusterConfig, String)),
+            ("CHORUS_CLUSTER_ADVERTISE", |c, v| c.advertise = v),
+            ("CHORUS_CLUSTER_SEEDS", |c, v| c.seeds = v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()),
+        ] {
+            if let Some(v) = var(k) {
+                set(self.cluster.get_or_insert_with(ClusterConfig::default), v);
+            }
+        }
         Ok(())
     }
 
@@ -242,6 +282,23 @@ impl Config {
         self.shard_config()?.validate().map_err(|e| anyhow::anyhow!("shards: {e}"))?;
         if self.grpc.batch_events_max == 0 || self.grpc.stream_batches_in_flight_max == 0 {
             bail!("grpc.batch_events_max and grpc.stream_batches_in_flight_max must be at least 1");
+        }
+        if let Some(c) = &self.cluster {
+            c.listen.parse::<std::net::SocketAddr>().with_context(|| format!("cluster.listen {:?} is not host:port", c.listen))?;
+            for a in std::iter::once(&c.advertise).filter(|a| !a.is_empty()).chain(&c.seeds) {
+                match a.rsplit_once(':') {
+                    Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {}
+                    _ => bail!("cluster address {a:?} is not host:port"),
+                }
+            }
+            self.cluster_heartbeat_ms()?;
+            if let Some(t) = &c.tls {
+                for (what, p) in [("ca", &t.ca), ("cert", &t.cert), ("key", &t.key)] {
+                    if p.as_os_str().is_empty() {
+                        bail!("cluster.tls.{what} must name a PEM file");
+                    }
+                }
+            }
         }
         Ok(())
     }
@@ -267,6 +324,20 @@ impl Config {
             }
         };
         Ok(chorus_engine::render::TrackingConfig { base_url, secret, email_tracking: self.tracking.email_tracking })
+    }
+
+    /// The raft heartbeat of a cluster node in ms (default 300).
+    pub fn cluster_heartbeat_ms(&self) -> anyhow::Result<u64> {
+        match self.cluster.as_ref().map(|c| c.heartbeat.as_str()).filter(|h| !h.is_empty()) {
+            None => Ok(300),
+            Some(h) => {
+                let ms = parse_duration_ms(h).context("cluster.heartbeat")?;
+                if !(20..=5_000).contains(&ms) {
+                    bail!("cluster.heartbeat must be between 20ms and 5s, got {h}");
+                }
+                Ok(ms as u64)
+            }
+        }
     }
 
     pub fn shard_config(&self) -> anyhow::Result<chorus_shard::ShardConfig> {
@@ -307,6 +378,18 @@ mod tests {
         assert_eq!(c.shards.count, 8);
         assert_eq!(c.grpc.addr, "127.0.0.1:7700");
         assert!(toml::from_str::<Config>("[shards]\ncont = 8\n").is_err());
+    }
+
+    #[test]
+    fn cluster_section_is_checked() {
+        let c: Config = toml::from_str("[cluster]\nlisten = \"127.0.0.1:7900\"\nseeds = [\"n1:7900\", \"n2:7900\"]\n").unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.cluster_heartbeat_ms().unwrap(), 300);
+        let bad: Config = toml::from_str("[cluster]\nlisten = \"127.0.0.1:7900\"\nseeds = [\"n1\"]\n").unwrap();
+        assert!(bad.validate().unwrap_err().to_string().contains("\"n1\" is not host:port"));
+        let fast: Config = toml::from_str("[cluster]\nlisten = \"127.0.0.1:7900\"\nheartbeat = \"5ms\"\n").unwrap();
+        assert!(fast.validate().unwrap_err().to_string().contains("between 20ms and 5s"));
+        assert!(toml::from_str::<Config>("[cluster]\nlisen = \"x\"\n").is_err());
     }
 
     #[test]

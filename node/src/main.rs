@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 /// Chorus: omnichannel marketing orchestration. This binary is the node.
 #[derive(Parser, Debug)]
-#[command(name = "chorus", version, after_help = "Configuration layers: defaults < TOML file (--config) < CHORUS_* environment < flags.\nEnvironment: CHORUS_NODE_ID, CHORUS_DATA_DIR, CHORUS_GRPC_ADDR, CHORUS_HTTP_ADDR, CHORUS_SHARDS, CHORUS_WRITE_KEYS (comma-separated), CHORUS_LOG.\nStop with Ctrl-C or SIGTERM: in-flight batches are committed or rejected, never half-applied.")]
+#[command(name = "chorus", version, after_help = "Configuration layers: defaults < TOML file (--config) < CHORUS_* environment < flags.\nEnvironment: CHORUS_NODE_ID, CHORUS_DATA_DIR, CHORUS_GRPC_ADDR, CHORUS_HTTP_ADDR, CHORUS_SHARDS, CHORUS_WRITE_KEYS (comma-separated), CHORUS_LOG, CHORUS_CLUSTER_LISTEN, CHORUS_CLUSTER_ADVERTISE, CHORUS_CLUSTER_SEEDS (comma-separated).\nStop with Ctrl-C or SIGTERM: in-flight batches are committed or rejected, never half-applied.")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -25,7 +25,7 @@ enum Command {
     /// ./chorus-data, gRPC on 127.0.0.1:7700, HTTP on 127.0.0.1:7780, 64 shards.
     Dev(Overrides),
     /// Run a node from a TOML configuration file.
-    #[command(after_help = "TOML keys (all optional; unknown keys are errors):\n  node_id, data_dir\n  [grpc] addr, batch_events_max, stream_batches_in_flight_max\n  [http] addr, write_keys = [..]\n  [shards] count, dedup_window (max 7d), actor_idle, live_actors_max, quarantine_after,\n           ingest_queue_max, proposal_events_max, proposals_in_flight_max\n  [clock] mode = \"system\" | \"manual\", allow_manual (must be true for manual)\n  [log] level\nSee README.md for an example.")]
+    #[command(after_help = "TOML keys (all optional; unknown keys are errors):\n  node_id, data_dir\n  [grpc] addr, batch_events_max, stream_batches_in_flight_max\n  [http] addr, write_keys = [..]\n  [shards] count, dedup_window (max 7d), actor_idle, live_actors_max, quarantine_after,\n           ingest_queue_max, proposal_events_max, proposals_in_flight_max\n  [clock] mode = \"system\" | \"manual\", allow_manual (must be true for manual)\n  [log] level\n  [cluster] listen, advertise, seeds = [..], heartbeat  (a node of a multi-node cluster)\n  [cluster.tls] ca, cert, key, server_name  (mutual TLS between nodes)\nSee README.md for an example.")]
     Run {
         /// The TOML configuration file.
         #[arg(long, short = 'c')]
@@ -200,17 +200,54 @@ async fn run(config: Config) -> anyhow::Result<()> {
         Arc::new(chorus_connectors::capture::CaptureConnector::new(store.clone(), Box::new(move || clock_for_capture.now_ms())).map_err(anyhow::Error::msg)?);
     let (routes, twilio_webhooks) = connector_routes(&config.connectors, capture)?;
     let connectors = chorus_connectors::Connectors::start(routes).await.map_err(anyhow::Error::msg)?;
-    let shards = chorus_shard::Shards::open(
-        config.node_id,
-        &grpc_addr.to_string(),
-        store.clone(),
-        clock.clone(),
-        shard_config,
-        chorus_raft::GroupTuning::default(),
-        connectors,
-    )
-    .await
-    .context("open shards")?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+    let shards = match &config.cluster {
+        None => chorus_shard::Shards::open(
+            config.node_id,
+            &grpc_addr.to_string(),
+            store.clone(),
+            clock.clone(),
+            shard_config,
+            chorus_raft::GroupTuning::default(),
+            connectors,
+        )
+        .await
+        .context("open shards")?,
+        Some(c) => {
+            let tls = match &c.tls {
+                None => None,
+                Some(t) => {
+                    let read = |what: &str, p: &std::path::Path| std::fs::read(p).with_context(|| format!("read cluster.tls.{what} {}", p.display()));
+                    Some(chorus_raft::TlsMaterial { ca_pem: read("ca", &t.ca)?, cert_pem: read("cert", &t.cert)?, key_pem: read("key", &t.key)?, server_name: t.server_name.clone() })
+                }
+            };
+            let listener = tokio::net::TcpListener::bind(&c.listen).await.with_context(|| format!("bind cluster address {}", c.listen))?;
+            let listen_addr = listener.local_addr()?;
+            let advertise = if c.advertise.is_empty() { listen_addr.to_string() } else { c.advertise.clone() };
+            let transport = chorus_raft::Transport::new(config.node_id, tls);
+            let t = transport.clone();
+            let rx = stop_rx.clone();
+            tokio::spawn(async move {
+                if let Err(e) = t.serve(listener, stopped(rx)).await {
+                    tracing::error!(error = %e, "the node-to-node server stopped");
+                }
+            });
+            let hb = config.cluster_heartbeat_ms()?;
+            let tuning = chorus_raft::GroupTuning { heartbeat_ms: hb, election_min_ms: hb * 3, election_max_ms: hb * 6, ..Default::default() };
+            let setup = chorus_shard::cluster::ClusterSetup {
+                advertise: advertise.clone(),
+                seeds: c.seeds.clone(),
+                grpc_addr: grpc_addr.to_string(),
+                http_addr: http_addr.to_string(),
+                version: env!("CARGO_PKG_VERSION").to_string(),
+            };
+            println!("chorus cluster node={} cluster_addr={advertise}", config.node_id);
+            chorus_shard::Shards::open_cluster(config.node_id, setup, transport, store.clone(), clock.clone(), shard_config, tuning, connectors).await.context("open the cluster node")?
+        }
+    };
 
     let api_config = Arc::new(chorus_api::ApiConfig {
         write_keys: config.http.write_keys.clone(),
@@ -223,10 +260,6 @@ async fn run(config: Config) -> anyhow::Result<()> {
         http_addr: http_addr.to_string(),
     });
     let services = Services { shards: shards.clone(), config: api_config.clone() };
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|v| *v).await;
-    };
 
     let grpc = tonic::transport::Server::builder()
         .add_service(v1::ingest_server::IngestServer::new(services.clone()).max_decoding_message_size(64 * 1024 * 1024))

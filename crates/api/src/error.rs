@@ -47,6 +47,7 @@ impl From<ShardError> for ApiError {
             ShardError::Clock(chorus_shard::ClockError::NotManual) => ApiError::FailedPrecondition(e.to_string()),
             ShardError::Clock(chorus_shard::ClockError::Backwards { .. }) => ApiError::invalid("clock", e.to_string()),
             ShardError::Raft(r) if r.is_retryable() => ApiError::Unavailable(e.to_string()),
+            ShardError::NotInitialized | ShardError::NoReplica { .. } | ShardError::Cluster(_) => ApiError::FailedPrecondition(e.to_string()),
             _ => ApiError::Internal(e.to_string()),
         }
     }

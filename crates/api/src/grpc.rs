@@ -197,7 +197,7 @@ impl v1::admin_server::Admin for Services {
         };
         let letters = self
             .shards
-            .dead_letters(limit)
+            .dead_letters(limit).await
             .map_err(ApiError::from)?
             .into_iter()
             .map(|d| v1::DeadLetter {
@@ -221,7 +221,7 @@ impl v1::admin_server::Admin for Services {
         if req.keys.is_empty() && !req.all {
             return Err(ApiError::invalid("keys", "name the dead letters to redrive, or ask for all").into());
         }
-        let letters = self.shards.dead_letters(usize::MAX).map_err(ApiError::from)?;
+        let letters = self.shards.dead_letters(usize::MAX).await.map_err(ApiError::from)?;
         let mut picked = Vec::new();
         for k in &req.keys {
             match letters.iter().find(|d| d.intent.key == *k) {
@@ -237,11 +237,31 @@ impl v1::admin_server::Admin for Services {
     }
 
     async fn cluster_status(&self, _: Request<v1::ClusterStatusRequest>) -> Result<Response<v1::ClusterStatusResponse>, Status> {
+        let clock_mode = self.shards.clock().mode().as_str().to_string();
+        let now_ms = self.shards.clock().now_ms();
+        if self.shards.is_clustered() {
+            let v = self.shards.cluster_view().await.map_err(ApiError::from)?;
+            return Ok(Response::new(v1::ClusterStatusResponse {
+                cluster_id: v.cluster_id,
+                shard_count: v.shard_count,
+                nodes: v.nodes.iter().map(node_status).collect(),
+                leaderless_shards: v.leaderless.len() as u32,
+                under_replicated_shards: v.under_replicated.len() as u32,
+                clock_mode,
+                now_ms,
+                clustered: true,
+                replication: v.replication,
+                leaderless: v.leaderless,
+                under_replicated: v.under_replicated,
+                moves: v.moves.iter().map(move_plan).collect(),
+                placement_leader: v.placement_leader.unwrap_or(0),
+            }));
+        }
         let shards = self.shards.status();
         let me = self.shards.node_id();
         let led = shards.iter().filter(|s| s.leader == Some(me)).count() as u32;
         let followed = shards.iter().filter(|s| s.voters.contains(&me) && s.leader != Some(me)).count() as u32;
-        let leaderless = shards.iter().filter(|s| s.leader.is_none()).count() as u32;
+        let leaderless: Vec<u32> = shards.iter().filter(|s| s.leader.is_none()).map(|s| s.shard).collect();
         Ok(Response::new(v1::ClusterStatusResponse {
             cluster_id: format!("single-node-{me}"),
             shard_count: self.shards.shard_count(),
@@ -250,15 +270,77 @@ impl v1::admin_server::Admin for Services {
                 grpc_addr: self.config.grpc_addr.clone(),
                 http_addr: self.config.http_addr.clone(),
                 version: self.config.version.clone(),
-                healthy: leaderless == 0,
+                healthy: leaderless.is_empty(),
                 shards_led: led,
                 shards_followed: followed,
+                ..Default::default()
             }],
-            leaderless_shards: leaderless,
+            leaderless_shards: leaderless.len() as u32,
             under_replicated_shards: 0,
-            clock_mode: self.shards.clock().mode().as_str().to_string(),
-            now_ms: self.shards.clock().now_ms(),
+            clock_mode,
+            now_ms,
+            replication: 1,
+            leaderless,
+            ..Default::default()
         }))
+    }
+
+    async fn cluster_init(&self, request: Request<v1::ClusterInitRequest>) -> Result<Response<v1::ClusterInitResponse>, Status> {
+        let req = request.into_inner();
+        if req.shards == 0 {
+            return Err(ApiError::invalid("shards", "give the number of shards (e.g. --shards 64)").into());
+        }
+        let replication = if req.replication == 0 { 3 } else { req.replication };
+        let st = self.shards.cluster_init(req.shards, replication).await.map_err(ApiError::from)?;
+        Ok(Response::new(v1::ClusterInitResponse {
+            cluster_id: st.cluster_id.clone(),
+            shard_count: st.shard_count(),
+            replication: st.replication,
+            nodes: st.members.values().map(|m| member_status(m)).collect(),
+        }))
+    }
+
+    async fn node_add(&self, request: Request<v1::NodeAddRequest>) -> Result<Response<v1::NodeAddResponse>, Status> {
+        let req = request.into_inner();
+        if req.node_id == 0 {
+            return Err(ApiError::invalid("node_id", "node ids start at 1").into());
+        }
+        if req.addr.is_empty() {
+            return Err(ApiError::invalid("addr", "give the node's cluster (node-to-node) address, host:port").into());
+        }
+        let m = self.shards.node_add(req.node_id, &req.addr).await.map_err(ApiError::from)?;
+        Ok(Response::new(v1::NodeAddResponse { node: Some(member_status(&m)) }))
+    }
+
+    async fn node_remove(&self, request: Request<v1::NodeRemoveRequest>) -> Result<Response<v1::NodeRemoveResponse>, Status> {
+        self.shards.node_remove(request.into_inner().node_id).await.map_err(ApiError::from)?;
+        Ok(Response::new(v1::NodeRemoveResponse {}))
+    }
+
+    async fn node_drain(&self, request: Request<v1::NodeDrainRequest>) -> Result<Response<v1::ShardMovesResponse>, Status> {
+        let moves = self.shards.node_drain(request.into_inner().node_id).await.map_err(ApiError::from)?;
+        Ok(Response::new(v1::ShardMovesResponse { moves: moves.iter().map(move_plan).collect(), queued: true }))
+    }
+
+    async fn shard_move(&self, request: Request<v1::ShardMoveRequest>) -> Result<Response<v1::ShardMovesResponse>, Status> {
+        let req = request.into_inner();
+        if req.to == 0 {
+            return Err(ApiError::invalid("to", "name the node to move the replica to").into());
+        }
+        let m = self.shards.shard_move(req.shard, (req.from != 0).then_some(req.from), req.to).await.map_err(ApiError::from)?;
+        Ok(Response::new(v1::ShardMovesResponse { moves: vec![move_plan(&m)], queued: true }))
+    }
+
+    async fn shard_transfer_leader(&self, request: Request<v1::ShardTransferLeaderRequest>) -> Result<Response<v1::ShardTransferLeaderResponse>, Status> {
+        let req = request.into_inner();
+        self.shards.shard_transfer_leader(req.shard, req.to).await.map_err(ApiError::from)?;
+        Ok(Response::new(v1::ShardTransferLeaderResponse {}))
+    }
+
+    async fn shard_rebalance(&self, request: Request<v1::ShardRebalanceRequest>) -> Result<Response<v1::ShardMovesResponse>, Status> {
+        let dry_run = request.into_inner().dry_run;
+        let moves = self.shards.rebalance(dry_run).await.map_err(ApiError::from)?;
+        Ok(Response::new(v1::ShardMovesResponse { moves: moves.iter().map(move_plan).collect(), queued: !dry_run && !moves.is_empty() }))
     }
 
     async fn list_shards(&self, _: Request<v1::ListShardsRequest>) -> Result<Response<v1::ListShardsResponse>, Status> {
@@ -525,7 +607,7 @@ impl v1::journeys_server::Journeys for Services {
     async fn stats(&self, request: Request<v1::JourneyStatsRequest>) -> Result<Response<v1::JourneyStatsResponse>, Status> {
         let id = request.into_inner().id;
         self.journey(&id)?;
-        let merged = self.shards.journey_stats(&id).map_err(ApiError::from)?;
+        let merged = self.shards.journey_stats(&id).await.map_err(ApiError::from)?;
         let total = |what: &str| -> (u64, f64) {
             merged.iter().filter(|((_, _, w), _)| w == what).fold((0, 0.0), |(c, s), (_, (c2, s2))| (c + c2, s + s2))
         };
@@ -643,14 +725,14 @@ impl v1::audiences_server::Audiences for Services {
             return Err(ApiError::invalid("source", format!("this cluster already has {} audiences, the most it evaluates", chorus_engine::audience::AUDIENCES_MAX)).into());
         }
         let (version, evaluated) = self.shards.publish_audience(&def).await.map_err(ApiError::from)?;
-        let (counts, _) = self.shards.audience_members(&def.id, 0).map_err(ApiError::from)?;
+        let (counts, _) = self.shards.audience_members(&def.id, 0).await.map_err(ApiError::from)?;
         Ok(Response::new(v1::ApplyAudienceResponse { id: def.id, version, evaluated, members: counts.iter().map(|(_, n)| n).sum() }))
     }
 
     async fn list(&self, _: Request<v1::ListAudiencesRequest>) -> Result<Response<v1::ListAudiencesResponse>, Status> {
         let mut audiences = Vec::new();
         for a in self.shards.audiences() {
-            let (counts, _) = self.shards.audience_members(&a.def.id, 0).map_err(ApiError::from)?;
+            let (counts, _) = self.shards.audience_members(&a.def.id, 0).await.map_err(ApiError::from)?;
             audiences.push(v1::AudienceSummary {
                 id: a.def.id.clone(),
                 version: a.version,
@@ -666,7 +748,7 @@ impl v1::audiences_server::Audiences for Services {
     async fn count(&self, request: Request<v1::AudienceCountRequest>) -> Result<Response<v1::AudienceCountResponse>, Status> {
         let id = request.into_inner().id;
         self.audience(&id)?;
-        let (counts, _) = self.shards.audience_members(&id, 0).map_err(ApiError::from)?;
+        let (counts, _) = self.shards.audience_members(&id, 0).await.map_err(ApiError::from)?;
         Ok(Response::new(v1::AudienceCountResponse {
             id,
             count: counts.iter().map(|(_, n)| n).sum(),
@@ -678,7 +760,7 @@ impl v1::audiences_server::Audiences for Services {
         let req = request.into_inner();
         self.audience(&req.id)?;
         let limit = if req.limit == 0 { 10 } else { req.limit.min(1000) } as usize;
-        let (counts, ids) = self.shards.audience_members(&req.id, limit).map_err(ApiError::from)?;
+        let (counts, ids) = self.shards.audience_members(&req.id, limit).await.map_err(ApiError::from)?;
         let mut members = Vec::with_capacity(ids.len());
         for id in ids {
             if let Some(state) = self.shards.customer(id).await.map_err(ApiError::from)? {
@@ -808,4 +890,23 @@ impl v1::content_server::Content for Services {
         let id = self.resolve_ref(req.profile).await?;
         Ok(Response::new(content(&self.shards, id, &req.placement).await?))
     }
+}
+
+fn member_status(m: &chorus_placement::Member) -> v1::NodeStatus {
+    v1::NodeStatus { node_id: m.id, grpc_addr: m.grpc_addr.clone(), http_addr: m.http_addr.clone(), cluster_addr: m.addr.clone(), draining: m.draining, ..Default::default() }
+}
+
+fn node_status(n: &chorus_shard::cluster::NodeStatus) -> v1::NodeStatus {
+    let mut s = n.member.as_ref().map(member_status).unwrap_or_default();
+    s.node_id = n.node;
+    s.version = n.version.clone();
+    s.healthy = n.healthy;
+    s.shards_led = n.shards_led;
+    s.shards_followed = n.shards_followed;
+    s.lag_max = n.lag_max;
+    s
+}
+
+fn move_plan(m: &chorus_placement::Move) -> v1::ShardMovePlan {
+    v1::ShardMovePlan { shard: m.shard, from: m.from, to: m.to }
 }

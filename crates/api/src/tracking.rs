@@ -46,9 +46,9 @@ fn unavailable(e: impl std::fmt::Display) -> Response {
 }
 
 /// The record behind a token, if the token is genuine.
-fn record(st: &TrackState, token: &str) -> Result<Option<TrackRecord>, Response> {
+async fn record(st: &TrackState, token: &str) -> Result<Option<TrackRecord>, Response> {
     let Some((shard, id)) = verify(token, &st.config.tracking.secret) else { return Ok(None) };
-    st.shards.track_record(shard, id).map_err(unavailable)
+    st.shards.track_record(shard, id).await.map_err(unavailable)
 }
 
 /// Ingest `name` for the record's customer (routed by their strongest identity).
@@ -75,7 +75,7 @@ fn props(rec: &TrackRecord) -> Value {
 
 async fn open(State(st): State<TrackState>, Path(pixel): Path<String>) -> Response {
     let token = pixel.strip_suffix(".gif").unwrap_or(&pixel);
-    let rec = match record(&st, token) {
+    let rec = match record(&st, token).await {
         Ok(Some(r)) => r,
         Ok(None) => return not_found("tracking"),
         Err(r) => return r,
@@ -88,7 +88,7 @@ async fn open(State(st): State<TrackState>, Path(pixel): Path<String>) -> Respon
 }
 
 async fn click(State(st): State<TrackState>, Path((token, index)): Path<(String, usize)>) -> Response {
-    let rec = match record(&st, &token) {
+    let rec = match record(&st, &token).await {
         Ok(Some(r)) => r,
         Ok(None) => return not_found("tracking"),
         Err(r) => return r,
@@ -107,7 +107,7 @@ async fn click(State(st): State<TrackState>, Path((token, index)): Path<(String,
 /// GET only shows the page: mail scanners follow links, so nothing changes until the
 /// customer presses the button (or their mail client POSTs the one-click request).
 async fn unsubscribe_page(State(st): State<TrackState>, Path(token): Path<String>) -> Response {
-    match record(&st, &token) {
+    match record(&st, &token).await {
         Ok(Some(rec)) => Html(format!(
             "<!doctype html><html><head><meta charset=\"utf-8\"><title>Unsubscribe</title></head><body>\
              <h1>Unsubscribe</h1><p>Stop receiving marketing {} from us?</p>\
@@ -121,7 +121,7 @@ async fn unsubscribe_page(State(st): State<TrackState>, Path(token): Path<String
 }
 
 async fn unsubscribe(State(st): State<TrackState>, Path(token): Path<String>, ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap, body: Bytes) -> Response {
-    let rec = match record(&st, &token) {
+    let rec = match record(&st, &token).await {
         Ok(Some(r)) => r,
         Ok(None) => return not_found("unsubscribe"),
         Err(r) => return r,

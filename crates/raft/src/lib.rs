@@ -186,12 +186,12 @@ impl Group {
         self.raft.add_learner(node, openraft::BasicNode::new(addr), true).await.map(|_| ()).map_err(|e| self.map_write_error(e))
     }
 
-    /// Make `voters` the group's voters (each must be a member already); members that
-    /// are not in `voters` are removed from the group.
-    pub async fn set_voters(&self, voters: &[NodeId]) -> Result<(), RaftError> {
+    /// Make `voters` the group's voters (each must be a member already); other members
+    /// stay as learners when `keep_others`, else they leave the group.
+    pub async fn set_voters(&self, voters: &[NodeId], keep_others: bool) -> Result<(), RaftError> {
         let set: std::collections::BTreeSet<NodeId> = voters.iter().copied().collect();
         self.raft
-            .change_membership(openraft::ChangeMembers::ReplaceAllVoters(set), false)
+            .change_membership(openraft::ChangeMembers::ReplaceAllVoters(set), keep_others)
             .await
             .map(|_| ())
             .map_err(|e| self.map_write_error(e))
@@ -344,8 +344,14 @@ impl Group {
         }
     }
 
+    /// Whether this node leads the group (cheap: no copy of the metrics).
     pub fn is_leader(&self) -> bool {
-        self.status().is_leader
+        self.raft.metrics().borrow_watched().current_leader == Some(self.node)
+    }
+
+    /// The leader this replica knows of (cheap).
+    pub fn leader(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow_watched().current_leader
     }
 
     pub async fn shutdown(&self) -> Result<(), RaftError> {

@@ -216,7 +216,7 @@ async fn three_replicas_replicate_fail_over_and_catch_up_a_new_member_by_snapsho
     tracing::info!("--- the learner replaces the stopped voter");
     let mut voters: Vec<NodeId> = nodes.iter().filter(|n| n.group.is_some()).map(|n| n.id).collect();
     voters.sort();
-    leader.set_voters(&voters).await.unwrap();
+    leader.set_voters(&voters, false).await.unwrap();
     assert_eq!(leader.status().voters, voters);
     let (i, _) = leader.propose(cmd(1)).await.unwrap();
     g4.wait_applied(i, Duration::from_secs(10)).await.unwrap();

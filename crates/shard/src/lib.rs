@@ -6,6 +6,7 @@
 //! entry point. Decisions come from `chorus-engine`; this crate only moves data.
 
 pub mod apply;
+pub mod cluster;
 pub mod clock;
 pub mod customer;
 pub mod keys;
@@ -18,6 +19,7 @@ pub use clock::{Clock, ClockError, ClockMode};
 pub use node::{ShardStatusInfo, Shards};
 
 use chorus_engine::EngineConfig;
+use chorus_types::NodeId;
 
 /// Tunables of every shard on a node; each bound is named `*_max`.
 #[derive(Clone, Debug)]
@@ -119,6 +121,15 @@ pub enum ShardError {
     Corrupt(String),
     #[error(transparent)]
     Clock(#[from] ClockError),
+    #[error("the cluster is not initialized yet: run `chorusctl cluster init` against any node")]
+    NotInitialized,
+    #[error("node {node} holds no shard replica yet, so it cannot answer catalog reads; ask another node")]
+    NoReplica { node: NodeId },
+    #[error("node {node} failed the request: {detail}")]
+    Remote { node: NodeId, detail: String },
+    /// A cluster change refused (already initialized, unknown node, ...).
+    #[error("{0}")]
+    Cluster(String),
 }
 
 impl ShardError {

@@ -1,26 +1,55 @@
-//! All shards hosted by one node: opening them (one raft group each), routing ingest
-//! by strongest identity, reads, background loops (cross-shard delivery, passivation)
-//! and orderly shutdown. The API layer talks to this type only.
+//! All shards hosted by one node: opening them (one raft group each), routing every
+//! request to its shard's leader (locally, or forwarded over the node-to-node transport
+//! when another node leads it), reads, background loops (cross-shard delivery, timers,
+//! dispatch, passivation) and orderly shutdown. The API layer talks to this type only.
 
 use crate::apply::ShardApp;
+use crate::cluster::{ClusterState, Fail, NodeReply, NodeRequest, ShardRead, ShardReadReply};
 use crate::proposer::Proposer;
 use crate::{Clock, ShardConfig, ShardError, state};
 use chorus_engine::CustomerState;
-use chorus_raft::{Group, GroupTuning};
+use chorus_raft::{Group, GroupTuning, Transport};
 use chorus_store::Store;
 use chorus_connectors::Connectors;
 use chorus_types::{CrossShardMessage, CustomerId, DispatchOutcome, Event, EventOutcome, Identity, NodeId, SendOutcome, SendRequest, ShardCommand, ShardId, ShardOp, ShardResult};
-use std::collections::HashSet;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::sync::watch;
 
-struct Hosted {
-    id: ShardId,
-    app: Arc<ShardApp>,
-    group: Group,
-    proposer: Proposer,
+/// How long a request waits for its shard to have a leader (an election) before it
+/// fails with a retryable error.
+pub const ROUTE_WAIT_MS_MAX: u64 = 5_000;
+/// Most node-to-node hops a forwarded request may take (a stale leader hint costs one).
+pub const FORWARD_HOPS_MAX: u8 = 2;
+
+pub(crate) struct Hosted {
+    pub(crate) id: ShardId,
+    pub(crate) app: Arc<ShardApp>,
+    pub(crate) group: Group,
+    pub(crate) proposer: Proposer,
+    stop: watch::Sender<bool>,
+    tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl Hosted {
+    async fn close(&self) {
+        let _ = self.stop.send(true);
+        if let Err(e) = self.group.shutdown().await {
+            tracing::warn!(shard = self.id, error = %e, "raft shutdown");
+        }
+        self.app.registry.stop_all();
+        for t in std::mem::take(&mut *self.tasks.lock().expect("tasks lock")) {
+            t.abort();
+        }
+    }
+}
+
+/// Where a shard's requests go now.
+pub(crate) enum Target {
+    Local(Arc<Hosted>),
+    Remote(NodeId),
 }
 
 /// Status of one shard for operators.
@@ -46,21 +75,28 @@ pub struct ShardStatusInfo {
     pub held_inputs: u64,
 }
 
-struct Inner {
-    node: NodeId,
-    store: Store,
-    clock: Arc<Clock>,
-    config: Arc<ShardConfig>,
-    shards: Vec<Hosted>,
+pub(crate) struct Inner {
+    pub(crate) node: NodeId,
+    pub(crate) store: Store,
+    pub(crate) clock: Arc<Clock>,
+    base_config: ShardConfig,
+    /// The shard configuration in force (its shard count fixed when the data directory
+    /// or the cluster was created); unset until a cluster node learns it.
+    config: OnceLock<Arc<ShardConfig>>,
+    pub(crate) tuning: GroupTuning,
+    hosted: RwLock<BTreeMap<ShardId, Arc<Hosted>>>,
     connectors: Connectors,
-    shutdown: watch::Sender<bool>,
-    tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    pub(crate) transport: Transport,
+    pub(crate) cluster: Option<ClusterState>,
+    leader_hints: RwLock<HashMap<ShardId, NodeId>>,
+    pub(crate) shutdown: watch::Sender<bool>,
+    pub(crate) tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 /// The node's shards. Cheap to clone.
 #[derive(Clone)]
 pub struct Shards {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 const SHARD_COUNT_KEY: &[u8] = b"shard_count";
@@ -97,55 +133,139 @@ impl Shards {
                 store.sync().map_err(|e| ShardError::Store(e.to_string()))?;
             }
         }
-        let config = Arc::new(config);
-        let mut shards = Vec::with_capacity(config.shard_count as usize);
-        let mut tasks = Vec::new();
-        for id in 0..config.shard_count {
-            let app = ShardApp::open(id, store.clone(), config.clone()).await.map_err(ShardError::Store)?;
-            let group = Group::start(id, node, store.clone(), app.clone(), &tuning, &chorus_raft::Transport::new(node, None)).await?;
-            group.initialize_single(addr).await?;
-            let (proposer, task) = Proposer::spawn(group.clone(), clock.clone(), config.clone());
-            tasks.push(task);
-            shards.push(Hosted { id, app, group, proposer });
+        let me = Shards::new_inner(node, store, clock, config.clone(), tuning, connectors, Transport::new(node, None), None);
+        me.set_config(config.shard_count);
+        let members = vec![(node, addr.to_string())];
+        for id in 0..me.config().shard_count {
+            me.host_shard(id, Some(&members)).await?;
         }
-        for h in &shards {
+        for h in me.hosted_all() {
             h.group.wait_leader(Duration::from_secs(30)).await?;
         }
-        let (shutdown, _) = watch::channel(false);
-        let me = Shards { inner: Arc::new(Inner { node, store, clock, config, shards, connectors, shutdown, tasks: std::sync::Mutex::new(tasks) }) };
         me.spawn_background();
-        tracing::info!(node, shards = me.inner.config.shard_count, "shards open and led by this node");
+        tracing::info!(node, shards = me.shard_count(), "shards open and led by this node");
         Ok(me)
     }
 
-    fn spawn_background(&self) {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new_inner(
+        node: NodeId,
+        store: Store,
+        clock: Arc<Clock>,
+        base_config: ShardConfig,
+        tuning: GroupTuning,
+        connectors: Connectors,
+        transport: Transport,
+        cluster: Option<ClusterState>,
+    ) -> Shards {
+        let (shutdown, _) = watch::channel(false);
+        Shards {
+            inner: Arc::new(Inner {
+                node,
+                store,
+                clock,
+                base_config,
+                config: OnceLock::new(),
+                tuning,
+                hosted: RwLock::default(),
+                connectors,
+                transport,
+                cluster,
+                leader_hints: RwLock::default(),
+                shutdown,
+                tasks: std::sync::Mutex::new(Vec::new()),
+            }),
+        }
+    }
+
+    /// Fix the shard count (once: single node at open, cluster node at init).
+    pub(crate) fn set_config(&self, shard_count: u32) {
+        let mut c = self.inner.base_config.clone();
+        c.shard_count = shard_count;
+        let _ = self.inner.config.set(Arc::new(c));
+    }
+
+    pub(crate) fn is_configured(&self) -> bool {
+        self.inner.config.get().is_some()
+    }
+
+    /// Open shard `id` on this node (a replica of its group) and start its loops.
+    /// `initialize` makes a fresh group with those voters (every initial replica passes
+    /// the same list); a replica joining later passes `None` and is added by the leader.
+    pub(crate) async fn host_shard(&self, id: ShardId, initialize: Option<&[(NodeId, String)]>) -> Result<Arc<Hosted>, ShardError> {
+        if let Some(h) = self.hosted(id) {
+            return Ok(h);
+        }
+        let config = self.inner.config.get().cloned().ok_or(ShardError::NotInitialized)?;
+        let app = ShardApp::open(id, self.inner.store.clone(), config.clone()).await.map_err(ShardError::Store)?;
+        let group = Group::start(id, self.inner.node, self.inner.store.clone(), app.clone(), &self.inner.tuning, &self.inner.transport).await?;
+        if let Some(members) = initialize {
+            group.initialize(members).await?;
+        }
+        let (proposer, task) = Proposer::spawn(group.clone(), self.inner.clock.clone(), config);
+        let (stop, _) = watch::channel(false);
+        let h = Arc::new(Hosted { id, app, group, proposer, stop, tasks: std::sync::Mutex::new(vec![task]) });
+        self.inner.hosted.write().expect("hosted lock").insert(id, h.clone());
         let mut tasks = Vec::new();
-        for i in 0..self.inner.shards.len() {
-            let me = self.clone();
-            let rx = self.inner.shutdown.subscribe();
-            tasks.push(tokio::spawn(async move { me.cross_shard_pump(i, rx).await }));
+        let (me, hh, rx) = (self.clone(), h.clone(), h.stop.subscribe());
+        tasks.push(tokio::spawn(async move { me.cross_shard_pump(&hh, rx).await }));
+        let (me, hh, rx) = (self.clone(), h.clone(), h.stop.subscribe());
+        tasks.push(tokio::spawn(async move { me.ticker(&hh, rx).await }));
+        let (me, hh, rx) = (self.clone(), h.clone(), h.stop.subscribe());
+        tasks.push(tokio::spawn(async move { me.dispatcher(&hh, rx).await }));
+        h.tasks.lock().expect("tasks lock").extend(tasks);
+        tracing::info!(shard = id, node = self.inner.node, "hosting a replica");
+        Ok(h)
+    }
+
+    /// Stop hosting shard `id`; with `delete`, drop its state and log from the store
+    /// (the node no longer holds a replica).
+    pub(crate) async fn unhost_shard(&self, id: ShardId, delete: bool) -> Result<(), ShardError> {
+        let h = self.inner.hosted.write().expect("hosted lock").remove(&id);
+        if let Some(h) = h {
+            h.close().await;
         }
-        for i in 0..self.inner.shards.len() {
-            let me = self.clone();
-            let rx = self.inner.shutdown.subscribe();
-            tasks.push(tokio::spawn(async move { me.ticker(i, rx).await }));
-            let me = self.clone();
-            let rx = self.inner.shutdown.subscribe();
-            tasks.push(tokio::spawn(async move { me.dispatcher(i, rx).await }));
+        if delete {
+            let store = &self.inner.store;
+            let mut batch = store.batch();
+            for ks in [store.shard(), store.raft_log(), store.raft_meta()] {
+                for kv in ks.prefix(id.to_be_bytes()) {
+                    batch.remove(ks, kv.key().map_err(|e| ShardError::Store(e.to_string()))?);
+                }
+            }
+            batch.commit().map_err(|e| ShardError::Store(e.to_string()))?;
+            tracing::info!(shard = id, "replica removed and its data deleted");
         }
+        Ok(())
+    }
+
+    pub(crate) fn hosted(&self, shard: ShardId) -> Option<Arc<Hosted>> {
+        self.inner.hosted.read().expect("hosted lock").get(&shard).cloned()
+    }
+
+    pub(crate) fn hosted_all(&self) -> Vec<Arc<Hosted>> {
+        self.inner.hosted.read().expect("hosted lock").values().cloned().collect()
+    }
+
+    pub(crate) fn hosted_ids(&self) -> Vec<ShardId> {
+        self.inner.hosted.read().expect("hosted lock").keys().copied().collect()
+    }
+
+    pub(crate) fn spawn_background(&self) {
+        let mut tasks = Vec::new();
         let me = self.clone();
         let rx = self.inner.shutdown.subscribe();
         tasks.push(tokio::spawn(async move { me.scheduler(rx).await }));
         let me = self.clone();
         let mut rx = self.inner.shutdown.subscribe();
         tasks.push(tokio::spawn(async move {
-            let period = Duration::from_millis((me.inner.config.actor_idle_ms / 4).clamp(50, 5_000));
+            let period = Duration::from_millis((me.inner.base_config.actor_idle_ms / 4).clamp(50, 5_000));
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep(period) => {}
                     _ = rx.changed() => return,
                 }
-                for h in &me.inner.shards {
+                for h in me.hosted_all() {
                     h.app.passivate().await;
                 }
             }
@@ -162,7 +282,8 @@ impl Shards {
                 _ = tokio::time::sleep(Duration::from_millis(200)) => {}
                 _ = shutdown.changed() => return,
             }
-            let Some(h) = self.inner.shards.first() else { return };
+            // Shard 0's leader runs the schedules for the whole cluster.
+            let Some(h) = self.hosted(0) else { continue };
             if !h.group.is_leader() {
                 continue;
             }
@@ -192,8 +313,7 @@ impl Shards {
 
     /// Propose a tick whenever shard `i`'s earliest timer is due (by the node clock,
     /// so a manual clock fires timers as soon as it is advanced).
-    async fn ticker(&self, i: usize, mut shutdown: watch::Receiver<bool>) {
-        let h = &self.inner.shards[i];
+    async fn ticker(&self, h: &Hosted, mut shutdown: watch::Receiver<bool>) {
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(50)) => {}
@@ -214,10 +334,9 @@ impl Shards {
     /// Hand shard `i`'s outbox intents to the connectors and record each outcome as a
     /// log entry. After a restart or failover the outbox is re-driven with the same
     /// idempotency keys, so a provider that honours them sends once.
-    async fn dispatcher(&self, i: usize, mut shutdown: watch::Receiver<bool>) {
-        let h = &self.inner.shards[i];
+    async fn dispatcher(&self, h: &Hosted, mut shutdown: watch::Receiver<bool>) {
         let in_flight: Arc<std::sync::Mutex<HashSet<String>>> = Arc::default();
-        let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<DispatchOutcome>(self.inner.config.dispatch_in_flight_max.max(1));
+        let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<DispatchOutcome>(self.inner.base_config.dispatch_in_flight_max.max(1));
         loop {
             tokio::select! {
                 _ = h.app.intent_notify.notified() => {}
@@ -247,7 +366,7 @@ impl Shards {
             if !h.group.is_leader() || h.app.stats.pending_intents.load(Ordering::Relaxed) == 0 {
                 continue;
             }
-            let room = self.inner.config.dispatch_in_flight_max.saturating_sub(in_flight.lock().expect("in-flight lock").len());
+            let room = self.inner.base_config.dispatch_in_flight_max.saturating_sub(in_flight.lock().expect("in-flight lock").len());
             if room == 0 {
                 continue;
             }
@@ -293,15 +412,8 @@ impl Shards {
         let mut out: Vec<Option<Result<SendOutcome, ShardError>>> = (0..n).map(|_| None).collect();
         let mut futs = Vec::new();
         for (shard, (idx, reqs)) in per_shard {
-            let hosted = self.hosted(shard);
             let now = self.inner.clock.now_ms();
-            futs.push(async move {
-                let r = match hosted {
-                    Ok(h) => h.group.propose(ShardCommand { now_ms: now, op: ShardOp::Send { requests: reqs } }).await.map_err(ShardError::from),
-                    Err(e) => Err(e),
-                };
-                (idx, r)
-            });
+            futs.push(async move { (idx, self.propose_to(shard, ShardCommand { now_ms: now, op: ShardOp::Send { requests: reqs } }).await) });
         }
         for (idx, r) in futures::future::join_all(futs).await {
             match r {
@@ -331,7 +443,7 @@ impl Shards {
     /// the new one.
     async fn propose_catalog(&self, change: chorus_types::CatalogChange) -> Result<(), ShardError> {
         let now = self.inner.clock.now_ms();
-        let proposals = self.inner.shards.iter().map(|h| h.group.propose(ShardCommand { now_ms: now, op: ShardOp::Catalog { change: change.clone() } }));
+        let proposals = (0..self.shard_count()).map(|s| self.propose_to(s, ShardCommand { now_ms: now, op: ShardOp::Catalog { change: change.clone() } }));
         for r in futures::future::join_all(proposals).await {
             r?;
         }
@@ -369,16 +481,14 @@ impl Shards {
         let version = self.audiences().iter().find(|a| a.def.id == def.id).map(|a| a.version + 1).unwrap_or(1);
         self.propose_catalog(chorus_types::CatalogChange::PutAudience { id: def.id.clone(), version, def: chorus_types::encoding::encode(def) }).await?;
         const BATCH: usize = 512;
-        let backfills = self.inner.shards.iter().map(|h| async move {
-            let mut ids = Vec::new();
-            for kv in self.inner.store.shard().prefix(crate::keys::customer_prefix(h.id)) {
-                let k = kv.key().map_err(|e| ShardError::Store(e.to_string()))?;
-                ids.extend(crate::keys::trailing_customer(&k));
-            }
+        let backfills = (0..self.shard_count()).map(|shard| async move {
+            let ShardReadReply::CustomerIds(ids) = self.read(shard, ShardRead::CustomerIds, true).await? else {
+                return Err(ShardError::Corrupt("unexpected read reply".into()));
+            };
             let n = ids.len() as u64;
             for chunk in ids.chunks(BATCH) {
                 let cmd = ShardCommand { now_ms: self.inner.clock.now_ms(), op: ShardOp::Evaluate { customers: chunk.to_vec() } };
-                h.group.propose(cmd).await?;
+                self.propose_to(shard, cmd).await?;
             }
             Ok::<u64, ShardError>(n)
         });
@@ -398,19 +508,35 @@ impl Shards {
 
     /// Templates in the catalog: (id, version, file, source).
     pub fn templates(&self) -> Result<Vec<(String, u32, String, String)>, ShardError> {
-        crate::apply::list_templates(&self.inner.store, 0).map_err(ShardError::Store)
+        crate::apply::list_templates(&self.inner.store, self.catalog_shard()?).map_err(ShardError::Store)
+    }
+
+    /// A shard replica on this node whose catalog answers catalog reads (every shard
+    /// holds the whole catalog).
+    fn catalog_shard(&self) -> Result<ShardId, ShardError> {
+        match self.hosted(0) {
+            Some(_) => Ok(0),
+            None => self.hosted_ids().first().copied().ok_or(ShardError::NoReplica { node: self.inner.node }),
+        }
+    }
+
+    fn catalog_app(&self) -> Option<Arc<ShardApp>> {
+        self.catalog_shard().ok().and_then(|s| self.hosted(s)).map(|h| h.app.clone())
     }
 
     /// A parsed template of the catalog.
     pub fn template(&self, id: &str) -> Option<Arc<chorus_templates::Template>> {
-        self.inner.shards.first().and_then(|h| h.app.catalog().templates.get(id).cloned())
+        self.catalog_app().and_then(|a| a.catalog().templates.get(id).cloned())
     }
 
     /// Dead letters across every shard (most `limit` per shard).
-    pub fn dead_letters(&self, limit: usize) -> Result<Vec<crate::apply::DeadLetter>, ShardError> {
+    pub async fn dead_letters(&self, limit: usize) -> Result<Vec<crate::apply::DeadLetter>, ShardError> {
         let mut out = Vec::new();
-        for h in &self.inner.shards {
-            out.extend(crate::apply::read_dead_letters(&self.inner.store, h.id, limit).map_err(ShardError::Store)?);
+        for shard in 0..self.shard_count() {
+            let ShardReadReply::DeadLetters(d) = self.read(shard, ShardRead::DeadLetters { limit }, false).await? else {
+                return Err(ShardError::Corrupt("unexpected read reply".into()));
+            };
+            out.extend(d);
         }
         out.sort_by_key(|d| d.at_ms);
         Ok(out)
@@ -424,8 +550,7 @@ impl Shards {
         }
         let mut n = 0;
         for (shard, keys) in per_shard {
-            let h = self.hosted(shard)?;
-            if let (_, chorus_types::ShardResult::Count(c)) = h.group.propose(ShardCommand { now_ms: self.inner.clock.now_ms(), op: ShardOp::Redrive { keys } }).await? {
+            if let (_, chorus_types::ShardResult::Count(c)) = self.propose_to(shard, ShardCommand { now_ms: self.inner.clock.now_ms(), op: ShardOp::Redrive { keys } }).await? {
                 n += c;
             }
         }
@@ -433,26 +558,32 @@ impl Shards {
     }
 
     /// The engagement-tracking record `id` of `shard`.
-    pub fn track_record(&self, shard: ShardId, id: u64) -> Result<Option<chorus_engine::render::TrackRecord>, ShardError> {
-        if shard >= self.inner.config.shard_count {
+    pub async fn track_record(&self, shard: ShardId, id: u64) -> Result<Option<chorus_engine::render::TrackRecord>, ShardError> {
+        if shard >= self.shard_count() {
             return Ok(None);
         }
-        crate::apply::read_track(&self.inner.store, shard, id).map_err(ShardError::Store)
+        match self.read(shard, ShardRead::Track { id }, false).await? {
+            ShardReadReply::Track(t) => Ok(t),
+            _ => Err(ShardError::Corrupt("unexpected read reply".into())),
+        }
     }
 
     /// The audiences in the catalog, in evaluation order.
     pub fn audiences(&self) -> Vec<Arc<chorus_engine::audience::CompiledAudience>> {
-        self.inner.shards.first().map(|h| h.app.catalog().audiences.clone()).unwrap_or_default()
+        self.catalog_app().map(|a| a.catalog().audiences.clone()).unwrap_or_default()
     }
 
     /// How many customers are in `audience` now, per shard, and a sample of up to
     /// `sample` members (scatter-gather over every shard's member index).
-    pub fn audience_members(&self, audience: &str, sample: usize) -> Result<(Vec<(ShardId, u64)>, Vec<CustomerId>), ShardError> {
+    pub async fn audience_members(&self, audience: &str, sample: usize) -> Result<(Vec<(ShardId, u64)>, Vec<CustomerId>), ShardError> {
         let mut counts = Vec::new();
         let mut members = Vec::new();
-        for h in &self.inner.shards {
-            let (n, first) = crate::apply::audience_members(&self.inner.store, h.id, audience, sample.saturating_sub(members.len())).map_err(ShardError::Store)?;
-            counts.push((h.id, n));
+        for shard in 0..self.shard_count() {
+            let read = ShardRead::AudienceMembers { audience: audience.to_string(), sample: sample.saturating_sub(members.len()) };
+            let ShardReadReply::AudienceMembers(n, first) = self.read(shard, read, false).await? else {
+                return Err(ShardError::Corrupt("unexpected read reply".into()));
+            };
+            counts.push((shard, n));
             members.extend(first);
         }
         Ok((counts, members))
@@ -465,14 +596,17 @@ impl Shards {
 
     /// The cluster settings in force.
     pub fn settings(&self) -> Result<chorus_engine::guard::Settings, ShardError> {
-        crate::apply::read_settings(&self.inner.store, 0).map_err(ShardError::Store)
+        crate::apply::read_settings(&self.inner.store, self.catalog_shard()?).map_err(ShardError::Store)
     }
 
     /// A journey's counters merged across every shard: (version, step, what) → (count, sum).
-    pub fn journey_stats(&self, journey: &str) -> Result<std::collections::BTreeMap<(u32, String, String), (u64, f64)>, ShardError> {
+    pub async fn journey_stats(&self, journey: &str) -> Result<std::collections::BTreeMap<(u32, String, String), (u64, f64)>, ShardError> {
         let mut out: std::collections::BTreeMap<(u32, String, String), (u64, f64)> = Default::default();
-        for h in &self.inner.shards {
-            for (k, (c, s)) in crate::apply::read_stats(&self.inner.store, h.id, journey).map_err(ShardError::Store)? {
+        for shard in 0..self.shard_count() {
+            let ShardReadReply::JourneyStats(stats) = self.read(shard, ShardRead::JourneyStats { journey: journey.to_string() }, false).await? else {
+                return Err(ShardError::Corrupt("unexpected read reply".into()));
+            };
+            for (k, (c, s)) in stats {
                 let e = out.entry(k).or_insert((0, 0.0));
                 e.0 += c;
                 e.1 += s;
@@ -483,7 +617,7 @@ impl Shards {
 
     /// The journeys in the catalog.
     pub fn journeys(&self) -> Result<Vec<crate::apply::JourneyInfo>, ShardError> {
-        crate::apply::list_journeys(&self.inner.store, 0).map_err(ShardError::Store)
+        crate::apply::list_journeys(&self.inner.store, self.catalog_shard()?).map_err(ShardError::Store)
     }
 
     pub fn store(&self) -> &Store {
@@ -493,8 +627,7 @@ impl Shards {
     /// Deliver shard `i`'s outgoing cross-shard messages to their target shards, then
     /// tell the source they were delivered. Redelivery after a crash is harmless: the
     /// target applies each (source, seq) once.
-    async fn cross_shard_pump(&self, i: usize, mut shutdown: watch::Receiver<bool>) {
-        let h = &self.inner.shards[i];
+    async fn cross_shard_pump(&self, h: &Hosted, mut shutdown: watch::Receiver<bool>) {
         loop {
             let pending = h.app.stats.pending_cross_shard.load(Ordering::Relaxed);
             if pending == 0 {
@@ -526,11 +659,12 @@ impl Shards {
     }
 
     async fn deliver_once(&self, h: &Hosted) -> Result<usize, ShardError> {
+        let _ = &h.app;
         let prefix = crate::keys::xout_prefix(h.id);
         let mut by_target: Vec<(ShardId, Vec<(u64, CrossShardMessage)>)> = Vec::new();
         let mut total = 0;
         for kv in self.inner.store.shard().prefix(&prefix) {
-            if total >= self.inner.config.cross_shard_batch_max {
+            if total >= self.inner.base_config.cross_shard_batch_max {
                 break;
             }
             let (k, v) = kv.into_inner().map_err(|e| ShardError::Store(e.to_string()))?;
@@ -551,9 +685,8 @@ impl Shards {
         let mut sends = Vec::with_capacity(by_target.len());
         for (target, messages) in by_target {
             let upto = messages.last().map(|(s, _)| *s).unwrap_or(0);
-            let t = self.hosted(target)?;
             delivered.push((target, upto));
-            sends.push(t.group.propose(ShardCommand { now_ms: now, op: ShardOp::CrossShard { source_shard: h.id, messages } }));
+            sends.push(self.propose_to(target, ShardCommand { now_ms: now, op: ShardOp::CrossShard { source_shard: h.id, messages } }));
         }
         let results = futures::future::join_all(sends).await;
         let mut acks = Vec::with_capacity(delivered.len());
@@ -578,28 +711,28 @@ impl Shards {
         Ok(total)
     }
 
-    fn hosted(&self, shard: ShardId) -> Result<&Hosted, ShardError> {
-        self.inner.shards.get(shard as usize).ok_or(ShardError::Unavailable { shard })
-    }
-
     pub fn node_id(&self) -> NodeId {
         self.inner.node
     }
+    /// The number of shards (0 on a cluster node before `cluster init`).
     pub fn shard_count(&self) -> u32 {
-        self.inner.config.shard_count
+        self.inner.config.get().map(|c| c.shard_count).unwrap_or(0)
     }
     pub fn clock(&self) -> &Arc<Clock> {
         &self.inner.clock
     }
     pub fn config(&self) -> &ShardConfig {
-        &self.inner.config
+        self.inner.config.get().map(|c| &**c).unwrap_or(&self.inner.base_config)
     }
 
     /// Ingest validated events: each is routed to the shard of its strongest identity;
     /// shards are proposed to concurrently. One result per event, in order.
     pub async fn ingest(&self, events: Vec<Event>) -> Vec<Result<EventOutcome, ShardError>> {
         let n = events.len();
-        let count = self.inner.config.shard_count;
+        let count = self.shard_count();
+        if count == 0 {
+            return (0..n).map(|_| Err(ShardError::NotInitialized)).collect();
+        }
         let mut per_shard: Vec<(Vec<usize>, Vec<Event>)> = (0..count).map(|_| (Vec::new(), Vec::new())).collect();
         for (i, e) in events.into_iter().enumerate() {
             let s = chorus_types::routing::shard_of(e.strongest_identity(), count) as usize;
@@ -611,8 +744,7 @@ impl Shards {
             if evs.is_empty() {
                 continue;
             }
-            let proposer = self.inner.shards[s].proposer.clone();
-            futs.push(async move { (idx, proposer.submit(evs).await) });
+            futs.push(async move { (idx, self.ingest_shard(s as ShardId, evs, FORWARD_HOPS_MAX).await) });
         }
         let mut out: Vec<Option<Result<EventOutcome, ShardError>>> = (0..n).map(|_| None).collect();
         for (idx, result) in futures::future::join_all(futs).await {
@@ -634,17 +766,29 @@ impl Shards {
         out.into_iter().map(|o| o.unwrap_or(Err(ShardError::ShuttingDown))).collect()
     }
 
-    /// The customer an identity points to, if any (following merges).
+    /// The customer an identity points to, if any (following merges); read where the
+    /// identity's shard is led, so a write acknowledged anywhere is seen.
     pub async fn find(&self, identity: &Identity) -> Result<Option<CustomerId>, ShardError> {
-        let shard = chorus_types::routing::shard_of(identity, self.inner.config.shard_count);
-        let found = state::read_index(&self.inner.store, shard, identity).map_err(ShardError::Store)?;
-        Ok(found)
+        let count = self.shard_count();
+        if count == 0 {
+            return Err(ShardError::NotInitialized);
+        }
+        let shard = chorus_types::routing::shard_of(identity, count);
+        match self.read(shard, ShardRead::Find { identity: identity.clone() }, true).await? {
+            ShardReadReply::Find(c) => Ok(c),
+            _ => Err(ShardError::Corrupt("unexpected read reply".into())),
+        }
     }
 
     /// A customer's state by id (a tombstone if it was merged away).
     pub async fn customer(&self, id: CustomerId) -> Result<Option<CustomerState>, ShardError> {
-        let h = self.hosted(id.home_shard())?;
-        h.app.read_customer(id).await.map_err(ShardError::Store)
+        if id.home_shard() >= self.shard_count() {
+            return Ok(None);
+        }
+        match self.read(id.home_shard(), ShardRead::Customer { id }, true).await? {
+            ShardReadReply::Customer(c) => Ok(c),
+            _ => Err(ShardError::Corrupt("unexpected read reply".into())),
+        }
     }
 
     /// Follow `merged_into` links to the surviving profile; the flag says whether
@@ -663,9 +807,9 @@ impl Shards {
         Err(ShardError::Corrupt(format!("merge chain of {id} is longer than 16")))
     }
 
+    /// The shards this node holds a replica of.
     pub fn status(&self) -> Vec<ShardStatusInfo> {
-        self.inner
-            .shards
+        self.hosted_all()
             .iter()
             .map(|h| {
                 let g = h.group.status();
@@ -695,11 +839,13 @@ impl Shards {
     pub async fn shutdown(&self) {
         let _ = self.inner.shutdown.send(true);
         let tasks: Vec<_> = std::mem::take(&mut *self.inner.tasks.lock().expect("tasks lock"));
-        for h in &self.inner.shards {
-            if let Err(e) = h.group.shutdown().await {
-                tracing::warn!(shard = h.id, error = %e, "raft shutdown");
+        for h in self.hosted_all() {
+            h.close().await;
+        }
+        if let Some(c) = &self.inner.cluster {
+            if let Err(e) = c.group.shutdown().await {
+                tracing::warn!(error = %e, "placement raft shutdown");
             }
-            h.app.registry.stop_all();
         }
         for t in tasks {
             t.abort();
@@ -708,6 +854,171 @@ impl Shards {
         if let Err(e) = self.inner.store.sync() {
             tracing::error!(error = %e, "final fsync failed");
         }
+    }
+
+    // ---- routing -------------------------------------------------------------------
+
+    /// Where shard `shard`'s requests go: its leader, here or on another node. Waits
+    /// (up to `ROUTE_WAIT_MS_MAX`) while the shard elects a leader.
+    pub(crate) async fn target(&self, shard: ShardId) -> Result<Target, ShardError> {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(ROUTE_WAIT_MS_MAX);
+        loop {
+            if *self.inner.shutdown.borrow() {
+                return Err(ShardError::ShuttingDown);
+            }
+            let local = self.hosted(shard);
+            let leader = match &local {
+                Some(h) => h.group.leader(),
+                None => None,
+            };
+            match (local, leader) {
+                (Some(h), Some(l)) if l == self.inner.node => return Ok(Target::Local(h)),
+                (_, Some(l)) => return Ok(Target::Remote(l)),
+                (Some(_), None) => {}
+                (None, None) => {
+                    if let Some(l) = self.inner.leader_hints.read().expect("hints lock").get(&shard) {
+                        return Ok(Target::Remote(*l));
+                    }
+                    if let Some(first) = self.placement_replicas(shard).into_iter().find(|n| *n != self.inner.node) {
+                        return Ok(Target::Remote(first));
+                    }
+                    if self.inner.cluster.is_none() {
+                        return Err(ShardError::Unavailable { shard });
+                    }
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ShardError::Unavailable { shard });
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn placement_replicas(&self, shard: ShardId) -> Vec<NodeId> {
+        match &self.inner.cluster {
+            Some(c) => c.app.state().shards.get(shard as usize).map(|s| s.replicas.clone()).unwrap_or_default(),
+            None => Vec::new(),
+        }
+    }
+
+    /// Remember (or forget) who leads a shard this node holds no replica of.
+    pub(crate) fn hint(&self, shard: ShardId, leader: Option<NodeId>) {
+        let mut hints = self.inner.leader_hints.write().expect("hints lock");
+        match leader {
+            Some(l) if l != self.inner.node => {
+                hints.insert(shard, l);
+            }
+            _ => {
+                hints.remove(&shard);
+            }
+        }
+    }
+
+    /// Send a request to another node and decode its reply.
+    pub(crate) async fn remote(&self, node: NodeId, shard: Option<ShardId>, req: NodeRequest) -> Result<NodeReply, ShardError> {
+        let payload = chorus_types::encoding::encode(&req);
+        match self.inner.transport.call(node, payload).await {
+            Ok(bytes) => {
+                let reply: NodeReply = chorus_types::encoding::decode(&bytes).map_err(|e| ShardError::Remote { node, detail: format!("undecodable reply: {e}") })?;
+                if let (Some(shard), NodeReply::Failed(Fail::NotLeader { leader, .. })) = (shard, &reply) {
+                    self.hint(shard, *leader);
+                }
+                Ok(reply)
+            }
+            Err(e) => {
+                if let Some(shard) = shard {
+                    self.hint(shard, None);
+                }
+                tracing::debug!(node, error = %e, "forwarding failed");
+                Err(match shard {
+                    Some(shard) => ShardError::Unavailable { shard },
+                    None => ShardError::Remote { node, detail: e.to_string() },
+                })
+            }
+        }
+    }
+
+    /// Ingest events of one shard at its leader; `hops` bounds forwarding.
+    pub(crate) async fn ingest_shard(&self, shard: ShardId, events: Vec<Event>, hops: u8) -> Result<Vec<EventOutcome>, ShardError> {
+        match self.target(shard).await? {
+            Target::Local(h) => h.proposer.submit(events).await.map_err(|e| not_leader_to_unavailable(e, shard)),
+            Target::Remote(node) if hops > 0 => match self.remote(node, Some(shard), NodeRequest::Ingest { shard, events, hops: hops - 1 }).await? {
+                NodeReply::Ingested(o) => Ok(o),
+                NodeReply::Failed(f) => Err(f.into()),
+                other => Err(ShardError::Remote { node, detail: format!("unexpected reply {other:?}") }),
+            },
+            Target::Remote(_) => Err(ShardError::Unavailable { shard }),
+        }
+    }
+
+    /// Propose one command to a shard at its leader (forwarded when it is elsewhere).
+    pub(crate) async fn propose_to(&self, shard: ShardId, cmd: ShardCommand) -> Result<(u64, ShardResult), ShardError> {
+        self.propose_hops(shard, cmd, FORWARD_HOPS_MAX).await
+    }
+
+    pub(crate) async fn propose_hops(&self, shard: ShardId, cmd: ShardCommand, hops: u8) -> Result<(u64, ShardResult), ShardError> {
+        match self.target(shard).await? {
+            Target::Local(h) => h.group.propose(cmd).await.map_err(|e| not_leader_to_unavailable(e.into(), shard)),
+            Target::Remote(node) if hops > 0 => match self.remote(node, Some(shard), NodeRequest::Propose { shard, cmd, hops: hops - 1 }).await? {
+                NodeReply::Proposed(index, result) => Ok((index, result)),
+                NodeReply::Failed(f) => Err(f.into()),
+                other => Err(ShardError::Remote { node, detail: format!("unexpected reply {other:?}") }),
+            },
+            Target::Remote(_) => Err(ShardError::Unavailable { shard }),
+        }
+    }
+
+    /// Read from a shard: at its leader when `leader` (so acknowledged writes are
+    /// seen), else from any replica, this node's first.
+    pub(crate) async fn read(&self, shard: ShardId, read: ShardRead, leader: bool) -> Result<ShardReadReply, ShardError> {
+        self.read_hops(shard, read, leader, FORWARD_HOPS_MAX).await
+    }
+
+    pub(crate) async fn read_hops(&self, shard: ShardId, read: ShardRead, leader: bool, hops: u8) -> Result<ShardReadReply, ShardError> {
+        if !leader && let Some(h) = self.hosted(shard) {
+            return self.read_local(&h, read).await;
+        }
+        match self.target(shard).await? {
+            Target::Local(h) => self.read_local(&h, read).await,
+            Target::Remote(node) if hops > 0 => match self.remote(node, Some(shard), NodeRequest::Read { shard, read, leader, hops: hops - 1 }).await? {
+                NodeReply::Read(r) => Ok(r),
+                NodeReply::Failed(f) => Err(f.into()),
+                other => Err(ShardError::Remote { node, detail: format!("unexpected reply {other:?}") }),
+            },
+            Target::Remote(_) => Err(ShardError::Unavailable { shard }),
+        }
+    }
+
+    pub(crate) async fn read_local(&self, h: &Hosted, read: ShardRead) -> Result<ShardReadReply, ShardError> {
+        let store = &self.inner.store;
+        let shard = h.id;
+        Ok(match read {
+            ShardRead::Customer { id } => ShardReadReply::Customer(h.app.read_customer(id).await.map_err(ShardError::Store)?),
+            ShardRead::Find { identity } => ShardReadReply::Find(state::read_index(store, shard, &identity).map_err(ShardError::Store)?),
+            ShardRead::CustomerIds => {
+                let mut ids = Vec::new();
+                for kv in store.shard().prefix(crate::keys::customer_prefix(shard)) {
+                    let k = kv.key().map_err(|e| ShardError::Store(e.to_string()))?;
+                    ids.extend(crate::keys::trailing_customer(&k));
+                }
+                ShardReadReply::CustomerIds(ids)
+            }
+            ShardRead::JourneyStats { journey } => ShardReadReply::JourneyStats(crate::apply::read_stats(store, shard, &journey).map_err(ShardError::Store)?),
+            ShardRead::AudienceMembers { audience, sample } => {
+                let (n, first) = crate::apply::audience_members(store, shard, &audience, sample).map_err(ShardError::Store)?;
+                ShardReadReply::AudienceMembers(n, first)
+            }
+            ShardRead::DeadLetters { limit } => ShardReadReply::DeadLetters(crate::apply::read_dead_letters(store, shard, limit).map_err(ShardError::Store)?),
+            ShardRead::Track { id } => ShardReadReply::Track(crate::apply::read_track(store, shard, id).map_err(ShardError::Store)?),
+        })
+    }
+}
+
+/// A local proposal refused because leadership just moved: retryable.
+fn not_leader_to_unavailable(e: ShardError, shard: ShardId) -> ShardError {
+    match e {
+        ShardError::Raft(chorus_raft::RaftError::NotLeader { .. }) => ShardError::Unavailable { shard },
+        other => other,
     }
 }
 

@@ -177,8 +177,12 @@ async fn failed_messages_go_to_the_dead_letter_list_and_can_be_redriven() {
     let req = SendRequest { request_id: "r1".into(), customer, channel: "email".into(), template: "welcome".into(), category: Category::Transactional, vars: JsonMap::new(), send_at_ms: 0, topic: String::new() };
     shards.send(vec![req]).await.remove(0).unwrap();
     eprintln!("--- the provider refuses: the message lands in the dead-letter list with the reason");
-    wait_for("a dead letter", || shards.dead_letters(10).unwrap().len() == 1).await;
-    let dead = shards.dead_letters(10).unwrap().remove(0);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while shards.dead_letters(10).await.unwrap().len() != 1 {
+        assert!(Instant::now() < deadline, "timed out waiting for a dead letter");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let dead = shards.dead_letters(10).await.unwrap().remove(0);
     assert_eq!((dead.intent.key.as_str(), dead.status.as_str(), dead.detail.as_str()), (format!("api/r1/{customer}").as_str(), "failed permanently", "550 5.7.1 relay denied"));
     assert_eq!(shards.status().iter().map(|s| s.pending_intents).sum::<u64>(), 0);
     eprintln!("--- once the provider is fixed, a redrive delivers it with the same key");
@@ -187,7 +191,7 @@ async fn failed_messages_go_to_the_dead_letter_list_and_can_be_redriven() {
     assert_eq!(shards.redrive(vec![(customer, dead.intent.key.clone())]).await.unwrap(), 0, "a key is redriven once");
     wait_for("the redriven message", || read_after(&store, 0, 10).unwrap().len() == 1).await;
     assert_eq!(read_after(&store, 0, 10).unwrap()[0].intent.key, dead.intent.key);
-    assert!(shards.dead_letters(10).unwrap().is_empty());
+    assert!(shards.dead_letters(10).await.unwrap().is_empty());
     wait_for("the outcome", || shards.status().iter().map(|s| s.pending_intents).sum::<u64>() == 0).await;
     shards.shutdown().await;
 }

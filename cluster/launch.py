@@ -27,6 +27,7 @@ only; the openssl command is needed for `--tls`, iproute2 (`ip`) for `--netns`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -181,7 +182,15 @@ def plan_node(node_id: int, base_port: int, netns: bool) -> Node:
     if netns:
         if node_id > NETNS_NODES_MAX:
             raise LaunchError(f"--netns supports at most {NETNS_NODES_MAX} nodes (one {SUBNET}.N address each)")
-        return Node(node_id, f"{SUBNET}.{node_id}", port, port + 1, port + 2, f"{NETNS_PREFIX}{node_id}", f"{VETH_PREFIX}{node_id}")
+        return Node(
+            node_id,
+            f"{SUBNET}.{node_id}",
+            port,
+            port + 1,
+            port + 2,
+            f"{NETNS_PREFIX}{node_id}",
+            f"{VETH_PREFIX}{node_id}",
+        )
     return Node(node_id, LOOPBACK, port, port + 1, port + 2)
 
 
@@ -356,10 +365,8 @@ def process_state(pid: int) -> str | None:
 
 
 def alive(pid: int) -> bool:
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)  # reap it if it is our own child that exited
-    except ChildProcessError:
-        pass
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -416,9 +423,14 @@ def start_node(c: Cluster, n: Node) -> subprocess.Popen[bytes]:
         log.flush()
         try:
             proc = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                cwd=c.dir, env=node_env(c), start_new_session=True,  # Ctrl-C here does not reach the nodes
-            )  # fmt: skip
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=c.dir,
+                env=node_env(c),
+                start_new_session=True,  # Ctrl-C here does not reach the nodes
+            )
         except OSError as e:
             raise LaunchError(f"cannot start node {n.id} ({cmd[0]}): {e}") from e
     c.pid_path(n).write_text(f"{proc.pid}\n")
@@ -481,10 +493,8 @@ def stop_pids(c: Cluster, pids: dict[int, int], timeout: float) -> None:
     """SIGTERM (and SIGCONT, so a SIGSTOPped node sees it), then SIGKILL after `timeout`."""
     for node_id, pid in pids.items():
         for sig in (signal.SIGTERM, signal.SIGCONT):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
         print(f"  node {node_id}: SIGTERM sent to pid {pid}")
     deadline = time.monotonic() + timeout
     remaining = dict(pids)
@@ -494,10 +504,8 @@ def stop_pids(c: Cluster, pids: dict[int, int], timeout: float) -> None:
             time.sleep(0.1)
     for node_id, pid in remaining.items():
         print(f"  node {node_id}: still running after {timeout:g}s; SIGKILL (see {c.log_path(c.node(node_id))})")
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     deadline = time.monotonic() + 5
     while remaining and time.monotonic() < deadline:
         remaining = {i: p for i, p in remaining.items() if alive(p)}
@@ -604,11 +612,16 @@ def netns_preflight(nodes: list[Node]) -> None:
         )
     taken = netns_names() & {n.netns for n in nodes if n.netns}
     if taken:
-        raise LaunchError(f"network namespace {', '.join(sorted(taken))} already exists (remove it: `ip netns del NAME`)")
+        raise LaunchError(
+            f"network namespace {', '.join(sorted(taken))} already exists (remove it: `ip netns del NAME`)"
+        )
     routes = run(["ip", "-4", "route", "show", "root", f"{SUBNET}.0/{PREFIX_LEN}"]).stdout.strip()
     addrs = [line for line in run(["ip", "-4", "-o", "addr", "show"]).stdout.splitlines() if f" {SUBNET}." in line]
     if routes or addrs:
-        raise LaunchError(f"{SUBNET}.0/{PREFIX_LEN} is already in use on this host; --netns needs it for itself:\n" + "\n".join([routes, *addrs]).strip())
+        raise LaunchError(
+            f"{SUBNET}.0/{PREFIX_LEN} is already in use on this host; --netns needs it for itself:\n"
+            + "\n".join([routes, *addrs]).strip()
+        )
 
 
 def bridge_netfilter_fix() -> bool:
@@ -749,7 +762,9 @@ def parse_node_ids(c: Cluster, specs: list[str]) -> list[Node]:
         try:
             node_id = int(spec)
         except ValueError:
-            raise LaunchError(f"{spec!r} is not a node number (nodes: {', '.join(str(n.id) for n in c.nodes)}, or all)") from None
+            raise LaunchError(
+                f"{spec!r} is not a node number (nodes: {', '.join(str(n.id) for n in c.nodes)}, or all)"
+            ) from None
         nodes.append(c.node(node_id))
     return nodes
 
@@ -762,9 +777,11 @@ def print_summary(c: Cluster) -> None:
     rows = [("NODE", "GRPC (chorusctl --endpoint)", "HTTP (Segment, /healthz, /metrics)", "NODE-TO-NODE", "LOG")]
     rows += [(str(n.id), n.endpoint, n.http_url, n.advertise, display_path(c.log_path(n))) for n in c.nodes]
     print()
-    print(f"Chorus cluster up: {len(c.nodes)} nodes, {c.shards} shards, replication {c.replication}"
-          f"{', network namespaces' if c.netns else ''}{', mutual TLS between nodes' if c.tls else ''}"
-          f" (state in {display_path(c.dir)})")  # fmt: skip
+    print(
+        f"Chorus cluster up: {len(c.nodes)} nodes, {c.shards} shards, replication {c.replication}"
+        f"{', network namespaces' if c.netns else ''}{', mutual TLS between nodes' if c.tls else ''}"
+        f" (state in {display_path(c.dir)})"
+    )
     print_table(rows)
     print(f"""
 Try:
@@ -790,7 +807,7 @@ Stop:
 def print_table(rows: list[tuple[str, ...]]) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
-        print("  " + "  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
+        print("  " + "  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
 
 
 # ------------------------------------------------------------------------ commands
@@ -802,7 +819,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     if args.shards < 1:
         raise LaunchError("--shards must be at least 1")
     if not 1 <= args.replication <= args.nodes:
-        raise LaunchError(f"--replication {args.replication} needs at least that many nodes (--nodes {args.nodes}) and at least 1")
+        raise LaunchError(
+            f"--replication {args.replication} needs at least that many nodes (--nodes {args.nodes}) and at least 1"
+        )
     check_ports(args.base_port, [args.nodes])
     if args.netns:
         require_root("--netns")
@@ -820,7 +839,12 @@ def cmd_up(args: argparse.Namespace) -> int:
                 f"see `launch.py status{dir_flag(old)}`, or stop it with `launch.py down{dir_flag(old)}`"
             )
         if not args.reset:
-            same = (old.initial_nodes, old.base_port, old.netns, old.tls) == (args.nodes, args.base_port, args.netns, args.tls)
+            same = (old.initial_nodes, old.base_port, old.netns, old.tls) == (
+                args.nodes,
+                args.base_port,
+                args.netns,
+                args.tls,
+            )
             if not same:
                 raise LaunchError(
                     f"{args.dir} holds a stopped cluster of {old.initial_nodes} nodes (base port {old.base_port}, "
@@ -828,7 +852,9 @@ def cmd_up(args: argparse.Namespace) -> int:
                     "or add --reset to delete it and start afresh"
                 )
     elif directory.exists() and any(directory.iterdir()):
-        raise LaunchError(f"{args.dir} exists and is not empty, but holds no cluster ({STATE_FILE}); choose another --dir")
+        raise LaunchError(
+            f"{args.dir} exists and is not empty, but holds no cluster ({STATE_FILE}); choose another --dir"
+        )
 
     resumed = old is not None and not args.reset
     if resumed:
@@ -842,11 +868,21 @@ def cmd_up(args: argparse.Namespace) -> int:
         nodes = [plan_node(i, args.base_port, args.netns) for i in range(1, args.nodes + 1)]
         toml_string_value("--log", args.log)
         c = Cluster(
-            dir=directory, chorus_bin=chorus_bin, ctl_bin=ctl_bin, base_port=args.base_port, shards=args.shards,
-            replication=args.replication, initial_nodes=args.nodes, netns=args.netns, tls=args.tls,
-            log_level=args.log, seeds=[n.advertise for n in nodes], tracking_secret=secrets.token_hex(32),
-            nodes=nodes, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        )  # fmt: skip
+            dir=directory,
+            chorus_bin=chorus_bin,
+            ctl_bin=ctl_bin,
+            base_port=args.base_port,
+            shards=args.shards,
+            replication=args.replication,
+            initial_nodes=args.nodes,
+            netns=args.netns,
+            tls=args.tls,
+            log_level=args.log,
+            seeds=[n.advertise for n in nodes],
+            tracking_secret=secrets.token_hex(32),
+            nodes=nodes,
+            created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        )
 
     # Everything that can refuse, before anything is deleted or created.
     if old is not None and args.reset and old.netns:
@@ -881,7 +917,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"Starting {len(c.nodes)} node{'s' if len(c.nodes) != 1 else ''} ({display_path(Path(c.chorus_bin))}):")
         for n in c.nodes:
             procs[n.id] = start_node(c, n)
-            print(f"  node {n.id}: pid {procs[n.id].pid}, {display_path(c.config_path(n))}, log {display_path(c.log_path(n))}")
+            print(
+                f"  node {n.id}: pid {procs[n.id].pid}, {display_path(c.config_path(n))}, log {display_path(c.log_path(n))}"
+            )
         print(f"Waiting for /healthz (up to {args.timeout:g}s):")
         wait_healthy(c, c.nodes, procs, args.timeout)
         print(f"Initializing the cluster through node {c.nodes[0].id}:")
@@ -900,14 +938,18 @@ def cmd_up(args: argparse.Namespace) -> int:
         if c.netns:
             netns_teardown(c)
         if isinstance(e, LaunchError):
-            raise LaunchError(f"{e}\n\nFix the cause, then `launch.py up{dir_flag(c)} --reset` (or without --reset to keep the data)") from e
+            raise LaunchError(
+                f"{e}\n\nFix the cause, then `launch.py up{dir_flag(c)} --reset` (or without --reset to keep the data)"
+            ) from e
         raise
 
     print(f"Waiting for /readyz (up to {args.timeout:g}s):")
     not_ready = wait_ready(c.nodes, args.timeout)
     if not_ready:
         ids = ", ".join(str(n.id) for n in not_ready)
-        print(f"  warning: node {ids} not ready yet (GET /readyz is not 200); see `launch.py status{dir_flag(c)}` and the logs")
+        print(
+            f"  warning: node {ids} not ready yet (GET /readyz is not 200); see `launch.py status{dir_flag(c)}` and the logs"
+        )
     else:
         print("  every node is ready")
     print_summary(c)
@@ -927,7 +969,9 @@ def cmd_down(args: argparse.Namespace) -> int:
         shutil.rmtree(c.dir)
         print(f"  deleted {display_path(c.dir)}")
     else:
-        print(f"  stopped; data and logs stay in {display_path(c.dir)} (`launch.py up{dir_flag(c)}` resumes, --purge deletes)")
+        print(
+            f"  stopped; data and logs stay in {display_path(c.dir)} (`launch.py up{dir_flag(c)}` resumes, --purge deletes)"
+        )
     return 0
 
 
@@ -981,7 +1025,9 @@ def cmd_kill(args: argparse.Namespace) -> int:
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    return send_signal(args, signal.SIGSTOP, "frozen (it keeps its sockets but answers nothing)", "`launch.py cont {n}{d}` resumes it")
+    return send_signal(
+        args, signal.SIGSTOP, "frozen (it keeps its sockets but answers nothing)", "`launch.py cont {n}{d}` resumes it"
+    )
 
 
 def cmd_cont(args: argparse.Namespace) -> int:
@@ -1017,7 +1063,9 @@ def cmd_add(args: argparse.Namespace) -> int:
         require_root("adding a node to a --netns cluster")
     members = [n for n in c.nodes if node_pid(c, n) is not None and http_status(f"{n.http_url}/healthz") == 200]
     if not members:
-        raise LaunchError(f"no node of the cluster in {args.dir} is running and healthy; `launch.py start all{dir_flag(c)}` first")
+        raise LaunchError(
+            f"no node of the cluster in {args.dir} is running and healthy; `launch.py start all{dir_flag(c)}` first"
+        )
     n = plan_node(max(m.id for m in c.nodes) + 1, c.base_port, c.netns)
     check_ports(c.base_port, [n.id])
     if not c.netns:
@@ -1040,7 +1088,7 @@ def cmd_add(args: argparse.Namespace) -> int:
             f"`chorusctl node add` failed; node {n.id} is running but not a member. Retry with:\n"
             f"    {c.ctl_bin} --endpoint {members[0].endpoint} node add --id {n.id} --addr {n.advertise}"
         )
-    print(f"node {n.id} joined: gRPC {n.endpoint}, HTTP {n.http_url}")
+    print(f"node {n.id} joined: gRPC {n.endpoint}, HTTP {n.http_url}; it hosts no replica until shards move onto it")
     return 0
 
 
@@ -1050,13 +1098,17 @@ def cmd_partition(args: argparse.Namespace, up: bool) -> int:
     for n in parse_node_ids(c, args.node):
         assert n.veth
         if not link_exists(n.veth):
-            raise LaunchError(f"node {n.id}'s link {n.veth} does not exist (`launch.py start {n.id}{dir_flag(c)}` recreates it)")
+            raise LaunchError(
+                f"node {n.id}'s link {n.veth} does not exist (`launch.py start {n.id}{dir_flag(c)}` recreates it)"
+            )
         run(["ip", "link", "set", n.veth, "up" if up else "down"])
         if up:
             print(f"node {n.id}: link {n.veth} up; it can reach the other nodes again")
         else:
-            print(f"node {n.id}: link {n.veth} down; cut off from every other node and the host "
-                  f"(`launch.py heal {n.id}{dir_flag(c)}` reconnects it)")  # fmt: skip
+            print(
+                f"node {n.id}: link {n.veth} down; cut off from every other node and the host "
+                f"(`launch.py heal {n.id}{dir_flag(c)}` reconnects it)"
+            )
     return 0
 
 
@@ -1073,78 +1125,156 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--dir", default=DEFAULT_DIR, metavar="DIR",
-                        help=f"the cluster's directory: state, configs, logs, pids, data (default {DEFAULT_DIR})")  # fmt: skip
+    common.add_argument(
+        "--dir",
+        default=DEFAULT_DIR,
+        metavar="DIR",
+        help=f"the cluster's directory: state, configs, logs, pids, data (default {DEFAULT_DIR})",
+    )
     waiting = argparse.ArgumentParser(add_help=False)
-    waiting.add_argument("--timeout", type=float, default=60, metavar="SECONDS",
-                         help="how long to wait for the nodes' /healthz (and, after `up` runs init, /readyz); default 60")  # fmt: skip
+    waiting.add_argument(
+        "--timeout",
+        type=float,
+        default=60,
+        metavar="SECONDS",
+        help="how long to wait for the nodes' /healthz (and, after `up` runs init, /readyz); default 60",
+    )
     nodes_arg = {"nargs": "+", "metavar": "N", "help": "node number(s), e.g. 2 or 2 3"}
 
-    p = sub.add_parser("up", parents=[common, waiting], help="write configs, start the nodes, wait for /healthz, run `cluster init`",
-                       description="Write one config per node, start every node in the background, wait until each "
-                       "answers GET /healthz, run `chorusctl cluster init` against node 1 and print the endpoints. "
-                       "On a directory holding a stopped cluster started with the same options, resume it with its data.")  # fmt: skip
+    p = sub.add_parser(
+        "up",
+        parents=[common, waiting],
+        help="write configs, start the nodes, wait for /healthz, run `cluster init`",
+        description="Write one config per node, start every node in the background, wait until each "
+        "answers GET /healthz, run `chorusctl cluster init` against node 1 and print the endpoints. "
+        "On a directory holding a stopped cluster started with the same options, resume it with its data.",
+    )
     p.add_argument("--nodes", type=int, default=3, help="number of nodes (default 3)")
     p.add_argument("--shards", type=int, default=16, help="shards, for `cluster init` (default 16)")
-    p.add_argument("--replication", type=int, default=3, help="replicas per shard, for `cluster init` (default 3; at most --nodes)")
-    p.add_argument("--bin", metavar="PATH", help="the chorus binary (default target/release/chorus, else target/debug/chorus)")
-    p.add_argument("--ctl", metavar="PATH", help="the chorusctl binary (default target/release/chorusctl, else target/debug/chorusctl)")
-    p.add_argument("--base-port", type=int, default=7700, metavar="PORT",
-                   help="node N listens on PORT+10N (gRPC), +1 (HTTP), +2 (node-to-node); default 7700")  # fmt: skip
-    p.add_argument("--netns", action="store_true",
-                   help=f"root only: each node in network namespace chorusN at {SUBNET}.N on bridge {BRIDGE} (enables partition/heal)")  # fmt: skip
-    p.add_argument("--tls", action="store_true", help="mutual TLS between nodes: make a private CA and node certificates in DIR/tls (needs openssl)")
-    p.add_argument("--log", default="info,openraft=warn", metavar="FILTER", help="the nodes' log filter (default info,openraft=warn)")
-    p.add_argument("--reset", action="store_true", help="delete a stopped cluster in DIR (data included) and start afresh")
+    p.add_argument(
+        "--replication", type=int, default=3, help="replicas per shard, for `cluster init` (default 3; at most --nodes)"
+    )
+    p.add_argument(
+        "--bin", metavar="PATH", help="the chorus binary (default target/release/chorus, else target/debug/chorus)"
+    )
+    p.add_argument(
+        "--ctl",
+        metavar="PATH",
+        help="the chorusctl binary (default target/release/chorusctl, else target/debug/chorusctl)",
+    )
+    p.add_argument(
+        "--base-port",
+        type=int,
+        default=7700,
+        metavar="PORT",
+        help="node N listens on PORT+10N (gRPC), +1 (HTTP), +2 (node-to-node); default 7700",
+    )
+    p.add_argument(
+        "--netns",
+        action="store_true",
+        help=f"root only: each node in network namespace chorusN at {SUBNET}.N on bridge {BRIDGE} (enables partition/heal)",
+    )
+    p.add_argument(
+        "--tls",
+        action="store_true",
+        help="mutual TLS between nodes: make a private CA and node certificates in DIR/tls (needs openssl)",
+    )
+    p.add_argument(
+        "--log",
+        default="info,openraft=warn",
+        metavar="FILTER",
+        help="the nodes' log filter (default info,openraft=warn)",
+    )
+    p.add_argument(
+        "--reset", action="store_true", help="delete a stopped cluster in DIR (data included) and start afresh"
+    )
     p.set_defaults(func=cmd_up)
 
-    p = sub.add_parser("down", parents=[common], help="stop every node (SIGTERM, then SIGKILL) and remove the namespaces",
-                       description="Send SIGTERM to every node, SIGKILL to those still running after --timeout; remove "
-                       "the network namespaces, veth pairs and bridge of a --netns cluster. Data and logs are kept unless --purge.")  # fmt: skip
-    p.add_argument("--timeout", type=float, default=15, metavar="SECONDS", help="grace period before SIGKILL (default 15)")
+    p = sub.add_parser(
+        "down",
+        parents=[common],
+        help="stop every node (SIGTERM, then SIGKILL) and remove the namespaces",
+        description="Send SIGTERM to every node, SIGKILL to those still running after --timeout; remove "
+        "the network namespaces, veth pairs and bridge of a --netns cluster. Data and logs are kept unless --purge.",
+    )
+    p.add_argument(
+        "--timeout", type=float, default=15, metavar="SECONDS", help="grace period before SIGKILL (default 15)"
+    )
     p.add_argument("--purge", action="store_true", help="also delete DIR (data, logs, configs)")
     p.set_defaults(func=cmd_down)
 
-    p = sub.add_parser("status", parents=[common], help="each node's process, link, /healthz and /readyz, then `chorusctl cluster status`",
-                       description="Show each node's process state, link (--netns), GET /healthz and /readyz, then "
-                       "`chorusctl cluster status` from a healthy node. Exit status 1 unless every node is healthy and ready.")  # fmt: skip
+    p = sub.add_parser(
+        "status",
+        parents=[common],
+        help="each node's process, link, /healthz and /readyz, then `chorusctl cluster status`",
+        description="Show each node's process state, link (--netns), GET /healthz and /readyz, then "
+        "`chorusctl cluster status` from a healthy node. Exit status 1 unless every node is healthy and ready.",
+    )
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("kill", parents=[common], help="SIGKILL node N (a crash; `start N` restarts it)",
-                       description="Kill node N with SIGKILL: no shutdown, like a crash or a power cut.")  # fmt: skip
+    p = sub.add_parser(
+        "kill",
+        parents=[common],
+        help="SIGKILL node N (a crash; `start N` restarts it)",
+        description="Kill node N with SIGKILL: no shutdown, like a crash or a power cut.",
+    )
     p.add_argument("node", **nodes_arg)
     p.set_defaults(func=cmd_kill)
 
-    p = sub.add_parser("stop", parents=[common], help="SIGSTOP node N (a frozen process; `cont N` resumes it)",
-                       description="Freeze node N with SIGSTOP: its sockets stay open but it answers nothing (a GC "
-                       "pause, a hung disk, a VM migration).")  # fmt: skip
+    p = sub.add_parser(
+        "stop",
+        parents=[common],
+        help="SIGSTOP node N (a frozen process; `cont N` resumes it)",
+        description="Freeze node N with SIGSTOP: its sockets stay open but it answers nothing (a GC "
+        "pause, a hung disk, a VM migration).",
+    )
     p.add_argument("node", **nodes_arg)
     p.set_defaults(func=cmd_stop)
 
-    p = sub.add_parser("cont", parents=[common], help="SIGCONT node N (resume a stopped node)",
-                       description="Resume node N, frozen by `stop N`, with SIGCONT.")  # fmt: skip
+    p = sub.add_parser(
+        "cont",
+        parents=[common],
+        help="SIGCONT node N (resume a stopped node)",
+        description="Resume node N, frozen by `stop N`, with SIGCONT.",
+    )
     p.add_argument("node", **nodes_arg)
     p.set_defaults(func=cmd_cont)
 
-    p = sub.add_parser("start", parents=[common, waiting], help="restart node N with its existing config and data",
-                       description="Start node N again (after `kill N` or `down`) with its existing config and data, "
-                       "and wait for its /healthz. `start all` starts every node that is not running.")  # fmt: skip
+    p = sub.add_parser(
+        "start",
+        parents=[common, waiting],
+        help="restart node N with its existing config and data",
+        description="Start node N again (after `kill N` or `down`) with its existing config and data, "
+        "and wait for its /healthz. `start all` starts every node that is not running.",
+    )
     p.add_argument("node", nargs="+", metavar="N", help="node number(s), or all")
     p.set_defaults(func=cmd_start)
 
-    p = sub.add_parser("add", parents=[common, waiting], help="start one more node and join it with `chorusctl node add`",
-                       description="Start a new node (the next number, with the cluster's seeds) and run "
-                       "`chorusctl node add --id N --addr ADVERTISE` against a running member.")  # fmt: skip
+    p = sub.add_parser(
+        "add",
+        parents=[common, waiting],
+        help="start one more node and join it with `chorusctl node add`",
+        description="Start a new node (the next number, with the cluster's seeds) and run "
+        "`chorusctl node add --id N --addr ADVERTISE` against a running member.",
+    )
     p.set_defaults(func=cmd_add)
 
-    p = sub.add_parser("partition", parents=[common], help="--netns clusters: take node N's link down (cut it off)",
-                       description="Take the host side of node N's veth pair down: node N can reach no other node "
-                       "(and the host cannot reach it) until `heal N`. Needs a cluster started with --netns, and root.")  # fmt: skip
+    p = sub.add_parser(
+        "partition",
+        parents=[common],
+        help="--netns clusters: take node N's link down (cut it off)",
+        description="Take the host side of node N's veth pair down: node N can reach no other node "
+        "(and the host cannot reach it) until `heal N`. Needs a cluster started with --netns, and root.",
+    )
     p.add_argument("node", **nodes_arg)
     p.set_defaults(func=lambda a: cmd_partition(a, up=False))
 
-    p = sub.add_parser("heal", parents=[common], help="--netns clusters: bring node N's link back up",
-                       description="Bring node N's link back up after `partition N`. Needs root.")  # fmt: skip
+    p = sub.add_parser(
+        "heal",
+        parents=[common],
+        help="--netns clusters: bring node N's link back up",
+        description="Bring node N's link back up after `partition N`. Needs root.",
+    )
     p.add_argument("node", **nodes_arg)
     p.set_defaults(func=lambda a: cmd_partition(a, up=True))
     return parser

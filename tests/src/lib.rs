@@ -156,6 +156,8 @@ pub struct NodeOpts {
     pub log: String,
     /// Data directory; a fresh temporary one (removed on drop) when `None`.
     pub data_dir: Option<PathBuf>,
+    /// A cluster node: its shard count comes from `cluster init`, not `--shards`.
+    pub cluster: bool,
 }
 
 impl NodeOpts {
@@ -168,7 +170,21 @@ impl NodeOpts {
             env: Vec::new(),
             log: "info,openraft=warn".to_string(),
             data_dir: None,
+            cluster: false,
         }
+    }
+
+    /// A node of a local cluster: node id `id`, node-to-node address 127.0.0.1:`port`,
+    /// the given seeds, raft heartbeat `heartbeat` (e.g. `150ms`), and extra TOML.
+    pub fn cluster_node(name: &str, id: u64, port: u16, seeds: &[u16], heartbeat: &str, extra_toml: &str) -> NodeOpts {
+        let seeds: Vec<String> = seeds.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
+        let toml = format!(
+            "node_id = {id}\n{extra_toml}\n[cluster]\nlisten = \"127.0.0.1:{port}\"\nseeds = [{}]\nheartbeat = \"{heartbeat}\"\n",
+            seeds.join(", ")
+        );
+        let mut o = NodeOpts::new(name).config(&toml);
+        o.cluster = true;
+        o
     }
     pub fn shards(mut self, n: u32) -> Self {
         self.shards = n;
@@ -311,7 +327,9 @@ impl Node {
         };
         self.grpc = addr("grpc");
         self.http = addr("http");
-        assert_eq!(fields.get("shards").copied(), Some(self.opts.shards.to_string().as_str()), "ready line: {ready:?}");
+        if !self.opts.cluster {
+            assert_eq!(fields.get("shards").copied(), Some(self.opts.shards.to_string().as_str()), "ready line: {ready:?}");
+        }
         let clock = if self.opts.manual_clock { "manual" } else { "system" };
         assert_eq!(fields.get("clock").copied(), Some(clock), "ready line: {ready:?}");
         eprintln!("node {} ready: grpc={} http={} log={}", self.opts.name, self.grpc, self.http, log.display());
@@ -791,6 +809,13 @@ fn parse_http_response(raw: &[u8]) -> Result<HttpResponse, String> {
         body = out;
     }
     Ok(HttpResponse { status, headers, body })
+}
+
+/// A free loopback port (bound then released: for addresses that must be known
+/// before a node starts, such as cluster seeds).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    l.local_addr().expect("local addr").port()
 }
 
 // ---------------------------------------------------------------------------------

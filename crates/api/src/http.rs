@@ -270,6 +270,9 @@ async fn segment(State(st): State<AppState>, Path(endpoint): Path<String>, heade
 }
 
 async fn readyz(State(st): State<AppState>) -> Response {
+    if st.shards.is_clustered() && st.shards.shard_count() == 0 {
+        return (StatusCode::SERVICE_UNAVAILABLE, "the cluster is not initialized: run `chorusctl cluster init`\n").into_response();
+    }
     let leaderless = st.shards.status().iter().filter(|s| s.leader.is_none()).count();
     if leaderless == 0 {
         (StatusCode::OK, "ready\n").into_response()

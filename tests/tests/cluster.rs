@@ -1,0 +1,300 @@
+//! Multi-node clusters with real processes (SPEC §3, issue "Cluster"): three `chorus`
+//! nodes on loopback form a cluster with `ClusterInit`, every node accepts every event
+//! (forwarding to the shard's leader), and faults — kill -9 of the node leading the most
+//! shards, SIGSTOP of a leader — lose no acknowledged event and apply none twice.
+//!
+//! The client keeps per-customer order by construction: customers are split into lanes,
+//! each lane has at most one batch in flight, and a batch whose node fails is re-sent
+//! (same message ids) to another node before anything after it. At the end every event
+//! is answered, so every customer's history must be exactly its events 0..n in order.
+
+use chorus_tests::v1::{EventStatus, IngestRequest};
+use chorus_tests::*;
+use serde_json::json;
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+const SHARDS: u32 = 8;
+/// Raft heartbeat of the test clusters (elections after 3–6 heartbeats).
+const HEARTBEAT: &str = "150ms";
+const CUSTOMERS: u32 = 120;
+const EVENTS_MIN: u32 = 5;
+/// ≤ 150 so the profile's history (200) holds every event.
+const EVENTS_MAX: u32 = 30;
+const LANES: usize = 9;
+const BATCH_EVENTS_MAX: usize = 25;
+
+struct LocalCluster {
+    nodes: Vec<Node>,
+}
+
+impl LocalCluster {
+    async fn start(n: usize, name: &str) -> LocalCluster {
+        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let mut nodes = Vec::new();
+        for i in 0..n {
+            let opts = NodeOpts::cluster_node(&format!("{name}-{}", i + 1), i as u64 + 1, ports[i], &ports, HEARTBEAT, "");
+            nodes.push(Node::start(opts).await);
+        }
+        LocalCluster { nodes }
+    }
+
+    async fn status(&self, via: usize) -> Result<v1::ClusterStatusResponse, String> {
+        let mut admin = self.nodes[via].admin().await;
+        admin.cluster_status(v1::ClusterStatusRequest {}).await.map(|r| r.into_inner()).map_err(|s| format!("{s:?}"))
+    }
+
+    /// Wait until every shard has a leader, every member answers, nothing is
+    /// under-replicated, no replica lags and (when asked) every node leads a shard.
+    async fn wait_healthy(&self, via: usize, spread_leaders: bool, what: &str) -> v1::ClusterStatusResponse {
+        wait_until(Duration::from_secs(60), what, || async {
+            let s = self.status(via).await?;
+            let ok = s.clustered
+                && s.leaderless.is_empty()
+                && s.under_replicated.is_empty()
+                && s.nodes.iter().all(|n| n.healthy && n.lag_max == 0)
+                && (!spread_leaders || s.nodes.iter().all(|n| n.shards_led > 0));
+            if ok { Ok(s) } else { Err(format!("{s:?}")) }
+        })
+        .await
+    }
+
+    /// The node (index) leading the most shards.
+    async fn busiest_leader(&self, via: usize) -> usize {
+        let s = self.status(via).await.expect("cluster status");
+        let n = s.nodes.iter().max_by_key(|n| n.shards_led).expect("nodes");
+        (n.node_id - 1) as usize
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct Ev {
+    customer: u32,
+    seq: u32,
+}
+
+impl Ev {
+    fn message_id(self) -> String {
+        format!("cl-c{}-s{}", self.customer, self.seq)
+    }
+    fn to_proto(self) -> v1::Event {
+        track(&self.message_id(), "Cluster Event", &[("user_id", &user(self.customer))], json!({"seq": self.seq, "customer": self.customer}))
+    }
+}
+
+fn user(c: u32) -> String {
+    format!("cl-u{c}")
+}
+
+fn plan(rng: &mut Rng) -> (Vec<u32>, Vec<VecDeque<Ev>>) {
+    let counts: Vec<u32> = (0..CUSTOMERS).map(|_| rng.range(EVENTS_MIN as u64, EVENTS_MAX as u64) as u32).collect();
+    let mut lanes = vec![VecDeque::new(); LANES];
+    for (l, lane) in lanes.iter_mut().enumerate() {
+        let mut next: Vec<(u32, u32)> = (0..CUSTOMERS).filter(|c| *c as usize % LANES == l).map(|c| (c, 0)).collect();
+        while !next.is_empty() {
+            let i = rng.below(next.len() as u64) as usize;
+            let (c, seq) = next[i];
+            lane.push_back(Ev { customer: c, seq });
+            if seq + 1 == counts[c as usize] {
+                next.swap_remove(i);
+            } else {
+                next[i].1 += 1;
+            }
+        }
+    }
+    (counts, lanes)
+}
+
+/// What a lane run observed.
+#[derive(Default)]
+struct Outcome {
+    answered: BTreeMap<Ev, EventStatus>,
+    /// Batches re-sent after their node failed or asked to retry.
+    resent: usize,
+    /// The longest time a lane could not get an answer from any node.
+    longest_outage: Duration,
+}
+
+/// Send every lane's events, each lane to its own node (lane i → node i mod n), one
+/// batch in flight per lane. A batch that fails is re-sent to the next node; events
+/// the node asks to retry go back to the front of the lane. `fault` runs once, after
+/// `fault_after` events are acknowledged, while the lanes keep going.
+async fn run_lanes<F, Fut>(addrs: Vec<String>, lanes: Vec<VecDeque<Ev>>, fault_after: usize, fault: F) -> Outcome
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let acked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for (l, lane) in lanes.into_iter().enumerate() {
+        let addrs = addrs.clone();
+        let acked = acked.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut out = Outcome::default();
+            let mut lane = lane;
+            let mut node = l % addrs.len();
+            let mut batch_id = 0u64;
+            let mut failing_since: Option<Instant> = None;
+            while !lane.is_empty() {
+                let n = lane.len().min(BATCH_EVENTS_MAX);
+                let evs: Vec<Ev> = lane.iter().take(n).copied().collect();
+                batch_id += 1;
+                let req = IngestRequest { batch_id, events: evs.iter().map(|e| e.to_proto()).collect() };
+                let answer = async {
+                    let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", addrs[node]))
+                        .map_err(|e| e.to_string())?
+                        .connect_timeout(Duration::from_secs(1))
+                        .connect()
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let mut client = v1::ingest_client::IngestClient::new(ch);
+                    let mut r = tonic::Request::new(req);
+                    r.set_timeout(Duration::from_secs(15));
+                    client.send(r).await.map(|r| r.into_inner()).map_err(|s| format!("{s:?}"))
+                }
+                .await;
+                let resp = match answer {
+                    Ok(resp) => resp,
+                    Err(_) => {
+                        failing_since.get_or_insert_with(Instant::now);
+                        out.resent += 1;
+                        node = (node + 1) % addrs.len();
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                assert_eq!(resp.results.len(), evs.len(), "one result per event");
+                let mut again = Vec::new();
+                let mut done = 0;
+                for (r, e) in resp.results.iter().zip(&evs) {
+                    match status_of(r) {
+                        s @ (EventStatus::Accepted | EventStatus::Duplicate) => {
+                            assert!(out.answered.insert(*e, s).is_none(), "{} answered twice", e.message_id());
+                            done += 1;
+                        }
+                        EventStatus::Retry => again.push(*e),
+                        _ => panic!("{}: {}", e.message_id(), show_result(r)),
+                    }
+                }
+                lane.drain(..n);
+                for e in again.iter().rev() {
+                    lane.push_front(*e);
+                }
+                if again.is_empty() {
+                    if let Some(t) = failing_since.take() {
+                        out.longest_outage = out.longest_outage.max(t.elapsed());
+                    }
+                } else {
+                    failing_since.get_or_insert_with(Instant::now);
+                    out.resent += 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                acked.fetch_add(done, std::sync::atomic::Ordering::Relaxed);
+            }
+            out
+        }));
+    }
+    let watcher = {
+        let acked = acked.clone();
+        tokio::spawn(async move {
+            while acked.load(std::sync::atomic::Ordering::Relaxed) < fault_after {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            fault().await;
+        })
+    };
+    let mut total = Outcome::default();
+    for t in tasks {
+        let o = t.await.expect("lane task");
+        total.resent += o.resent;
+        total.longest_outage = total.longest_outage.max(o.longest_outage);
+        total.answered.extend(o.answered);
+    }
+    watcher.await.expect("fault task");
+    total
+}
+
+/// Every customer's history read through node `via` (reads go to each shard's leader):
+/// exactly events 0..count, in order, each once.
+async fn check_histories(via: &Node, counts: &[u32]) {
+    use futures::StreamExt;
+    let profiles = via.profiles().await;
+    let results: Vec<(u32, Vec<u32>, u64)> = futures::stream::iter(0..CUSTOMERS)
+        .map(|c| {
+            let mut profiles = profiles.clone();
+            async move {
+                let req = v1::GetProfileRequest { profile: Some(by_identity("user_id", &user(c))), events: 200 };
+                let p = profiles.get(req).await.unwrap_or_else(|s| panic!("customer {c}: {s:?}")).into_inner();
+                let seqs: Vec<u32> = history_oldest_first(&p)
+                    .iter()
+                    .map(|e| {
+                        let props: serde_json::Value = serde_json::from_str(&e.properties_json).expect("json");
+                        assert_eq!(props["customer"], c, "customer {c} holds another customer's event");
+                        props["seq"].as_u64().expect("seq") as u32
+                    })
+                    .collect();
+                (c, seqs, p.event_count)
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    for (c, seqs, count) in results {
+        let want: Vec<u32> = (0..counts[c as usize]).collect();
+        assert_eq!(seqs, want, "customer {c}: every acknowledged event exactly once, in order");
+        assert_eq!(count, want.len() as u64, "customer {c}: event_count");
+    }
+}
+
+#[tokio::test]
+async fn a_three_node_cluster_takes_events_anywhere_and_survives_kill_9_of_its_busiest_leader() {
+    let mut rng = Rng::seeded("cluster-kill");
+    let (counts, lanes) = plan(&mut rng);
+    let total: u32 = counts.iter().sum();
+
+    phase("start three nodes and form the cluster from node 1");
+    let mut cluster = LocalCluster::start(3, "kill").await;
+    let before = cluster.status(1).await.expect("status before init");
+    assert!(before.clustered && before.cluster_id.is_empty(), "not initialized yet: {before:?}");
+    let refused = cluster.nodes[0].send(vec![track("early", "Early", &[("user_id", "x")], json!({}))]).await;
+    assert_ne!(status_of(&refused.results[0]), EventStatus::Accepted, "no event is accepted before the cluster exists");
+    let mut admin = cluster.nodes[0].admin().await;
+    let init = admin.cluster_init(v1::ClusterInitRequest { shards: SHARDS, replication: 3 }).await.expect("cluster init").into_inner();
+    assert_eq!((init.shard_count, init.replication, init.nodes.len()), (SHARDS, 3, 3), "{init:?}");
+    let again = admin.cluster_init(v1::ClusterInitRequest { shards: SHARDS, replication: 3 }).await.expect_err("a second init is refused");
+    assert_eq!(again.code(), tonic::Code::FailedPrecondition, "{again:?}");
+    assert!(again.message().contains("already initialized"), "{again:?}");
+    let healthy = cluster.wait_healthy(2, true, "every shard is led, replicated 3 times, and every node leads some").await;
+    assert_eq!(healthy.cluster_id, init.cluster_id);
+    assert_eq!(healthy.shard_count, SHARDS);
+
+    let victim = cluster.busiest_leader(0).await;
+    phase(&format!("stream {total} events of {CUSTOMERS} customers to all nodes; kill -9 node {} (the busiest leader) at 40%", victim + 1));
+    let addrs: Vec<String> = cluster.nodes.iter().map(|n| n.grpc_addr().to_string()).collect();
+    let pid = cluster.nodes[victim].pid();
+    let killed_at = std::sync::Arc::new(std::sync::Mutex::new(None::<Instant>));
+    let k = killed_at.clone();
+    let outcome = run_lanes(addrs, lanes, total as usize * 2 / 5, move || async move {
+        eprintln!("kill -9 {pid}");
+        let st = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().expect("kill");
+        assert!(st.success());
+        *k.lock().unwrap() = Some(Instant::now());
+    })
+    .await;
+    assert_eq!(outcome.answered.len(), total as usize, "every event answered");
+    eprintln!(
+        "failover: the longest time a client lane got no answer was {:.2}s; {} batches re-sent",
+        outcome.longest_outage.as_secs_f64(),
+        outcome.resent
+    );
+    let _ = cluster.nodes[victim].wait_exit().await;
+
+    phase("every acknowledged event is applied exactly once, in order (read through a survivor)");
+    let survivor = (victim + 1) % 3;
+    check_histories(&cluster.nodes[survivor], &counts).await;
+
+    phase("restart the killed node: it catches up and the cluster is whole again");
+    cluster.nodes[victim].restart().await;
+    cluster.wait_healthy(survivor, false, "the restarted node is healthy and caught up").await;
+    check_histories(&cluster.nodes[victim], &counts).await;
+}

@@ -39,6 +39,12 @@ impl LocalCluster {
         LocalCluster { nodes }
     }
 
+    /// Replicas hosted per node id (from the cluster status rows).
+    async fn replicas(&self, via: usize) -> Result<BTreeMap<u64, u32>, String> {
+        let s = self.status(via).await?;
+        Ok(s.nodes.iter().map(|n| (n.node_id, n.shards_led + n.shards_followed)).collect())
+    }
+
     async fn status(&self, via: usize) -> Result<v1::ClusterStatusResponse, String> {
         let mut admin = self.nodes[via].admin().await;
         admin.cluster_status(v1::ClusterStatusRequest {}).await.map(|r| r.into_inner()).map_err(|s| format!("{s:?}"))
@@ -50,6 +56,9 @@ impl LocalCluster {
         wait_until(Duration::from_secs(60), what, || async {
             let s = self.status(via).await?;
             let ok = s.clustered
+                && !s.cluster_id.is_empty()
+                && s.shard_count > 0
+                && !s.nodes.is_empty()
                 && s.leaderless.is_empty()
                 && s.under_replicated.is_empty()
                 && s.nodes.iter().all(|n| n.healthy && n.lag_max == 0)
@@ -119,7 +128,7 @@ struct Outcome {
 /// batch in flight per lane. A batch that fails is re-sent to the next node; events
 /// the node asks to retry go back to the front of the lane. `fault` runs once, after
 /// `fault_after` events are acknowledged, while the lanes keep going.
-async fn run_lanes<F, Fut>(addrs: Vec<String>, lanes: Vec<VecDeque<Ev>>, fault_after: usize, fault: F) -> Outcome
+async fn run_lanes<F, Fut>(addrs: Vec<String>, lanes: Vec<VecDeque<Ev>>, pace: Duration, fault_after: usize, fault: F) -> Outcome
 where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
@@ -190,6 +199,9 @@ where
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 acked.fetch_add(done, std::sync::atomic::Ordering::Relaxed);
+                if !pace.is_zero() {
+                    tokio::time::sleep(pace).await;
+                }
             }
             out
         }));
@@ -274,7 +286,7 @@ async fn a_three_node_cluster_takes_events_anywhere_and_survives_kill_9_of_its_b
     let pid = cluster.nodes[victim].pid();
     let killed_at = std::sync::Arc::new(std::sync::Mutex::new(None::<Instant>));
     let k = killed_at.clone();
-    let outcome = run_lanes(addrs, lanes, total as usize * 2 / 5, move || async move {
+    let outcome = run_lanes(addrs, lanes, Duration::ZERO, total as usize * 2 / 5, move || async move {
         eprintln!("kill -9 {pid}");
         let st = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().expect("kill");
         assert!(st.success());
@@ -297,4 +309,84 @@ async fn a_three_node_cluster_takes_events_anywhere_and_survives_kill_9_of_its_b
     cluster.nodes[victim].restart().await;
     cluster.wait_healthy(survivor, false, "the restarted node is healthy and caught up").await;
     check_histories(&cluster.nodes[victim], &counts).await;
+}
+
+#[tokio::test]
+async fn nodes_join_shards_rebalance_and_a_node_drains_away_while_events_flow() {
+    let mut rng = Rng::seeded("cluster-moves");
+    let (counts, lanes) = plan(&mut rng);
+    let total: u32 = counts.iter().sum();
+
+    phase("a three-node cluster and a fourth node that is started but not a member");
+    let mut cluster = LocalCluster::start(3, "moves").await;
+    let mut admin = cluster.nodes[0].admin().await;
+    admin.cluster_init(v1::ClusterInitRequest { shards: SHARDS, replication: 3 }).await.expect("cluster init");
+    cluster.wait_healthy(0, false, "the cluster is healthy").await;
+    let port4 = free_port();
+    cluster.nodes.push(Node::start(NodeOpts::cluster_node("moves-4", 4, port4, &[port4], HEARTBEAT, "")).await);
+    let wrong = admin.node_add(v1::NodeAddRequest { node_id: 5, addr: format!("127.0.0.1:{port4}") }).await.expect_err("a wrong id is refused");
+    assert!(wrong.message().contains("has id 4"), "{wrong:?}");
+
+    phase(&format!("stream {total} events; meanwhile add node 4, rebalance, drain node 1 and remove it"));
+    let addrs: Vec<String> = cluster.nodes[..3].iter().map(|n| n.grpc_addr().to_string()).collect();
+    let ops_addr = cluster.nodes[1].grpc_url();
+    let ops = move || async move {
+        let ch = tonic::transport::Endpoint::from_shared(ops_addr).unwrap().connect().await.expect("connect node 2");
+        let mut admin = v1::admin_client::AdminClient::new(ch);
+        let status = |mut admin: v1::admin_client::AdminClient<tonic::transport::Channel>| async move {
+            admin.cluster_status(v1::ClusterStatusRequest {}).await.map(|r| r.into_inner()).map_err(|s| format!("{s:?}"))
+        };
+        admin.node_add(v1::NodeAddRequest { node_id: 4, addr: format!("127.0.0.1:{port4}") }).await.expect("node add");
+        let dry = admin.shard_rebalance(v1::ShardRebalanceRequest { dry_run: true }).await.expect("dry run").into_inner();
+        assert_eq!(dry.moves.len(), 6, "24 replicas over 4 nodes: 6 move to the new node: {dry:?}");
+        assert!(!dry.queued && dry.moves.iter().all(|m| m.to == 4));
+        let plan = admin.shard_rebalance(v1::ShardRebalanceRequest { dry_run: false }).await.expect("rebalance").into_inner();
+        assert!(plan.queued);
+        eprintln!("rebalancing: {} moves queued", plan.moves.len());
+        wait_until(Duration::from_secs(120), "the rebalance finished (6 replicas on every node)", || {
+            let a = admin.clone();
+            async move {
+                let s = status(a).await?;
+                let per: Vec<u32> = s.nodes.iter().map(|n| n.shards_led + n.shards_followed).collect();
+                if s.moves.is_empty() && per == vec![6, 6, 6, 6] { Ok(()) } else { Err(format!("moves {:?}, replicas {per:?}", s.moves)) }
+            }
+        })
+        .await;
+        let drain = admin.node_drain(v1::NodeDrainRequest { node_id: 1 }).await.expect("drain").into_inner();
+        eprintln!("draining node 1: {} moves", drain.moves.len());
+        wait_until(Duration::from_secs(120), "node 1 is drained", || {
+            let a = admin.clone();
+            async move {
+                let s = status(a).await?;
+                let per: Vec<(u64, u32)> = s.nodes.iter().map(|n| (n.node_id, n.shards_led + n.shards_followed)).collect();
+                if s.moves.is_empty() && per == vec![(1, 0), (2, 8), (3, 8), (4, 8)] { Ok(()) } else { Err(format!("moves {:?}, replicas {per:?}", s.moves)) }
+            }
+        })
+        .await;
+        admin.node_remove(v1::NodeRemoveRequest { node_id: 1 }).await.expect("remove the drained node");
+    };
+    // Node 1 keeps taking events while it drains (it forwards to the leaders).
+    let outcome = run_lanes(addrs, lanes, Duration::from_millis(15), total as usize / 10, ops).await;
+    assert_eq!(outcome.answered.len(), total as usize, "every event answered");
+
+    phase("node 1 is gone for good; histories are whole when read through the new node");
+    let s = cluster.status(1).await.expect("status");
+    assert_eq!(s.nodes.iter().map(|n| n.node_id).collect::<Vec<_>>(), vec![2, 3, 4]);
+    cluster.wait_healthy(1, false, "three members, all healthy").await;
+    check_histories(&cluster.nodes[3], &counts).await;
+    let mut admin2 = cluster.nodes[1].admin().await;
+    let reuse = admin2
+        .node_add(v1::NodeAddRequest { node_id: 1, addr: format!("127.0.0.1:{}", free_port()) })
+        .await
+        .expect_err("a removed node's id is never reused");
+    assert!(reuse.message().contains("did not answer") || reuse.message().contains("never reused"), "{reuse:?}");
+
+    phase("leadership moves on request");
+    let mut shards2 = v1::admin_client::AdminClient::new(cluster.nodes[3].channel().await);
+    let on4 = cluster.nodes[3].list_shards().await;
+    let target = on4.iter().find(|s| s.leader != 4).expect("a shard node 4 follows");
+    shards2.shard_transfer_leader(v1::ShardTransferLeaderRequest { shard: target.shard, to: 4 }).await.expect("transfer leader");
+    let after = cluster.nodes[3].list_shards().await;
+    assert_eq!(after.iter().find(|s| s.shard == target.shard).unwrap().leader, 4);
+    let _ = cluster.replicas(1).await;
 }

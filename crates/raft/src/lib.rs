@@ -334,24 +334,36 @@ impl Group {
         let voters: Vec<NodeId> = membership.voter_ids().collect();
         let learners: Vec<NodeId> = membership.learner_ids().collect();
         GroupStatus {
-            leader: m.current_leader,
+            leader: match m.current_leader {
+                Some(l) if l == self.node && m.state != openraft::ServerState::Leader => None,
+                other => other,
+            },
             term: m.current_term,
             last_log_index: m.last_log_index.unwrap_or(0),
             applied_index: m.last_applied.as_ref().map(|l| l.index).unwrap_or(0),
             voters,
             learners,
-            is_leader: m.current_leader == Some(self.node),
+            is_leader: m.current_leader == Some(self.node) && m.state == openraft::ServerState::Leader,
         }
     }
 
     /// Whether this node leads the group (cheap: no copy of the metrics).
     pub fn is_leader(&self) -> bool {
-        self.raft.metrics().borrow_watched().current_leader == Some(self.node)
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        m.state == openraft::ServerState::Leader && m.current_leader == Some(self.node)
     }
 
-    /// The leader this replica knows of (cheap).
+    /// The leader this replica knows of (cheap). A replica that restarted still holds
+    /// the vote it had as leader, but it is not leading until it wins again: it names
+    /// itself only while it really leads.
     pub fn leader(&self) -> Option<NodeId> {
-        self.raft.metrics().borrow_watched().current_leader
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        match m.current_leader {
+            Some(l) if l == self.node && m.state != openraft::ServerState::Leader => None,
+            other => other,
+        }
     }
 
     pub async fn shutdown(&self) -> Result<(), RaftError> {

@@ -88,6 +88,8 @@ pub enum NodeRequest {
     Placement { op: PlacementOp, hops: u8 },
     ShardAdmin { shard: ShardId, op: ShardAdminOp, hops: u8 },
     Status,
+    /// The placement as the placement leader has applied it (every acknowledged change).
+    PlacementState { hops: u8 },
 }
 
 /// Who a node is.
@@ -131,6 +133,7 @@ pub enum NodeReply {
     Read(ShardReadReply),
     Admin(ReplicaView),
     Status(NodeView),
+    Placement(Box<PlacementState>),
     Done,
     Failed(Fail),
 }
@@ -313,6 +316,10 @@ impl Shards {
                 Err(e) => fail(e),
             },
             NodeRequest::Status => NodeReply::Status(self.node_view()),
+            NodeRequest::PlacementState { hops } => match self.fresh_placement_hops(hops).await {
+                Ok(st) => NodeReply::Placement(Box::new((*st).clone())),
+                Err(e) => fail(e),
+            },
         }
     }
 
@@ -339,6 +346,27 @@ impl Shards {
 
     // ---- placement -----------------------------------------------------------------
 
+    /// The placement including every acknowledged change (read at the placement leader),
+    /// for plans and operator views.
+    pub async fn fresh_placement(&self) -> Result<Arc<PlacementState>, ShardError> {
+        self.fresh_placement_hops(crate::node::FORWARD_HOPS_MAX).await
+    }
+
+    async fn fresh_placement_hops(&self, hops: u8) -> Result<Arc<PlacementState>, ShardError> {
+        let c = self.cluster()?;
+        match c.group.leader() {
+            Some(l) if l == self.inner.node => Ok(c.app.state()),
+            Some(l) if hops > 0 => match self.remote(l, None, NodeRequest::PlacementState { hops: hops - 1 }).await {
+                Ok(NodeReply::Placement(st)) => Ok(Arc::new(*st)),
+                Ok(NodeReply::Failed(f)) => Err(f.into()),
+                Ok(other) => Err(ShardError::Remote { node: l, detail: format!("unexpected reply {other:?}") }),
+                // The leader is unreachable: this node's own view is the best there is.
+                Err(_) => Ok(c.app.state()),
+            },
+            _ => Ok(c.app.state()),
+        }
+    }
+
     /// Propose a placement change at the placement group's leader.
     pub async fn placement_propose(&self, op: PlacementOp) -> Result<(), ShardError> {
         self.placement_hops(op, crate::node::FORWARD_HOPS_MAX).await
@@ -347,34 +375,35 @@ impl Shards {
     async fn placement_hops(&self, op: PlacementOp, hops: u8) -> Result<(), ShardError> {
         let c = self.cluster()?;
         let deadline = tokio::time::Instant::now() + Duration::from_millis(crate::node::ROUTE_WAIT_MS_MAX);
-        let leader = loop {
-            if let Some(l) = c.group.leader() {
-                break l;
-            }
+        loop {
+            let unavailable = || if c.app.state().is_initialized() { ShardError::Unavailable { shard: PLACEMENT_GROUP } } else { ShardError::NotInitialized };
+            let attempt = match c.group.leader() {
+                None => Err(unavailable()),
+                Some(l) if l == self.inner.node => {
+                    let cmd = chorus_placement::app::command(self.inner.clock.now_ms(), &op);
+                    match c.group.propose(cmd).await {
+                        Ok((_, ShardResult::Placement(None))) => return Ok(()),
+                        Ok((_, ShardResult::Placement(Some(e)))) => return Err(ShardError::Cluster(e)),
+                        Ok((i, other)) => return Err(ShardError::Corrupt(format!("placement entry {i} returned {other:?}"))),
+                        // Refused before it was appended (leadership not established or
+                        // just lost): safe to try again.
+                        Err(chorus_raft::RaftError::NotLeader { .. }) => Err(unavailable()),
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                Some(_) if hops == 0 => return Err(unavailable()),
+                Some(l) => {
+                    return match self.remote(l, None, NodeRequest::Placement { op, hops: hops - 1 }).await? {
+                        NodeReply::Done => Ok(()),
+                        NodeReply::Failed(f) => Err(f.into()),
+                        other => Err(ShardError::Remote { node: l, detail: format!("unexpected reply {other:?}") }),
+                    };
+                }
+            };
             if tokio::time::Instant::now() >= deadline {
-                return Err(if c.app.state().is_initialized() {
-                    ShardError::Unavailable { shard: PLACEMENT_GROUP }
-                } else {
-                    ShardError::NotInitialized
-                });
+                return attempt;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
-        };
-        if leader == self.inner.node {
-            let cmd = chorus_placement::app::command(self.inner.clock.now_ms(), &op);
-            return match c.group.propose(cmd).await? {
-                (_, ShardResult::Placement(None)) => Ok(()),
-                (_, ShardResult::Placement(Some(e))) => Err(ShardError::Cluster(e)),
-                (i, other) => Err(ShardError::Corrupt(format!("placement entry {i} returned {other:?}"))),
-            };
-        }
-        if hops == 0 {
-            return Err(ShardError::Unavailable { shard: PLACEMENT_GROUP });
-        }
-        match self.remote(leader, None, NodeRequest::Placement { op, hops: hops - 1 }).await? {
-            NodeReply::Done => Ok(()),
-            NodeReply::Failed(f) => Err(f.into()),
-            other => Err(ShardError::Remote { node: leader, detail: format!("unexpected reply {other:?}") }),
         }
     }
 
@@ -461,7 +490,7 @@ impl Shards {
 
     /// Mark a node draining and queue the moves that empty it; returns them.
     pub async fn node_drain(&self, id: NodeId) -> Result<Vec<Move>, ShardError> {
-        let plan = self.placement().drain_plan(id).map_err(|e| ShardError::Cluster(e.to_string()))?;
+        let plan = self.fresh_placement().await?.drain_plan(id).map_err(|e| ShardError::Cluster(e.to_string()))?;
         self.placement_propose(PlacementOp::SetDraining { id, draining: true }).await?;
         if !plan.is_empty() {
             self.placement_propose(PlacementOp::QueueMoves { moves: plan.clone() }).await?;
@@ -472,7 +501,7 @@ impl Shards {
     /// Queue a move of `shard`'s replica from `from` (default: its replica on the node
     /// holding the most replicas) to `to`.
     pub async fn shard_move(&self, shard: ShardId, from: Option<NodeId>, to: NodeId) -> Result<Move, ShardError> {
-        let st = self.placement();
+        let st = self.fresh_placement().await?;
         let sp = st.shards.get(shard as usize).ok_or_else(|| ShardError::Cluster(format!("shard {shard} does not exist (the cluster has {})", st.shard_count())))?;
         let counts = st.replica_counts();
         let from = match from {
@@ -491,7 +520,7 @@ impl Shards {
     /// The moves that would even replicas across nodes; queued unless `dry_run`.
     pub async fn rebalance(&self, dry_run: bool) -> Result<Vec<Move>, ShardError> {
         self.cluster()?;
-        let plan = self.placement().rebalance_plan();
+        let plan = self.fresh_placement().await?.rebalance_plan();
         if !dry_run && !plan.is_empty() {
             self.placement_propose(PlacementOp::QueueMoves { moves: plan.clone() }).await?;
         }
@@ -554,7 +583,7 @@ impl Shards {
 
     /// Every member's view (members that do not answer are reported unhealthy).
     pub async fn cluster_view(&self) -> Result<ClusterView, ShardError> {
-        let st = self.placement();
+        let st = self.fresh_placement().await?;
         let mut views: BTreeMap<NodeId, Option<NodeView>> = BTreeMap::new();
         let asks = st.members.keys().map(|id| async move {
             if *id == self.inner.node {

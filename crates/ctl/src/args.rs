@@ -19,14 +19,22 @@ pub const PROFILE_EVENTS_MAX: u64 = 1_000;
 pub const EXPLAIN_LIMIT_MAX: u64 = 10_000;
 /// Most past messages a tail may ask for.
 pub const TAIL_LAST_MAX: u64 = 100_000;
+/// Most shards a cluster may be created with (the node's `chorus_placement::SHARDS_MAX`;
+/// the node checks again).
+pub const CLUSTER_SHARDS_MAX: u32 = 4096;
+/// Highest replication factor (the node's `chorus_placement::REPLICATION_MAX`).
+pub const REPLICATION_MAX: u32 = 7;
+/// Replication factor of `cluster init` when `--replication` is not given.
+pub const REPLICATION_DEFAULT: u32 = 3;
 
 pub const EVENT_TYPES: [&str; 6] = ["track", "identify", "alias", "page", "screen", "group"];
 
 const ABOUT: &str = "Operate and inspect a Chorus cluster";
 const LONG_ABOUT: &str = "\
 chorusctl talks to any Chorus node over gRPC: it sends events, reads customer profiles \
-and their decision logs, shows cluster and shard health, tails the messages captured by \
-the capture connector and drives the manual clock.
+and their decision logs, shows cluster and shard health, forms a cluster and moves shard \
+replicas between its nodes, tails the messages captured by the capture connector and \
+drives the manual clock.
 
 Every read prints a table by default and JSON with `-o json`. Exit codes: 0 success; \
 1 the request failed, was refused or an event was rejected; 2 the command line or an \
@@ -34,7 +42,9 @@ input file is wrong (nothing was sent).";
 
 const EXAMPLES: &str = "\
 Examples:
+  chorusctl cluster init --shards 64 --replication 3
   chorusctl cluster status
+  chorusctl node drain 3
   chorusctl event send --name 'Product Viewed' --user-id 42 --properties '{\"sku\":\"A1\"}'
   chorusctl event send --file events.ndjson
   chorusctl profile get email:ada@example.com
@@ -72,12 +82,18 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Cluster health: nodes, leaderless and under-replicated shards, the clock
+    /// Form the cluster and show its health: nodes, leaderless and under-replicated
+    /// shards, queued moves, the clock
     Cluster {
         #[command(subcommand)]
         command: ClusterCommand,
     },
-    /// Shards: leaders, raft terms and progress, customers, timers, intents
+    /// Cluster members: list, admit, drain and remove nodes
+    Node {
+        #[command(subcommand)]
+        command: NodeCommand,
+    },
+    /// Shards: leaders, raft terms and load; move replicas, hand over leadership, rebalance
     Shard {
         #[command(subcommand)]
         command: ShardCommand,
@@ -359,12 +375,77 @@ Example:\n  chorusctl journey simulate examples/journeys/browse-abandon.yaml --e
 
 #[derive(Subcommand, Debug)]
 pub enum ClusterCommand {
-    /// Show cluster id, nodes and their health, shard health and the clock
+    /// Form the cluster from the seed nodes: members, shards and where their replicas live
     #[command(
-        after_help = "JSON: {cluster_id, shard_count, nodes: [{node_id, grpc_addr, http_addr, version, healthy, \
-shards_led, shards_followed}], leaderless_shards, under_replicated_shards, clock_mode, now_ms, now}"
+        long_about = "Form the cluster once, from the nodes listed as seeds in the [cluster] section of \
+the node's configuration: every seed must be running and answer. Chorus records the members, creates the \
+shards and spreads their replicas evenly. Run it against one of the first five nodes by id; later nodes \
+join with `chorusctl node add`.",
+        after_help = "Columns: NODE CLUSTER (node-to-node address) GRPC HTTP.\n\n\
+JSON: {cluster_id, shard_count, replication, nodes: [{node_id, cluster_addr, grpc_addr, http_addr, draining}]}\n\n\
+Example:\n  chorusctl --endpoint http://node1:7700 cluster init --shards 64 --replication 3"
     )]
+    Init {
+        /// How many shards to create (1-4096); this cannot be changed later
+        #[arg(long, value_name = "N", value_parser = shard_count_arg)]
+        shards: u32,
+        /// Replicas of every shard (1-7); no more than the number of seed nodes
+        #[arg(long, value_name = "R", default_value_t = REPLICATION_DEFAULT, value_parser = replication_arg)]
+        replication: u32,
+    },
+    /// Show cluster id, nodes and their health, shard health, queued moves and the clock
+    #[command(after_help = "On a cluster the report also has the replication factor, the placement leader, the \
+leaderless and under-replicated shards and the queued moves (the first one is running).\n\n\
+Columns: NODE CLUSTER GRPC HEALTHY VERSION LEADS FOLLOWS LAG (most log entries one of its replicas is behind) \
+DRAINING; on a node running alone NODE GRPC HTTP VERSION HEALTHY LEADS FOLLOWS.\n\n\
+JSON: {cluster_id, shard_count, clustered, replication, placement_leader, nodes: [{node_id, cluster_addr, \
+grpc_addr, http_addr, version, healthy, shards_led, shards_followed, lag_max, draining}], leaderless_shards, \
+under_replicated_shards, leaderless: [shard], under_replicated: [shard], moves: [{shard, from, to, running}], \
+clock_mode, now_ms, now}. clustered is false for a node running alone; placement_leader is 0 when no leader \
+is known.")]
     Status,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NodeCommand {
+    /// List the nodes with their addresses, health, shards led and followed, lag and draining
+    #[command(after_help = "The node table of `cluster status`. Columns: NODE CLUSTER GRPC HEALTHY VERSION LEADS \
+FOLLOWS LAG DRAINING.\n\nJSON: {clustered, nodes: [{node_id, cluster_addr, grpc_addr, http_addr, version, healthy, \
+shards_led, shards_followed, lag_max, draining}]}")]
+    List,
+    /// Admit a started node to the cluster; it holds no replicas until moves give it some
+    #[command(
+        long_about = "Admit a node that is running with a [cluster] section but belongs to no cluster yet. \
+Chorus asks the node at --addr who it is: its configured node id must be --id. The node holds no replicas \
+until moves give it some: run `chorusctl shard rebalance` afterwards.",
+        after_help = "JSON: {node: {node_id, cluster_addr, grpc_addr, http_addr, draining}}\n\n\
+Example:\n  chorusctl node add --id 4 --addr node4:7900\n  chorusctl shard rebalance"
+    )]
+    Add {
+        /// The node's id, as in its configuration (node_id); ids of removed nodes are never reused
+        #[arg(long, value_name = "ID", value_parser = node_id_arg)]
+        id: u64,
+        /// The node's node-to-node address (its [cluster] advertise address), not its gRPC port
+        #[arg(long, value_name = "HOST:PORT", value_parser = cluster_addr_arg)]
+        addr: String,
+    },
+    /// Forget a node that holds no replica (drain it first); its id is never used again
+    #[command(after_help = "JSON: {node_id, removed: true}\n\nExample:\n  chorusctl node drain 3   \
+# wait until `chorusctl cluster status` shows no moves\n  chorusctl node remove 3")]
+    Remove {
+        /// Node id
+        #[arg(value_name = "ID", value_parser = node_id_arg)]
+        id: u64,
+    },
+    /// Mark a node draining and queue the moves that take every replica off it
+    #[command(after_help = "A draining node gets no new replicas. The moves run one at a time: follow them with \
+`chorusctl cluster status`, then remove the node with `chorusctl node remove ID`.\n\n\
+Columns: SHARD FROM TO.\n\nJSON: {node_id, moves: [{shard, from, to}], queued}")]
+    Drain {
+        /// Node id
+        #[arg(value_name = "ID", value_parser = node_id_arg)]
+        id: u64,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -376,6 +457,42 @@ INTENTS (pending sends) QUARANTINED.\n\nJSON: {shards: [{shard, leader, voters, 
 applied_index, live_actors, customers, pending_timers, pending_intents, quarantined}]}"
     )]
     List,
+    /// Queue a move of one shard replica to another node
+    #[command(after_help = "The replica catches up on the new node before the old one is removed; moves run one at \
+a time (see `chorusctl cluster status`).\n\nColumns: SHARD FROM TO.\n\nJSON: {moves: [{shard, from, to}], queued}\n\n\
+Example:\n  chorusctl shard move 12 --to 4 --from 2")]
+    Move {
+        /// Shard id (see `chorusctl shard list`)
+        #[arg(value_name = "SHARD")]
+        shard: u32,
+        /// The node to move the replica to
+        #[arg(long, value_name = "NODE", value_parser = node_id_arg)]
+        to: u64,
+        /// The node to move the replica from [default: the shard's replica on the node holding the most replicas]
+        #[arg(long, value_name = "NODE", value_parser = node_id_arg)]
+        from: Option<u64>,
+    },
+    /// Hand a shard's leadership to another of its voters; returns once it has
+    #[command(after_help = "JSON: {shard, leader}\n\nExample:\n  chorusctl shard transfer-leader 12 --to 3")]
+    TransferLeader {
+        /// Shard id (see `chorusctl shard list`)
+        #[arg(value_name = "SHARD")]
+        shard: u32,
+        /// The voter of the shard that should lead it
+        #[arg(long, value_name = "NODE", value_parser = node_id_arg)]
+        to: u64,
+    },
+    /// Plan the moves that spread replicas evenly over the nodes, and queue them
+    #[command(
+        after_help = "Columns: SHARD FROM TO.\n\nJSON: {dry_run, moves: [{shard, from, to}], queued}. queued is \
+false for a dry run or when nothing needs to move.\n\nExamples:\n  chorusctl shard rebalance --dry-run\n  \
+chorusctl shard rebalance"
+    )]
+    Rebalance {
+        /// Only print the plan; queue nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -752,6 +869,49 @@ pub fn json_object_arg(text: &str) -> Result<Map<String, Value>, String> {
 
 pub use chorus_types::json::json_kind;
 
+/// A node id: a whole number from 1 (0 is reserved).
+pub fn node_id_arg(text: &str) -> Result<u64, String> {
+    match text.trim().parse::<u64>() {
+        Ok(0) => Err("node ids start at 1 (0 is reserved)".to_string()),
+        Ok(id) => Ok(id),
+        Err(_) => Err(format!("{text:?} is not a node id: give a whole number such as 3 (see `chorusctl node list`)")),
+    }
+}
+
+/// `cluster init --shards`: 1 to [`CLUSTER_SHARDS_MAX`].
+fn shard_count_arg(text: &str) -> Result<u32, String> {
+    whole_in_range(text, 1, CLUSTER_SHARDS_MAX, "shards")
+}
+
+/// `cluster init --replication`: 1 to [`REPLICATION_MAX`].
+fn replication_arg(text: &str) -> Result<u32, String> {
+    whole_in_range(text, 1, REPLICATION_MAX, "replicas")
+}
+
+fn whole_in_range(text: &str, min: u32, max: u32, what: &str) -> Result<u32, String> {
+    match text.trim().parse::<u64>() {
+        Ok(n) if n >= u64::from(min) && n <= u64::from(max) => Ok(n as u32),
+        Ok(n) => Err(format!("give {min} to {max} {what}, not {n}")),
+        Err(_) => Err(format!("{text:?} is not a whole number: give {min} to {max} {what}")),
+    }
+}
+
+/// A node-to-node address, `host:port` (no scheme), as nodes check `cluster.advertise`.
+pub fn cluster_addr_arg(text: &str) -> Result<String, String> {
+    let t = text.trim();
+    if let Some((scheme, rest)) = t.split_once("://") {
+        return Err(format!("give host:port without a scheme, e.g. {rest} instead of {scheme}://{rest}"));
+    }
+    match t.rsplit_once(':') {
+        Some((host, port))
+            if !host.is_empty() && !host.contains(char::is_whitespace) && port.parse::<u16>().is_ok_and(|p| p != 0) =>
+        {
+            Ok(t.to_string())
+        }
+        _ => Err(format!("{text:?} is not host:port: give the node's [cluster] advertise address, e.g. node4:7900")),
+    }
+}
+
 fn duration_arg(text: &str) -> Result<Duration, String> {
     let ms = timefmt::parse_duration_ms(text)?;
     if ms == 0 {
@@ -880,6 +1040,81 @@ mod tests {
         assert_eq!(find.target(), ProfileTarget::Identity(ident("device_id", "d-9")));
         assert!(parse(&["profile", "find"]).is_err());
         assert!(parse(&["profile", "find", "--email", "a@b.c", "--user-id", "1"]).is_err());
+    }
+
+    #[test]
+    fn cluster_init_takes_shards_and_a_replication_that_defaults_to_3() {
+        let cli = parse(&["cluster", "init", "--shards", "64"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Cluster { command: ClusterCommand::Init { shards: 64, replication: REPLICATION_DEFAULT } }
+        ));
+        let cli = parse(&["cluster", "init", "--shards", "4096", "--replication", "1"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Cluster { command: ClusterCommand::Init { shards: 4096, replication: 1 } }
+        ));
+        for bad in
+            [&["cluster", "init"][..], &["cluster", "init", "--shards", "0"], &["cluster", "init", "--shards", "4097"]]
+        {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+        assert!(parse(&["cluster", "init", "--shards", "8", "--replication", "0"]).is_err());
+        assert!(parse(&["cluster", "init", "--shards", "8", "--replication", "8"]).is_err());
+        assert_eq!(shard_count_arg("0"), Err("give 1 to 4096 shards, not 0".into()));
+        assert_eq!(shard_count_arg("many"), Err("\"many\" is not a whole number: give 1 to 4096 shards".into()));
+    }
+
+    #[test]
+    fn node_ids_start_at_1_and_addresses_are_host_port() {
+        assert_eq!(node_id_arg("7"), Ok(7));
+        assert!(node_id_arg("0").unwrap_err().contains("start at 1"));
+        assert!(node_id_arg("n1").unwrap_err().contains("not a node id"));
+        assert_eq!(cluster_addr_arg("node4:7900"), Ok("node4:7900".into()));
+        assert_eq!(cluster_addr_arg("[::1]:7900"), Ok("[::1]:7900".into()));
+        assert!(cluster_addr_arg("http://node4:7900").unwrap_err().contains("node4:7900 instead of http://node4:7900"));
+        for bad in ["node4", ":7900", "node4:", "node4:0", "node4:99999", "no de:7900", ""] {
+            assert!(cluster_addr_arg(bad).unwrap_err().contains("is not host:port"), "{bad}");
+        }
+        let cli = parse(&["node", "add", "--id", "4", "--addr", "node4:7900"]).unwrap();
+        let Command::Node { command: NodeCommand::Add { id, addr } } = cli.command else { panic!("not node add") };
+        assert_eq!((id, addr.as_str()), (4, "node4:7900"));
+        assert!(parse(&["node", "add", "--id", "4"]).is_err());
+        assert!(parse(&["node", "add", "--addr", "node4:7900"]).is_err());
+        assert!(matches!(
+            parse(&["node", "drain", "3"]).unwrap().command,
+            Command::Node { command: NodeCommand::Drain { id: 3 } }
+        ));
+        assert!(matches!(
+            parse(&["node", "remove", "3"]).unwrap().command,
+            Command::Node { command: NodeCommand::Remove { id: 3 } }
+        ));
+        assert!(matches!(parse(&["node", "list"]).unwrap().command, Command::Node { command: NodeCommand::List }));
+        assert!(parse(&["node", "remove"]).is_err());
+        assert!(parse(&["node", "drain", "0"]).is_err());
+    }
+
+    #[test]
+    fn shard_commands_name_a_shard_and_nodes() {
+        let cli = parse(&["shard", "move", "12", "--to", "4"]).unwrap();
+        assert!(matches!(cli.command, Command::Shard { command: ShardCommand::Move { shard: 12, to: 4, from: None } }));
+        let cli = parse(&["shard", "move", "12", "--to", "4", "--from", "2"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Shard { command: ShardCommand::Move { shard: 12, to: 4, from: Some(2) } }
+        ));
+        assert!(parse(&["shard", "move", "12"]).is_err());
+        assert!(parse(&["shard", "move", "--to", "4"]).is_err());
+        assert!(parse(&["shard", "move", "12", "--to", "0"]).is_err());
+        assert!(parse(&["shard", "move", "-1", "--to", "4"]).is_err());
+        let cli = parse(&["shard", "transfer-leader", "0", "--to", "3"]).unwrap();
+        assert!(matches!(cli.command, Command::Shard { command: ShardCommand::TransferLeader { shard: 0, to: 3 } }));
+        assert!(parse(&["shard", "transfer-leader", "0"]).is_err());
+        let cli = parse(&["shard", "rebalance", "--dry-run"]).unwrap();
+        assert!(matches!(cli.command, Command::Shard { command: ShardCommand::Rebalance { dry_run: true } }));
+        let cli = parse(&["shard", "rebalance"]).unwrap();
+        assert!(matches!(cli.command, Command::Shard { command: ShardCommand::Rebalance { dry_run: false } }));
+        assert!(matches!(parse(&["shard", "list"]).unwrap().command, Command::Shard { command: ShardCommand::List }));
     }
 
     #[test]

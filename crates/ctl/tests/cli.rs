@@ -40,8 +40,16 @@ fn closed_port() -> u16 {
 fn every_command_has_help() {
     let commands: &[&[&str]] = &[
         &[],
+        &["cluster", "init"],
         &["cluster", "status"],
+        &["node", "list"],
+        &["node", "add"],
+        &["node", "remove"],
+        &["node", "drain"],
         &["shard", "list"],
+        &["shard", "move"],
+        &["shard", "transfer-leader"],
+        &["shard", "rebalance"],
         &["event", "send"],
         &["profile", "get"],
         &["profile", "find"],
@@ -87,6 +95,96 @@ fn usage_errors_exit_with_2() {
     let out = chorusctl(&["event", "send", "--email", "a@b.c"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("--name"));
+}
+
+#[test]
+fn cluster_operations_check_their_arguments_before_sending_anything() {
+    // Exit 2 against a closed port: the command line was refused before connecting
+    // (a connection attempt would have failed with exit 1).
+    let endpoint = format!("http://127.0.0.1:{}", closed_port());
+    let cases: &[(&[&str], &str)] = &[
+        (&["cluster", "init", "--shards", "0"], "give 1 to 4096 shards, not 0"),
+        (&["cluster", "init", "--shards", "5000"], "give 1 to 4096 shards, not 5000"),
+        (&["cluster", "init", "--shards", "64", "--replication", "0"], "give 1 to 7 replicas, not 0"),
+        (&["cluster", "init", "--replication", "3"], "--shards <N>"),
+        (&["node", "add", "--id", "0", "--addr", "n4:7900"], "node ids start at 1"),
+        (&["node", "add", "--id", "4", "--addr", "http://n4:7900"], "give host:port without a scheme, e.g. n4:7900"),
+        (&["node", "add", "--id", "4", "--addr", "n4"], "is not host:port"),
+        (&["node", "add", "--id", "4"], "--addr <HOST:PORT>"),
+        (&["node", "remove", "zero"], "is not a node id"),
+        (&["node", "drain"], "<ID>"),
+        (&["shard", "move", "3"], "--to <NODE>"),
+        (&["shard", "move", "3", "--to", "2", "--from", "2"], "--from and --to both name node 2"),
+        (&["shard", "move", "x", "--to", "2"], "invalid value 'x' for '<SHARD>'"),
+        (&["shard", "transfer-leader", "3", "--to", "0"], "node ids start at 1"),
+        (&["shard", "rebalance", "--dry-run=yes"], "--dry-run"),
+    ];
+    for (args, says) in cases {
+        let mut argv = args.to_vec();
+        argv.extend(["--endpoint", &endpoint]);
+        let out = chorusctl(&argv);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?} should say {says:?}:\n{err}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+}
+
+#[test]
+fn cluster_operations_against_an_unreachable_node_exit_with_1() {
+    let endpoint = format!("http://127.0.0.1:{}", closed_port());
+    let commands: &[&[&str]] = &[
+        &["cluster", "init", "--shards", "8"],
+        &["node", "list"],
+        &["node", "add", "--id", "4", "--addr", "127.0.0.1:7900"],
+        &["node", "remove", "4"],
+        &["node", "drain", "4"],
+        &["shard", "move", "3", "--to", "2"],
+        &["shard", "transfer-leader", "3", "--to", "2"],
+        &["shard", "rebalance", "--dry-run"],
+    ];
+    for args in commands {
+        let mut argv = args.to_vec();
+        argv.extend(["--endpoint", &endpoint]);
+        let out = chorusctl(&argv);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains("cannot reach Chorus") && err.contains("connection refused"), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn cluster_help_documents_defaults_and_json_shapes() {
+    let help = |args: &[&str]| {
+        let mut argv = args.to_vec();
+        argv.push("--help");
+        let out = chorusctl(&argv);
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let init = help(&["cluster", "init"]);
+    assert!(
+        init.contains("[default: 3]") && init.contains("JSON: {cluster_id, shard_count, replication, nodes"),
+        "{init}"
+    );
+    let status = help(&["cluster", "status"]);
+    for field in [
+        "clustered",
+        "placement_leader",
+        "leaderless: [shard]",
+        "under_replicated: [shard]",
+        "lag_max",
+        "draining",
+        "moves: [{shard, from, to, running}]",
+    ] {
+        assert!(status.contains(field), "cluster status help lacks {field}:\n{status}");
+    }
+    let moves = help(&["shard", "move"]);
+    assert!(moves.contains("--from <NODE>") && moves.contains("node holding the most replicas"), "{moves}");
+    assert!(help(&["shard", "rebalance"]).contains("JSON: {dry_run, moves: [{shard, from, to}], queued}"));
+    assert!(help(&["node", "drain"]).contains("JSON: {node_id, moves: [{shard, from, to}], queued}"));
+    let top = help(&[]);
+    assert!(top.contains("node ") && top.contains("Cluster members"), "{top}");
 }
 
 #[test]

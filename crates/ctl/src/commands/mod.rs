@@ -8,13 +8,15 @@ mod cluster;
 mod event;
 mod journey;
 mod messages;
+mod node;
 mod profile;
 mod settings;
+mod shard;
 mod template;
 
 use crate::args::{
-    AudienceCommand, Cli, ClockCommand, DlqCommand, ClusterCommand, Command, EventCommand, JourneyCommand, MessagesCommand, ProfileCommand, SettingsCommand, ShardCommand,
-    TemplateCommand,
+    AudienceCommand, Cli, ClockCommand, ClusterCommand, Command, DlqCommand, EventCommand, JourneyCommand,
+    MessagesCommand, NodeCommand, ProfileCommand, SettingsCommand, ShardCommand, TemplateCommand,
 };
 use crate::failure::{self, Failure};
 use crate::output::Format;
@@ -98,8 +100,22 @@ pub fn normalize_endpoint(raw: &str) -> Result<String, Failure> {
 pub async fn run(cli: Cli) -> anyhow::Result<u8> {
     let ctx = Ctx { endpoint: normalize_endpoint(&cli.endpoint)?, format: cli.output, timeout: cli.timeout };
     let code = match cli.command {
+        Command::Cluster { command: ClusterCommand::Init { shards, replication } } => {
+            cluster::init(&ctx, shards, replication).await?
+        }
         Command::Cluster { command: ClusterCommand::Status } => cluster::status(&ctx).await?,
-        Command::Shard { command: ShardCommand::List } => cluster::shards(&ctx).await?,
+        Command::Node { command } => match command {
+            NodeCommand::List => node::list(&ctx).await?,
+            NodeCommand::Add { id, addr } => node::add(&ctx, id, &addr).await?,
+            NodeCommand::Remove { id } => node::remove(&ctx, id).await?,
+            NodeCommand::Drain { id } => node::drain(&ctx, id).await?,
+        },
+        Command::Shard { command } => match command {
+            ShardCommand::List => cluster::shards(&ctx).await?,
+            ShardCommand::Move { shard, to, from } => shard::move_replica(&ctx, shard, to, from).await?,
+            ShardCommand::TransferLeader { shard, to } => shard::transfer_leader(&ctx, shard, to).await?,
+            ShardCommand::Rebalance { dry_run } => shard::rebalance(&ctx, dry_run).await?,
+        },
         Command::Event { command: EventCommand::Send(args) } => event::send(&ctx, &args).await?,
         Command::Profile { command } => match command {
             ProfileCommand::Get { target, events } => profile::get(&ctx, &target, events).await?,

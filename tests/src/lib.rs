@@ -158,6 +158,8 @@ pub struct NodeOpts {
     pub data_dir: Option<PathBuf>,
     /// A cluster node: its shard count comes from `cluster init`, not `--shards`.
     pub cluster: bool,
+    /// A fixed public gRPC port (kept across restarts), else port 0.
+    pub grpc_port: Option<u16>,
 }
 
 impl NodeOpts {
@@ -171,6 +173,7 @@ impl NodeOpts {
             log: "info,openraft=warn".to_string(),
             data_dir: None,
             cluster: false,
+            grpc_port: None,
         }
     }
 
@@ -184,6 +187,7 @@ impl NodeOpts {
         );
         let mut o = NodeOpts::new(name).config(&toml);
         o.cluster = true;
+        o.grpc_port = Some(free_port());
         o
     }
     pub fn shards(mut self, n: u32) -> Self {
@@ -268,7 +272,9 @@ impl Node {
         }
         cmd.arg("--data-dir")
             .arg(&self.data_dir)
-            .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+            .arg("--grpc-addr")
+            .arg(format!("127.0.0.1:{}", self.opts.grpc_port.unwrap_or(0)))
+            .args(["--http-addr", "127.0.0.1:0"])
             .arg("--shards")
             .arg(self.opts.shards.to_string())
             .arg("--log")

@@ -210,7 +210,12 @@ impl PlacementState {
                 for m in moves {
                     self.check_move(m)?;
                 }
-                self.moves.extend(moves.iter().cloned());
+                // A move already queued is not queued twice (a drain asked again).
+                for m in moves {
+                    if !self.moves.contains(m) {
+                        self.moves.push(m.clone());
+                    }
+                }
             }
             PlacementOp::MoveFinished { shard } => {
                 if let Some(i) = self.moves.iter().position(|m| m.shard == *shard) {

@@ -92,6 +92,8 @@ fn rebalance_plan_evens_replicas_within_one_and_queued_moves_are_checked() {
     assert_eq!(s.moves, plan);
     let bad = Move { shard: 0, from: 4, to: 1 };
     assert!(s.apply(&PlacementOp::QueueMoves { moves: vec![bad] }).unwrap_err().to_string().contains("holds no replica"));
+    s.apply(&PlacementOp::QueueMoves { moves: plan.clone() }).unwrap();
+    assert_eq!(s.moves, plan, "queuing the same moves again changes nothing");
     s.apply(&PlacementOp::MoveFinished { shard: plan[0].shard }).unwrap();
     assert_eq!(s.moves.len(), 5);
 }

@@ -354,6 +354,13 @@ impl Group {
         m.state == openraft::ServerState::Leader && m.current_leader == Some(self.node)
     }
 
+    /// Whether this replica is a voter of the group (cheap).
+    pub fn is_voter(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        m.membership_config.membership().voter_ids().any(|v| v == self.node)
+    }
+
     /// The leader this replica knows of (cheap). A replica that restarted still holds
     /// the vote it had as leader, but it is not leading until it wins again: it names
     /// itself only while it really leads.

@@ -184,9 +184,12 @@ impl Transport {
     async fn call_with(&self, mut client: NodeClient<Channel>, node: NodeId, addr: &str, payload: Vec<u8>) -> Result<Vec<u8>, TransportError> {
         let mut req = tonic::Request::new(CallRequest { from: self.inner.node, payload });
         req.set_timeout(self.inner.call_timeout);
-        match client.call(req).await {
-            Ok(r) => Ok(r.into_inner().payload),
-            Err(s) => Err(status_error(node, addr, s)),
+        // The header tells the server; the client enforces it too (a stopped peer
+        // keeps its connections open and never answers).
+        match tokio::time::timeout(self.inner.call_timeout, client.call(req)).await {
+            Ok(Ok(r)) => Ok(r.into_inner().payload),
+            Ok(Err(s)) => Err(status_error(node, addr, s)),
+            Err(_) => Err(TransportError::Unreachable { node, addr: addr.to_string(), detail: format!("no answer within {:?}", self.inner.call_timeout) }),
         }
     }
 
@@ -225,9 +228,10 @@ impl Transport {
         let payload = chorus_types::encoding::encode(req);
         let mut request = tonic::Request::new(RaftRequest { group, kind: kind as i32, from: self.inner.node, payload });
         request.set_timeout(timeout);
-        let reply = match client.raft(request).await {
-            Ok(r) => r.into_inner(),
-            Err(s) => return Err(rpc_error(target, &addr, s)),
+        let reply = match tokio::time::timeout(timeout, client.raft(request)).await {
+            Ok(Ok(r)) => r.into_inner(),
+            Ok(Err(s)) => return Err(rpc_error(target, &addr, s)),
+            Err(_) => return Err(RPCError::Unreachable(Unreachable::from_string(format!("node {target} ({addr}) did not answer within {timeout:?}")))),
         };
         if !reply.error.is_empty() {
             return Err(RPCError::Unreachable(Unreachable::from_string(format!("node {target}: {}", reply.error))));

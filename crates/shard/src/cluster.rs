@@ -719,6 +719,22 @@ impl Shards {
             if let Err(e) = self.sync_placement_members(&st).await {
                 tracing::warn!(error = %e, "placement group membership");
             }
+            // A draining node whose moves are done (or were refused) but that still
+            // holds replicas gets a fresh plan.
+            if st.moves.is_empty()
+                && let Some(d) = st.members.values().find(|m| m.draining && st.replica_counts().get(&m.id).copied().unwrap_or(0) > 0)
+            {
+                match st.drain_plan(d.id) {
+                    Ok(plan) if !plan.is_empty() => {
+                        if let Err(e) = self.placement_propose(PlacementOp::QueueMoves { moves: plan }).await {
+                            tracing::warn!(node = d.id, error = %e, "re-planning a drain");
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(node = d.id, error = %e, "the draining node cannot be emptied"),
+                }
+                continue;
+            }
             if let Some(m) = st.moves.first().cloned() {
                 match self.run_move(&st, &m).await {
                     Ok(()) => tracing::info!(%m, "shard move finished"),

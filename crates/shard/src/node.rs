@@ -867,15 +867,18 @@ impl Shards {
                 return Err(ShardError::ShuttingDown);
             }
             let local = self.hosted(shard);
-            let leader = match &local {
-                Some(h) => h.group.leader(),
-                None => None,
+            let (leader, votes) = match &local {
+                Some(h) => (h.group.leader(), h.group.is_voter()),
+                None => (None, false),
             };
             match (local, leader) {
                 (Some(h), Some(l)) if l == self.inner.node => return Ok(Target::Local(h)),
                 (_, Some(l)) => return Ok(Target::Remote(l)),
-                (Some(_), None) => {}
-                (None, None) => {
+                // A voter without a leader: an election is under way here; wait for it.
+                (Some(_), None) if votes => {}
+                // No replica here, or one still joining (a learner learns its leader only
+                // when the leader first reaches it): ask who placement says holds it.
+                (_, None) => {
                     if let Some(l) = self.inner.leader_hints.read().expect("hints lock").get(&shard) {
                         return Ok(Target::Remote(*l));
                     }

@@ -20,6 +20,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 use tonic::transport::{Channel, Endpoint};
 
+pub use chorus_proto::internal;
 pub use chorus_proto::v1;
 use v1::admin_client::AdminClient;
 use v1::ingest_client::IngestClient;
@@ -178,11 +179,12 @@ impl NodeOpts {
     }
 
     /// A node of a local cluster: node id `id`, node-to-node address 127.0.0.1:`port`,
-    /// the given seeds, raft heartbeat `heartbeat` (e.g. `150ms`), and extra TOML.
+    /// the given seeds, raft heartbeat `heartbeat` (e.g. `150ms`), and extra TOML
+    /// appended after the `[cluster]` table (e.g. `[cluster.tls]`).
     pub fn cluster_node(name: &str, id: u64, port: u16, seeds: &[u16], heartbeat: &str, extra_toml: &str) -> NodeOpts {
         let seeds: Vec<String> = seeds.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
         let toml = format!(
-            "node_id = {id}\n{extra_toml}\n[cluster]\nlisten = \"127.0.0.1:{port}\"\nseeds = [{}]\nheartbeat = \"{heartbeat}\"\n",
+            "node_id = {id}\n[cluster]\nlisten = \"127.0.0.1:{port}\"\nseeds = [{}]\nheartbeat = \"{heartbeat}\"\n{extra_toml}\n",
             seeds.join(", ")
         );
         let mut o = NodeOpts::new(name).config(&toml);

@@ -30,10 +30,15 @@ struct LocalCluster {
 
 impl LocalCluster {
     async fn start(n: usize, name: &str) -> LocalCluster {
+        LocalCluster::start_with(n, name, "").await
+    }
+
+    /// `extra` is TOML appended after each node's `[cluster]` table.
+    async fn start_with(n: usize, name: &str, extra: &str) -> LocalCluster {
         let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
         let mut nodes = Vec::new();
         for i in 0..n {
-            let opts = NodeOpts::cluster_node(&format!("{name}-{}", i + 1), i as u64 + 1, ports[i], &ports, HEARTBEAT, "");
+            let opts = NodeOpts::cluster_node(&format!("{name}-{}", i + 1), i as u64 + 1, ports[i], &ports, HEARTBEAT, extra);
             nodes.push(Node::start(opts).await);
         }
         LocalCluster { nodes }
@@ -212,12 +217,15 @@ where
             out
         }));
     }
+    let started = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let watcher = {
         let acked = acked.clone();
+        let started = started.clone();
         tokio::spawn(async move {
             while acked.load(std::sync::atomic::Ordering::Relaxed) < fault_after {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
+            started.store(true, std::sync::atomic::Ordering::SeqCst);
             fault().await;
         })
     };
@@ -228,7 +236,12 @@ where
         total.longest_outage = total.longest_outage.max(o.longest_outage);
         total.answered.extend(o.answered);
     }
-    watcher.await.expect("fault task");
+    // A fault that was never due (the lanes finished first) never runs.
+    if started.load(std::sync::atomic::Ordering::SeqCst) || fault_after <= total.answered.len() {
+        watcher.await.expect("fault task");
+    } else {
+        watcher.abort();
+    }
     total
 }
 
@@ -450,7 +463,8 @@ async fn sigstop_of_a_leader_a_rolling_restart_and_a_whole_cluster_restart_lose_
 
     phase(&format!("stream {total} events while the busiest leader is stopped for 10 s, then every node restarts in turn"));
     let addrs: Vec<String> = cluster.nodes.iter().map(|n| n.grpc_addr().to_string()).collect();
-    let lanes_task = tokio::spawn(run_lanes(addrs, lanes, Duration::from_millis(40), usize::MAX, || async {}));
+    // Paced so the stream runs through the stop and the restarts.
+    let lanes_task = tokio::spawn(run_lanes(addrs, lanes, Duration::from_millis(1_500), usize::MAX, || async {}));
     tokio::time::sleep(Duration::from_secs(1)).await;
     let victim = cluster.busiest_leader(0).await;
     let pid = cluster.nodes[victim].pid().to_string();
@@ -489,7 +503,9 @@ async fn sigstop_of_a_leader_a_rolling_restart_and_a_whole_cluster_restart_lose_
     let want: std::collections::BTreeSet<String> = requests.iter().map(|r| format!("api/{}", r.request_id)).collect();
     let keys = wait_until(Duration::from_secs(60), "every message captured", || async {
         let keys = captured_keys(&cluster.nodes).await;
-        let got: std::collections::BTreeSet<String> = keys.keys().cloned().collect();
+        // Keys are `api/{request id}/{customer}`: one key per request, whichever node sent it.
+        let got: std::collections::BTreeSet<String> = keys.keys().map(|k| k.rsplit_once('/').map(|(r, _)| r.to_string()).unwrap_or_default()).collect();
+        assert_eq!(got.len(), keys.len(), "one idempotency key per request: {keys:?}");
         if got == want { Ok(keys) } else { Err(format!("{} of {} keys; unexpected: {:?}", got.intersection(&want).count(), want.len(), got.difference(&want).collect::<Vec<_>>())) }
     })
     .await;
@@ -510,4 +526,79 @@ async fn sigstop_of_a_leader_a_rolling_restart_and_a_whole_cluster_restart_lose_
     check_histories(&cluster.nodes[1], &counts).await;
     let late = cluster.nodes[2].send(vec![track("after-restart", "Cluster Event", &[("user_id", &user(0))], json!({"seq": counts[0], "customer": 0}))]).await;
     assert_eq!(status_of(&late.results[0]), EventStatus::Accepted, "{:?}", late.results);
+}
+
+fn tls_toml(dir: &std::path::Path, prefix: &str) -> String {
+    let ca = if prefix == "rogue" { "rogue-ca.pem".to_string() } else { "ca.pem".to_string() };
+    let (cert, key) = if prefix == "rogue" { ("rogue.pem", "rogue-key.pem") } else { ("node.pem", "node-key.pem") };
+    format!(
+        "[cluster.tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+        dir.join(ca).display(),
+        dir.join(cert).display(),
+        dir.join(key).display()
+    )
+}
+
+#[tokio::test]
+async fn with_mutual_tls_only_holders_of_the_cluster_certificate_join_or_speak_raft() {
+    use chorus_tests::internal::node_client::NodeClient;
+    let certs = tempfile::tempdir().unwrap();
+    let made = tokio::process::Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/python/make_certs.py"))
+        .arg(certs.path())
+        .output()
+        .await
+        .expect("python3 (run `pip install -r tests/python/requirements.txt`)");
+    assert!(made.status.success(), "make_certs.py: {}", String::from_utf8_lossy(&made.stderr));
+
+    phase("three nodes with the cluster's certificate form a cluster and replicate");
+    let cluster = LocalCluster::start_with(3, "tls", &tls_toml(certs.path(), "node")).await;
+    let mut admin = cluster.nodes[0].admin().await;
+    admin.cluster_init(v1::ClusterInitRequest { shards: 4, replication: 3 }).await.expect("cluster init over mTLS");
+    cluster.wait_healthy(2, false, "the TLS cluster is healthy").await;
+    let r = cluster.nodes[2].send(vec![track("tls-1", "Over TLS", &[("user_id", "tls-u")], json!({}))]).await;
+    assert_eq!(status_of(&r.results[0]), EventStatus::Accepted);
+    let p = cluster.nodes[0].profile("user_id", "tls-u", 5).await.expect("read through another node");
+    assert_eq!(p.event_count, 1);
+
+    phase("a node whose certificate another CA signed cannot be added");
+    let port4 = free_port();
+    let rogue = Node::start(NodeOpts::cluster_node("tls-rogue", 4, port4, &[port4], HEARTBEAT, &tls_toml(certs.path(), "rogue"))).await;
+    let refused = admin.node_add(v1::NodeAddRequest { node_id: 4, addr: format!("127.0.0.1:{port4}") }).await.expect_err("the rogue node is refused");
+    assert!(refused.message().contains("did not answer"), "{refused:?}");
+    let s = cluster.status(0).await.unwrap();
+    assert_eq!(s.nodes.len(), 3, "the rogue node is not a member");
+    drop(rogue);
+
+    phase("a client without the certificate cannot speak to a node's raft port, nor one with a rogue certificate");
+    let member = cluster.status(0).await.unwrap().nodes[0].cluster_addr.clone();
+    let plain = tonic::transport::Endpoint::from_shared(format!("http://{member}")).unwrap().connect_timeout(Duration::from_secs(2));
+    let plain_result = match plain.connect().await {
+        Ok(ch) => NodeClient::new(ch).call(chorus_tests::internal::CallRequest { from: 9, payload: vec![] }).await.map(|_| ()).map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    assert!(plain_result.is_err(), "plain text must be refused");
+    let read = |f: &str| std::fs::read(certs.path().join(f)).unwrap();
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(read("ca.pem")))
+        .identity(tonic::transport::Identity::from_pem(read("rogue.pem"), read("rogue-key.pem")))
+        .domain_name("127.0.0.1");
+    let ep = tonic::transport::Endpoint::from_shared(format!("https://{member}")).unwrap().tls_config(tls).unwrap().connect_timeout(Duration::from_secs(2));
+    let rogue_result = match ep.connect().await {
+        Ok(ch) => NodeClient::new(ch).call(chorus_tests::internal::CallRequest { from: 9, payload: vec![] }).await.map(|_| ()).map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    assert!(rogue_result.is_err(), "a certificate from another CA must be refused");
+    // The same client with the cluster's certificate gets through the TLS layer (the
+    // node then refuses the empty request as undecodable, which proves it was heard).
+    let good = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(read("ca.pem")))
+        .identity(tonic::transport::Identity::from_pem(read("node.pem"), read("node-key.pem")))
+        .domain_name("127.0.0.1");
+    let ep = tonic::transport::Endpoint::from_shared(format!("https://{member}")).unwrap().tls_config(good).unwrap();
+    let heard = NodeClient::new(ep.connect().await.expect("TLS with the cluster certificate"))
+        .call(chorus_tests::internal::CallRequest { from: 9, payload: vec![] })
+        .await
+        .expect_err("an empty payload is not a request");
+    assert!(heard.message().contains("undecodable"), "{heard:?}");
 }

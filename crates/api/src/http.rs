@@ -299,5 +299,12 @@ async fn metrics(State(st): State<AppState>) -> Response {
     gauge("chorus_shard_quarantined_customers", "Customers quarantined after repeated failures.", &|s| s.quarantined);
     gauge("chorus_shard_messages_decided_total", "Messages decided by the shard (intents recorded in its outbox), ever.", &|s| s.intents_total);
     gauge("chorus_shard_is_leader", "1 when this node leads the shard.", &|s| u64::from(s.leader == Some(st.shards.node_id())));
+    gauge("chorus_shard_raft_last_log_index", "Last raft log index this replica holds.", &|s| s.last_log_index);
+    gauge("chorus_shard_raft_apply_lag", "Entries this replica holds but has not applied yet.", &|s| s.last_log_index.saturating_sub(s.applied_index));
+    gauge("chorus_shard_raft_voters", "Voters of the shard's raft group.", &|s| s.voters.len() as u64);
+    gauge("chorus_shard_raft_learners", "Learners (replicas catching up) of the shard's raft group.", &|s| s.learners.len() as u64);
+    let (sent, received) = st.shards.snapshot_counts();
+    let _ = writeln!(out, "# HELP chorus_raft_snapshots_sent_total Snapshots streamed to other nodes since start.\n# TYPE chorus_raft_snapshots_sent_total counter\nchorus_raft_snapshots_sent_total {sent}");
+    let _ = writeln!(out, "# HELP chorus_raft_snapshots_installed_total Snapshots received and installed since start.\n# TYPE chorus_raft_snapshots_installed_total counter\nchorus_raft_snapshots_installed_total {received}");
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

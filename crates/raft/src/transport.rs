@@ -74,6 +74,8 @@ struct Inner {
     groups: RwLock<HashMap<u32, Raft>>,
     handler: OnceLock<Arc<dyn CallHandler>>,
     call_timeout: Duration,
+    snapshots_sent: std::sync::atomic::AtomicU64,
+    snapshots_received: std::sync::atomic::AtomicU64,
 }
 
 /// The node's transport. Cheap to clone.
@@ -93,12 +95,20 @@ impl Transport {
                 groups: RwLock::default(),
                 handler: OnceLock::new(),
                 call_timeout: Duration::from_secs(10),
+                snapshots_sent: Default::default(),
+                snapshots_received: Default::default(),
             }),
         }
     }
 
     pub fn node(&self) -> NodeId {
         self.inner.node
+    }
+
+    /// Snapshots this node streamed to others and installed from others, since start.
+    pub fn snapshot_counts(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.inner.snapshots_sent.load(Relaxed), self.inner.snapshots_received.load(Relaxed))
     }
 
     /// Where node `node` is reached (from the placement state or raft membership).
@@ -332,6 +342,7 @@ impl GroupRouter<TypeConfig, u32> for Transport {
         if !reply.error.is_empty() {
             return Err(StreamingError::Unreachable(Unreachable::from_string(format!("node {target}: {}", reply.error))));
         }
+        self.inner.snapshots_sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         chorus_types::encoding::decode(&reply.payload).map_err(|e| StreamingError::Network(NetworkError::from_string(format!("node {target} sent an undecodable reply: {e}"))))
     }
 }
@@ -417,6 +428,9 @@ impl NodeService for Service {
         };
         tracing::info!(group, bytes = data.len(), "installing a streamed snapshot");
         let r = raft.install_full_snapshot(vote, SnapshotOf::<TypeConfig, Vec<u8>> { meta, snapshot: data }).await;
+        if r.is_ok() {
+            self.transport.inner.snapshots_received.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         Ok(tonic::Response::new(reply(r)))
     }
 

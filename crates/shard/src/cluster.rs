@@ -267,6 +267,11 @@ impl Shards {
         self.inner.cluster.as_ref().ok_or_else(|| ShardError::Cluster("this node runs alone (no [cluster] in its configuration)".into()))
     }
 
+    /// Snapshots streamed to other nodes and installed from them, since start.
+    pub fn snapshot_counts(&self) -> (u64, u64) {
+        self.inner.transport.snapshot_counts()
+    }
+
     /// Whether this node is part of a cluster (else it runs alone).
     pub fn is_clustered(&self) -> bool {
         self.inner.cluster.is_some()

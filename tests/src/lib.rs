@@ -161,6 +161,10 @@ pub struct NodeOpts {
     pub cluster: bool,
     /// A fixed public gRPC port (kept across restarts), else port 0.
     pub grpc_port: Option<u16>,
+    /// Run inside this network namespace (`ip netns exec`), listening on `bind_ip`.
+    pub netns: Option<String>,
+    /// The address the node's gRPC and HTTP servers bind (default 127.0.0.1).
+    pub bind_ip: String,
 }
 
 impl NodeOpts {
@@ -175,7 +179,25 @@ impl NodeOpts {
             data_dir: None,
             cluster: false,
             grpc_port: None,
+            netns: None,
+            bind_ip: "127.0.0.1".to_string(),
         }
+    }
+
+    /// A cluster node in network namespace `netns` at address `ip`, with fixed ports
+    /// (7700 gRPC, 7900 node-to-node) and `seeds` (the other nodes' addresses).
+    pub fn cluster_node_in_netns(name: &str, id: u64, netns: &str, ip: &str, seeds: &[String], heartbeat: &str) -> NodeOpts {
+        let seeds: Vec<String> = seeds.iter().map(|a| format!("\"{a}:7900\"")).collect();
+        let toml = format!(
+            "node_id = {id}\n[cluster]\nlisten = \"{ip}:7900\"\nseeds = [{}]\nheartbeat = \"{heartbeat}\"\n",
+            seeds.join(", ")
+        );
+        let mut o = NodeOpts::new(name).config(&toml);
+        o.cluster = true;
+        o.grpc_port = Some(7700);
+        o.netns = Some(netns.to_string());
+        o.bind_ip = ip.to_string();
+        o
     }
 
     /// A node of a local cluster: node id `id`, node-to-node address 127.0.0.1:`port`,
@@ -261,7 +283,14 @@ impl Node {
         let seq = NODE_SEQ.fetch_add(1, Ordering::Relaxed);
         let log = bins.scratch.join(format!("{}-{}-{}-{}.log", self.opts.name, std::process::id(), seq, unix_ms()));
         let log_file = std::fs::File::create(&log).unwrap_or_else(|e| panic!("create {}: {e}", log.display()));
-        let mut cmd = Command::new(&bins.chorus);
+        let mut cmd = match &self.opts.netns {
+            None => Command::new(&bins.chorus),
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(&bins.chorus);
+                c
+            }
+        };
         match &self.opts.config_toml {
             Some(toml) => {
                 let path = self._scratch.path().join("chorus.toml");
@@ -275,8 +304,9 @@ impl Node {
         cmd.arg("--data-dir")
             .arg(&self.data_dir)
             .arg("--grpc-addr")
-            .arg(format!("127.0.0.1:{}", self.opts.grpc_port.unwrap_or(0)))
-            .args(["--http-addr", "127.0.0.1:0"])
+            .arg(format!("{}:{}", self.opts.bind_ip, self.opts.grpc_port.unwrap_or(0)))
+            .arg("--http-addr")
+            .arg(format!("{}:0", self.opts.bind_ip))
             .arg("--shards")
             .arg(self.opts.shards.to_string())
             .arg("--log")

@@ -602,3 +602,125 @@ async fn with_mutual_tls_only_holders_of_the_cluster_certificate_join_or_speak_r
         .expect_err("an empty payload is not a request");
     assert!(heard.message().contains("undecodable"), "{heard:?}");
 }
+
+/// Three network namespaces on a private bridge (root only): node i at 10.X.Y.i, the
+/// test process at 10.X.Y.254. Taking a node's host-side link down partitions it from
+/// everyone. Removed on drop.
+struct Netns {
+    tag: String,
+    subnet: String,
+    n: usize,
+}
+
+fn sh(args: &[&str]) {
+    let out = std::process::Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{}: {e}", args.join(" ")));
+    assert!(out.status.success(), "{} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+}
+
+impl Netns {
+    fn create(n: usize) -> Netns {
+        let id = std::process::id() % 10_000;
+        let tag = format!("{id}");
+        let subnet = format!("10.{}.{}", 200 + id % 50, (id / 50) % 250);
+        let ns = Netns { tag, subnet, n };
+        ns.destroy();
+        let br = ns.bridge();
+        sh(&["ip", "link", "add", &br, "type", "bridge"]);
+        sh(&["ip", "addr", "add", &format!("{}.254/24", ns.subnet), "dev", &br]);
+        sh(&["ip", "link", "set", &br, "up"]);
+        for i in 1..=n {
+            let (name, host, inner) = (ns.name(i), ns.host_link(i), format!("chv{}n{i}", ns.tag));
+            sh(&["ip", "netns", "add", &name]);
+            sh(&["ip", "link", "add", &host, "type", "veth", "peer", "name", &inner]);
+            sh(&["ip", "link", "set", &inner, "netns", &name]);
+            sh(&["ip", "link", "set", &host, "master", &br]);
+            sh(&["ip", "link", "set", &host, "up"]);
+            sh(&["ip", "netns", "exec", &name, "ip", "addr", "add", &format!("{}/24", ns.ip(i)), "dev", &inner]);
+            sh(&["ip", "netns", "exec", &name, "ip", "link", "set", &inner, "up"]);
+            sh(&["ip", "netns", "exec", &name, "ip", "link", "set", "lo", "up"]);
+        }
+        ns
+    }
+    fn bridge(&self) -> String {
+        format!("chb{}", self.tag)
+    }
+    fn name(&self, i: usize) -> String {
+        format!("chn{}-{i}", self.tag)
+    }
+    fn host_link(&self, i: usize) -> String {
+        format!("chv{}h{i}", self.tag)
+    }
+    fn ip(&self, i: usize) -> String {
+        format!("{}.{i}", self.subnet)
+    }
+    fn partition(&self, i: usize) {
+        eprintln!("partition: {} link down", self.host_link(i));
+        sh(&["ip", "link", "set", &self.host_link(i), "down"]);
+    }
+    fn heal(&self, i: usize) {
+        eprintln!("heal: {} link up", self.host_link(i));
+        sh(&["ip", "link", "set", &self.host_link(i), "up"]);
+    }
+    fn destroy(&self) {
+        let quiet = |args: &[&str]| {
+            let _ = std::process::Command::new(args[0]).args(&args[1..]).output();
+        };
+        for i in 1..=self.n {
+            quiet(&["ip", "link", "del", &self.host_link(i)]);
+            quiet(&["ip", "netns", "del", &self.name(i)]);
+        }
+        quiet(&["ip", "link", "del", &self.bridge()]);
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        self.destroy();
+    }
+}
+
+#[tokio::test]
+async fn a_network_partition_isolating_the_busiest_leader_loses_nothing_and_heals() {
+    let uid = std::process::Command::new("id").arg("-u").output().expect("id -u");
+    assert_eq!(
+        String::from_utf8_lossy(&uid.stdout).trim(),
+        "0",
+        "the partition test makes network namespaces and needs root (CI runs as root)"
+    );
+    let mut rng = Rng::seeded("cluster-partition");
+    let (counts, lanes) = plan(&mut rng);
+    let total: u32 = counts.iter().sum();
+    let net = Netns::create(3);
+    let ips: Vec<String> = (1..=3).map(|i| net.ip(i)).collect();
+    let mut nodes = Vec::new();
+    for i in 1..=3 {
+        nodes.push(Node::start(NodeOpts::cluster_node_in_netns(&format!("part-{i}"), i as u64, &net.name(i), &net.ip(i), &ips, HEARTBEAT)).await);
+    }
+    let cluster = LocalCluster { nodes };
+    let mut admin = cluster.nodes[0].admin().await;
+    admin.cluster_init(v1::ClusterInitRequest { shards: SHARDS, replication: 3 }).await.expect("cluster init");
+    cluster.wait_healthy(0, true, "the cluster in namespaces is healthy").await;
+
+    let victim = cluster.busiest_leader(0).await;
+    let other = (victim + 1) % 3;
+    phase(&format!("stream {total} events; isolate node {} (the busiest leader) for 8 s, then heal", victim + 1));
+    let addrs: Vec<String> = cluster.nodes.iter().map(|n| n.grpc_addr().to_string()).collect();
+    let lanes_task = tokio::spawn(run_lanes(addrs, lanes, Duration::from_millis(1_000), usize::MAX, || async {}));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    net.partition(victim + 1);
+    let cut_at = Instant::now();
+    wait_until(Duration::from_secs(30), "the majority side leads every shard", || async {
+        let s = cluster.status(other).await?;
+        let isolated = s.nodes.iter().find(|n| n.node_id == victim as u64 + 1).map(|n| n.healthy);
+        if s.leaderless.is_empty() && isolated == Some(false) { Ok(()) } else { Err(format!("{s:?}")) }
+    })
+    .await;
+    eprintln!("the majority side led every shard again {:.2}s after the cut", cut_at.elapsed().as_secs_f64());
+    tokio::time::sleep(Duration::from_secs(8).saturating_sub(cut_at.elapsed())).await;
+    net.heal(victim + 1);
+    cluster.wait_healthy(other, false, "the isolated node rejoined and caught up").await;
+    let outcome = lanes_task.await.expect("lanes");
+    assert_eq!(outcome.answered.len(), total as usize, "every event answered");
+    phase("every acknowledged event exactly once, in order, read through the healed node");
+    check_histories(&cluster.nodes[victim], &counts).await;
+}

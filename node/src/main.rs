@@ -204,6 +204,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
     };
+    // The node-to-node server stops last: while the shards stop, raft still needs it to
+    // hand leadership over and to hear the new leaders.
+    let (internal_stop_tx, internal_stop_rx) = tokio::sync::watch::channel(false);
     let shards = match &config.cluster {
         None => chorus_shard::Shards::open(
             config.node_id,
@@ -229,7 +232,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
             let advertise = if c.advertise.is_empty() { listen_addr.to_string() } else { c.advertise.clone() };
             let transport = chorus_raft::Transport::new(config.node_id, tls);
             let t = transport.clone();
-            let rx = stop_rx.clone();
+            let rx = internal_stop_rx.clone();
             tokio::spawn(async move {
                 if let Err(e) = t.serve(listener, stopped(rx)).await {
                     tracing::error!(error = %e, "the node-to-node server stopped");
@@ -312,6 +315,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         tracing::warn!("some connections did not close within 10s; closing them");
     }
     shards.shutdown().await;
+    let _ = internal_stop_tx.send(true);
     tracing::info!("stopped");
     Ok(())
 }

@@ -838,6 +838,9 @@ impl Shards {
     /// Stop taking work, finish in-flight proposals, stop raft and actors, fsync.
     pub async fn shutdown(&self) {
         let _ = self.inner.shutdown.send(true);
+        if self.inner.cluster.is_some() {
+            self.hand_over_leadership().await;
+        }
         let tasks: Vec<_> = std::mem::take(&mut *self.inner.tasks.lock().expect("tasks lock"));
         for h in self.hosted_all() {
             h.close().await;
@@ -854,6 +857,31 @@ impl Shards {
         if let Err(e) = self.inner.store.sync() {
             tracing::error!(error = %e, "final fsync failed");
         }
+    }
+
+    /// Before a cluster node stops: hand every shard it leads to another voter, so
+    /// clients see a leadership change instead of an election timeout (bounded wait).
+    async fn hand_over_leadership(&self) {
+        let led: Vec<Arc<Hosted>> = self.hosted_all().into_iter().filter(|h| h.group.is_leader()).collect();
+        for h in &led {
+            if let Some(to) = h.group.status().voters.into_iter().find(|v| *v != self.inner.node)
+                && let Err(e) = h.group.transfer_leader(to).await
+            {
+                tracing::debug!(shard = h.id, error = %e, "leadership hand-over");
+            }
+        }
+        if let Some(c) = &self.inner.cluster
+            && c.group.is_leader()
+            && let Some(to) = c.group.status().voters.into_iter().find(|v| *v != self.inner.node)
+        {
+            let _ = c.group.transfer_leader(to).await;
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        while tokio::time::Instant::now() < deadline && led.iter().any(|h| h.group.is_leader()) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let still = led.iter().filter(|h| h.group.is_leader()).count();
+        tracing::info!(handed_over = led.len() - still, still_leading = still, "leadership handed over before stopping");
     }
 
     // ---- routing -------------------------------------------------------------------

@@ -849,6 +849,30 @@ fn parse_http_response(raw: &[u8]) -> Result<HttpResponse, String> {
     Ok(HttpResponse { status, headers, body })
 }
 
+/// A streaming plan for history checks: `customers` customers, each with between
+/// `events_min` and `events_max` events (seeded), split into `lanes` lanes by customer
+/// (customer c in lane c mod lanes); each lane interleaves its customers' events at
+/// random, each customer's in sequence order. Returns the per-customer counts and the
+/// lanes as (customer, seq) pairs.
+pub fn lane_plan(rng: &mut Rng, customers: u32, events_min: u32, events_max: u32, lanes: usize) -> (Vec<u32>, Vec<std::collections::VecDeque<(u32, u32)>>) {
+    let counts: Vec<u32> = (0..customers).map(|_| rng.range(events_min as u64, events_max as u64) as u32).collect();
+    let mut out = vec![std::collections::VecDeque::new(); lanes];
+    for (l, lane) in out.iter_mut().enumerate() {
+        let mut next: Vec<(u32, u32)> = (0..customers).filter(|c| *c as usize % lanes == l).map(|c| (c, 0)).collect();
+        while !next.is_empty() {
+            let i = rng.below(next.len() as u64) as usize;
+            let (c, seq) = next[i];
+            lane.push_back((c, seq));
+            if seq + 1 == counts[c as usize] {
+                next.swap_remove(i);
+            } else {
+                next[i].1 += 1;
+            }
+        }
+    }
+    (counts, out)
+}
+
 /// A free loopback port (bound then released: for addresses that must be known
 /// before a node starts, such as cluster seeds).
 pub fn free_port() -> u16 {

@@ -47,22 +47,8 @@ fn user(c: u32) -> String {
 /// Each lane's events: its customers' events interleaved at random, each customer's in
 /// sequence order.
 fn plan(rng: &mut Rng) -> (Vec<u32>, Vec<VecDeque<Ev>>) {
-    let counts: Vec<u32> = (0..CUSTOMERS).map(|_| rng.range(EVENTS_MIN as u64, EVENTS_MAX as u64) as u32).collect();
-    let mut lanes = vec![VecDeque::new(); LANES];
-    for (l, lane) in lanes.iter_mut().enumerate() {
-        let mut next: Vec<(u32, u32)> = (0..CUSTOMERS).filter(|c| *c as usize % LANES == l).map(|c| (c, 0)).collect();
-        while !next.is_empty() {
-            let i = rng.below(next.len() as u64) as usize;
-            let (c, seq) = next[i];
-            lane.push_back(Ev { customer: c, seq });
-            if seq + 1 == counts[c as usize] {
-                next.swap_remove(i);
-            } else {
-                next[i].1 += 1;
-            }
-        }
-    }
-    (counts, lanes)
+    let (counts, lanes) = lane_plan(rng, CUSTOMERS, EVENTS_MIN, EVENTS_MAX, LANES);
+    (counts, lanes.into_iter().map(|l| l.into_iter().map(|(customer, seq)| Ev { customer, seq }).collect()).collect())
 }
 
 /// What one streaming run observed.

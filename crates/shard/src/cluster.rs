@@ -116,6 +116,12 @@ pub struct ReplicaView {
     pub applied_index: u64,
 }
 
+impl ReplicaView {
+    fn of(shard: ShardId, g: chorus_raft::GroupStatus) -> ReplicaView {
+        ReplicaView { shard, leader: g.leader, term: g.term, voters: g.voters, learners: g.learners, last_log_index: g.last_log_index, applied_index: g.applied_index }
+    }
+}
+
 /// A node's own view, for `cluster status`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct NodeView {
@@ -337,8 +343,7 @@ impl Shards {
             .hosted_all()
             .iter()
             .map(|h| {
-                let g = h.group.status();
-                ReplicaView { shard: h.id, leader: g.leader, term: g.term, voters: g.voters, learners: g.learners, last_log_index: g.last_log_index, applied_index: g.applied_index }
+                ReplicaView::of(h.id, h.group.status())
             })
             .collect();
         NodeView {
@@ -574,8 +579,7 @@ impl Shards {
                     ShardAdminOp::SetVoters { voters, keep_others } => h.group.set_voters(&voters, keep_others).await?,
                     ShardAdminOp::TransferLeader { to } => h.group.transfer_leader(to).await?,
                 }
-                let g = h.group.status();
-                Ok(ReplicaView { shard, leader: g.leader, term: g.term, voters: g.voters, learners: g.learners, last_log_index: g.last_log_index, applied_index: g.applied_index })
+                Ok(ReplicaView::of(shard, h.group.status()))
             }
             Target::Remote(node) if hops > 0 => match self.remote(node, Some(shard), NodeRequest::ShardAdmin { shard, op, hops: hops - 1 }).await? {
                 NodeReply::Admin(v) => Ok(v),

@@ -72,6 +72,11 @@ enum Command {
         /// Keep the node's data directory and log.
         #[arg(long)]
         keep_data: bool,
+        /// Start a local cluster of this many nodes (replication min(3, nodes)) instead of
+        /// one `chorus dev`; streams are spread over the nodes. The node CPU and RSS columns
+        /// are node 1's.
+        #[arg(long, default_value_t = 1)]
+        nodes: usize,
         #[command(flatten)]
         common: Common,
     },
@@ -218,7 +223,7 @@ async fn run(cli: Cli) -> anyhow::Result<Report> {
             common,
         } => {
             let sc = common.scenario()?;
-            let mut report = workload_run("run", &endpoint, pid, &sc, &common).await?;
+            let mut report = workload_run("run", std::slice::from_ref(&endpoint), pid, &sc, &common).await?;
             if let Some(h) = http {
                 fill_customers(&mut report, &h).await;
             }
@@ -230,6 +235,7 @@ async fn run(cli: Cli) -> anyhow::Result<Report> {
             data_root,
             node_log,
             keep_data,
+            nodes,
             common,
         } => {
             let sc = common.scenario()?;
@@ -239,26 +245,62 @@ async fn run(cli: Cli) -> anyhow::Result<Report> {
                 chorus.display(),
                 sc.shards
             );
-            let opts = node::NodeOpts {
-                chorus,
-                shards: sc.shards,
-                data_root,
-                log: node_log,
-                keep: keep_data,
-            };
-            let mut node = node::Node::start(&opts).await?;
-            eprintln!(
-                "chorus-loadtest: node ready pid={} grpc={} data_dir={} log={}",
-                node.pid,
-                node.grpc,
-                node.data_dir.display(),
-                node.log_path.display()
-            );
-            let channel = client::connect(&node.endpoint(), Duration::from_secs(30)).await?;
+            if nodes == 0 {
+                bail!("--nodes must be at least 1");
+            }
+            let ports: Vec<u16> = (0..nodes).map(|_| free_port()).collect::<anyhow::Result<_>>()?;
+            let mut cluster = Vec::with_capacity(nodes);
+            for i in 0..nodes {
+                let opts = node::NodeOpts {
+                    chorus: chorus.clone(),
+                    shards: sc.shards,
+                    data_root: data_root.clone(),
+                    log: node_log.clone(),
+                    keep: keep_data,
+                    cluster: (nodes > 1).then(|| (i as u64 + 1, ports[i], ports.clone())),
+                };
+                let n = node::Node::start(&opts).await?;
+                eprintln!(
+                    "chorus-loadtest: node {} ready pid={} grpc={} data_dir={} log={}",
+                    i + 1,
+                    n.pid,
+                    n.grpc,
+                    n.data_dir.display(),
+                    n.log_path.display()
+                );
+                cluster.push(n);
+            }
+            let channel = client::connect(&cluster[0].endpoint(), Duration::from_secs(30)).await?;
+            if nodes > 1 {
+                let replication = nodes.min(3) as u32;
+                let mut admin = chorus_proto::v1::admin_client::AdminClient::new(channel.clone());
+                admin
+                    .cluster_init(chorus_proto::v1::ClusterInitRequest { shards: sc.shards, replication })
+                    .await
+                    .map_err(|s| anyhow::anyhow!("cluster init: {}", s.message()))?;
+                let deadline = Instant::now() + Duration::from_secs(60);
+                loop {
+                    let s = admin.cluster_status(chorus_proto::v1::ClusterStatusRequest {}).await.map_err(|s| anyhow::anyhow!("cluster status: {}", s.message()))?.into_inner();
+                    // Wait for the preferred leaders too (within one shard of even), so
+                    // the balancer's leadership transfers do not land in the window.
+                    let led: Vec<u32> = s.nodes.iter().map(|n| n.shards_led).collect();
+                    let even = led.iter().max().zip(led.iter().min()).is_some_and(|(a, b)| a - b <= 1);
+                    if s.shard_count == sc.shards && s.leaderless.is_empty() && s.nodes.iter().all(|n| n.healthy) && even {
+                        break;
+                    }
+                    if Instant::now() > deadline {
+                        bail!("the cluster did not become healthy within 60 s: {s:?}");
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                eprintln!("chorus-loadtest: {nodes}-node cluster formed: {} shards, replication {replication}", sc.shards);
+            }
             let version = w1::publish(channel).await?;
             eprintln!("chorus-loadtest: W1 journey browse-abandon v{version} is live");
-            let result =
-                workload_run("bench", &node.endpoint(), Some(node.pid), &sc, &common).await;
+            let endpoints: Vec<String> = cluster.iter().map(|n| n.endpoint()).collect();
+            let result = workload_run("bench", &endpoints, Some(cluster[0].pid), &sc, &common).await;
+            let rest = cluster.split_off(1);
+            let mut node = cluster.pop().expect("node 1");
             let alive = node.is_running();
             let tail = node.log_tail(30);
             let mut report = match result {
@@ -269,10 +311,18 @@ async fn run(cli: Cli) -> anyhow::Result<Report> {
                     r
                 }
                 Err(e) => {
+                    for other in rest {
+                        let _ = other.stop().await;
+                    }
                     let _ = node.stop().await;
                     return Err(e.context(format!("the run failed; node log tail:\n{tail}")));
                 }
             };
+            for other in rest {
+                if let Err(e) = other.stop().await {
+                    eprintln!("chorus-loadtest: stopping a node: {e:#}");
+                }
+            }
             let exit = node.stop().await?;
             if !alive {
                 report.node_exit = Some(format!(
@@ -321,7 +371,7 @@ async fn fill_customers(report: &mut Report, http: &str) {
 /// Connect, run the streams through warm-up, window and drain, and build the report.
 async fn workload_run(
     mode: &str,
-    endpoint: &str,
+    endpoints: &[String],
     pid: Option<u32>,
     sc: &Scenario,
     common: &Common,
@@ -345,9 +395,10 @@ async fn workload_run(
         sc.duration_s
     );
     let mut channels = Vec::with_capacity(sc.streams);
-    for _ in 0..sc.streams {
-        channels.push(client::connect(endpoint, Duration::from_secs(10)).await?);
+    for i in 0..sc.streams {
+        channels.push(client::connect(&endpoints[i % endpoints.len()], Duration::from_secs(10)).await?);
     }
+    let endpoint = endpoints.join(",");
     let start = Instant::now() + Duration::from_millis(50);
     let tl = Timeline {
         start,
@@ -392,7 +443,7 @@ async fn workload_run(
     let tally = shared.tally.lock().expect("tally lock");
     Ok(Report::build(
         mode,
-        endpoint,
+        &endpoint,
         run_id,
         sc,
         measured_s,
@@ -400,4 +451,10 @@ async fn workload_run(
         node_tracker.as_ref().and_then(|t| t.usage()),
         client_tracker.usage(),
     ))
+}
+
+/// A free loopback port (bound, then released for a node to take).
+fn free_port() -> anyhow::Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("bind a free port")?;
+    Ok(l.local_addr().context("local address")?.port())
 }

@@ -77,6 +77,8 @@ pub struct NodeOpts {
     pub log: String,
     /// Keep the data directory and log after the run.
     pub keep: bool,
+    /// A node of a local cluster: (node id, node-to-node port, every node's port).
+    pub cluster: Option<(u64, u16, Vec<u16>)>,
 }
 
 /// A running node started by bench mode.
@@ -108,8 +110,22 @@ impl Node {
         let log = std::fs::File::create(&log_path)
             .with_context(|| format!("create {}", log_path.display()))?;
         let mut cmd = Command::new(&opts.chorus);
-        cmd.arg("dev")
-            .arg("--data-dir")
+        match &opts.cluster {
+            None => {
+                cmd.arg("dev");
+            }
+            Some((id, port, seeds)) => {
+                let seeds: Vec<String> = seeds.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
+                let toml = format!(
+                    "node_id = {id}\n[cluster]\nlisten = \"127.0.0.1:{port}\"\nseeds = [{}]\n",
+                    seeds.join(", ")
+                );
+                let path = tmp.path().join("chorus.toml");
+                std::fs::write(&path, toml).with_context(|| format!("write {}", path.display()))?;
+                cmd.arg("run").arg("--config").arg(path);
+            }
+        }
+        cmd.arg("--data-dir")
             .arg(&data_dir)
             .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
             .arg("--shards")

@@ -276,13 +276,15 @@ async fn a_three_node_cluster_takes_events_anywhere_and_survives_kill_9_of_its_b
     let refused = cluster.nodes[0].send(vec![track("early", "Early", &[("user_id", "x")], json!({}))]).await;
     assert_ne!(status_of(&refused.results[0]), EventStatus::Accepted, "no event is accepted before the cluster exists");
     let mut admin = cluster.nodes[0].admin().await;
-    let init = admin.cluster_init(v1::ClusterInitRequest { shards: SHARDS, replication: 3 }).await.expect("cluster init").into_inner();
-    assert_eq!((init.shard_count, init.replication, init.nodes.len()), (SHARDS, 3, 3), "{init:?}");
+    let init = cluster.nodes[0].ctl(&["-o", "json", "cluster", "init", "--shards", &SHARDS.to_string(), "--replication", "3"]).await;
+    init.ok();
+    let init = init.json();
+    assert_eq!((init["shard_count"].as_u64(), init["replication"].as_u64(), init["nodes"].as_array().map(|a| a.len())), (Some(SHARDS as u64), Some(3), Some(3)), "{init}");
     let again = admin.cluster_init(v1::ClusterInitRequest { shards: SHARDS, replication: 3 }).await.expect_err("a second init is refused");
     assert_eq!(again.code(), tonic::Code::FailedPrecondition, "{again:?}");
     assert!(again.message().contains("already initialized"), "{again:?}");
     let healthy = cluster.wait_healthy(2, true, "every shard is led, replicated 3 times, and every node leads some").await;
-    assert_eq!(healthy.cluster_id, init.cluster_id);
+    assert_eq!(Some(healthy.cluster_id.as_str()), init["cluster_id"].as_str());
     assert_eq!(healthy.shard_count, SHARDS);
 
     let victim = cluster.busiest_leader(0).await;
@@ -334,17 +336,32 @@ async fn nodes_join_shards_rebalance_and_a_node_drains_away_while_events_flow() 
 
     phase(&format!("stream {total} events; meanwhile add node 4, rebalance, drain node 1 and remove it"));
     let addrs: Vec<String> = cluster.nodes[..3].iter().map(|n| n.grpc_addr().to_string()).collect();
-    let ops_addr = cluster.nodes[1].grpc_url();
+    let ops_url = cluster.nodes[1].grpc_url();
     let ops = move || async move {
-        let ch = tonic::transport::Endpoint::from_shared(ops_addr).unwrap().connect().await.expect("connect node 2");
+        let ch = tonic::transport::Endpoint::from_shared(ops_url.clone()).unwrap().connect().await.expect("connect node 2");
         let mut admin = v1::admin_client::AdminClient::new(ch);
         let status = |mut admin: v1::admin_client::AdminClient<tonic::transport::Channel>| async move {
             admin.cluster_status(v1::ClusterStatusRequest {}).await.map(|r| r.into_inner()).map_err(|s| format!("{s:?}"))
         };
-        admin.node_add(v1::NodeAddRequest { node_id: 4, addr: format!("127.0.0.1:{port4}") }).await.expect("node add");
-        let dry = admin.shard_rebalance(v1::ShardRebalanceRequest { dry_run: true }).await.expect("dry run").into_inner();
-        assert_eq!(dry.moves.len(), 6, "24 replicas over 4 nodes: 6 move to the new node: {dry:?}");
-        assert!(!dry.queued && dry.moves.iter().all(|m| m.to == 4));
+        // The operator's commands, through chorusctl.
+        let ctl = |args: &[&str]| {
+            let mut a = vec!["--endpoint".to_string(), ops_url.clone(), "-o".to_string(), "json".to_string()];
+            a.extend(args.iter().map(|s| s.to_string()));
+            async move { chorusctl(&a, &[], None).await }
+        };
+        let added = ctl(&["node", "add", "--id", "4", "--addr", &format!("127.0.0.1:{port4}")]).await;
+        added.ok();
+        assert_eq!(added.json()["node"]["node_id"], 4, "{}", added.stdout);
+        let listed = ctl(&["node", "list"]).await;
+        listed.ok();
+        assert_eq!(listed.json()["nodes"].as_array().map(|a| a.len()), Some(4), "{}", listed.stdout);
+        let dry = ctl(&["shard", "rebalance", "--dry-run"]).await;
+        dry.ok();
+        let dry = dry.json();
+        let moves = dry["moves"].as_array().cloned().unwrap_or_default();
+        assert_eq!(moves.len(), 6, "24 replicas over 4 nodes: 6 move to the new node: {dry}");
+        assert_eq!(dry["queued"], false);
+        assert!(moves.iter().all(|m| m["to"] == 4), "{dry}");
         let plan = admin.shard_rebalance(v1::ShardRebalanceRequest { dry_run: false }).await.expect("rebalance").into_inner();
         assert!(plan.queued);
         eprintln!("rebalancing: {} moves queued", plan.moves.len());
@@ -357,8 +374,9 @@ async fn nodes_join_shards_rebalance_and_a_node_drains_away_while_events_flow() 
             }
         })
         .await;
-        let drain = admin.node_drain(v1::NodeDrainRequest { node_id: 1 }).await.expect("drain").into_inner();
-        eprintln!("draining node 1: {} moves", drain.moves.len());
+        let drain = ctl(&["node", "drain", "1"]).await;
+        drain.ok();
+        eprintln!("draining node 1: {}", drain.stdout.trim());
         wait_until(Duration::from_secs(120), "node 1 is drained", || {
             let a = admin.clone();
             async move {
@@ -368,7 +386,7 @@ async fn nodes_join_shards_rebalance_and_a_node_drains_away_while_events_flow() 
             }
         })
         .await;
-        admin.node_remove(v1::NodeRemoveRequest { node_id: 1 }).await.expect("remove the drained node");
+        ctl(&["node", "remove", "1"]).await.ok();
     };
     // Node 1 keeps taking events while it drains (it forwards to the leaders).
     let outcome = run_lanes(addrs, lanes, Duration::from_millis(15), total as usize / 10, ops).await;

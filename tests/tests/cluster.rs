@@ -337,6 +337,7 @@ async fn nodes_join_shards_rebalance_and_a_node_drains_away_while_events_flow() 
     phase(&format!("stream {total} events; meanwhile add node 4, rebalance, drain node 1 and remove it"));
     let addrs: Vec<String> = cluster.nodes[..3].iter().map(|n| n.grpc_addr().to_string()).collect();
     let ops_url = cluster.nodes[1].grpc_url();
+    let node4_url = cluster.nodes[3].grpc_url();
     let ops = move || async move {
         let ch = tonic::transport::Endpoint::from_shared(ops_url.clone()).unwrap().connect().await.expect("connect node 2");
         let mut admin = v1::admin_client::AdminClient::new(ch);
@@ -352,6 +353,20 @@ async fn nodes_join_shards_rebalance_and_a_node_drains_away_while_events_flow() 
         let added = ctl(&["node", "add", "--id", "4", "--addr", &format!("127.0.0.1:{port4}")]).await;
         added.ok();
         assert_eq!(added.json()["node"]["node_id"], 4, "{}", added.stdout);
+        // The new node holds no replica yet, and still answers catalog reads.
+        // (It learns the placement within moments of being added.)
+        for args in [["journey", "list"], ["settings", "show"]] {
+            let mut a = vec!["--endpoint".to_string(), node4_url.clone()];
+            a.extend(args.iter().map(|s| s.to_string()));
+            wait_until(Duration::from_secs(20), "node 4 answers catalog reads", || {
+                let a = a.clone();
+                async move {
+                    let out = chorusctl(&a, &[], None).await;
+                    if out.code() == Some(0) { Ok(()) } else { Err(out.stderr.clone()) }
+                }
+            })
+            .await;
+        }
         let listed = ctl(&["node", "list"]).await;
         listed.ok();
         assert_eq!(listed.json()["nodes"].as_array().map(|a| a.len()), Some(4), "{}", listed.stdout);

@@ -589,9 +589,9 @@ impl v1::journeys_server::Journeys for Services {
         let req = request.into_inner();
         let file = if req.file_name.is_empty() { "journey".to_string() } else { req.file_name };
         let catalog = chorus_engine::journey::Catalog {
-            journeys: Some(self.shards.journeys().map_err(ApiError::from)?.into_iter().map(|j| j.id).collect()),
-            audiences: Some(self.shards.audiences().iter().map(|a| a.def.id.clone()).collect()),
-            templates: Some(self.shards.templates().map_err(ApiError::from)?.into_iter().map(|t| t.0).collect()),
+            journeys: Some(self.shards.journeys().await.map_err(ApiError::from)?.into_iter().map(|j| j.id).collect()),
+            audiences: Some(self.shards.audiences().await.iter().map(|a| a.def.id.clone()).collect()),
+            templates: Some(self.shards.templates().await.map_err(ApiError::from)?.into_iter().map(|t| t.0).collect()),
             // Every channel has a connector on this node (the capture connector at least).
             connected_channels: Some(chorus_types::CHANNELS.iter().map(|c| c.to_string()).collect()),
             ..Default::default()
@@ -606,7 +606,7 @@ impl v1::journeys_server::Journeys for Services {
 
     async fn stats(&self, request: Request<v1::JourneyStatsRequest>) -> Result<Response<v1::JourneyStatsResponse>, Status> {
         let id = request.into_inner().id;
-        self.journey(&id)?;
+        self.journey(&id).await?;
         let merged = self.shards.journey_stats(&id).await.map_err(ApiError::from)?;
         let total = |what: &str| -> (u64, f64) {
             merged.iter().filter(|((_, _, w), _)| w == what).fold((0, 0.0), |(c, s), (_, (c2, s2))| (c + c2, s + s2))
@@ -661,12 +661,12 @@ impl v1::journeys_server::Journeys for Services {
     }
 
     async fn list(&self, _: Request<v1::ListJourneysRequest>) -> Result<Response<v1::ListJourneysResponse>, Status> {
-        let journeys = self.shards.journeys().map_err(ApiError::from)?.iter().map(summary).collect();
+        let journeys = self.shards.journeys().await.map_err(ApiError::from)?.iter().map(summary).collect();
         Ok(Response::new(v1::ListJourneysResponse { journeys }))
     }
 
     async fn show(&self, request: Request<v1::ShowJourneyRequest>) -> Result<Response<v1::ShowJourneyResponse>, Status> {
-        let j = self.journey(&request.into_inner().id)?;
+        let j = self.journey(&request.into_inner().id).await?;
         let definition_json = serde_json::to_string_pretty(&j.def).map_err(|e| ApiError::Internal(e.to_string()))?;
         Ok(Response::new(v1::ShowJourneyResponse { summary: Some(summary(&j)), definition_json }))
     }
@@ -680,14 +680,14 @@ impl v1::journeys_server::Journeys for Services {
             "archived" | "archive" => Lifecycle::Archived,
             other => return Err(ApiError::invalid("lifecycle", format!("{other:?}: use active (resume), paused or archived")).into()),
         };
-        self.journey(&req.id)?;
+        self.journey(&req.id).await?;
         self.shards.set_lifecycle(&req.id, lifecycle).await.map_err(ApiError::from)?;
         Ok(Response::new(v1::SetLifecycleResponse { id: req.id, lifecycle: lifecycle.as_str().to_string() }))
     }
 
     async fn enroll(&self, request: Request<v1::EnrollRequest>) -> Result<Response<v1::EnrollResponse>, Status> {
         let req = request.into_inner();
-        let j = self.journey(&req.journey)?;
+        let j = self.journey(&req.journey).await?;
         if !matches!(j.def.entry.trigger, chorus_engine::journey::Trigger::Api) {
             return Err(ApiError::invalid("journey", format!("journey {:?} enters on {:?}, not by API: give it `entry: {{ api: true }}`", j.id, j.def.entry.trigger)).into());
         }
@@ -720,7 +720,7 @@ impl v1::audiences_server::Audiences for Services {
             let lines: Vec<String> = diags.iter().map(|d| format!("{file}:{d}")).collect();
             ApiError::invalid("source", format!("the audience is not valid:\n{}", lines.join("\n")))
         })?;
-        let known = self.shards.audiences();
+        let known = self.shards.audiences().await;
         if !known.iter().any(|a| a.def.id == def.id) && known.len() >= chorus_engine::audience::AUDIENCES_MAX {
             return Err(ApiError::invalid("source", format!("this cluster already has {} audiences, the most it evaluates", chorus_engine::audience::AUDIENCES_MAX)).into());
         }
@@ -731,7 +731,7 @@ impl v1::audiences_server::Audiences for Services {
 
     async fn list(&self, _: Request<v1::ListAudiencesRequest>) -> Result<Response<v1::ListAudiencesResponse>, Status> {
         let mut audiences = Vec::new();
-        for a in self.shards.audiences() {
+        for a in self.shards.audiences().await {
             let (counts, _) = self.shards.audience_members(&a.def.id, 0).await.map_err(ApiError::from)?;
             audiences.push(v1::AudienceSummary {
                 id: a.def.id.clone(),
@@ -747,7 +747,7 @@ impl v1::audiences_server::Audiences for Services {
 
     async fn count(&self, request: Request<v1::AudienceCountRequest>) -> Result<Response<v1::AudienceCountResponse>, Status> {
         let id = request.into_inner().id;
-        self.audience(&id)?;
+        self.audience(&id).await?;
         let (counts, _) = self.shards.audience_members(&id, 0).await.map_err(ApiError::from)?;
         Ok(Response::new(v1::AudienceCountResponse {
             id,
@@ -758,7 +758,7 @@ impl v1::audiences_server::Audiences for Services {
 
     async fn preview(&self, request: Request<v1::AudiencePreviewRequest>) -> Result<Response<v1::AudiencePreviewResponse>, Status> {
         let req = request.into_inner();
-        self.audience(&req.id)?;
+        self.audience(&req.id).await?;
         let limit = if req.limit == 0 { 10 } else { req.limit.min(1000) } as usize;
         let (counts, ids) = self.shards.audience_members(&req.id, limit).await.map_err(ApiError::from)?;
         let mut members = Vec::with_capacity(ids.len());
@@ -775,8 +775,8 @@ impl v1::audiences_server::Audiences for Services {
 }
 
 impl Services {
-    fn audience(&self, id: &str) -> Result<(), Status> {
-        if self.shards.audiences().iter().any(|a| a.def.id == id) {
+    async fn audience(&self, id: &str) -> Result<(), Status> {
+        if self.shards.audiences().await.iter().any(|a| a.def.id == id) {
             Ok(())
         } else {
             Err(ApiError::NotFound(format!("no audience {id:?}: see `chorusctl audience list`")).into())
@@ -785,9 +785,10 @@ impl Services {
 }
 
 impl Services {
-    fn journey(&self, id: &str) -> Result<chorus_shard::apply::JourneyInfo, Status> {
+    async fn journey(&self, id: &str) -> Result<chorus_shard::apply::JourneyInfo, Status> {
         self.shards
             .journeys()
+            .await
             .map_err(ApiError::from)?
             .into_iter()
             .find(|j| j.id == id)
@@ -812,7 +813,7 @@ fn summary(j: &chorus_shard::apply::JourneyInfo) -> v1::JourneySummary {
 #[tonic::async_trait]
 impl v1::settings_server::Settings for Services {
     async fn get(&self, _: Request<v1::GetSettingsRequest>) -> Result<Response<v1::SettingsResponse>, Status> {
-        let s = self.shards.settings().map_err(ApiError::from)?;
+        let s = self.shards.settings().await.map_err(ApiError::from)?;
         Ok(Response::new(settings_response(&s)))
     }
 
@@ -847,8 +848,8 @@ impl v1::templates_server::Templates for Services {
 
     async fn list(&self, _: Request<v1::ListTemplatesRequest>) -> Result<Response<v1::ListTemplatesResponse>, Status> {
         let mut templates = Vec::new();
-        for (id, version, file, _) in self.shards.templates().map_err(ApiError::from)? {
-            let Some(t) = self.shards.template(&id) else { continue };
+        for (id, version, file, _) in self.shards.templates().await.map_err(ApiError::from)? {
+            let Some(t) = self.shards.template(&id).await else { continue };
             templates.push(v1::TemplateSummary {
                 id,
                 version,

@@ -197,7 +197,7 @@ pub fn read_stats(store: &Store, shard: ShardId, journey: &str) -> Result<Vec<((
 }
 
 /// One journey of the catalog as operators see it.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct JourneyInfo {
     pub id: String,
     /// The latest version.

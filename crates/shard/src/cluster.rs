@@ -55,6 +55,19 @@ pub enum ShardRead {
     AudienceMembers { audience: String, sample: usize },
     DeadLetters { limit: usize },
     Track { id: u64 },
+    /// The whole catalog (every shard holds it).
+    Catalog,
+}
+
+/// A copy of the catalog for a node that holds no replica.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CatalogCopy {
+    pub journeys: Vec<crate::apply::JourneyInfo>,
+    /// (id, version, file, source)
+    pub templates: Vec<(String, u32, String, String)>,
+    pub settings: chorus_engine::guard::Settings,
+    /// In evaluation order.
+    pub audiences: Vec<(chorus_engine::audience::AudienceDef, u32)>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -66,6 +79,7 @@ pub enum ShardReadReply {
     AudienceMembers(u64, Vec<CustomerId>),
     DeadLetters(Vec<crate::apply::DeadLetter>),
     Track(Option<chorus_engine::render::TrackRecord>),
+    Catalog(Box<CatalogCopy>),
 }
 
 /// Membership work done by a shard's leader.

@@ -453,7 +453,7 @@ impl Shards {
     /// Publish a new version of a journey to every shard; returns the version. A new
     /// version of an archived journey makes it active again.
     pub async fn publish_journey(&self, def: &chorus_engine::journey::JourneyDef) -> Result<u32, ShardError> {
-        let current = self.journeys()?;
+        let current = self.journeys().await?;
         let existing = current.iter().find(|j| j.id == def.id);
         let version = existing.map(|j| j.version + 1).unwrap_or(1);
         let change = chorus_types::CatalogChange::PutJourney { id: def.id.clone(), version, def: chorus_types::encoding::encode(def) };
@@ -478,7 +478,7 @@ impl Shards {
     /// customer against it (in log-ordered batches) so counts are right at once.
     /// Returns (version, customers evaluated).
     pub async fn publish_audience(&self, def: &chorus_engine::audience::AudienceDef) -> Result<(u32, u64), ShardError> {
-        let version = self.audiences().iter().find(|a| a.def.id == def.id).map(|a| a.version + 1).unwrap_or(1);
+        let version = self.audiences().await.iter().find(|a| a.def.id == def.id).map(|a| a.version + 1).unwrap_or(1);
         self.propose_catalog(chorus_types::CatalogChange::PutAudience { id: def.id.clone(), version, def: chorus_types::encoding::encode(def) }).await?;
         const BATCH: usize = 512;
         let backfills = (0..self.shard_count()).map(|shard| async move {
@@ -501,14 +501,17 @@ impl Shards {
 
     /// Publish a new version of a template (already validated) to every shard.
     pub async fn publish_template(&self, id: &str, source: &str, file: &str) -> Result<u32, ShardError> {
-        let version = self.templates()?.iter().find(|t| t.0 == id).map(|t| t.1 + 1).unwrap_or(1);
+        let version = self.templates().await?.iter().find(|t| t.0 == id).map(|t| t.1 + 1).unwrap_or(1);
         self.propose_catalog(chorus_types::CatalogChange::PutTemplate { id: id.to_string(), version, source: source.to_string(), file: file.to_string() }).await?;
         Ok(version)
     }
 
     /// Templates in the catalog: (id, version, file, source).
-    pub fn templates(&self) -> Result<Vec<(String, u32, String, String)>, ShardError> {
-        crate::apply::list_templates(&self.inner.store, self.catalog_shard()?).map_err(ShardError::Store)
+    pub async fn templates(&self) -> Result<Vec<(String, u32, String, String)>, ShardError> {
+        match self.catalog_shard() {
+            Ok(shard) => crate::apply::list_templates(&self.inner.store, shard).map_err(ShardError::Store),
+            Err(_) => Ok(self.remote_catalog().await?.templates),
+        }
     }
 
     /// A shard replica on this node whose catalog answers catalog reads (every shard
@@ -524,9 +527,25 @@ impl Shards {
         self.catalog_shard().ok().and_then(|s| self.hosted(s)).map(|h| h.app.clone())
     }
 
+    /// The catalog as shard 0 holds it, for a node that holds no replica.
+    async fn remote_catalog(&self) -> Result<crate::cluster::CatalogCopy, ShardError> {
+        if self.shard_count() == 0 {
+            return Err(ShardError::NotInitialized);
+        }
+        match self.read(0, ShardRead::Catalog, false).await? {
+            ShardReadReply::Catalog(c) => Ok(*c),
+            _ => Err(ShardError::Corrupt("unexpected read reply".into())),
+        }
+    }
+
     /// A parsed template of the catalog.
-    pub fn template(&self, id: &str) -> Option<Arc<chorus_templates::Template>> {
-        self.catalog_app().and_then(|a| a.catalog().templates.get(id).cloned())
+    pub async fn template(&self, id: &str) -> Option<Arc<chorus_templates::Template>> {
+        if let Some(app) = self.catalog_app() {
+            return app.catalog().templates.get(id).cloned();
+        }
+        let copy = self.remote_catalog().await.ok()?;
+        let (_, _, file, source) = copy.templates.into_iter().find(|t| t.0 == id)?;
+        chorus_templates::parse(&source, &file).ok().map(Arc::new)
     }
 
     /// Dead letters across every shard (most `limit` per shard).
@@ -569,8 +588,14 @@ impl Shards {
     }
 
     /// The audiences in the catalog, in evaluation order.
-    pub fn audiences(&self) -> Vec<Arc<chorus_engine::audience::CompiledAudience>> {
-        self.catalog_app().map(|a| a.catalog().audiences.clone()).unwrap_or_default()
+    pub async fn audiences(&self) -> Vec<Arc<chorus_engine::audience::CompiledAudience>> {
+        if let Some(app) = self.catalog_app() {
+            return app.catalog().audiences.clone();
+        }
+        match self.remote_catalog().await {
+            Ok(c) => c.audiences.into_iter().filter_map(|(def, v)| chorus_engine::audience::CompiledAudience::new(def, v).ok().map(Arc::new)).collect(),
+            Err(_) => Vec::new(),
+        }
     }
 
     /// How many customers are in `audience` now, per shard, and a sample of up to
@@ -595,8 +620,11 @@ impl Shards {
     }
 
     /// The cluster settings in force.
-    pub fn settings(&self) -> Result<chorus_engine::guard::Settings, ShardError> {
-        crate::apply::read_settings(&self.inner.store, self.catalog_shard()?).map_err(ShardError::Store)
+    pub async fn settings(&self) -> Result<chorus_engine::guard::Settings, ShardError> {
+        match self.catalog_shard() {
+            Ok(shard) => crate::apply::read_settings(&self.inner.store, shard).map_err(ShardError::Store),
+            Err(_) => Ok(self.remote_catalog().await?.settings),
+        }
     }
 
     /// A journey's counters merged across every shard: (version, step, what) → (count, sum).
@@ -616,8 +644,11 @@ impl Shards {
     }
 
     /// The journeys in the catalog.
-    pub fn journeys(&self) -> Result<Vec<crate::apply::JourneyInfo>, ShardError> {
-        crate::apply::list_journeys(&self.inner.store, self.catalog_shard()?).map_err(ShardError::Store)
+    pub async fn journeys(&self) -> Result<Vec<crate::apply::JourneyInfo>, ShardError> {
+        match self.catalog_shard() {
+            Ok(shard) => crate::apply::list_journeys(&self.inner.store, shard).map_err(ShardError::Store),
+            Err(_) => Ok(self.remote_catalog().await?.journeys),
+        }
     }
 
     pub fn store(&self) -> &Store {
@@ -1041,6 +1072,15 @@ impl Shards {
             }
             ShardRead::DeadLetters { limit } => ShardReadReply::DeadLetters(crate::apply::read_dead_letters(store, shard, limit).map_err(ShardError::Store)?),
             ShardRead::Track { id } => ShardReadReply::Track(crate::apply::read_track(store, shard, id).map_err(ShardError::Store)?),
+            ShardRead::Catalog => {
+                let catalog = h.app.catalog();
+                ShardReadReply::Catalog(Box::new(crate::cluster::CatalogCopy {
+                    journeys: crate::apply::list_journeys(store, shard).map_err(ShardError::Store)?,
+                    templates: crate::apply::list_templates(store, shard).map_err(ShardError::Store)?,
+                    settings: crate::apply::read_settings(store, shard).map_err(ShardError::Store)?,
+                    audiences: catalog.audiences.iter().map(|a| (a.def.clone(), a.version)).collect(),
+                }))
+            }
         })
     }
 }

@@ -120,6 +120,20 @@ impl Group {
         tuning: &GroupTuning,
         transport: &Transport,
     ) -> Result<Group, RaftError> {
+        let network = network::Network { group: id, router: transport.clone(), addresses: Some(transport.clone()) };
+        Group::start_on(id, node, store, app, tuning, transport, network).await
+    }
+
+    /// [`Group::start`] over any network (the simulation's in-process one).
+    pub(crate) async fn start_on<R: openraft_multi::GroupRouter<TypeConfig, u32, SnapshotData = Vec<u8>>>(
+        id: u32,
+        node: NodeId,
+        store: Store,
+        app: Arc<dyn Application>,
+        tuning: &GroupTuning,
+        transport: &Transport,
+        network: network::Network<R>,
+    ) -> Result<Group, RaftError> {
         let config = openraft::Config {
             cluster_name: format!("chorus-shard-{id}"),
             heartbeat_interval: tuning.heartbeat_ms,
@@ -137,7 +151,7 @@ impl Group {
         let config = Arc::new(config.validate().map_err(|e| RaftError::Fatal { group: id, detail: e.to_string() })?);
         let log = log_store::LogStore::new(id, store.clone());
         let sm = state_machine::StateMachine::new(id, app);
-        let raft = Raft::new(node, config, network::Network { group: id, transport: transport.clone() }, log, sm)
+        let raft = Raft::new(node, config, network, log, sm)
             .await
             .map_err(|e| RaftError::Fatal { group: id, detail: e.to_string() })?;
         transport.register(id, raft.clone());
@@ -381,3 +395,5 @@ impl Group {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod sim;

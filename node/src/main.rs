@@ -239,7 +239,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
                 }
             });
             let hb = config.cluster_heartbeat_ms()?;
-            let tuning = chorus_raft::GroupTuning { heartbeat_ms: hb, election_min_ms: hb * 3, election_max_ms: hb * 6, ..Default::default() };
+            let tuning = chorus_raft::GroupTuning { heartbeat_ms: hb, election_min_ms: hb * 3, election_max_ms: hb * 6, restore_leadership: false, ..Default::default() };
             let setup = chorus_shard::cluster::ClusterSetup {
                 advertise: advertise.clone(),
                 seeds: c.seeds.clone(),

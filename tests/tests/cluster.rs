@@ -743,3 +743,39 @@ async fn a_network_partition_isolating_the_busiest_leader_loses_nothing_and_heal
     phase("every acknowledged event exactly once, in order, read through the healed node");
     check_histories(&cluster.nodes[victim], &counts).await;
 }
+
+#[tokio::test]
+async fn kill_9_of_followers_and_leaders_in_a_loop_loses_nothing() {
+    let mut rng = Rng::seeded("cluster-kill-loop");
+    let (counts, lanes) = plan(&mut rng);
+    let total: u32 = counts.iter().sum();
+    let mut cluster = LocalCluster::start(3, "loop").await;
+    let mut admin = cluster.nodes[0].admin().await;
+    admin.cluster_init(v1::ClusterInitRequest { shards: SHARDS, replication: 3 }).await.expect("cluster init");
+    cluster.wait_healthy(0, true, "the cluster is healthy").await;
+
+    phase(&format!("stream {total} events while nodes are killed -9 and restarted, four times (followers and leaders)"));
+    let addrs: Vec<String> = cluster.nodes.iter().map(|n| n.grpc_addr().to_string()).collect();
+    let lanes_task = tokio::spawn(run_lanes(addrs, lanes, Duration::from_millis(700), usize::MAX, || async {}));
+    for round in 0..4 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let s = cluster.status(0).await.or(cluster.status(1).await).expect("status");
+        // Alternate: the node leading the fewest shards (a follower of most), then the busiest leader.
+        let pick = if round % 2 == 0 { s.nodes.iter().min_by_key(|n| n.shards_led) } else { s.nodes.iter().max_by_key(|n| n.shards_led) };
+        let victim = (pick.expect("nodes").node_id - 1) as usize;
+        eprintln!("round {round}: kill -9 node {} (leads {} shards)", victim + 1, pick.unwrap().shards_led);
+        cluster.nodes[victim].kill9().await;
+        let other = (victim + 1) % 3;
+        wait_until(Duration::from_secs(30), "the survivors lead every shard", || async {
+            let s = cluster.status(other).await?;
+            if s.leaderless.is_empty() { Ok(()) } else { Err(format!("{s:?}")) }
+        })
+        .await;
+        cluster.nodes[victim].restart().await;
+        cluster.wait_healthy(other, false, "the killed node is back and caught up").await;
+    }
+    let outcome = lanes_task.await.expect("lanes");
+    assert_eq!(outcome.answered.len(), total as usize, "every event answered");
+    eprintln!("longest client outage: {:.2}s; {} batches re-sent", outcome.longest_outage.as_secs_f64(), outcome.resent);
+    check_histories(&cluster.nodes[1], &counts).await;
+}

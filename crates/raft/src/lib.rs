@@ -64,11 +64,16 @@ pub struct GroupTuning {
     /// Entries kept in the log behind a snapshot (so a briefly lagging follower catches
     /// up by entries instead of a whole snapshot).
     pub log_kept_after_snapshot: u64,
+    /// Whether a replica that led before a restart leads again at once, without an
+    /// election. Right for a single voter (it starts serving at once); wrong with
+    /// several voters, where the others may have elected a new leader meanwhile and the
+    /// restarted one would serve stale reads until it hears of it.
+    pub restore_leadership: bool,
 }
 
 impl Default for GroupTuning {
     fn default() -> Self {
-        GroupTuning { heartbeat_ms: 300, election_min_ms: 1000, election_max_ms: 2000, payload_entries_max: 256, snapshot_after_entries: 20_000, log_kept_after_snapshot: 1_000 }
+        GroupTuning { heartbeat_ms: 300, election_min_ms: 1000, election_max_ms: 2000, payload_entries_max: 256, snapshot_after_entries: 20_000, log_kept_after_snapshot: 1_000, restore_leadership: true }
     }
 }
 
@@ -146,6 +151,7 @@ impl Group {
                 openraft::SnapshotPolicy::LogsSinceLast(tuning.snapshot_after_entries)
             },
             max_in_snapshot_log_to_keep: tuning.log_kept_after_snapshot,
+            enable_leader_restore: Some(tuning.restore_leadership),
             ..Default::default()
         };
         let config = Arc::new(config.validate().map_err(|e| RaftError::Fatal { group: id, detail: e.to_string() })?);

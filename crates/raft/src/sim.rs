@@ -247,7 +247,7 @@ impl Sim {
 
 async fn run_seed(seed: u64) {
     let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
-    let tuning = GroupTuning { heartbeat_ms: 40, election_min_ms: 150, election_max_ms: 300, snapshot_after_entries: 15, log_kept_after_snapshot: 2, ..Default::default() };
+    let tuning = GroupTuning { heartbeat_ms: 40, election_min_ms: 150, election_max_ms: 300, snapshot_after_entries: 15, log_kept_after_snapshot: 2, restore_leadership: false, ..Default::default() };
     let mut sim = Sim { seed, world: Arc::default(), nodes: Vec::new(), tuning, leaders: HashMap::new(), acked: BTreeMap::new(), next_id: 0 };
     for id in 1..=NODES {
         let dir = tempfile::tempdir().unwrap();

@@ -165,7 +165,7 @@ async fn leader_of(nodes: &[TestNode], timeout: Duration) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_replicate_fail_over_and_catch_up_a_new_member_by_snapshot() {
     const G: u32 = 5;
-    let tuning = GroupTuning { heartbeat_ms: 50, election_min_ms: 200, election_max_ms: 400, snapshot_after_entries: 40, log_kept_after_snapshot: 0, ..Default::default() };
+    let tuning = GroupTuning { heartbeat_ms: 50, election_min_ms: 200, election_max_ms: 400, snapshot_after_entries: 40, log_kept_after_snapshot: 0, restore_leadership: false, ..Default::default() };
     let mut nodes = Vec::new();
     for id in 1..=4 {
         nodes.push(test_node(id).await);

@@ -33,6 +33,13 @@ async fn wait_for_messages(node: &Node, customer: &str, n: usize) -> Vec<(String
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browse_abandon_and_post_purchase_run_on_a_live_node() {
     let node = Node::start(NodeOpts::new("journeys").shards(8).manual_clock()).await;
+    // The manual clock starts at the real time; move it to the next 14:00 UTC (09:00 in
+    // New York) so the sends below never fall in the default quiet hours, whenever the
+    // test runs.
+    let now = node.admin().await.clock(v1::ClockRequest { op: Some(v1::clock_request::Op::Show(true)) }).await.unwrap().into_inner().now_ms;
+    const DAY_MS: i64 = 86_400_000;
+    let morning = (now.div_euclid(DAY_MS) + 1) * DAY_MS + 14 * 3_600_000;
+    node.admin().await.clock(v1::ClockRequest { op: Some(v1::clock_request::Op::SetMs(morning)) }).await.unwrap();
     phase("a journey whose templates are not on the node is refused with its line");
     let out = node.ctl(&["journey", "apply", POST]).await;
     assert_eq!(out.code(), Some(1));

@@ -25,7 +25,7 @@ pub const CATCH_UP_WAIT_MS_MAX: u64 = 120_000;
 /// Pause between two moves (throttling: moves run one at a time).
 pub const MOVE_PAUSE_MS: u64 = 500;
 /// Most leadership transfers the balancer starts per round.
-pub const LEADER_TRANSFERS_PER_ROUND_MAX: usize = 4;
+pub const LEADER_TRANSFERS_PER_ROUND_MAX: usize = 16;
 
 /// What a node needs to be a cluster member.
 #[derive(Clone, Debug)]
@@ -709,7 +709,9 @@ impl Shards {
             let mine = sp.replicas.contains(&me) || sp.learners.contains(&me);
             let hosted = self.hosted(shard).is_some();
             if mine && !hosted {
-                let init: Option<Vec<(NodeId, String)>> = (sp.generation == 0 && sp.replicas.contains(&me))
+                // A fresh group is initialized by its preferred replica alone, which
+                // then leads it at once; the other replicas join when it reaches them.
+                let init: Option<Vec<(NodeId, String)>> = (sp.generation == 0 && sp.replicas.first() == Some(&me))
                     .then(|| sp.replicas.iter().filter_map(|n| st.members.get(n).map(|m| (*n, m.addr.clone()))).collect());
                 self.host_shard(shard, init.as_deref()).await?;
             } else if !mine && hosted {
@@ -765,7 +767,7 @@ impl Shards {
                 }
                 continue;
             }
-            if round.is_multiple_of(4)
+            if round.is_multiple_of(2)
                 && let Err(e) = self.balance_leaders(&st).await
             {
                 tracing::debug!(error = %e, "leader balancing");

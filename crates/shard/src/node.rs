@@ -190,8 +190,9 @@ impl Shards {
     }
 
     /// Open shard `id` on this node (a replica of its group) and start its loops.
-    /// `initialize` makes a fresh group with those voters (every initial replica passes
-    /// the same list); a replica joining later passes `None` and is added by the leader.
+    /// `initialize` makes a fresh group with those voters (passed by one replica only:
+    /// the preferred one, or the only one of a node running alone); the other replicas
+    /// pass `None` and join when the leader reaches them.
     pub(crate) async fn host_shard(&self, id: ShardId, initialize: Option<&[(NodeId, String)]>) -> Result<Arc<Hosted>, ShardError> {
         if let Some(h) = self.hosted(id) {
             return Ok(h);

@@ -73,6 +73,19 @@ impl LocalCluster {
         .await
     }
 
+    /// Like `wait_healthy`, ignoring the members in `down` (stopped on purpose), and
+    /// requiring no queued moves.
+    async fn wait_healthy_except(&self, via: usize, down: &[u64], what: &str) -> v1::ClusterStatusResponse {
+        wait_until(Duration::from_secs(60), what, || async {
+            let s = self.status(via).await?;
+            let ok = s.leaderless.is_empty()
+                && s.moves.is_empty()
+                && s.nodes.iter().filter(|n| !down.contains(&n.node_id)).all(|n| n.healthy && n.lag_max == 0);
+            if ok { Ok(s) } else { Err(format!("{s:?}")) }
+        })
+        .await
+    }
+
     /// The node (index) leading the most shards.
     async fn busiest_leader(&self, via: usize) -> usize {
         let s = self.status(via).await.expect("cluster status");
@@ -426,7 +439,27 @@ async fn nodes_join_shards_rebalance_and_a_node_drains_away_while_events_flow() 
     shards2.shard_transfer_leader(v1::ShardTransferLeaderRequest { shard: target.shard, to: 4 }).await.expect("transfer leader");
     let after = cluster.nodes[3].list_shards().await;
     assert_eq!(after.iter().find(|s| s.shard == target.shard).unwrap().leader, 4);
-    let _ = cluster.replicas(1).await;
+
+    phase("a move to a node that died cannot finish; the operator cancels it");
+    let port5 = free_port();
+    cluster.nodes.push(Node::start(NodeOpts::cluster_node("moves-5", 5, port5, &[port5], HEARTBEAT, "")).await);
+    cluster.nodes[1].ctl(&["node", "add", "--id", "5", "--addr", &format!("127.0.0.1:{port5}")]).await.ok();
+    wait_until(Duration::from_secs(20), "node 5 is a healthy member", || async {
+        let s = cluster.status(1).await?;
+        if s.nodes.iter().any(|n| n.node_id == 5 && n.healthy) { Ok(()) } else { Err(format!("{s:?}")) }
+    })
+    .await;
+    cluster.nodes[4].kill9().await;
+    let before = cluster.replicas(1).await.expect("replicas");
+    cluster.nodes[1].ctl(&["shard", "move", "0", "--to", "5", "--from", "2"]).await.ok();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let stuck = cluster.status(1).await.expect("status");
+    assert_eq!(stuck.moves.len(), 1, "the move waits for the dead node: {stuck:?}");
+    let cancelled = cluster.nodes[1].ctl(&["-o", "json", "shard", "cancel-moves"]).await;
+    cancelled.ok();
+    assert_eq!(cancelled.json()["cancelled"], 1, "{}", cancelled.stdout);
+    cluster.wait_healthy_except(1, &[5], "the cancelled move left no learner and no queue").await;
+    assert_eq!(cluster.replicas(1).await.expect("replicas"), before, "no replica moved");
 }
 
 fn email(c: u32) -> String {

@@ -337,6 +337,11 @@ impl v1::admin_server::Admin for Services {
         Ok(Response::new(v1::ShardTransferLeaderResponse {}))
     }
 
+    async fn shard_cancel_moves(&self, _: Request<v1::ShardCancelMovesRequest>) -> Result<Response<v1::ShardMovesResponse>, Status> {
+        let moves = self.shards.cancel_moves().await.map_err(ApiError::from)?;
+        Ok(Response::new(v1::ShardMovesResponse { moves: moves.iter().map(move_plan).collect(), queued: false }))
+    }
+
     async fn shard_rebalance(&self, request: Request<v1::ShardRebalanceRequest>) -> Result<Response<v1::ShardMovesResponse>, Status> {
         let dry_run = request.into_inner().dry_run;
         let moves = self.shards.rebalance(dry_run).await.map_err(ApiError::from)?;

@@ -493,6 +493,13 @@ chorusctl shard rebalance"
         #[arg(long)]
         dry_run: bool,
     },
+    /// Drop every queued shard move (a move that cannot finish, or a plan changed)
+    #[command(
+        after_help = "The running move stops after its current step; a replica it added as a learner \
+is removed again.\n\nColumns: SHARD FROM TO (the moves dropped).\n\nJSON: {moves: [{shard, from, to}], cancelled}.\n\n\
+Example:\n  chorusctl shard cancel-moves"
+    )]
+    CancelMoves,
 }
 
 #[derive(Subcommand, Debug)]
@@ -1114,6 +1121,8 @@ mod tests {
         assert!(matches!(cli.command, Command::Shard { command: ShardCommand::Rebalance { dry_run: true } }));
         let cli = parse(&["shard", "rebalance"]).unwrap();
         assert!(matches!(cli.command, Command::Shard { command: ShardCommand::Rebalance { dry_run: false } }));
+        let cli = Cli::try_parse_from(["chorusctl", "shard", "cancel-moves"]).unwrap();
+        assert!(matches!(cli.command, Command::Shard { command: ShardCommand::CancelMoves }));
         assert!(matches!(parse(&["shard", "list"]).unwrap().command, Command::Shard { command: ShardCommand::List }));
     }
 

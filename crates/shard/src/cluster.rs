@@ -90,6 +90,7 @@ pub enum ShardAdminOp {
     AddLearner { node: NodeId, addr: String },
     SetVoters { voters: Vec<NodeId>, keep_others: bool },
     TransferLeader { to: NodeId },
+    RemoveLearners { nodes: Vec<NodeId> },
 }
 
 /// A node-to-node request (the payload of `Transport::call`).
@@ -551,6 +552,29 @@ impl Shards {
         Ok(plan)
     }
 
+    /// Drop every queued move; a replica the running move added as a learner leaves the
+    /// group again. Returns the moves dropped.
+    pub async fn cancel_moves(&self) -> Result<Vec<Move>, ShardError> {
+        let st = self.fresh_placement().await?;
+        let moves = st.moves.clone();
+        self.placement_propose(PlacementOp::ClearMoves).await?;
+        for (i, sp) in st.shards.iter().enumerate() {
+            if sp.learners.is_empty() {
+                continue;
+            }
+            let shard = i as ShardId;
+            let view = self.shard_admin(shard, ShardAdminOp::Status).await?;
+            let learners: Vec<NodeId> = view.learners.iter().copied().filter(|n| sp.learners.contains(n)).collect();
+            if !learners.is_empty() {
+                self.shard_admin(shard, ShardAdminOp::RemoveLearners { nodes: learners }).await?;
+            }
+            // A learner already promoted stays a voter: record what the group has now.
+            let view = self.shard_admin(shard, ShardAdminOp::Status).await?;
+            self.placement_propose(PlacementOp::SetShard { shard, replicas: sp.replicas.iter().copied().chain(view.voters.iter().copied().filter(|v| !sp.replicas.contains(v))).collect(), learners: vec![] }).await?;
+        }
+        Ok(moves)
+    }
+
     /// Ask `shard`'s leader to hand leadership to `to` and wait until it has.
     pub async fn shard_transfer_leader(&self, shard: ShardId, to: NodeId) -> Result<(), ShardError> {
         let view = self.shard_admin(shard, ShardAdminOp::Status).await?;
@@ -592,6 +616,7 @@ impl Shards {
                     }
                     ShardAdminOp::SetVoters { voters, keep_others } => h.group.set_voters(&voters, keep_others).await?,
                     ShardAdminOp::TransferLeader { to } => h.group.transfer_leader(to).await?,
+                    ShardAdminOp::RemoveLearners { nodes } => h.group.remove_learners(&nodes).await?,
                 }
                 Ok(ReplicaView::of(shard, h.group.status()))
             }
@@ -821,6 +846,10 @@ impl Shards {
             if !view.learners.contains(&m.to) || view.last_log_index > 0 {
                 view = self.shard_admin(m.shard, ShardAdminOp::AddLearner { node: m.to, addr: to.addr.clone() }).await?;
             }
+            // Promote only a learner that really holds the log (openraft's blocking
+            // add_learner also returns for a learner it cannot reach).
+            self.wait_caught_up(m.shard, m.to, view.last_log_index).await?;
+            self.still_queued(m).await?;
             let mut voters = view.voters.clone();
             voters.push(m.to);
             view = self.shard_admin(m.shard, ShardAdminOp::SetVoters { voters, keep_others: true }).await?;
@@ -828,9 +857,38 @@ impl Shards {
         if view.leader == Some(m.from) {
             self.shard_transfer_leader(m.shard, m.to).await?;
         }
+        self.still_queued(m).await?;
         let voters: Vec<NodeId> = view.voters.iter().copied().filter(|n| *n != m.from).collect();
         self.shard_admin(m.shard, ShardAdminOp::SetVoters { voters, keep_others: false }).await?;
         self.finish_move(sp, m).await
+    }
+
+    /// A move cancelled by the operator stops before its next step.
+    async fn still_queued(&self, m: &Move) -> Result<(), ShardError> {
+        if self.fresh_placement().await?.moves.contains(m) { Ok(()) } else { Err(ShardError::Cluster(format!("{m}: cancelled"))) }
+    }
+
+    /// Wait until node `node`'s replica of `shard` has applied at least `index`, asking
+    /// the node itself.
+    async fn wait_caught_up(&self, shard: ShardId, node: NodeId, index: u64) -> Result<(), ShardError> {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(CATCH_UP_WAIT_MS_MAX);
+        loop {
+            let applied = if node == self.inner.node {
+                self.hosted(shard).map(|h| h.group.status().applied_index)
+            } else {
+                match tokio::time::timeout(Duration::from_secs(2), self.remote(node, None, NodeRequest::Status)).await {
+                    Ok(Ok(NodeReply::Status(v))) => v.replicas.iter().find(|r| r.shard == shard).map(|r| r.applied_index),
+                    _ => None,
+                }
+            };
+            if applied.is_some_and(|a| a >= index) {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ShardError::Cluster(format!("shard {shard}: node {node} has not caught up (applied {applied:?} of {index})")));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     async fn finish_move(&self, sp: &chorus_placement::ShardPlacement, m: &Move) -> Result<(), ShardError> {

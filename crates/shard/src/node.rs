@@ -673,7 +673,13 @@ impl Shards {
                 return;
             }
             if !h.group.is_leader() {
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                // Followers do not deliver: keep their gauge true to their stored outbox.
+                let stored = self.inner.store.shard().prefix(crate::keys::xout_prefix(h.id)).count() as u64;
+                h.app.stats.pending_cross_shard.store(stored, Ordering::Relaxed);
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    _ = shutdown.changed() => return,
+                }
                 continue;
             }
             match self.deliver_once(h).await {

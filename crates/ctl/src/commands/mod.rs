@@ -115,6 +115,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             ShardCommand::Move { shard, to, from } => shard::move_replica(&ctx, shard, to, from).await?,
             ShardCommand::TransferLeader { shard, to } => shard::transfer_leader(&ctx, shard, to).await?,
             ShardCommand::Rebalance { dry_run } => shard::rebalance(&ctx, dry_run).await?,
+            ShardCommand::CancelMoves => shard::cancel_moves(&ctx).await?,
         },
         Command::Event { command: EventCommand::Send(args) } => event::send(&ctx, &args).await?,
         Command::Profile { command } => match command {

@@ -7,7 +7,7 @@ use super::cluster::cluster_failure;
 use crate::failure::{EXIT_OK, Failure};
 use crate::output::{Table, emit, emit_json};
 use chorus_proto::v1::admin_client::AdminClient;
-use chorus_proto::v1::{ShardMovePlan, ShardMoveRequest, ShardRebalanceRequest, ShardTransferLeaderRequest};
+use chorus_proto::v1::{ShardMovePlan, ShardMoveRequest, ShardCancelMovesRequest, ShardRebalanceRequest, ShardTransferLeaderRequest};
 use serde_json::{Value, json};
 
 const FOLLOW_MOVES: &str = "moves run one at a time: follow them with `chorusctl cluster status`";
@@ -60,6 +60,22 @@ pub async fn rebalance(ctx: &Ctx, dry_run: bool) -> anyhow::Result<u8> {
         emit_json(&json!({"dry_run": dry_run, "moves": moves_json(&r.moves), "queued": r.queued}));
     } else {
         emit(&rebalance_text(&r.moves, r.queued, dry_run));
+    }
+    Ok(EXIT_OK)
+}
+
+pub async fn cancel_moves(ctx: &Ctx) -> anyhow::Result<u8> {
+    let mut admin = AdminClient::new(ctx.connect().await?);
+    let action = "cancel the queued shard moves";
+    let r = ctx
+        .call_status(action, admin.shard_cancel_moves(ShardCancelMovesRequest {}))
+        .await?
+        .map_err(|s| cluster_failure(ctx, &s, action))?;
+    if ctx.json() {
+        emit_json(&json!({"moves": moves_json(&r.moves), "cancelled": r.moves.len()}));
+    } else {
+        let footer = if r.moves.is_empty() { "no moves were queued".to_string() } else { format!("{} move(s) cancelled", r.moves.len()) };
+        emit(&plan_text(&r.moves, &footer));
     }
     Ok(EXIT_OK)
 }

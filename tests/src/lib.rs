@@ -873,6 +873,25 @@ pub fn lane_plan(rng: &mut Rng, customers: u32, events_min: u32, events_max: u32
     (counts, out)
 }
 
+/// `anchor_ms` (a moment a test's story is written for), moved forward by whole
+/// 52-week steps until it is at least a day after `now_ms`: same weekday and time of
+/// day, same season, and always in the future of a manual clock that never goes back.
+pub fn future_anchor(anchor_ms: i64, now_ms: i64) -> i64 {
+    const STEP_MS: i64 = 364 * 86_400_000;
+    let mut t = anchor_ms;
+    while t < now_ms + 86_400_000 {
+        t += STEP_MS;
+    }
+    t
+}
+
+/// The node's clock now (Unix ms).
+pub async fn clock_now(node: &Node) -> i64 {
+    let out = node.ctl(&["-o", "json", "clock", "show"]).await;
+    out.ok();
+    out.json()["now_ms"].as_i64().unwrap_or_else(|| panic!("clock show: {}", out.stdout))
+}
+
 /// A free loopback port (bound then released: for addresses that must be known
 /// before a node starts, such as cluster seeds).
 pub fn free_port() -> u16 {
@@ -946,5 +965,21 @@ impl Rng {
             let j = self.below(i as u64 + 1) as usize;
             v.swap(i, j);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::future_anchor;
+
+    #[test]
+    fn future_anchor_keeps_the_weekday_and_time_and_lands_after_now() {
+        const DAY: i64 = 86_400_000;
+        let anchor = 1_799_983_800_000; // Friday 2027-01-15 03:30 UTC
+        assert_eq!(future_anchor(anchor, anchor - 10 * DAY), anchor, "already in the future");
+        let later = future_anchor(anchor, anchor + 400 * DAY);
+        assert_eq!(later, anchor + 2 * 364 * DAY);
+        assert_eq!((later - anchor) % (7 * DAY), 0, "same weekday and time of day");
+        assert!(later >= anchor + 401 * DAY);
     }
 }

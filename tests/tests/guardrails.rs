@@ -66,8 +66,10 @@ async fn quiet_hours_caps_stop_replies_and_lifecycle_on_a_live_node() {
     let (promo, cart, onboarding) = (file("promo.yaml", PROMO), file("cart.yaml", CART), file("onboarding.yaml", ONBOARDING));
     node.apply_simple_templates(&[("promo-sms", "sms"), ("cart-sms", "sms"), ("hello", "email")]).await;
     node.ctl(&["journey", "apply", &promo, &cart, &onboarding]).await.ok();
-    // 22:30 in New York on Thursday 2027-01-14.
-    node.ctl(&["clock", "set", "2027-01-15T03:30:00Z"]).await.ok();
+    // 22:30 in New York on Thursday 2027-01-14 (or the same weekday and time a whole
+    // number of 52-week steps later, when the test runs after it).
+    let t0 = future_anchor(1_799_983_800_000, clock_now(&node).await); // 2027-01-15T03:30:00Z
+    node.ctl(&["clock", "set", &t0.to_string()]).await.ok();
 
     phase("Ada (New York) browses at 22:30: the SMS waits for 08:00 her time");
     let resp = node
@@ -99,7 +101,7 @@ async fn quiet_hours_caps_stop_replies_and_lifecycle_on_a_live_node() {
     assert_eq!(ledger.last().unwrap()["status"], "opted_out");
 
     phase("08:00 in New York: Ada's SMS goes (after the arbitration window: it takes the day's only SMS slot), Bob's does not");
-    node.ctl(&["clock", "set", "2027-01-15T13:00:00Z"]).await.ok();
+    node.ctl(&["clock", "set", &(t0 + 34_200_000).to_string()]).await.ok(); // 13:00Z
     wait_for_decision(&node, &ada, "deferred", "arbitration: sms would take the last slot of a cap").await;
     node.ctl(&["clock", "advance", "1s"]).await.ok();
     let sent = wait_for_messages(&node, &ada, 1).await;
@@ -108,7 +110,7 @@ async fn quiet_hours_caps_stop_replies_and_lifecycle_on_a_live_node() {
     assert!(captured(&node, &bob).await.is_empty(), "Bob opted out");
 
     phase("the calendar-day SMS cap: Ada's cart reminder the same day is skipped");
-    node.ctl(&["clock", "set", "2027-01-15T17:00:00Z"]).await.ok();
+    node.ctl(&["clock", "set", &(t0 + 48_600_000).to_string()]).await.ok(); // 17:00Z
     node.send(vec![track("ada-3", "Cart Abandoned", &[("user_id", "ada")], json!({}))]).await;
     wait_for_decision(&node, &ada, "skipped", "sms: capped by sms-per-day: at most 1 marketing on sms per 1 calendar day(s)").await;
     assert_eq!(captured(&node, &ada).await.len(), 1);

@@ -179,7 +179,8 @@ async fn browse_abandon_every_branch_on_a_live_node() {
     node.ctl(&["settings", "apply", settings.to_str().unwrap()]).await.ok();
     node.apply_example_templates().await;
     node.ctl(&["journey", "apply", POST, browse.to_str().unwrap()]).await.ok();
-    node.ctl(&["clock", "set", "2027-01-14T15:00:00Z"]).await.ok();
+    let t0 = future_anchor(1_799_938_800_000, clock_now(&node).await); // 2027-01-14T15:00:00Z
+    node.ctl(&["clock", "set", &t0.to_string()]).await.ok();
 
     phase("nine customers browse");
     let who = ["clicker", "opener", "silent", "buyer", "capped", "night", "noconsent", "stopper"];

@@ -36,7 +36,7 @@ async fn browse_abandon_and_post_purchase_run_on_a_live_node() {
     // The manual clock starts at the real time; move it to the next 14:00 UTC (09:00 in
     // New York) so the sends below never fall in the default quiet hours, whenever the
     // test runs.
-    let now = node.admin().await.clock(v1::ClockRequest { op: Some(v1::clock_request::Op::Show(true)) }).await.unwrap().into_inner().now_ms;
+    let now = clock_now(&node).await;
     const DAY_MS: i64 = 86_400_000;
     let morning = (now.div_euclid(DAY_MS) + 1) * DAY_MS + 14 * 3_600_000;
     node.admin().await.clock(v1::ClockRequest { op: Some(v1::clock_request::Op::SetMs(morning)) }).await.unwrap();

@@ -353,25 +353,21 @@ impl Group {
         let membership = m.membership_config.membership();
         let voters: Vec<NodeId> = membership.voter_ids().collect();
         let learners: Vec<NodeId> = membership.learner_ids().collect();
+        let leader = effective_leader(&m, self.node);
         GroupStatus {
-            leader: match m.current_leader {
-                Some(l) if l == self.node && m.state != openraft::ServerState::Leader => None,
-                other => other,
-            },
+            leader,
             term: m.current_term,
             last_log_index: m.last_log_index.unwrap_or(0),
             applied_index: m.last_applied.as_ref().map(|l| l.index).unwrap_or(0),
             voters,
             learners,
-            is_leader: m.current_leader == Some(self.node) && m.state == openraft::ServerState::Leader,
+            is_leader: leader == Some(self.node),
         }
     }
 
     /// Whether this node leads the group (cheap: no copy of the metrics).
     pub fn is_leader(&self) -> bool {
-        let m = self.raft.metrics();
-        let m = m.borrow_watched();
-        m.state == openraft::ServerState::Leader && m.current_leader == Some(self.node)
+        self.leader() == Some(self.node)
     }
 
     /// Whether this replica is a voter of the group (cheap).
@@ -381,21 +377,23 @@ impl Group {
         m.membership_config.membership().voter_ids().any(|v| v == self.node)
     }
 
-    /// The leader this replica knows of (cheap). A replica that restarted still holds
-    /// the vote it had as leader, but it is not leading until it wins again: it names
-    /// itself only while it really leads.
+    /// The leader this replica knows of (cheap; see [`effective_leader`]).
     pub fn leader(&self) -> Option<NodeId> {
-        let m = self.raft.metrics();
-        let m = m.borrow_watched();
-        match m.current_leader {
-            Some(l) if l == self.node && m.state != openraft::ServerState::Leader => None,
-            other => other,
-        }
+        effective_leader(&self.raft.metrics().borrow_watched(), self.node)
     }
 
     pub async fn shutdown(&self) -> Result<(), RaftError> {
         self.transport.unregister(self.id);
         self.raft.shutdown().await.map_err(|e| RaftError::Fatal { group: self.id, detail: e.to_string() })
+    }
+}
+
+/// The leader metrics name, except this node itself unless it really leads: a replica
+/// that restarted may still hold the vote it had as leader without leading.
+fn effective_leader(m: &openraft::RaftMetrics<TypeConfig>, node: NodeId) -> Option<NodeId> {
+    match m.current_leader {
+        Some(l) if l == node && m.state != openraft::ServerState::Leader => None,
+        other => other,
     }
 }
 

@@ -174,8 +174,12 @@ impl Transport {
 
     fn client_for(&self, node: NodeId) -> Result<(NodeClient<Channel>, String), TransportError> {
         let addr = self.address(node).ok_or(TransportError::UnknownNode { node })?;
-        let ch = self.channel(&addr)?;
-        Ok((NodeClient::new(ch).max_decoding_message_size(MESSAGE_BYTES_MAX).max_encoding_message_size(MESSAGE_BYTES_MAX), addr))
+        Ok((self.client_at(&addr)?, addr))
+    }
+
+    fn client_at(&self, addr: &str) -> Result<NodeClient<Channel>, TransportError> {
+        let ch = self.channel(addr)?;
+        Ok(NodeClient::new(ch).max_decoding_message_size(MESSAGE_BYTES_MAX).max_encoding_message_size(MESSAGE_BYTES_MAX))
     }
 
     /// A node-level call to node `to`.
@@ -186,8 +190,7 @@ impl Transport {
 
     /// A node-level call to whatever node listens at `addr` (joining, discovery).
     pub async fn call_addr(&self, addr: &str, payload: Vec<u8>) -> Result<Vec<u8>, TransportError> {
-        let ch = self.channel(addr)?;
-        let client = NodeClient::new(ch).max_decoding_message_size(MESSAGE_BYTES_MAX).max_encoding_message_size(MESSAGE_BYTES_MAX);
+        let client = self.client_at(addr)?;
         self.call_with(client, 0, addr, payload).await
     }
 

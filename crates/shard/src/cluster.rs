@@ -245,6 +245,8 @@ pub struct ClusterView {
     pub under_replicated: Vec<ShardId>,
     pub moves: Vec<Move>,
     pub placement_leader: Option<NodeId>,
+    /// Who leads each shard, as the leaders themselves report it.
+    pub shard_leaders: BTreeMap<ShardId, NodeId>,
 }
 
 impl Shards {
@@ -649,7 +651,8 @@ impl Shards {
         let mut leaders: BTreeMap<ShardId, (NodeId, u64, u64)> = BTreeMap::new();
         for v in views.values().flatten() {
             for r in &v.replicas {
-                if r.leader == Some(v.node) {
+                // A deposed leader that has not heard of its successor claims an older term.
+                if r.leader == Some(v.node) && leaders.get(&r.shard).is_none_or(|(_, term, _)| *term < r.term) {
                     leaders.insert(r.shard, (v.node, r.term, r.last_log_index));
                 }
             }
@@ -695,6 +698,7 @@ impl Shards {
             under_replicated: under,
             moves: st.moves.clone(),
             placement_leader: self.inner.cluster.as_ref().and_then(|c| c.group.leader()),
+            shard_leaders: leaders.into_iter().map(|(shard, (node, _, _))| (shard, node)).collect(),
         })
     }
 
@@ -916,7 +920,8 @@ impl Shards {
                 continue;
             }
             let shard = i as ShardId;
-            let leader = self.shard_admin(shard, ShardAdminOp::Status).await.ok().and_then(|v| v.leader);
+            // The members' views already say who leads: no question per shard.
+            let leader = view.shard_leaders.get(&shard).copied();
             if leader.is_some() && leader != Some(preferred) {
                 tracing::info!(shard, from = ?leader, to = preferred, "handing leadership to the preferred replica");
                 if self.shard_admin(shard, ShardAdminOp::TransferLeader { to: preferred }).await.is_ok() {

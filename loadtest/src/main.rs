@@ -5,11 +5,14 @@
 //!
 //! It measures; it asserts nothing about speed, and it never links product code.
 
+mod bulk;
 mod client;
+mod memory;
 mod node;
 mod procstat;
 mod report;
 mod scenario;
+mod timers;
 mod w1;
 mod workload;
 
@@ -56,22 +59,8 @@ enum Command {
     /// Start a fresh `chorus dev` node, run the workload against it, stop it and remove
     /// its data directory.
     Bench {
-        /// Use `<target>/release/chorus` instead of the `chorus` next to this executable.
-        #[arg(long)]
-        release: bool,
-        /// The node binary (default: next to this executable).
-        #[arg(long)]
-        chorus_bin: Option<PathBuf>,
-        /// Directory under which the temporary data directory is made (default: the
-        /// system temp dir). It must be on a real disk: fsync is what is measured.
-        #[arg(long)]
-        data_root: Option<PathBuf>,
-        /// The node's log filter.
-        #[arg(long, default_value = "warn")]
-        node_log: String,
-        /// Keep the node's data directory and log.
-        #[arg(long)]
-        keep_data: bool,
+        #[command(flatten)]
+        node: NodeArgs,
         /// Start a local cluster of this many nodes (replication min(3, nodes)) instead of
         /// one `chorus dev`; streams are spread over the nodes. The node CPU and RSS columns
         /// are node 1's.
@@ -80,6 +69,101 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// Memory per customer: create N customers on a fresh node, read its RSS once all
+    /// are dormant (passivated), then with H of them hot (actor-resident).
+    Memory {
+        #[command(flatten)]
+        node: NodeArgs,
+        /// Customers created (one event each).
+        #[arg(long, default_value_t = 1_000_000)]
+        customers: u64,
+        /// Customers touched again and measured while actor-resident.
+        #[arg(long, default_value_t = 100_000)]
+        hot: u64,
+        #[arg(long, default_value_t = 64)]
+        shards: u32,
+        #[arg(long, default_value_t = 4)]
+        streams: usize,
+        #[arg(long, default_value_t = 1000)]
+        batch: usize,
+        /// Batches outstanding per stream.
+        #[arg(long, default_value_t = 2)]
+        in_flight: usize,
+        /// Size of each event's properties JSON in bytes.
+        #[arg(long, default_value_t = 160)]
+        payload_bytes: usize,
+        /// Seconds an untouched customer actor stays resident (the node's actor_idle).
+        #[arg(long, default_value_t = 30)]
+        actor_idle: u64,
+        /// Print the report as JSON on stdout (the human table goes to stderr).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pending timers: J journeys that each wait W seconds, entered by N customers (J × N
+    /// durable timers); reports bytes per timer and how late they fire.
+    Timers {
+        #[command(flatten)]
+        node: NodeArgs,
+        /// Customers seeded (one event each; each enters every journey).
+        #[arg(long, default_value_t = 1_000_000)]
+        customers: u64,
+        /// Journeys, each holding one wait per customer.
+        #[arg(long, default_value_t = 10)]
+        journeys: u32,
+        /// Seconds each wait lasts (must outlast seeding plus passivation to read RSS).
+        #[arg(long, default_value_t = 600)]
+        wait: u64,
+        #[arg(long, default_value_t = 64)]
+        shards: u32,
+        #[arg(long, default_value_t = 4)]
+        streams: usize,
+        #[arg(long, default_value_t = 1000)]
+        batch: usize,
+        /// Batches outstanding per stream.
+        #[arg(long, default_value_t = 2)]
+        in_flight: usize,
+        /// Seconds an untouched customer actor stays resident (the node's actor_idle).
+        #[arg(long, default_value_t = 30)]
+        actor_idle: u64,
+        /// Print the report as JSON on stdout (the human table goes to stderr).
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// How bench-style modes start their node.
+#[derive(Args, Debug, Clone)]
+struct NodeArgs {
+    /// Use `<target>/release/chorus` instead of the `chorus` next to this executable.
+    #[arg(long)]
+    release: bool,
+    /// The node binary (default: next to this executable).
+    #[arg(long)]
+    chorus_bin: Option<PathBuf>,
+    /// Directory under which the temporary data directory is made (default: the
+    /// system temp dir). It must be on a real disk: fsync is what is measured.
+    #[arg(long)]
+    data_root: Option<PathBuf>,
+    /// The node's log filter.
+    #[arg(long, default_value = "warn")]
+    node_log: String,
+    /// Keep the node's data directory and log.
+    #[arg(long)]
+    keep_data: bool,
+}
+
+impl NodeArgs {
+    fn opts(&self, chorus: PathBuf, shards: u32) -> node::NodeOpts {
+        node::NodeOpts {
+            chorus,
+            shards,
+            data_root: self.data_root.clone(),
+            log: self.node_log.clone(),
+            keep: self.keep_data,
+            cluster: None,
+            config: String::new(),
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -176,6 +260,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let common = match &cli.command {
         Command::Run { common, .. } | Command::Bench { common, .. } => common,
+        Command::Memory { .. } | Command::Timers { .. } => return population_main(cli.command),
     };
     if common.client_threads == 0 || common.client_threads > 64 {
         bail!("--client-threads must be within 1..=64");
@@ -229,17 +314,9 @@ async fn run(cli: Cli) -> anyhow::Result<Report> {
             }
             Ok(report)
         }
-        Command::Bench {
-            release,
-            chorus_bin,
-            data_root,
-            node_log,
-            keep_data,
-            nodes,
-            common,
-        } => {
+        Command::Bench { node: node_args, nodes, common } => {
             let sc = common.scenario()?;
-            let chorus = node::find_chorus(chorus_bin.as_deref(), release)?;
+            let chorus = node::find_chorus(node_args.chorus_bin.as_deref(), node_args.release)?;
             eprintln!(
                 "chorus-loadtest: starting {} dev with {} shards",
                 chorus.display(),
@@ -252,12 +329,8 @@ async fn run(cli: Cli) -> anyhow::Result<Report> {
             let mut cluster = Vec::with_capacity(nodes);
             for i in 0..nodes {
                 let opts = node::NodeOpts {
-                    chorus: chorus.clone(),
-                    shards: sc.shards,
-                    data_root: data_root.clone(),
-                    log: node_log.clone(),
-                    keep: keep_data,
                     cluster: (nodes > 1).then(|| (i as u64 + 1, ports[i], ports.clone())),
+                    ..node_args.opts(chorus.clone(), sc.shards)
                 };
                 let n = node::Node::start(&opts).await?;
                 eprintln!(
@@ -333,7 +406,93 @@ async fn run(cli: Cli) -> anyhow::Result<Report> {
             report.node_exit = Some(exit);
             Ok(report)
         }
+        Command::Memory { .. } | Command::Timers { .. } => bail!("population scenarios run from population_main"),
     }
+}
+
+/// The memory and timer scenarios: start a node configured for the scenario, run it,
+/// print the report, stop the node.
+fn population_main(command: Command) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .thread_name("loadtest")
+        .build()
+        .context("start the tokio runtime")?;
+    runtime.block_on(async move {
+        let (node_args, shards, streams, config, json) = match &command {
+            Command::Memory { node, shards, streams, json, .. } | Command::Timers { node, shards, streams, json, .. } => {
+                let config = match population_opts(&command)? {
+                    Population::Memory(o) => o.node_config(),
+                    Population::Timers(o) => o.node_config(),
+                };
+                (node.clone(), *shards, *streams, config, *json)
+            }
+            _ => unreachable!("only population scenarios come here"),
+        };
+        let chorus = node::find_chorus(node_args.chorus_bin.as_deref(), node_args.release)?;
+        let opts = node::NodeOpts { config, ..node_args.opts(chorus, shards) };
+        let mut n = node::Node::start(&opts).await?;
+        eprintln!("chorus-loadtest: node ready pid={} grpc={} data_dir={} log={}", n.pid, n.grpc, n.data_dir.display(), n.log_path.display());
+        let mut channels = Vec::with_capacity(streams);
+        for _ in 0..streams.max(1) {
+            channels.push(client::connect(&n.endpoint(), Duration::from_secs(30)).await?);
+        }
+        let result = match population_opts(&command)? {
+            Population::Memory(o) => memory::run(&o, &channels, &mut n).await.map(|r| (r.human(), serde_json::to_string_pretty(&r))),
+            Population::Timers(o) => timers::run(&o, &channels, &mut n).await.map(|r| (r.human(), serde_json::to_string_pretty(&r))),
+        };
+        let tail = n.log_tail(30);
+        let exit = n.stop().await?;
+        let (human, js) = result.map_err(|e| e.context(format!("node log tail:\n{tail}")))?;
+        let human = format!("{human}  node: {exit}\n");
+        if json {
+            eprint!("{human}");
+            println!("{}", js.context("encode the report")?);
+        } else {
+            print!("{human}");
+        }
+        Ok(())
+    })
+}
+
+enum Population {
+    Memory(memory::MemoryOpts),
+    Timers(timers::TimerOpts),
+}
+
+fn population_opts(command: &Command) -> anyhow::Result<Population> {
+    Ok(match command {
+        Command::Memory { customers, hot, shards, streams, batch, in_flight, payload_bytes, actor_idle, .. } => {
+            let o = memory::MemoryOpts {
+                customers: *customers,
+                hot: *hot,
+                shards: *shards,
+                streams: *streams,
+                batch: *batch,
+                in_flight: *in_flight,
+                payload_bytes: *payload_bytes,
+                actor_idle_s: *actor_idle,
+            };
+            o.validate()?;
+            Population::Memory(o)
+        }
+        Command::Timers { customers, journeys, wait, shards, streams, batch, in_flight, actor_idle, .. } => {
+            let o = timers::TimerOpts {
+                customers: *customers,
+                journeys: *journeys,
+                wait_s: *wait,
+                shards: *shards,
+                streams: *streams,
+                batch: *batch,
+                in_flight: *in_flight,
+                actor_idle_s: *actor_idle,
+            };
+            o.validate()?;
+            Population::Timers(o)
+        }
+        _ => bail!("not a population scenario"),
+    })
 }
 
 /// After the run, wait (bounded by `SETTLE_MAX`) until the node has no queued events and

@@ -79,6 +79,9 @@ pub struct NodeOpts {
     pub keep: bool,
     /// A node of a local cluster: (node id, node-to-node port, every node's port).
     pub cluster: Option<(u64, u16, Vec<u16>)>,
+    /// Extra TOML for the node's configuration file (e.g. a `[shards]` table); when it
+    /// is empty and the node is not a cluster member, the node runs as `chorus dev`.
+    pub config: String,
 }
 
 /// A running node started by bench mode.
@@ -89,6 +92,7 @@ pub struct Node {
     pub http: String,
     pub log_path: PathBuf,
     pub data_dir: PathBuf,
+    opts: NodeOpts,
     tmp: Option<tempfile::TempDir>,
 }
 
@@ -105,25 +109,112 @@ impl Node {
             None => builder.tempdir(),
         }
         .context("create a temporary data directory")?;
-        let data_dir = tmp.path().join("data");
-        let log_path = tmp.path().join("chorus.log");
-        let log = std::fs::File::create(&log_path)
-            .with_context(|| format!("create {}", log_path.display()))?;
+        let (child, pid, grpc, http) = spawn(opts, tmp.path()).await?;
+        Ok(Node {
+            child: Some(child),
+            pid,
+            grpc,
+            http,
+            log_path: tmp.path().join("chorus.log"),
+            data_dir: tmp.path().join("data"),
+            opts: opts.clone(),
+            tmp: if opts.keep {
+                let _ = tmp.keep();
+                None
+            } else {
+                Some(tmp)
+            },
+        })
+    }
+
+    /// Stop the node with SIGTERM and start it again on the same data directory (new
+    /// ports, same configuration), as an operator's restart would.
+    pub async fn restart(&mut self) -> anyhow::Result<String> {
+        let exit = self.terminate().await?;
+        let dir = self.data_dir.parent().expect("the data directory has a parent").to_path_buf();
+        let (child, pid, grpc, http) = spawn(&self.opts, &dir).await?;
+        (self.child, self.pid, self.grpc, self.http) = (Some(child), pid, grpc, http);
+        Ok(exit)
+    }
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// SIGTERM, wait up to [`STOP_TIMEOUT`], then SIGKILL; removes the data directory
+    /// unless it is kept. Returns a description of how it ended.
+    pub async fn stop(mut self) -> anyhow::Result<String> {
+        let outcome = self.terminate().await?;
+        if let Some(tmp) = self.tmp.take() {
+            let path = tmp.path().to_path_buf();
+            tmp.close()
+                .with_context(|| format!("remove {}", path.display()))?;
+        }
+        Ok(outcome)
+    }
+
+    /// SIGTERM, wait up to [`STOP_TIMEOUT`], then SIGKILL. Returns how it ended.
+    async fn terminate(&mut self) -> anyhow::Result<String> {
+        let Some(mut child) = self.child.take() else {
+            return Ok("not running".into());
+        };
+        Ok(if let Ok(Some(status)) = child.try_wait() {
+            format!("had already exited: {status}")
+        } else {
+            // std has no signal API and unsafe code is forbidden: use kill(1).
+            let st = std::process::Command::new("kill")
+                .args(["-TERM", &self.pid.to_string()])
+                .status()
+                .context("run kill -TERM")?;
+            if !st.success() {
+                bail!("kill -TERM {} failed: {st}", self.pid);
+            }
+            match tokio::time::timeout(STOP_TIMEOUT, child.wait()).await {
+                Ok(Ok(status)) => format!("stopped by SIGTERM: {status}"),
+                Ok(Err(e)) => return Err(e).context("wait for the node to exit"),
+                Err(_) => {
+                    let _ = child.kill().await;
+                    format!("did not exit within {STOP_TIMEOUT:?} of SIGTERM; killed")
+                }
+            }
+        })
+    }
+
+    /// The last `n` lines of the node's log.
+    pub fn log_tail(&self, n: usize) -> String {
+        tail(&self.log_path, n)
+    }
+}
+
+/// Start the node process on `dir` (data in `dir/data`, log appended to `dir/chorus.log`)
+/// and wait for its ready line: (child, pid, gRPC address, HTTP address).
+async fn spawn(opts: &NodeOpts, dir: &Path) -> anyhow::Result<(Child, u32, String, String)> {
+    let data_dir = dir.join("data");
+    let log_path = dir.join("chorus.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("open {}", log_path.display()))?;
+    let tmp_path = dir;
         let mut cmd = Command::new(&opts.chorus);
-        match &opts.cluster {
-            None => {
-                cmd.arg("dev");
-            }
-            Some((id, port, seeds)) => {
-                let seeds: Vec<String> = seeds.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
-                let toml = format!(
-                    "node_id = {id}\n[cluster]\nlisten = \"127.0.0.1:{port}\"\nseeds = [{}]\n",
-                    seeds.join(", ")
-                );
-                let path = tmp.path().join("chorus.toml");
-                std::fs::write(&path, toml).with_context(|| format!("write {}", path.display()))?;
-                cmd.arg("run").arg("--config").arg(path);
-            }
+        let cluster = opts.cluster.as_ref().map(|(id, port, seeds)| {
+            let seeds: Vec<String> = seeds.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
+            format!("node_id = {id}\n[cluster]\nlisten = \"127.0.0.1:{port}\"\nseeds = [{}]\n", seeds.join(", "))
+        });
+        if cluster.is_none() && opts.config.is_empty() {
+            cmd.arg("dev");
+        } else {
+            let toml = format!("{}\n{}", cluster.unwrap_or_default(), opts.config);
+            let path = tmp_path.join("chorus.toml");
+            std::fs::write(&path, toml).with_context(|| format!("write {}", path.display()))?;
+            cmd.arg("run").arg("--config").arg(path);
         }
         cmd.arg("--data-dir")
             .arg(&data_dir)
@@ -191,71 +282,7 @@ impl Node {
         };
         let grpc = field("grpc")?;
         let http = field("http")?;
-        Ok(Node {
-            child: Some(child),
-            pid,
-            grpc,
-            http,
-            log_path,
-            data_dir,
-            tmp: if opts.keep {
-                let _ = tmp.keep();
-                None
-            } else {
-                Some(tmp)
-            },
-        })
-    }
-
-    pub fn endpoint(&self) -> String {
-        format!("http://{}", self.grpc)
-    }
-
-    /// Whether the process is still running.
-    pub fn is_running(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
-    }
-
-    /// SIGTERM, wait up to [`STOP_TIMEOUT`], then SIGKILL; removes the data directory
-    /// unless it is kept. Returns a description of how it ended.
-    pub async fn stop(mut self) -> anyhow::Result<String> {
-        let Some(mut child) = self.child.take() else {
-            return Ok("not running".into());
-        };
-        let outcome = if let Ok(Some(status)) = child.try_wait() {
-            format!("had already exited: {status}")
-        } else {
-            // std has no signal API and unsafe code is forbidden: use kill(1).
-            let st = std::process::Command::new("kill")
-                .args(["-TERM", &self.pid.to_string()])
-                .status()
-                .context("run kill -TERM")?;
-            if !st.success() {
-                bail!("kill -TERM {} failed: {st}", self.pid);
-            }
-            match tokio::time::timeout(STOP_TIMEOUT, child.wait()).await {
-                Ok(Ok(status)) => format!("stopped by SIGTERM: {status}"),
-                Ok(Err(e)) => return Err(e).context("wait for the node to exit"),
-                Err(_) => {
-                    let _ = child.kill().await;
-                    format!("did not exit within {STOP_TIMEOUT:?} of SIGTERM; killed")
-                }
-            }
-        };
-        if let Some(tmp) = self.tmp.take() {
-            let path = tmp.path().to_path_buf();
-            tmp.close()
-                .with_context(|| format!("remove {}", path.display()))?;
-        }
-        Ok(outcome)
-    }
-
-    /// The last `n` lines of the node's log.
-    pub fn log_tail(&self, n: usize) -> String {
-        tail(&self.log_path, n)
-    }
+    Ok((child, pid, grpc, http))
 }
 
 fn tail(path: &Path, n: usize) -> String {
@@ -265,13 +292,19 @@ fn tail(path: &Path, n: usize) -> String {
 }
 
 /// Node-wide sums of the per-shard gauges of `/metrics` that a report uses.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct NodeGauges {
     pub customers: u64,
     pub live_actors: u64,
     pub pending_cross_shard: u64,
     pub queued_events: u64,
     pub messages_decided: u64,
+    pub pending_timers: u64,
+    /// Node-wide timer lateness histogram: (upper bound ms or +Inf, cumulative count).
+    pub timer_lateness: Vec<(f64, u64)>,
+    pub timer_lateness_count: u64,
+    pub timer_lateness_sum_ms: u64,
+    pub timer_lateness_max_ms: u64,
 }
 
 /// Read the node's `/metrics` (plain HTTP/1.1 on loopback; no client library needed)
@@ -303,11 +336,34 @@ pub async fn scrape(http_addr: &str) -> anyhow::Result<NodeGauges> {
             .filter_map(|l| l.rsplit(' ').next()?.trim().parse::<u64>().ok())
             .sum()
     };
+    let plain = |name: &str| -> u64 {
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or(0)
+    };
     Ok(NodeGauges {
         customers: sum("chorus_shard_customers"),
         live_actors: sum("chorus_shard_live_actors"),
         pending_cross_shard: sum("chorus_shard_pending_cross_shard"),
         queued_events: sum("chorus_shard_queued_events"),
         messages_decided: sum("chorus_shard_messages_decided_total"),
+        pending_timers: sum("chorus_shard_pending_timers"),
+        timer_lateness: body
+            .lines()
+            .filter_map(|l| l.strip_prefix("chorus_timer_fire_lateness_ms_bucket{le=\""))
+            .filter_map(|l| {
+                let (le, rest) = l.split_once("\"}")?;
+                let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+                Some((le, rest.trim().parse().ok()?))
+            })
+            .collect(),
+        timer_lateness_count: plain("chorus_timer_fire_lateness_ms_count"),
+        timer_lateness_sum_ms: plain("chorus_timer_fire_lateness_ms_sum"),
+        timer_lateness_max_ms: body
+            .lines()
+            .filter(|l| l.starts_with("chorus_shard_timer_lateness_max_ms{"))
+            .filter_map(|l| l.rsplit(' ').next()?.trim().parse::<u64>().ok())
+            .max()
+            .unwrap_or(0),
     })
 }

@@ -155,3 +155,46 @@ fn bench_mode_acknowledges_every_event_and_reports_json() {
     );
     assert_eq!(report["scenario"]["workload"]["seed"].as_u64(), Some(7));
 }
+
+/// Run `chorus-loadtest ARGS --json` and parse its report.
+fn run_json(args: &[&str]) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_chorus-loadtest"))
+        .args(args)
+        .arg("--json")
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run chorus-loadtest");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "chorus-loadtest {args:?} failed ({}):\n{stderr}", out.status);
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("the report is JSON: {e}\nstderr:\n{stderr}"))
+}
+
+#[test]
+fn memory_scenario_counts_every_customer_dormant_hot_and_after_a_restart() {
+    build_chorus();
+    eprintln!("--- chorus-loadtest memory with 3,000 customers, 400 hot");
+    let r = run_json(&["memory", "--shards", "4", "--customers", "3000", "--hot", "400", "--batch", "250", "--actor-idle", "2"]);
+    let n = |k: &str| r[k].as_u64().unwrap_or_else(|| panic!("{k} is a number: {r}"));
+    assert_eq!(n("create_events"), 3000, "{r}");
+    assert_eq!(n("customers_counted"), 3000, "the node counts every customer: {r}");
+    assert_eq!(n("hot_events"), 400, "{r}");
+    assert!(n("live_actors") >= 1 && n("live_actors") <= 400, "only touched customers are resident: {r}");
+    for k in ["rss_empty_bytes", "rss_dormant_bytes", "rss_hot_bytes", "rss_restarted_bytes", "disk_bytes"] {
+        assert!(n(k) > 0, "{k} was read: {r}");
+    }
+}
+
+#[test]
+fn timer_scenario_fires_every_wait_once_after_a_restart() {
+    build_chorus();
+    eprintln!("--- chorus-loadtest timers: 400 customers × 3 journeys, 40 s waits");
+    let r = run_json(&["timers", "--shards", "4", "--customers", "400", "--journeys", "3", "--wait", "40", "--batch", "100", "--actor-idle", "2"]);
+    let n = |k: &str| r[k].as_u64().unwrap_or_else(|| panic!("{k} is a number: {r}"));
+    assert_eq!(n("create_events"), 400, "{r}");
+    assert_eq!(n("pending_timers"), 1200, "one wait per customer and journey: {r}");
+    assert_eq!(r["due_before_created"], false, "{r}");
+    assert!(n("rss_restarted_bytes") > 0, "the node restarted before the waits came due: {r}");
+    assert_eq!(n("fired"), 1200, "every wait fired exactly once, from the restarted node: {r}");
+    let buckets = r["lateness_buckets"].as_array().expect("lateness buckets");
+    assert_eq!(buckets.last().and_then(|b| b[1].as_u64()), Some(1200), "{r}");
+}

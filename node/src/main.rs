@@ -11,6 +11,12 @@ use config::Config;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+/// jemalloc instead of the system allocator: per-thread caches make the apply path's many
+/// short-lived allocations cheaper than glibc's arenas, and its background threads return
+/// freed pages (passivated actors) to the OS, so RSS follows the live set (BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Chorus: omnichannel marketing orchestration. This binary is the node.
 #[derive(Parser, Debug)]
 #[command(name = "chorus", version, after_help = "Configuration layers: defaults < TOML file (--config) < CHORUS_* environment < flags.\nEnvironment: CHORUS_NODE_ID, CHORUS_DATA_DIR, CHORUS_GRPC_ADDR, CHORUS_HTTP_ADDR, CHORUS_SHARDS, CHORUS_WRITE_KEYS (comma-separated), CHORUS_LOG, CHORUS_CLUSTER_LISTEN, CHORUS_CLUSTER_ADVERTISE, CHORUS_CLUSTER_SEEDS (comma-separated).\nStop with Ctrl-C or SIGTERM: in-flight batches are committed or rejected, never half-applied.")]
@@ -97,6 +103,11 @@ fn main() -> anyhow::Result<()> {
     config.apply_env()?;
     overrides.apply(&mut config);
     config.validate()?;
+    // Purge freed memory in the background (jemalloc's decay), not only when the
+    // thread that freed it allocates again: dormant customers must not pin RSS.
+    if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
+        eprintln!("chorus: jemalloc background threads unavailable ({e}); freed memory returns to the OS more slowly");
+    }
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log.level).with_context(|| format!("parse log filter {:?}", config.log.level))?;
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("chorus").build().context("start the tokio runtime")?;

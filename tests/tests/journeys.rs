@@ -68,6 +68,17 @@ async fn browse_abandon_and_post_purchase_run_on_a_live_node() {
     node.ctl(&["clock", "advance", "25h"]).await.ok();
     let sent = wait_for_messages(&node, &ada, 2).await;
     assert_eq!(sent[1], ("sms".to_string(), "direct-incentive".to_string()));
+    phase("the 24 h timeout fired one hour late by the manual clock, and /metrics says so");
+    let metrics = http_request(node.http_addr(), "GET", "/metrics", &[], b"").await.text();
+    let line = |prefix: &str| -> Vec<u64> {
+        metrics.lines().filter(|l| l.starts_with(prefix)).map(|l| l.rsplit(' ').next().unwrap().parse().unwrap()).collect()
+    };
+    assert_eq!(line("chorus_timer_fire_lateness_ms_count "), vec![1], "{metrics}");
+    assert_eq!(line("chorus_timer_fire_lateness_ms_sum "), vec![3_600_000], "{metrics}");
+    assert_eq!(line("chorus_timer_fire_lateness_ms_bucket{le=\"60000\"}"), vec![0], "{metrics}");
+    assert_eq!(line("chorus_timer_fire_lateness_ms_bucket{le=\"+Inf\"}"), vec![1], "{metrics}");
+    assert_eq!(line("chorus_shard_timer_lateness_max_ms{").iter().max(), Some(&3_600_000), "{metrics}");
+    assert_eq!(line("chorus_shard_pending_timers{").iter().sum::<u64>(), 0, "Ada's journey ended: {metrics}");
 
     phase("Bob browses and buys mid-wait: exits, converts, enters post-purchase");
     let resp = node

@@ -303,6 +303,24 @@ async fn metrics(State(st): State<AppState>) -> Response {
     gauge("chorus_shard_raft_apply_lag", "Entries this replica holds but has not applied yet.", &|s| s.last_log_index.saturating_sub(s.applied_index));
     gauge("chorus_shard_raft_voters", "Voters of the shard's raft group.", &|s| s.voters.len() as u64);
     gauge("chorus_shard_raft_learners", "Learners (replicas catching up) of the shard's raft group.", &|s| s.learners.len() as u64);
+    gauge("chorus_shard_pending_timers", "Durable timers (journey waits, scheduled sends) pending in the shard.", &|s| s.pending_timers);
+    gauge("chorus_shard_timer_lateness_max_ms", "The latest any timer of the shard fired after its due time since start (ms).", &|s| s.timer_lateness_max_ms);
+    // One node-wide histogram: per-shard buckets would multiply the series by 13.
+    let buckets = chorus_shard::apply::TIMER_LATENESS_BUCKETS_MS;
+    let mut cumulative = vec![0u64; buckets.len() + 1];
+    let (mut sum, mut count) = (0u64, 0u64);
+    for s in &shards {
+        for (c, v) in cumulative.iter_mut().zip(&s.timer_lateness.0) {
+            *c += v;
+        }
+        sum += s.timer_lateness.1;
+        count += s.timer_lateness.2;
+    }
+    let _ = writeln!(out, "# HELP chorus_timer_fire_lateness_ms How long after its due time each timer fired on this node (ms), since start.\n# TYPE chorus_timer_fire_lateness_ms histogram");
+    for (le, c) in buckets.iter().map(|b| b.to_string()).chain(["+Inf".to_string()]).zip(&cumulative) {
+        let _ = writeln!(out, "chorus_timer_fire_lateness_ms_bucket{{le=\"{le}\"}} {c}");
+    }
+    let _ = writeln!(out, "chorus_timer_fire_lateness_ms_sum {sum}\nchorus_timer_fire_lateness_ms_count {count}");
     let (sent, received) = st.shards.snapshot_counts();
     let _ = writeln!(out, "# HELP chorus_raft_snapshots_sent_total Snapshots streamed to other nodes since start.\n# TYPE chorus_raft_snapshots_sent_total counter\nchorus_raft_snapshots_sent_total {sent}");
     let _ = writeln!(out, "# HELP chorus_raft_snapshots_installed_total Snapshots received and installed since start.\n# TYPE chorus_raft_snapshots_installed_total counter\nchorus_raft_snapshots_installed_total {received}");

@@ -70,6 +70,45 @@ pub struct ApplyStats {
     pub held_inputs: AtomicU64,
     /// Earliest pending timer (ms), or i64::MAX.
     pub next_timer_ms: std::sync::atomic::AtomicI64,
+    /// How late timers fired (fire time − due time), by [`TIMER_LATENESS_BUCKETS_MS`].
+    pub timer_lateness: LatenessHistogram,
+}
+
+/// Upper bounds (ms, inclusive) of the timer lateness histogram's buckets; one more
+/// bucket counts everything later.
+pub const TIMER_LATENESS_BUCKETS_MS: [i64; 12] = [5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 60_000];
+
+/// A lock-free histogram of timer lateness (a Prometheus histogram per shard).
+#[derive(Default)]
+pub struct LatenessHistogram {
+    /// Per bucket (not cumulative); the last one is `+Inf`.
+    pub buckets: [AtomicU64; TIMER_LATENESS_BUCKETS_MS.len() + 1],
+    pub sum_ms: AtomicU64,
+    pub max_ms: AtomicU64,
+}
+
+impl LatenessHistogram {
+    pub fn record(&self, late_ms: i64) {
+        let late = late_ms.max(0);
+        let i = TIMER_LATENESS_BUCKETS_MS.iter().position(|&b| late <= b).unwrap_or(TIMER_LATENESS_BUCKETS_MS.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_ms.fetch_add(late as u64, Ordering::Relaxed);
+        self.max_ms.fetch_max(late as u64, Ordering::Relaxed);
+    }
+
+    /// Cumulative counts per bucket (the Prometheus `le` form), the sum and the count.
+    pub fn snapshot(&self) -> (Vec<u64>, u64, u64) {
+        let mut acc = 0;
+        let cumulative: Vec<u64> = self
+            .buckets
+            .iter()
+            .map(|b| {
+                acc += b.load(Ordering::Relaxed);
+                acc
+            })
+            .collect();
+        (cumulative, self.sum_ms.load(Ordering::Relaxed), acc)
+    }
 }
 
 pub struct ShardApp {
@@ -702,6 +741,9 @@ impl<'a> Round<'a> {
         }
         self.timers_fired |= !fired.is_empty();
         for (key, timer) in fired {
+            if let Some(due) = keys::timer_due(&key) {
+                self.app.stats.timer_lateness.record(now - due);
+            }
             self.batch.remove(self.app.store.shard(), key);
             self.meta.timers = self.meta.timers.saturating_sub(1);
             self.fire_timer(timer, now)?;

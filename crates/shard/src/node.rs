@@ -73,6 +73,11 @@ pub struct ShardStatusInfo {
     pub intents_total: u64,
     /// Inputs held back (since start) while their customer was frozen by a merge.
     pub held_inputs: u64,
+    /// Timer lateness since start: cumulative counts per bucket of
+    /// [`crate::apply::TIMER_LATENESS_BUCKETS_MS`] (then `+Inf`), sum (ms) and count.
+    pub timer_lateness: (Vec<u64>, u64, u64),
+    /// The latest any timer fired since start (ms after its due time).
+    pub timer_lateness_max_ms: u64,
 }
 
 pub(crate) struct Inner {
@@ -865,6 +870,8 @@ impl Shards {
                     quarantined: h.app.registry.quarantined().len() as u64,
                     queued_events: h.proposer.queued() as u64,
                     pending_timers: h.app.stats.pending_timers.load(Ordering::Relaxed),
+                    timer_lateness: h.app.stats.timer_lateness.snapshot(),
+                    timer_lateness_max_ms: h.app.stats.timer_lateness.max_ms.load(Ordering::Relaxed),
                     pending_intents: h.app.stats.pending_intents.load(Ordering::Relaxed),
                     intents_total: h.app.stats.intents_total.load(Ordering::Relaxed),
                     held_inputs: h.app.stats.held_inputs.load(Ordering::Relaxed),

@@ -47,6 +47,10 @@ pub struct CustomerState {
     /// Contact points that must not be used: address → bounced / undeliverable /
     /// unregistered (SPEC §4.1).
     pub contact_status: BTreeMap<String, String>,
+    /// Sequence number of the next history entry: the entries in `history` are numbered
+    /// `history_seq - history.len() ..` (the store keeps one record per entry under this
+    /// number, so a round appends instead of rewriting the whole history).
+    pub history_seq: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -215,6 +219,7 @@ impl CustomerState {
             pending_intents: Vec::new(),
             inbox: Vec::new(),
             contact_status: BTreeMap::new(),
+            history_seq: 0,
         }
     }
 
@@ -306,6 +311,7 @@ pub fn apply_event(state: &mut CustomerState, event: &Event, now_ms: i64, cfg: &
         received_ms: now_ms,
         properties: event.properties.clone(),
     });
+    state.history_seq += 1;
     while state.history.len() > cfg.history_max {
         state.history.pop_front();
     }
@@ -457,6 +463,8 @@ pub fn merge_into(survivor: &mut CustomerState, other: &mut CustomerState, now_m
         }
     }
     survivor.event_count += other.event_count;
+    // Stays at or above the merged history's length (the history is rewritten whole).
+    survivor.history_seq = (survivor.history_seq + other.history_seq).max(survivor.history.len() as u64);
     survivor.created_ms = survivor.created_ms.min(other.created_ms);
     survivor.updated_ms = now_ms;
     survivor.merged_from.push(other.id);

@@ -76,7 +76,7 @@ pub struct ApplyStats {
 
 /// Upper bounds (ms, inclusive) of the timer lateness histogram's buckets; one more
 /// bucket counts everything later.
-pub const TIMER_LATENESS_BUCKETS_MS: [i64; 12] = [5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 60_000];
+pub const TIMER_LATENESS_BUCKETS_MS: [i64; 14] = [5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 20_000, 40_000, 60_000];
 
 /// A lock-free histogram of timer lateness (a Prometheus histogram per shard).
 #[derive(Default)]
@@ -443,8 +443,8 @@ struct Round<'a> {
     pending: HashMap<CustomerId, Vec<(i64, CustomerInput)>>,
     /// Customers created this round and not yet activated.
     created: HashMap<CustomerId, CustomerState>,
-    /// Encoded states to write.
-    states: HashMap<CustomerId, Vec<u8>>,
+    /// Customer state changes to write.
+    states: HashMap<CustomerId, state::StateWrite>,
     tombs: HashMap<CustomerId, CustomerId>,
     xout: Vec<(ShardId, CrossShardMessage)>,
     xin: HashMap<ShardId, u64>,
@@ -1359,16 +1359,27 @@ impl<'a> Round<'a> {
         let id = state.id;
         self.created.remove(&id);
         self.app.registry.deactivate(id);
-        self.states.insert(id, chorus_types::encoding::encode(&state));
+        let mut state = state;
+        self.put_state(id, state::StateWrite::whole(&mut state));
         Ok(())
+    }
+
+    /// Record a customer's state change; a second change in the same round folds into
+    /// the first.
+    fn put_state(&mut self, id: CustomerId, write: state::StateWrite) {
+        let write = match self.states.remove(&id) {
+            Some(earlier) => earlier.then(write),
+            None => write,
+        };
+        self.states.insert(id, write);
     }
 
     fn load_state(&self, id: CustomerId) -> io::Result<CustomerState> {
         if let Some(s) = self.created.get(&id) {
             return Ok(s.clone());
         }
-        if let Some(bytes) = self.states.get(&id) {
-            return chorus_types::encoding::decode(bytes).map_err(io_err);
+        if let Some(write) = self.states.get(&id) {
+            return write.state(self.store(), self.shard(), id).map_err(io_err);
         }
         state::read_customer(self.store(), self.shard(), id)
             .map_err(io_err)?
@@ -1404,8 +1415,8 @@ impl<'a> Round<'a> {
         }
         self.run_inputs(work).await?;
         // Customers created but never given an input (cannot normally happen) still persist.
-        for (id, s) in std::mem::take(&mut self.created) {
-            self.states.insert(id, chorus_types::encoding::encode(&s));
+        for (id, mut s) in std::mem::take(&mut self.created) {
+            self.put_state(id, state::StateWrite::whole(&mut s));
         }
         Ok(())
     }
@@ -1450,7 +1461,7 @@ impl<'a> Round<'a> {
 
     /// Take what a customer actor produced into this round's batch.
     fn absorb(&mut self, id: CustomerId, applied: CustomerApplied) -> io::Result<()> {
-        self.states.insert(id, applied.encoded);
+        self.put_state(id, applied.write);
         self.intents.extend(applied.intents);
         self.add_timers(applied.timers);
         self.add_stats(applied.stats);
@@ -1487,7 +1498,7 @@ impl<'a> Round<'a> {
         // Record the decision on the stored profile so `explain` shows it.
         if let Ok(mut s) = self.load_state(id) {
             s.decide(&self.app.config.engine, self.now_ms, DecisionKind::Quarantined, "repeated failures", format!("{failures} failed attempts; inputs parked"));
-            self.states.insert(id, chorus_types::encoding::encode(&s));
+            self.put_state(id, state::StateWrite::whole(&mut s));
         }
         self.park(id, inputs);
         Ok(())
@@ -1531,8 +1542,8 @@ impl<'a> Round<'a> {
     fn finish(mut self, raft_meta: Vec<u8>) -> io::Result<ShardMeta> {
         let shard = self.shard();
         let ks = self.app.store.shard().clone();
-        for (id, bytes) in self.states.drain() {
-            self.batch.insert(&ks, keys::customer(shard, id), bytes);
+        for (id, write) in std::mem::take(&mut self.states) {
+            write.write(&mut self.batch, &self.app.store, shard, id).map_err(io_err)?;
         }
         for (source, seq) in self.xin.drain() {
             self.batch.insert(&ks, keys::xin(shard, source), seq.to_be_bytes().to_vec());

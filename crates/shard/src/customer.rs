@@ -43,7 +43,8 @@ pub type JourneyCatalog = Arc<chorus_engine::journey::run::RunCatalog>;
 #[derive(Debug)]
 pub struct Applied {
     pub id: CustomerId,
-    pub encoded: Vec<u8>,
+    /// The state's change, to persist with the round.
+    pub write: crate::state::StateWrite,
     /// Intents to record in the outbox, in decision order.
     pub intents: Vec<Intent>,
     /// Durable timers to set: (due ms, timer).
@@ -102,6 +103,7 @@ impl Actor for CustomerActor {
                 let mut cancelled = Vec::new();
                 let mut tracks = Vec::new();
                 let before = live.state.segments.clone();
+                let (seq0, len0) = (live.state.history_seq, live.state.history.len());
                 for (now_ms, input) in inputs.iter() {
                     apply_input(&mut live.state, input, *now_ms, &live.config, &catalog, &mut intents, &mut tracks);
                     let mut out = JourneyOutput { intents: &mut intents, timers: &mut timers, stats: &mut stats, held: &mut held, cancelled: &mut cancelled, tracks: &mut tracks };
@@ -109,7 +111,8 @@ impl Actor for CustomerActor {
                     run_audiences(&mut live.state, input, *now_ms, &live.config, &catalog, &mut out);
                 }
                 let membership = membership_changes(&before, &live.state.segments);
-                let _ = reply.send(Applied { id: live.state.id, encoded: chorus_types::encoding::encode(&live.state), intents, timers, stats, held, membership, cancelled, tracks });
+                let write = crate::state::StateWrite::since(&mut live.state, seq0, len0);
+                let _ = reply.send(Applied { id: live.state.id, write, intents, timers, stats, held, membership, cancelled, tracks });
             }
             CustomerMsg::Get(reply) => {
                 let _ = reply.send(live.state.clone());
@@ -119,7 +122,7 @@ impl Actor for CustomerActor {
                 live.state = *state;
                 let _ = reply.send(Applied {
                     id: live.state.id,
-                    encoded: chorus_types::encoding::encode(&live.state),
+                    write: crate::state::StateWrite::whole(&mut live.state),
                     intents: Vec::new(),
                     timers: Vec::new(),
                     stats: Vec::new(),

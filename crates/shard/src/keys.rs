@@ -44,6 +44,9 @@ pub const DEAD: u8 = b'z';
 pub const STATS: u8 = b'u';
 /// Inputs parked for quarantined customers: customer ++ seq.
 pub const PARKED: u8 = b'q';
+/// Customer history, one record per event: customer (u64 BE) ++ history seq (u64 BE) →
+/// `RecentEvent`. The customer record holds everything else (its `history` is empty).
+pub const HISTORY: u8 = b'h';
 
 pub fn raft_meta(shard: ShardId) -> Vec<u8> {
     shard_key(shard, RAFT_META, b"")
@@ -53,6 +56,19 @@ pub fn shard_meta(shard: ShardId) -> Vec<u8> {
 }
 pub fn customer(shard: ShardId, id: CustomerId) -> Vec<u8> {
     shard_key(shard, CUSTOMER, &id.0.to_be_bytes())
+}
+pub fn history(shard: ShardId, id: CustomerId, seq: u64) -> Vec<u8> {
+    let mut rest = [0u8; 16];
+    rest[..8].copy_from_slice(&id.0.to_be_bytes());
+    rest[8..].copy_from_slice(&seq.to_be_bytes());
+    shard_key(shard, HISTORY, &rest)
+}
+pub fn history_prefix(shard: ShardId, id: CustomerId) -> Vec<u8> {
+    shard_key(shard, HISTORY, &id.0.to_be_bytes())
+}
+/// History seq of a history key.
+pub fn history_seq(key: &[u8]) -> Option<u64> {
+    key.get(key.len().checked_sub(8)?..).map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
 }
 pub fn customer_prefix(shard: ShardId) -> Vec<u8> {
     shard_key(shard, CUSTOMER, b"")

@@ -6,6 +6,7 @@ loadtest/sweep.json and draws loadtest/sweep.svg (no plotting library needed).
     cargo build --release -p chorus-node -p chorus-loadtest
     python3 loadtest/sweep.py                # run every point (about 6 minutes), then plot
     python3 loadtest/sweep.py --plot-only    # redraw the chart from loadtest/sweep.json
+    python3 loadtest/sweep.py --only rate    # re-run one axis, keep the other points
 """
 
 import argparse
@@ -44,13 +45,19 @@ def run(args) -> list:
         sys.exit(f"{exe} is missing: cargo build --release -p chorus-node -p chorus-loadtest")
     results = []
     for axis, value, flags in POINTS:
-        cmd = [str(exe), "bench", "--release", "--shards", "64", "--warmup", str(args.warmup),
+        if args.only and axis != args.only:
+            continue
+        base = [] if "--shards" in flags else ["--shards", "64"]
+        cmd = [str(exe), "bench", "--release"] + base + ["--warmup", str(args.warmup),
                "--duration", str(args.duration), "--json"] + flags
         print("$", " ".join(cmd[1:]), file=sys.stderr, flush=True)
         out = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         if out.returncode not in (0, 2):
             sys.exit(f"chorus-loadtest failed ({out.returncode}):\n{out.stderr[-3000:]}")
-        report = json.loads(out.stdout)
+        try:
+            report = json.loads(out.stdout)
+        except json.JSONDecodeError:
+            sys.exit(f"no JSON report from chorus-loadtest ({out.returncode}):\n{out.stderr[-3000:]}")
         results.append({"axis": axis, "value": value, "command": " ".join(cmd[1:]), "report": report})
         r = report
         print(f"  {axis}={value}: {r['acked_events_per_s']:.0f} ev/s, p99 {r['ack_latency']['p99_ms']:.0f} ms",
@@ -132,12 +139,16 @@ def main() -> None:
     ap.add_argument("--plot-only", action="store_true", help="redraw the chart from loadtest/sweep.json")
     ap.add_argument("--warmup", type=float, default=5)
     ap.add_argument("--duration", type=float, default=15)
+    ap.add_argument("--only", choices=sorted(TITLES), help="re-run one axis and replace its points in loadtest/sweep.json")
     args = ap.parse_args()
     data = HERE / "sweep.json"
     if args.plot_only:
         results = json.loads(data.read_text())
     else:
         results = run(args)
+        if args.only and data.exists():
+            fresh = {(r["axis"], r["value"]) for r in results}
+            results = [r for r in json.loads(data.read_text()) if (r["axis"], r["value"]) not in fresh] + results
         data.write_text(json.dumps(results, indent=1) + "\n")
     plot(results, HERE / "sweep.svg")
     print(f"wrote {HERE / 'sweep.svg'}", file=sys.stderr)

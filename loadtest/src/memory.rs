@@ -1,10 +1,12 @@
 //! The memory scenario (issue 6, SPEC §12 "≤ 1 KB RSS per hot customer, ≤ 150 B per
-//! dormant one"): create N customers (one event each), wait until every customer actor
-//! has been passivated and read the node's RSS (dormant customers), then touch H of
-//! them again and read it while their actors are resident (hot customers).
+//! dormant one"): create N customers (one event each) and wait until every customer
+//! actor is passivated (RSS with the store's memtables and block cache warm); restart the
+//! node on the same data and read its RSS (dormant customers: what the store keeps in
+//! memory for them); touch H of them and read the RSS while their actors are resident,
+//! then again once they are passivated (hot customers: the difference).
 //!
-//! Figures are RSS differences divided by the number of customers, so everything the
-//! node holds because of them counts (actors, caches, memtables, allocator slack).
+//! Figures are RSS differences divided by customers, so everything the node holds
+//! because of them counts (actors, decoded states, index blocks, allocator slack).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -15,8 +17,13 @@ use serde::Serialize;
 use tonic::transport::Channel;
 
 use crate::bulk;
+use crate::client;
 use crate::node;
 use crate::procstat;
+
+/// How long the allocator takes to return freed pages to the OS (jemalloc's decay is
+/// 10 s; its background threads do it).
+const DECAY: Duration = Duration::from_secs(12);
 
 /// Scenario parameters.
 #[derive(Clone, Debug, Serialize)]
@@ -68,21 +75,26 @@ pub struct MemoryReport {
     pub create_retried: u64,
     /// `chorus_shard_customers` summed once settled.
     pub customers_counted: u64,
-    /// RSS with every customer dormant (no live actor).
+    /// RSS with every customer dormant (no live actor), store memtables and block cache
+    /// warm from creating them.
     pub rss_dormant_bytes: u64,
-    pub dormant_bytes_per_customer: f64,
+    pub warm_bytes_per_customer: f64,
     /// Bytes of the data directory with every customer created.
     pub disk_bytes: u64,
     pub disk_bytes_per_customer: f64,
+    /// RSS after a restart on the same data: every customer dormant, caches cold.
+    pub rss_restarted_bytes: u64,
+    /// (restarted − empty) ÷ customers.
+    pub dormant_bytes_per_customer: f64,
     pub hot_events: u64,
     pub hot_seconds: f64,
     /// Live actors when the hot RSS was read.
     pub live_actors: u64,
     pub rss_hot_bytes: u64,
+    /// RSS once the touched customers were passivated again.
+    pub rss_passivated_bytes: u64,
+    /// (hot − passivated again) ÷ live actors.
     pub hot_bytes_per_customer: f64,
-    /// RSS after a restart on the same data (every customer dormant, caches cold).
-    pub rss_restarted_bytes: u64,
-    pub restarted_bytes_per_customer: f64,
 }
 
 impl MemoryReport {
@@ -95,14 +107,15 @@ impl MemoryReport {
              \x20 node RSS, no customers              {:>10.1} MiB\n\
              \x20 created                             {:>10} events in {:.1} s ({:.0} ev/s, {} retried)\n\
              \x20 customers counted by the node       {:>10}\n\
-             \x20 node RSS, all dormant               {:>10.1} MiB\n\
-             \x20 RSS per dormant customer            {:>10.0} B\n\
+             \x20 node RSS, all dormant, store warm   {:>10.1} MiB ({:.0} B per customer)\n\
              \x20 data directory                      {:>10.1} MiB ({:.0} B per customer)\n\
+             \x20 node RSS after a restart            {:>10.1} MiB\n\
+             \x20 RSS per dormant customer            {:>10.0} B\n\
              \x20 touched again                       {:>10} events in {:.1} s\n\
              \x20 live actors                         {:>10}\n\
              \x20 node RSS, hot resident              {:>10.1} MiB\n\
-             \x20 RSS per hot customer                {:>10.0} B (above dormant)\n\
-             \x20 node RSS after a restart            {:>10.1} MiB ({:.0} B per dormant customer)\n",
+             \x20 node RSS, passivated again          {:>10.1} MiB\n\
+             \x20 RSS per hot customer                {:>10.0} B\n",
             o.customers,
             o.hot,
             o.shards,
@@ -115,16 +128,17 @@ impl MemoryReport {
             self.create_retried,
             self.customers_counted,
             mib(self.rss_dormant_bytes),
-            self.dormant_bytes_per_customer,
+            self.warm_bytes_per_customer,
             mib(self.disk_bytes),
             self.disk_bytes_per_customer,
+            mib(self.rss_restarted_bytes),
+            self.dormant_bytes_per_customer,
             self.hot_events,
             self.hot_seconds,
             self.live_actors,
             mib(self.rss_hot_bytes),
+            mib(self.rss_passivated_bytes),
             self.hot_bytes_per_customer,
-            mib(self.rss_restarted_bytes),
-            self.restarted_bytes_per_customer,
         )
     }
 }
@@ -197,41 +211,54 @@ pub fn dir_bytes(dir: &Path) -> u64 {
 
 /// Run the scenario against a node started with [`MemoryOpts::node_config`].
 pub async fn run(opts: &MemoryOpts, channels: &[Channel], node: &mut node::Node) -> anyhow::Result<MemoryReport> {
-    let (pid, http, data_dir) = (node.pid, node.http.clone(), node.data_dir.clone());
-    let http = http.as_str();
-    let data_dir = data_dir.as_path();
+    let mib = |b: u64| b as f64 / 1048576.0;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let rss_empty = settled_rss(pid).await?;
-    eprintln!("chorus-loadtest memory: node RSS with no customers {:.1} MiB; creating {} customers", rss_empty as f64 / 1048576.0, opts.customers);
+    let rss_empty = settled_rss(node.pid).await?;
+    eprintln!("chorus-loadtest memory: node RSS with no customers {:.1} MiB; creating {} customers", mib(rss_empty), opts.customers);
 
     let (batches, make) = customer_batches(opts.customers, opts.batch, "Signed Up", "c", opts.payload_bytes);
     let created = bulk::load("create", channels, batches, opts.in_flight, make).await?;
     eprintln!("chorus-loadtest memory: created in {:.1} s ({:.0} ev/s); waiting for every actor to be passivated", created.seconds, created.rate());
     let idle = Duration::from_secs(opts.actor_idle_s);
-    let g = wait_gauges(http, "passivation of every customer actor", idle * 3 + Duration::from_secs(120), |g| {
+    let passivation_max = idle * 3 + Duration::from_secs(120);
+    let g = wait_gauges(&node.http, "passivation of every customer actor", passivation_max, |g| {
         g.queued_events == 0 && g.pending_cross_shard == 0 && g.live_actors == 0
     })
     .await?;
     if g.customers != opts.customers {
         bail!("the node counts {} customers, {} were created", g.customers, opts.customers);
     }
-    let rss_dormant = settled_rss(pid).await?;
-    let disk = dir_bytes(data_dir);
-    eprintln!("chorus-loadtest memory: all dormant: RSS {:.1} MiB; touching {} customers", rss_dormant as f64 / 1048576.0, opts.hot);
+    let rss_dormant = settled_rss(node.pid).await?;
+    let disk = dir_bytes(&node.data_dir);
 
+    // Dormant customers cost what the store keeps in memory for them: read it on a
+    // restarted node, before memtables and the block cache fill again.
+    eprintln!("chorus-loadtest memory: all dormant: RSS {:.1} MiB (memtables and block cache warm); restarting the node", mib(rss_dormant));
+    let exit = node.restart().await?;
+    wait_gauges(&node.http, "the restarted node to count every customer", Duration::from_secs(300), |g| g.customers == opts.customers).await?;
+    let rss_restarted = settled_rss(node.pid).await?;
+    eprintln!("chorus-loadtest memory: restarted ({exit}): RSS {:.1} MiB; touching {} customers", mib(rss_restarted), opts.hot);
+
+    // Hot customers cost their resident actors: the RSS while they are resident minus
+    // the RSS once they are passivated again (same store contents, no writes between).
+    let mut fresh = Vec::with_capacity(channels.len());
+    for _ in channels {
+        fresh.push(client::connect(&node.endpoint(), Duration::from_secs(30)).await?);
+    }
     let (batches, make) = customer_batches(opts.hot, opts.batch, "App Opened", "h", opts.payload_bytes);
-    let touched = bulk::load("touch", channels, batches, opts.in_flight, make).await?;
-    let g = wait_gauges(http, "the touched customers to be applied", Duration::from_secs(120), |g| g.queued_events == 0).await?;
-    let rss_hot = settled_rss(pid).await?;
-    let live = node::scrape(http).await?.live_actors.min(g.live_actors);
-    if touched.seconds + 2.0 > opts.actor_idle_s as f64 {
+    let touched = bulk::load("touch", &fresh, batches, opts.in_flight, make).await?;
+    wait_gauges(&node.http, "the touched customers to be applied", Duration::from_secs(120), |g| g.queued_events == 0).await?;
+    let rss_hot = settled_rss(node.pid).await?;
+    let live = node::scrape(&node.http).await?.live_actors;
+    if touched.seconds + 3.0 > opts.actor_idle_s as f64 {
         eprintln!("chorus-loadtest memory: warning: touching took {:.1} s, close to actor_idle; some actors may have gone before the reading", touched.seconds);
     }
-    eprintln!("chorus-loadtest memory: {live} hot: RSS {:.1} MiB; restarting the node", rss_hot as f64 / 1048576.0);
-    let exit = node.restart().await?;
-    let restarted = wait_gauges(&node.http, "the restarted node to count every customer", Duration::from_secs(300), |g| g.customers == opts.customers).await?;
-    let rss_restarted = settled_rss(node.pid).await?;
-    eprintln!("chorus-loadtest memory: restarted ({exit}): RSS {:.1} MiB, {} customers, {} live actors", rss_restarted as f64 / 1048576.0, restarted.customers, restarted.live_actors);
+    eprintln!("chorus-loadtest memory: {live} hot: RSS {:.1} MiB; waiting for them to be passivated", mib(rss_hot));
+    wait_gauges(&node.http, "passivation of the touched customers", passivation_max, |g| g.live_actors == 0).await?;
+    // The allocator returns freed pages after its decay time (about 10 s).
+    tokio::time::sleep(DECAY).await;
+    let rss_passivated = settled_rss(node.pid).await?;
+    eprintln!("chorus-loadtest memory: passivated again: RSS {:.1} MiB", mib(rss_passivated));
     Ok(MemoryReport {
         scenario: "memory",
         opts: opts.clone(),
@@ -242,15 +269,16 @@ pub async fn run(opts: &MemoryOpts, channels: &[Channel], node: &mut node::Node)
         create_retried: created.retried,
         customers_counted: g.customers,
         rss_dormant_bytes: rss_dormant,
-        dormant_bytes_per_customer: rss_dormant.saturating_sub(rss_empty) as f64 / opts.customers as f64,
+        warm_bytes_per_customer: rss_dormant.saturating_sub(rss_empty) as f64 / opts.customers as f64,
         disk_bytes: disk,
         disk_bytes_per_customer: disk as f64 / opts.customers as f64,
+        rss_restarted_bytes: rss_restarted,
+        dormant_bytes_per_customer: rss_restarted.saturating_sub(rss_empty) as f64 / opts.customers as f64,
         hot_events: touched.events,
         hot_seconds: touched.seconds,
         live_actors: live,
         rss_hot_bytes: rss_hot,
-        hot_bytes_per_customer: rss_hot.saturating_sub(rss_dormant) as f64 / live.max(1) as f64,
-        rss_restarted_bytes: rss_restarted,
-        restarted_bytes_per_customer: rss_restarted.saturating_sub(rss_empty) as f64 / opts.customers as f64,
+        rss_passivated_bytes: rss_passivated,
+        hot_bytes_per_customer: rss_hot.saturating_sub(rss_passivated) as f64 / live.max(1) as f64,
     })
 }

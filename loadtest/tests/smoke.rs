@@ -179,7 +179,7 @@ fn memory_scenario_counts_every_customer_dormant_hot_and_after_a_restart() {
     assert_eq!(n("customers_counted"), 3000, "the node counts every customer: {r}");
     assert_eq!(n("hot_events"), 400, "{r}");
     assert!(n("live_actors") >= 1 && n("live_actors") <= 400, "only touched customers are resident: {r}");
-    for k in ["rss_empty_bytes", "rss_dormant_bytes", "rss_hot_bytes", "rss_restarted_bytes", "disk_bytes"] {
+    for k in ["rss_empty_bytes", "rss_dormant_bytes", "rss_hot_bytes", "rss_passivated_bytes", "rss_restarted_bytes", "disk_bytes"] {
         assert!(n(k) > 0, "{k} was read: {r}");
     }
 }

@@ -14,6 +14,43 @@ use std::sync::Arc;
 pub struct Expr {
     pub source: String,
     pub program: cel::Program,
+    /// What the program reads, so an evaluation builds only those variables (turning
+    /// the whole profile into CEL values for `steps.x.opened` was most of its cost).
+    needs: Needs,
+}
+
+/// The variables and function data a program references.
+#[derive(Clone, Copy, Debug, Default)]
+struct Needs {
+    profile: bool,
+    event: bool,
+    entry: bool,
+    steps: bool,
+    segments: bool,
+    events: bool,
+    /// `events.count`: the daily counters.
+    counters: bool,
+    /// `events.sum` / `events.last`: the history with parsed properties.
+    history: bool,
+    /// `in_segment(id)`: the customer's audiences.
+    in_segment: bool,
+}
+
+impl Needs {
+    fn of(program: &cel::Program) -> Needs {
+        let r = program.references();
+        Needs {
+            profile: r.has_variable("profile"),
+            event: r.has_variable("event"),
+            entry: r.has_variable("entry"),
+            steps: r.has_variable("steps"),
+            segments: r.has_variable("segments"),
+            events: r.has_variable("events"),
+            counters: r.has_function("count"),
+            history: r.has_function("sum") || r.has_function("last"),
+            in_segment: r.has_function("in_segment"),
+        }
+    }
 }
 
 impl std::fmt::Debug for Expr {
@@ -25,7 +62,7 @@ impl std::fmt::Debug for Expr {
 /// Compile `source`, or say why it does not compile.
 pub fn compile(source: &str) -> Result<Expr, String> {
     match cel::Program::compile(source) {
-        Ok(program) => Ok(Expr { source: source.to_string(), program }),
+        Ok(program) => Ok(Expr { source: source.to_string(), needs: Needs::of(&program), program }),
         Err(e) => Err(e.to_string().lines().next().unwrap_or("syntax error").to_string()),
     }
 }
@@ -144,18 +181,35 @@ pub fn evaluate(expr: &Expr, scope: &Scope<'_>) -> Result<Value, String> {
     ctx.add_function("count", count_fn).map_err(|e| e.to_string())?;
     ctx.add_function("sum", sum_fn).map_err(|e| e.to_string())?;
     ctx.add_function("last", last_fn).map_err(|e| e.to_string())?;
-    ctx.add_variable_from_value("profile", to_cel(&profile_value(scope.state))?);
-    ctx.add_variable_from_value("event", to_cel(&scope.event.map(event_value).unwrap_or(Value::Null))?);
-    ctx.add_variable_from_value("entry", to_cel(&scope.entry)?);
-    ctx.add_variable_from_value("steps", to_cel(&scope.steps)?);
-    ctx.add_variable_from_value("segments", to_cel(&json!(scope.segments))?);
+    // Only what the program references: an unreferenced variable is never resolved.
+    let needs = expr.needs;
+    if needs.profile {
+        ctx.add_variable_from_value("profile", to_cel(&profile_value(scope.state))?);
+    }
+    if needs.event {
+        ctx.add_variable_from_value("event", to_cel(&scope.event.map(event_value).unwrap_or(Value::Null))?);
+    }
+    if needs.entry {
+        ctx.add_variable_from_value("entry", to_cel(&scope.entry)?);
+    }
+    if needs.steps {
+        ctx.add_variable_from_value("steps", to_cel(&scope.steps)?);
+    }
+    if needs.segments {
+        ctx.add_variable_from_value("segments", to_cel(&json!(scope.segments))?);
+    }
     ctx.add_variable_from_value("now", cel::Value::Int(scope.now_ms));
-    ctx.add_variable_from_value("events", to_cel(&json!({}))?);
-    let needs_history = expr.source.contains("events.sum") || expr.source.contains("events.last");
+    if needs.events {
+        ctx.add_variable_from_value("events", to_cel(&json!({}))?);
+    }
     let data = FnData {
         now_ms: scope.now_ms,
-        counters: scope.state.counters.iter().flat_map(|(n, days)| days.iter().map(move |(d, c)| (n.clone(), *d, *c))).collect(),
-        history: if needs_history {
+        counters: if needs.counters {
+            scope.state.counters.iter().flat_map(|(n, days)| days.iter().map(move |(d, c)| (n.clone(), *d, *c))).collect()
+        } else {
+            Vec::new()
+        },
+        history: if needs.history {
             scope
                 .state
                 .history
@@ -165,7 +219,7 @@ pub fn evaluate(expr: &Expr, scope: &Scope<'_>) -> Result<Value, String> {
         } else {
             Vec::new()
         },
-        segments: scope.segments.to_vec(),
+        segments: if needs.in_segment { scope.segments.to_vec() } else { Vec::new() },
     };
     FN_DATA.set(&data, || expr.program.execute(&ctx)).map(|v| from_cel(&v)).map_err(|e| e.to_string())
 }
@@ -180,6 +234,19 @@ pub fn evaluate_bool(expr: &Expr, scope: &Scope<'_>) -> Result<bool, String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_program_names_the_data_it_reads() {
+        let n = |src: &str| Needs::of(&compile(src).unwrap().program);
+        let a = n(r#"events.count("Order Completed", duration("7d")) == 0"#);
+        assert!(a.events && a.counters && !a.history && !a.profile && !a.steps, "{a:?}");
+        let b = n("steps.recos_email.clicked || steps.recos_email.opened");
+        assert!(b.steps && !b.events && !b.counters && !b.profile && !b.event, "{b:?}");
+        let c = n(r#"profile.ltv > 100 && event.properties.sku == "A" && in_segment("vip") && events.sum("Order Completed", "revenue", duration("30d")) > 0.0"#);
+        assert!(c.profile && c.event && c.in_segment && c.history && c.events && !c.counters && !c.entry, "{c:?}");
+        let d = n(r#"events.last("Order Completed") != null && entry.name == "x" && size(segments) > 0"#);
+        assert!(d.history && d.entry && d.segments, "{d:?}");
+    }
+
     use super::*;
     use crate::{EngineConfig, apply_event};
     use chorus_types::{CustomerId, EventInput};

@@ -108,7 +108,7 @@ impl TimerReport {
              \x20 pending timers counted by the node  {:>10}\n\
              \x20 node RSS, all pending, all dormant  {:>10.1} MiB ({:.1} B per timer)\n\
              \x20 data directory                      {:>10.1} MiB ({:.1} B per timer)\n\
-             \x20 node RSS after a restart            {:>10.1} MiB ({:.1} B per timer)\n\
+             \x20 node RSS after a restart            {}\n\
              \x20 fired                               {:>10} in {:.1} s after the first came due ({:.0}/s){}\n\
              \x20 lateness p50 / p99 / mean / max     {} / {} / {:.0} ms / {} ms\n",
             o.customers,
@@ -127,8 +127,11 @@ impl TimerReport {
             self.rss_bytes_per_timer,
             mib(self.disk_bytes),
             self.disk_bytes_per_timer,
-            mib(self.rss_restarted_bytes),
-            self.rss_restarted_bytes_per_timer,
+            if self.rss_restarted_bytes == 0 {
+                "not read (the waits were too short to restart before they came due)".to_string()
+            } else {
+                format!("{:>10.1} MiB ({:.1} B per timer)", mib(self.rss_restarted_bytes), self.rss_restarted_bytes_per_timer)
+            },
             self.fired,
             self.fire_seconds,
             self.fired_per_s,

@@ -812,3 +812,38 @@ async fn kill_9_of_followers_and_leaders_in_a_loop_loses_nothing() {
     eprintln!("longest client outage: {:.2}s; {} batches re-sent", outcome.longest_outage.as_secs_f64(), outcome.resent);
     check_histories(&cluster.nodes[1], &counts).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_key_created_on_one_node_is_accepted_and_revoked_on_every_node() {
+    let cluster = LocalCluster::start(3, "keys").await;
+    cluster.nodes[0].ctl(&["cluster", "init", "--shards", "4", "--replication", "3"]).await.ok();
+    cluster.wait_healthy(0, false, "the cluster to form").await;
+    let track = |mid: &str| json!({"messageId": mid, "userId": "key-c1", "event": "Clicked"}).to_string();
+    let post = |n: usize, key: String, body: String| {
+        let addr = cluster.nodes[n].http_addr();
+        async move {
+            let auth = basic_auth(&key);
+            http_request(addr, "POST", "/v1/track", &[("Content-Type", "application/json"), ("Authorization", &auth)], body.as_bytes()).await
+        }
+    };
+
+    phase("a key created through node 1 is accepted by node 3, a wrong one refused by node 2");
+    let out = cluster.nodes[0].ctl(&["-o", "json", "key", "create", "shared"]).await;
+    out.ok();
+    let key = out.json()["key"].as_str().unwrap().to_string();
+    let r = post(2, key.clone(), track("ck-1")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = post(1, "ck_wrong".into(), track("ck-2")).await;
+    assert_eq!(r.status, 401, "{}", r.text());
+    let listed = cluster.nodes[2].ctl(&["-o", "json", "key", "list"]).await;
+    listed.ok();
+    assert_eq!(listed.json()["keys"][0]["name"], "shared");
+
+    phase("revoked through node 2 (another key stays): node 1 refuses it at once");
+    cluster.nodes[1].ctl(&["key", "create", "other"]).await.ok();
+    cluster.nodes[1].ctl(&["key", "revoke", "shared"]).await.ok();
+    for n in 0..3 {
+        let r = post(n, key.clone(), track(&format!("ck-3-{n}"))).await;
+        assert_eq!(r.status, 401, "node {}: {}", n + 1, r.text());
+    }
+}

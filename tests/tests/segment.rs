@@ -277,3 +277,53 @@ async fn raw_http_write_keys_malformed_bodies_and_per_item_results() {
     }
     assert!(text.contains("# TYPE chorus_shard_applied_index gauge"), "{text}");
 }
+
+#[tokio::test]
+async fn write_keys_created_with_chorusctl_are_accepted_listed_and_revoked() {
+    let node = Node::start(NodeOpts::new("segment-keys").shards(4)).await;
+    let body = |mid: &str| json!({"messageId": mid, "userId": "key-u1", "event": "Clicked"}).to_string();
+
+    phase("with no key anywhere, any key is accepted (a fresh dev node)");
+    let r = post(&node, "/v1/track", Some(&basic_auth("anything")), &[], &body("wk-1")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    phase("create a key: printed once, listed by name and fingerprint only");
+    let out = node.ctl(&["-o", "json", "key", "create", "segment-prod"]).await;
+    out.ok();
+    let created = out.json();
+    let key = created["key"].as_str().unwrap().to_string();
+    assert!(key.starts_with("ck_") && key.len() == 67, "{created}");
+    let list = node.ctl(&["-o", "json", "key", "list"]).await;
+    list.ok();
+    assert_eq!(list.json()["keys"][0]["name"], "segment-prod");
+    assert_eq!(list.json()["keys"][0]["fingerprint"], created["fingerprint"]);
+    assert!(!list.stdout.contains(&key), "the key itself is never listed: {}", list.stdout);
+    let dup = node.ctl(&["key", "create", "segment-prod"]).await;
+    assert_eq!(dup.code(), Some(1));
+    assert!(dup.stderr.contains("exists"), "{}", dup.stderr);
+    let bad = node.ctl(&["key", "create", "no spaces"]).await;
+    assert_eq!(bad.code(), Some(1));
+    assert!(bad.stderr.contains("not allowed"), "{}", bad.stderr);
+
+    phase("now only that key is accepted, in the header or in the body");
+    let r = post(&node, "/v1/track", Some(&basic_auth("anything")), &[], &body("wk-2")).await;
+    assert_error(&r, 401, "invalid_write_key");
+    let r = post(&node, "/v1/track", Some(&basic_auth(&key)), &[], &body("wk-3")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = post(&node, "/v1/track", None, &[], &json!({"writeKey": key, "messageId": "wk-4", "userId": "key-u1", "event": "Clicked"}).to_string()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    phase("revoking the last key opens the node again; with another key in place the revoked one is refused");
+    node.ctl(&["key", "revoke", "segment-prod"]).await.ok();
+    let r = post(&node, "/v1/track", Some(&basic_auth(&key)), &[], &body("wk-5")).await;
+    assert_eq!(r.status, 200, "with no key left the node is open again: {}", r.text());
+    let out = node.ctl(&["-o", "json", "key", "create", "other"]).await;
+    out.ok();
+    let r = post(&node, "/v1/track", Some(&basic_auth(&key)), &[], &body("wk-6")).await;
+    assert_error(&r, 401, "invalid_write_key");
+    let missing = node.ctl(&["key", "revoke", "segment-prod"]).await;
+    assert_eq!(missing.code(), Some(1));
+    assert!(missing.stderr.contains("no write key named"), "{}", missing.stderr);
+    let p = node.profile("user_id", "key-u1", 0).await.expect("the accepted events made a profile");
+    assert_eq!(p.event_count, 4, "wk-1, wk-3, wk-4 and wk-5 were applied, the refused ones not");
+}

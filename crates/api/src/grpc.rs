@@ -342,6 +342,35 @@ impl v1::admin_server::Admin for Services {
         Ok(Response::new(v1::ShardMovesResponse { moves: moves.iter().map(move_plan).collect(), queued: false }))
     }
 
+    async fn create_write_key(&self, request: Request<v1::CreateWriteKeyRequest>) -> Result<Response<v1::CreateWriteKeyResponse>, Status> {
+        let name = request.into_inner().name;
+        crate::keys::check_name(&name).map_err(|m| ApiError::invalid("name", m))?;
+        if self.shards.write_keys().await.map_err(ApiError::from)?.iter().any(|k| k.name == name) {
+            return Err(ApiError::invalid("name", format!("a write key named {name:?} exists; revoke it first or choose another name")).into());
+        }
+        let key = crate::keys::generate().map_err(|e| Status::internal(format!("generate a key: {e}")))?;
+        let sha256 = crate::keys::sha256(&key);
+        let fingerprint = crate::keys::fingerprint(&sha256);
+        self.shards.put_write_key(&name, sha256).await.map_err(ApiError::from)?;
+        Ok(Response::new(v1::CreateWriteKeyResponse { name, key, fingerprint }))
+    }
+
+    async fn list_write_keys(&self, _: Request<v1::ListWriteKeysRequest>) -> Result<Response<v1::ListWriteKeysResponse>, Status> {
+        let keys = self.shards.write_keys().await.map_err(ApiError::from)?;
+        Ok(Response::new(v1::ListWriteKeysResponse {
+            keys: keys.into_iter().map(|k| v1::WriteKeyInfo { fingerprint: crate::keys::fingerprint(&k.sha256), name: k.name, created_ms: k.created_ms }).collect(),
+        }))
+    }
+
+    async fn revoke_write_key(&self, request: Request<v1::RevokeWriteKeyRequest>) -> Result<Response<v1::RevokeWriteKeyResponse>, Status> {
+        let name = request.into_inner().name;
+        if !self.shards.write_keys().await.map_err(ApiError::from)?.iter().any(|k| k.name == name) {
+            return Err(ApiError::NotFound(format!("no write key named {name:?}")).into());
+        }
+        self.shards.revoke_write_key(&name).await.map_err(ApiError::from)?;
+        Ok(Response::new(v1::RevokeWriteKeyResponse {}))
+    }
+
     async fn shard_rebalance(&self, request: Request<v1::ShardRebalanceRequest>) -> Result<Response<v1::ShardMovesResponse>, Status> {
         let dry_run = request.into_inner().dry_run;
         let moves = self.shards.rebalance(dry_run).await.map_err(ApiError::from)?;

@@ -51,23 +51,40 @@ fn seg_error(e: SegmentError) -> Response {
 }
 
 /// Check the HTTP Basic write key of a non-Segment endpoint (content, bounces).
-fn authorize(st: &AppState, headers: &HeaderMap) -> Result<(), Response> {
+async fn authorize(st: &AppState, headers: &HeaderMap) -> Result<(), Response> {
     let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let key = match chorus_segment::write_key_from_header(authorization) {
         Ok(Some(k)) => k,
         Ok(None) => return Err(error(401, "missing_write_key", "send the write key as HTTP Basic auth (the key as user name)".into())),
         Err(e) => return Err(seg_error(e)),
     };
-    if !st.config.write_keys.is_empty() && !st.config.write_keys.iter().any(|k| key_matches(k, &key)) {
-        return Err(error(401, "invalid_write_key", "the write key is not known to this Chorus node: use a key listed in [http] write_keys".into()));
+    check_write_key(st, &key).await
+}
+
+/// Accept `key` when it is one of this node's `[http] write_keys` or a write key of the
+/// catalog (`chorusctl key create`); with neither configured, every key is accepted.
+async fn check_write_key(st: &AppState, key: &str) -> Result<(), Response> {
+    if st.config.write_keys.iter().any(|k| key_matches(k, key)) {
+        return Ok(());
     }
-    Ok(())
+    let catalog = match st.shards.write_keys().await {
+        Ok(k) => k,
+        Err(e) => return Err(error(503, "unavailable", format!("cannot read the cluster's write keys right now ({e}); retry"))),
+    };
+    if st.config.write_keys.is_empty() && catalog.is_empty() {
+        return Ok(());
+    }
+    let hashes: Vec<Vec<u8>> = catalog.into_iter().map(|k| k.sha256).collect();
+    if crate::keys::matches_any(key, &hashes) {
+        return Ok(());
+    }
+    Err(error(401, "invalid_write_key", "the write key is not known to this Chorus cluster: create one with `chorusctl key create NAME`, or list it in the node's [http] write_keys".into()))
 }
 
 /// `GET /v1/content/{placement}?identity=kind:value` (or `?customer_id=cu_…`): the
 /// customer's in-app messages, authenticated with a write key like the Segment API.
 async fn content(State(st): State<AppState>, Path(placement): Path<String>, axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>, headers: HeaderMap) -> Response {
-    if let Err(r) = authorize(&st, &headers) {
+    if let Err(r) = authorize(&st, &headers).await {
         return r;
     }
     let id = match (q.get("customer_id"), q.get("identity")) {
@@ -115,7 +132,7 @@ async fn content(State(st): State<AppState>, Path(placement): Path<String>, axum
 /// `email.complained` for the customer with that address: a bounce marks the address, a
 /// complaint opts the customer out of email. Unknown addresses are reported, not created.
 async fn bounces(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(r) = authorize(&st, &headers) {
+    if let Err(r) = authorize(&st, &headers).await {
         return r;
     }
     let json: serde_json::Value = match serde_json::from_slice(&body) {
@@ -209,8 +226,8 @@ async fn segment(State(st): State<AppState>, Path(endpoint): Path<String>, heade
         Ok(k) => k,
         Err(e) => return seg_error(e),
     };
-    if !st.config.write_keys.is_empty() && !st.config.write_keys.iter().any(|k| key_matches(k, &key)) {
-        return error(401, "invalid_write_key", "the write key is not known to this Chorus node: use a key listed in [http] write_keys".into());
+    if let Err(r) = check_write_key(&st, &key).await {
+        return r;
     }
     let mut item_errors: Vec<Option<SegmentItemError>> = Vec::with_capacity(request.items.len());
     let mut inputs = Vec::with_capacity(request.items.len());

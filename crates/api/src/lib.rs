@@ -6,6 +6,7 @@ pub mod convert;
 pub mod error;
 pub mod grpc;
 pub mod http;
+pub mod keys;
 pub mod tracking;
 pub mod twilio;
 

@@ -144,6 +144,31 @@ pub enum Command {
         #[command(subcommand)]
         command: TemplateCommand,
     },
+    /// Write keys of the HTTP APIs (Segment, in-app content, bounces), shared by every node
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeyCommand {
+    /// Create a write key; it is printed once (the cluster keeps only its SHA-256)
+    #[command(after_help = "JSON: {name, key, fingerprint}\n\nExample:\n  chorusctl key create segment-prod")]
+    Create {
+        /// 1–64 of letters, digits, '-', '_' and '.'
+        #[arg(value_name = "NAME")]
+        name: String,
+    },
+    /// List the write keys by name and fingerprint (never the keys themselves)
+    #[command(after_help = "JSON: {keys: [{name, fingerprint, created_ms, created}]}")]
+    List,
+    /// Revoke a write key: every node refuses it from then on
+    #[command(after_help = "JSON: {name, revoked: true}")]
+    Revoke {
+        #[arg(value_name = "NAME")]
+        name: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -210,6 +210,27 @@ pub fn list_templates(store: &Store, shard: ShardId) -> Result<Vec<(String, u32,
     Ok(out)
 }
 
+/// A write key of the catalog (only its hash is kept).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct WriteKey {
+    pub name: String,
+    pub sha256: Vec<u8>,
+    pub created_ms: i64,
+}
+
+/// The write keys in `shard`'s catalog, by name.
+pub fn list_write_keys(store: &Store, shard: ShardId) -> Result<Vec<WriteKey>, String> {
+    let prefix = keys::catalog_write_keys_prefix(shard);
+    let mut out = Vec::new();
+    for kv in store.shard().prefix(&prefix) {
+        let (k, v) = kv.into_inner().map_err(|e| e.to_string())?;
+        let name = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+        let (sha256, created_ms): (Vec<u8>, i64) = chorus_types::encoding::decode(&v).map_err(|e| e.to_string())?;
+        out.push(WriteKey { name, sha256, created_ms });
+    }
+    Ok(out)
+}
+
 /// Members of `audience` in `shard`: how many, and the first `sample` of them.
 pub fn audience_members(store: &Store, shard: ShardId, audience: &str, sample: usize) -> Result<(u64, Vec<CustomerId>), String> {
     let mut count = 0;
@@ -659,6 +680,12 @@ impl<'a> Round<'a> {
                         let t = chorus_templates::parse(&source, &file).map_err(|d| io_err(format!("template {id}: {}", d.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("; "))))?;
                         self.batch.insert(self.app.store.shard(), keys::catalog_template(shard, &id), chorus_types::encoding::encode(&(version, source, file)));
                         next.templates.insert(id, Arc::new(t));
+                    }
+                    chorus_types::CatalogChange::PutWriteKey { name, sha256, created_ms } => {
+                        self.batch.insert(self.app.store.shard(), keys::catalog_write_key(shard, &name), chorus_types::encoding::encode(&(sha256, created_ms)));
+                    }
+                    chorus_types::CatalogChange::RevokeWriteKey { name } => {
+                        self.batch.remove(self.app.store.shard(), keys::catalog_write_key(shard, &name));
                     }
                     chorus_types::CatalogChange::RunSchedule { journey, at_ms } => {
                         if next.schedule_runs.get(&journey).is_some_and(|last| *last >= at_ms) {

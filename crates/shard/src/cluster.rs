@@ -68,6 +68,7 @@ pub struct CatalogCopy {
     pub settings: chorus_engine::guard::Settings,
     /// In evaluation order.
     pub audiences: Vec<(chorus_engine::audience::AudienceDef, u32)>,
+    pub write_keys: Vec<crate::apply::WriteKey>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

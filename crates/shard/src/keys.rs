@@ -30,7 +30,8 @@ pub const OUTBOX: u8 = b'o';
 pub const TIMER: u8 = b't';
 /// Catalog: `v/` ++ journey id \0 version (u32 BE) → encoded definition;
 /// `l/` ++ journey id → lifecycle; `s` → encoded settings; `a/` ++ audience id →
-/// (order, version, encoded definition); `r/` ++ journey id → last scheduled run (ms).
+/// (order, version, encoded definition); `r/` ++ journey id → last scheduled run (ms);
+/// `t/` ++ template id → (version, source, file); `k/` ++ name → write key (SHA-256, created).
 pub const CATALOG: u8 = b'g';
 /// Customers holding in a paused journey: journey \0 customer → ().
 pub const PAUSED: u8 = b'w';
@@ -182,6 +183,15 @@ pub fn catalog_template(shard: ShardId, id: &str) -> Vec<u8> {
 }
 pub fn catalog_templates_prefix(shard: ShardId) -> Vec<u8> {
     shard_key(shard, CATALOG, b"t/")
+}
+/// Write key `name` → (SHA-256 of the key, created ms).
+pub fn catalog_write_key(shard: ShardId, name: &str) -> Vec<u8> {
+    let mut rest = b"k/".to_vec();
+    rest.extend_from_slice(name.as_bytes());
+    shard_key(shard, CATALOG, &rest)
+}
+pub fn catalog_write_keys_prefix(shard: ShardId) -> Vec<u8> {
+    shard_key(shard, CATALOG, b"k/")
 }
 pub fn dead(shard: ShardId, key: &str) -> Vec<u8> {
     shard_key(shard, DEAD, key.as_bytes())

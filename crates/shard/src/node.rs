@@ -520,6 +520,25 @@ impl Shards {
         }
     }
 
+    /// The write keys of the HTTP APIs in the catalog (hashes only).
+    pub async fn write_keys(&self) -> Result<Vec<crate::apply::WriteKey>, ShardError> {
+        match self.catalog_shard() {
+            Ok(shard) => crate::apply::list_write_keys(&self.inner.store, shard).map_err(ShardError::Store),
+            Err(_) => Ok(self.remote_catalog().await?.write_keys),
+        }
+    }
+
+    /// Add write key `name` (its SHA-256) to the catalog of every shard.
+    pub async fn put_write_key(&self, name: &str, sha256: Vec<u8>) -> Result<(), ShardError> {
+        let created_ms = self.inner.clock.now_ms();
+        self.propose_catalog(chorus_types::CatalogChange::PutWriteKey { name: name.to_string(), sha256, created_ms }).await
+    }
+
+    /// Remove write key `name` from every shard's catalog.
+    pub async fn revoke_write_key(&self, name: &str) -> Result<(), ShardError> {
+        self.propose_catalog(chorus_types::CatalogChange::RevokeWriteKey { name: name.to_string() }).await
+    }
+
     /// A shard replica on this node whose catalog answers catalog reads (every shard
     /// holds the whole catalog).
     fn catalog_shard(&self) -> Result<ShardId, ShardError> {
@@ -1093,6 +1112,7 @@ impl Shards {
                     templates: crate::apply::list_templates(store, shard).map_err(ShardError::Store)?,
                     settings: crate::apply::read_settings(store, shard).map_err(ShardError::Store)?,
                     audiences: catalog.audiences.iter().map(|a| (a.def.clone(), a.version)).collect(),
+                    write_keys: crate::apply::list_write_keys(store, shard).map_err(ShardError::Store)?,
                 }))
             }
         })

@@ -60,6 +60,11 @@ pub enum CatalogChange {
     /// Publish version `version` of template `id`: its source text (validated before it
     /// was proposed; parsed again by every shard).
     PutTemplate { id: String, version: u32, source: String, file: String },
+    /// Add write key `name` for the HTTP APIs: only its SHA-256 is stored (the key itself
+    /// is shown once, to whoever created it).
+    PutWriteKey { name: String, sha256: Vec<u8>, created_ms: i64 },
+    /// Revoke write key `name`.
+    RevokeWriteKey { name: String },
 }
 
 /// A message between shards (SPEC §3.1).

@@ -7,6 +7,7 @@ mod dlq;
 mod cluster;
 mod event;
 mod journey;
+mod key;
 mod messages;
 mod node;
 mod profile;
@@ -14,7 +15,7 @@ mod settings;
 mod shard;
 mod template;
 
-use crate::args::{
+use crate::args::{KeyCommand, 
     AudienceCommand, Cli, ClockCommand, ClusterCommand, Command, DlqCommand, EventCommand, JourneyCommand,
     MessagesCommand, NodeCommand, ProfileCommand, SettingsCommand, ShardCommand, TemplateCommand,
 };
@@ -175,6 +176,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Template { command: TemplateCommand::Render { file, channel, profile, vars, event, locale } } => {
             template::render(&ctx, &file, &channel, template::Inputs { profile, vars, event, locale })?
         }
+        Command::Key { command } => match command {
+            KeyCommand::Create { name } => key::create(&ctx, &name).await?,
+            KeyCommand::List => key::list(&ctx).await?,
+            KeyCommand::Revoke { name } => key::revoke(&ctx, &name).await?,
+        },
         Command::Clock { command } => match command {
             ClockCommand::Show => clock::run(&ctx, clock::Op::Show).await?,
             ClockCommand::Advance { by_ms } => clock::run(&ctx, clock::Op::Advance(by_ms)).await?,

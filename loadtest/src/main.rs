@@ -80,24 +80,11 @@ enum Command {
         /// Customers touched again and measured while actor-resident.
         #[arg(long, default_value_t = 100_000)]
         hot: u64,
-        #[arg(long, default_value_t = 64)]
-        shards: u32,
-        #[arg(long, default_value_t = 4)]
-        streams: usize,
-        #[arg(long, default_value_t = 1000)]
-        batch: usize,
-        /// Batches outstanding per stream.
-        #[arg(long, default_value_t = 2)]
-        in_flight: usize,
         /// Size of each event's properties JSON in bytes.
         #[arg(long, default_value_t = 160)]
         payload_bytes: usize,
-        /// Seconds an untouched customer actor stays resident (the node's actor_idle).
-        #[arg(long, default_value_t = 30)]
-        actor_idle: u64,
-        /// Print the report as JSON on stdout (the human table goes to stderr).
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        load: PopulationArgs,
     },
     /// Pending timers: J journeys that each wait W seconds, entered by N customers (J × N
     /// durable timers); reports bytes per timer and how late they fire.
@@ -113,22 +100,29 @@ enum Command {
         /// Seconds each wait lasts (must outlast seeding plus passivation to read RSS).
         #[arg(long, default_value_t = 600)]
         wait: u64,
-        #[arg(long, default_value_t = 64)]
-        shards: u32,
-        #[arg(long, default_value_t = 4)]
-        streams: usize,
-        #[arg(long, default_value_t = 1000)]
-        batch: usize,
-        /// Batches outstanding per stream.
-        #[arg(long, default_value_t = 2)]
-        in_flight: usize,
-        /// Seconds an untouched customer actor stays resident (the node's actor_idle).
-        #[arg(long, default_value_t = 30)]
-        actor_idle: u64,
-        /// Print the report as JSON on stdout (the human table goes to stderr).
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        load: PopulationArgs,
     },
+}
+
+/// How the memory and timer scenarios load their node.
+#[derive(Args, Debug, Clone)]
+struct PopulationArgs {
+    #[arg(long, default_value_t = 64)]
+    shards: u32,
+    #[arg(long, default_value_t = 4)]
+    streams: usize,
+    #[arg(long, default_value_t = 1000)]
+    batch: usize,
+    /// Batches outstanding per stream.
+    #[arg(long, default_value_t = 2)]
+    in_flight: usize,
+    /// Seconds an untouched customer actor stays resident (the node's actor_idle).
+    #[arg(long, default_value_t = 30)]
+    actor_idle: u64,
+    /// Print the report as JSON on stdout (the human table goes to stderr).
+    #[arg(long)]
+    json: bool,
 }
 
 /// How bench-style modes start their node.
@@ -421,12 +415,12 @@ fn population_main(command: Command) -> anyhow::Result<()> {
         .context("start the tokio runtime")?;
     runtime.block_on(async move {
         let (node_args, shards, streams, config, json) = match &command {
-            Command::Memory { node, shards, streams, json, .. } | Command::Timers { node, shards, streams, json, .. } => {
+            Command::Memory { node, load, .. } | Command::Timers { node, load, .. } => {
                 let config = match population_opts(&command)? {
                     Population::Memory(o) => o.node_config(),
                     Population::Timers(o) => o.node_config(),
                 };
-                (node.clone(), *shards, *streams, config, *json)
+                (node.clone(), load.shards, load.streams, config, load.json)
             }
             _ => unreachable!("only population scenarios come here"),
         };
@@ -463,30 +457,30 @@ enum Population {
 
 fn population_opts(command: &Command) -> anyhow::Result<Population> {
     Ok(match command {
-        Command::Memory { customers, hot, shards, streams, batch, in_flight, payload_bytes, actor_idle, .. } => {
+        Command::Memory { customers, hot, payload_bytes, load, .. } => {
             let o = memory::MemoryOpts {
                 customers: *customers,
                 hot: *hot,
-                shards: *shards,
-                streams: *streams,
-                batch: *batch,
-                in_flight: *in_flight,
+                shards: load.shards,
+                streams: load.streams,
+                batch: load.batch,
+                in_flight: load.in_flight,
                 payload_bytes: *payload_bytes,
-                actor_idle_s: *actor_idle,
+                actor_idle_s: load.actor_idle,
             };
             o.validate()?;
             Population::Memory(o)
         }
-        Command::Timers { customers, journeys, wait, shards, streams, batch, in_flight, actor_idle, .. } => {
+        Command::Timers { customers, journeys, wait, load, .. } => {
             let o = timers::TimerOpts {
                 customers: *customers,
                 journeys: *journeys,
                 wait_s: *wait,
-                shards: *shards,
-                streams: *streams,
-                batch: *batch,
-                in_flight: *in_flight,
-                actor_idle_s: *actor_idle,
+                shards: load.shards,
+                streams: load.streams,
+                batch: load.batch,
+                in_flight: load.in_flight,
+                actor_idle_s: load.actor_idle,
             };
             o.validate()?;
             Population::Timers(o)

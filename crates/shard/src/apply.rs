@@ -70,6 +70,9 @@ pub struct ApplyStats {
     pub held_inputs: AtomicU64,
     /// Earliest pending timer (ms), or i64::MAX.
     pub next_timer_ms: std::sync::atomic::AtomicI64,
+    /// A lower bound of the oldest dedup record's first-seen time (ms); 0 until known.
+    /// Rounds skip the expiry scan while nothing can have expired.
+    pub dedup_oldest_ms: std::sync::atomic::AtomicI64,
     /// How late timers fired (fire time − due time), by [`TIMER_LATENESS_BUCKETS_MS`].
     pub timer_lateness: LatenessHistogram,
 }
@@ -439,6 +442,7 @@ impl Application for ShardApp {
             }
             let next = first_timer(&self.store, self.shard).map_err(io_err)?.unwrap_or(i64::MAX);
             self.stats.next_timer_ms.store(next, Ordering::Relaxed);
+            self.stats.dedup_oldest_ms.store(0, Ordering::Relaxed); // unknown: the next round looks
             self.stats.customers.store(meta.customers - meta.tombstones, Ordering::Relaxed);
             let pending = self.store.shard().prefix(keys::xout_prefix(self.shard)).count() as u64;
             self.stats.pending_cross_shard.store(pending, Ordering::Relaxed);
@@ -1544,13 +1548,13 @@ impl<'a> Round<'a> {
     fn expire_dedup(&mut self) -> io::Result<()> {
         let shard = self.shard();
         let cutoff = self.now_ms - self.app.config.dedup_window_ms;
-        if cutoff <= 0 {
-            return Ok(());
+        if cutoff <= 0 || self.app.stats.dedup_oldest_ms.load(Ordering::Relaxed) >= cutoff {
+            return Ok(()); // nothing is old enough to expire
         }
         let lo = keys::dedup_expiry_prefix(shard);
         let hi = keys::dedup_expiry(shard, cutoff, "");
         let mut n = 0;
-        for kv in self.app.store.shard().range(lo..hi) {
+        for kv in self.app.store.shard().range(lo.clone()..hi.clone()) {
             if n >= self.app.config.dedup_expire_batch_max {
                 break;
             }
@@ -1562,6 +1566,21 @@ impl<'a> Round<'a> {
             }
             self.batch.remove(self.app.store.shard(), key);
             n += 1;
+        }
+        if n < self.app.config.dedup_expire_batch_max {
+            // Everything before the cutoff is gone: the oldest left is the first stored
+            // record at or after it (records of this round are newer still).
+            let oldest = match self.app.store.shard().range(hi..).next() {
+                Some(kv) => {
+                    let key = kv.key().map_err(io_err)?;
+                    match key.get(5..13).filter(|_| key.starts_with(&lo)) {
+                        Some(b) => u64::from_be_bytes(b.try_into().expect("8 bytes")) as i64,
+                        None => self.now_ms,
+                    }
+                }
+                None => self.now_ms,
+            };
+            self.app.stats.dedup_oldest_ms.store(oldest.min(self.now_ms), Ordering::Relaxed);
         }
         Ok(())
     }

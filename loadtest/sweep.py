@@ -114,7 +114,7 @@ def panel(x0: int, y0: int, w: int, h: int, axis: str, rows: list) -> str:
     out.append('<polyline fill="none" stroke="#d62728" stroke-width="2" points="' + " ".join(f"{x:.1f},{y:.1f}" for x, y in pts) + '"/>')
     for (x, y), v in zip(pts, p99):
         out.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3.5" fill="#d62728"/>')
-        out.append(f'<text x="{x + 6:.1f}" y="{y - 6:.1f}" font-size="11" fill="#d62728">{v:,.0f} ms</text>')
+        out.append(f'<text x="{x + 6:.1f}" y="{y - 6:.1f}" font-size="11" fill="#d62728" stroke="white" stroke-width="3" paint-order="stroke">{v:,.0f} ms</text>')
     return "\n".join(out)
 
 

@@ -269,6 +269,24 @@ impl Group {
             .map_err(|e| RaftError::Fatal { group: self.id, detail: e.to_string() })
     }
 
+    /// A linearizable read point (raft's ReadIndex): confirm with a quorum that this
+    /// replica still leads, then wait until everything committed before the call is
+    /// applied. A leader cut off from its quorum (a partition) answers `NotLeader`
+    /// instead of serving what may be stale.
+    pub async fn ensure_linearizable(&self, timeout: Duration) -> Result<(), RaftError> {
+        let not_leader = |leader| RaftError::NotLeader { group: self.id, leader };
+        match tokio::time::timeout(timeout, self.raft.ensure_linearizable(openraft::ReadPolicy::ReadIndex)).await {
+            Err(_) => Err(not_leader(None)),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(openraft::errors::RaftError::APIError(api))) => match api {
+                openraft::errors::LinearizableReadError::ForwardToLeader(f) => Err(not_leader(f.leader_id)),
+                openraft::errors::LinearizableReadError::QuorumNotEnough(_) => Err(not_leader(None)),
+            },
+            Ok(Err(openraft::errors::RaftError::Fatal(openraft::errors::Fatal::Stopped))) => Err(RaftError::ShuttingDown { group: self.id }),
+            Ok(Err(e)) => Err(RaftError::Fatal { group: self.id, detail: e.to_string() }),
+        }
+    }
+
     /// Propose one command; resolves after it is committed and applied.
     pub async fn propose(&self, cmd: ShardCommand) -> Result<(u64, ShardResult), RaftError> {
         match self.raft.client_write(cmd).await {

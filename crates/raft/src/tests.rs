@@ -243,3 +243,35 @@ async fn three_replicas_replicate_fail_over_and_catch_up_a_new_member_by_snapsho
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_from_its_quorum_refuses_linearizable_reads() {
+    const G: u32 = 6;
+    let tuning = GroupTuning { heartbeat_ms: 50, election_min_ms: 200, election_max_ms: 400, restore_leadership: false, ..Default::default() };
+    let mut nodes = Vec::new();
+    for id in 1..=3 {
+        nodes.push(test_node(id).await);
+    }
+    let members: Vec<(NodeId, String)> = nodes.iter().map(|n| (n.id, n.addr.clone())).collect();
+    for n in &mut nodes {
+        let app = Arc::new(Counter { group: G, store: n.store.clone(), seen: Mutex::new(Vec::new()) });
+        let g = Group::start(G, n.id, n.store.clone(), app, &tuning, &n.transport).await.unwrap();
+        g.initialize(&members).await.unwrap();
+        n.group = Some(g);
+    }
+    let l = leader_of(&nodes, Duration::from_secs(10)).await;
+    let leader = nodes[l].group.clone().unwrap();
+    let (index, _) = leader.propose(cmd(1)).await.unwrap();
+    leader.ensure_linearizable(Duration::from_secs(5)).await.expect("a leader with its quorum serves linearizable reads");
+    assert!(leader.status().applied_index >= index, "the read point waits for what was committed before it");
+    for (i, n) in nodes.iter_mut().enumerate() {
+        if i != l {
+            n.group.take().unwrap().shutdown().await.unwrap();
+        }
+    }
+    // Without its followers the leader cannot confirm it still leads: it refuses (a
+    // partitioned old leader would otherwise answer with a state others moved past).
+    let refused = leader.ensure_linearizable(Duration::from_secs(2)).await;
+    assert!(matches!(refused, Err(RaftError::NotLeader { .. })), "{refused:?}");
+    leader.shutdown().await.unwrap();
+}

@@ -23,6 +23,8 @@ use tokio::sync::watch;
 pub const ROUTE_WAIT_MS_MAX: u64 = 5_000;
 /// Most node-to-node hops a forwarded request may take (a stale leader hint costs one).
 pub const FORWARD_HOPS_MAX: u8 = 2;
+/// Longest wait for a leader to confirm its leadership before a linearizable read.
+pub const READ_INDEX_WAIT_MAX: Duration = Duration::from_secs(3);
 
 pub(crate) struct Hosted {
     pub(crate) id: ShardId,
@@ -1074,7 +1076,14 @@ impl Shards {
             return self.read_local(&h, read).await;
         }
         match self.target(shard).await? {
-            Target::Local(h) => self.read_local(&h, read).await,
+            Target::Local(h) => {
+                if leader {
+                    // Linearizable: a deposed leader cut off by a partition refuses
+                    // rather than serving a state the new leader has moved past.
+                    h.group.ensure_linearizable(READ_INDEX_WAIT_MAX).await.map_err(|e| not_leader_to_unavailable(e.into(), shard))?;
+                }
+                self.read_local(&h, read).await
+            }
             Target::Remote(node) if hops > 0 => match self.remote(node, Some(shard), NodeRequest::Read { shard, read, leader, hops: hops - 1 }).await? {
                 NodeReply::Read(r) => Ok(r),
                 NodeReply::Failed(f) => Err(f.into()),

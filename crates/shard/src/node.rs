@@ -1075,21 +1075,29 @@ impl Shards {
         if !leader && let Some(h) = self.hosted(shard) {
             return self.read_local(&h, read).await;
         }
-        match self.target(shard).await? {
-            Target::Local(h) => {
-                if leader {
-                    // Linearizable: a deposed leader cut off by a partition refuses
-                    // rather than serving a state the new leader has moved past.
-                    h.group.ensure_linearizable(READ_INDEX_WAIT_MAX).await.map_err(|e| not_leader_to_unavailable(e.into(), shard))?;
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(ROUTE_WAIT_MS_MAX);
+        loop {
+            return match self.target(shard).await? {
+                Target::Local(h) => {
+                    if leader && let Err(e) = h.group.ensure_linearizable(READ_INDEX_WAIT_MAX).await {
+                        // Linearizable: a deposed leader cut off by a partition refuses
+                        // rather than serving a state the new leader has moved past. A
+                        // leadership in motion (an election, a hand-over) is waited out.
+                        if e.is_retryable() && tokio::time::Instant::now() < deadline {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                        return Err(not_leader_to_unavailable(e.into(), shard));
+                    }
+                    self.read_local(&h, read).await
                 }
-                self.read_local(&h, read).await
-            }
-            Target::Remote(node) if hops > 0 => match self.remote(node, Some(shard), NodeRequest::Read { shard, read, leader, hops: hops - 1 }).await? {
-                NodeReply::Read(r) => Ok(r),
-                NodeReply::Failed(f) => Err(f.into()),
-                other => Err(ShardError::Remote { node, detail: format!("unexpected reply {other:?}") }),
-            },
-            Target::Remote(_) => Err(ShardError::Unavailable { shard }),
+                Target::Remote(node) if hops > 0 => match self.remote(node, Some(shard), NodeRequest::Read { shard, read, leader, hops: hops - 1 }).await? {
+                    NodeReply::Read(r) => Ok(r),
+                    NodeReply::Failed(f) => Err(f.into()),
+                    other => Err(ShardError::Remote { node, detail: format!("unexpected reply {other:?}") }),
+                },
+                Target::Remote(_) => Err(ShardError::Unavailable { shard }),
+            };
         }
     }
 

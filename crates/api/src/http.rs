@@ -64,7 +64,7 @@ async fn authorize(st: &AppState, headers: &HeaderMap) -> Result<(), Response> {
 /// Accept `key` when it is one of this node's `[http] write_keys` or a write key of the
 /// catalog (`chorusctl key create`); with neither configured, every key is accepted.
 async fn check_write_key(st: &AppState, key: &str) -> Result<(), Response> {
-    if st.config.write_keys.iter().any(|k| key_matches(k, key)) {
+    if st.config.write_keys.iter().any(|k| crate::keys::equal(k.as_bytes(), key.as_bytes())) {
         return Ok(());
     }
     let catalog = match st.shards.write_keys().await {
@@ -190,15 +190,6 @@ async fn bounces(State(st): State<AppState>, headers: HeaderMap, body: Bytes) ->
         });
     }
     axum::Json(json!({"results": results})).into_response()
-}
-
-/// Constant-time comparison of write keys.
-fn key_matches(a: &str, b: &str) -> bool {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn segment(State(st): State<AppState>, Path(endpoint): Path<String>, headers: HeaderMap, body: Bytes) -> Response {

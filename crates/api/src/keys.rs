@@ -38,10 +38,16 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Constant-time equality (for keys and their hashes: no early exit on the first
+/// differing byte).
+pub fn equal(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// Whether `key` hashes to one of `hashes` (every hash is compared, in constant time each).
 pub fn matches_any(key: &str, hashes: &[Vec<u8>]) -> bool {
     let h = sha256(key);
-    hashes.iter().fold(false, |found, k| found | (k.len() == h.len() && k.iter().zip(&h).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0))
+    hashes.iter().fold(false, |found, k| found | equal(k, &h))
 }
 
 #[cfg(test)]

@@ -48,9 +48,13 @@ pub fn read_customer(store: &Store, shard: ShardId, id: CustomerId) -> Result<Op
     let mut state: CustomerState = chorus_types::encoding::decode(&v).map_err(|e| format!("customer {id}: {e}"))?;
     for kv in store.shard().prefix(keys::history_prefix(shard, id)) {
         let v = kv.value().map_err(|e| e.to_string())?;
-        state.history.push_back(chorus_types::encoding::decode(&v).map_err(|e| format!("customer {id} history: {e}"))?);
+        state.history.push_back(history_entry(id, &v)?);
     }
     Ok(Some(state))
+}
+
+fn history_entry(id: CustomerId, bytes: &[u8]) -> Result<chorus_engine::profile::RecentEvent, String> {
+    chorus_types::encoding::decode(bytes).map_err(|e| format!("customer {id} history: {e}"))
 }
 
 /// The stored history records of `id` as (seq, key).
@@ -129,11 +133,11 @@ impl StateWrite {
         if !self.rewrite {
             for kv in store.shard().range(keys::history(shard, id, self.first)..keys::history(shard, id, upto.min(state.history_seq))) {
                 let v = kv.value().map_err(|e| e.to_string())?;
-                state.history.push_back(chorus_types::encoding::decode(&v).map_err(|e| format!("customer {id} history: {e}"))?);
+                state.history.push_back(history_entry(id, &v)?);
             }
         }
         for (_, v) in &self.appended {
-            state.history.push_back(chorus_types::encoding::decode(v).map_err(|e| format!("customer {id} history: {e}"))?);
+            state.history.push_back(history_entry(id, v)?);
         }
         Ok(state)
     }

@@ -452,8 +452,19 @@ impl Shards {
     async fn propose_catalog(&self, change: chorus_types::CatalogChange) -> Result<(), ShardError> {
         let now = self.inner.clock.now_ms();
         let proposals = (0..self.shard_count()).map(|s| self.propose_to(s, ShardCommand { now_ms: now, op: ShardOp::Catalog { change: change.clone() } }));
-        for r in futures::future::join_all(proposals).await {
-            r?;
+        let mut indexes = Vec::with_capacity(self.shard_count() as usize);
+        for (shard, r) in futures::future::join_all(proposals).await.into_iter().enumerate() {
+            indexes.push((shard as ShardId, r?.0));
+        }
+        // Read your writes: the replica this node answers catalog reads from (write-key
+        // checks, listings) has the change before the caller hears "done". Other nodes'
+        // replicas apply it with their next append from the leader.
+        if let Ok(shard) = self.catalog_shard()
+            && let Some(h) = self.hosted(shard)
+            && let Some(&(_, index)) = indexes.iter().find(|(s, _)| *s == shard)
+            && let Err(e) = h.group.wait_applied(index, Duration::from_millis(ROUTE_WAIT_MS_MAX)).await
+        {
+            tracing::warn!(shard, index, error = %e, "this node's replica has not applied a committed catalog change yet");
         }
         Ok(())
     }

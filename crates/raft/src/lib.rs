@@ -8,7 +8,7 @@ mod state_machine;
 pub mod transport;
 
 pub use state_machine::{Application, Applied};
-pub use transport::{CallHandler, TlsMaterial, Transport, TransportError};
+pub use transport::{CallHandler, FaultGate, TlsMaterial, Transport, TransportError};
 
 use chorus_store::Store;
 use chorus_types::{NodeId, ShardCommand, ShardResult};

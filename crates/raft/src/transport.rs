@@ -46,6 +46,12 @@ pub struct TlsMaterial {
     pub server_name: Option<String>,
 }
 
+/// Decides whether this node may reach the node at an address (node id 0 when the
+/// caller does not know it): a fault injector for simulations, consulted before every
+/// raft RPC, snapshot stream and node-level call. `false` fails the attempt as if the
+/// peer were unreachable.
+pub type FaultGate = Arc<dyn Fn(NodeId, &str) -> bool + Send + Sync>;
+
 /// Serves node-level calls (the payload format is the handler's).
 pub trait CallHandler: Send + Sync + 'static {
     fn call(&self, from: NodeId, payload: Vec<u8>) -> BoxFuture<'static, Result<Vec<u8>, String>>;
@@ -73,6 +79,7 @@ struct Inner {
     channels: RwLock<HashMap<String, Channel>>,
     groups: RwLock<HashMap<u32, Raft>>,
     handler: OnceLock<Arc<dyn CallHandler>>,
+    gate: OnceLock<FaultGate>,
     call_timeout: Duration,
     snapshots_sent: std::sync::atomic::AtomicU64,
     snapshots_received: std::sync::atomic::AtomicU64,
@@ -94,6 +101,7 @@ impl Transport {
                 channels: RwLock::default(),
                 groups: RwLock::default(),
                 handler: OnceLock::new(),
+                gate: OnceLock::new(),
                 call_timeout: Duration::from_secs(10),
                 snapshots_sent: Default::default(),
                 snapshots_received: Default::default(),
@@ -126,6 +134,21 @@ impl Transport {
     /// Install the handler of node-level calls (once).
     pub fn set_handler(&self, handler: Arc<dyn CallHandler>) {
         let _ = self.inner.handler.set(handler);
+    }
+
+    /// Install a fault gate (once; simulations only: a real node never has one).
+    pub fn set_fault_gate(&self, gate: FaultGate) {
+        let _ = self.inner.gate.set(gate);
+    }
+
+    /// Refuse the attempt when the fault gate cuts this node off from `node` at `addr`.
+    fn gate(&self, node: NodeId, addr: &str) -> Result<(), TransportError> {
+        match self.inner.gate.get() {
+            Some(allowed) if !allowed(node, addr) => {
+                Err(TransportError::Unreachable { node, addr: addr.to_string(), detail: "cut off by the fault gate".into() })
+            }
+            _ => Ok(()),
+        }
     }
 
     pub(crate) fn register(&self, group: u32, raft: Raft) {
@@ -174,6 +197,7 @@ impl Transport {
 
     fn client_for(&self, node: NodeId) -> Result<(NodeClient<Channel>, String), TransportError> {
         let addr = self.address(node).ok_or(TransportError::UnknownNode { node })?;
+        self.gate(node, &addr)?;
         Ok((self.client_at(&addr)?, addr))
     }
 
@@ -190,6 +214,7 @@ impl Transport {
 
     /// A node-level call to whatever node listens at `addr` (joining, discovery).
     pub async fn call_addr(&self, addr: &str, payload: Vec<u8>) -> Result<Vec<u8>, TransportError> {
+        self.gate(0, addr)?;
         let client = self.client_at(addr)?;
         self.call_with(client, 0, addr, payload).await
     }

@@ -936,6 +936,26 @@ impl Shards {
         }
     }
 
+    /// Stop as abruptly as a process can from inside (a crash, for simulations): no
+    /// leadership hand-over, no final fsync; raft, actors and loops stop where they are.
+    /// What the store holds afterwards is what group commit had made durable plus what
+    /// the OS had been given. Reopen the data directory to "restart".
+    pub async fn abort(&self) {
+        let _ = self.inner.shutdown.send(true);
+        let tasks: Vec<_> = std::mem::take(&mut *self.inner.tasks.lock().expect("tasks lock"));
+        for t in &tasks {
+            t.abort();
+        }
+        let hosted: Vec<Arc<Hosted>> = std::mem::take(&mut *self.inner.hosted.write().expect("hosted lock")).into_values().collect();
+        for h in hosted {
+            h.close().await;
+        }
+        if let Some(c) = &self.inner.cluster {
+            let _ = c.group.shutdown().await;
+        }
+        self.inner.connectors.stop();
+    }
+
     /// Before a cluster node stops: hand every shard it leads to another voter, so
     /// clients see a leadership change instead of an election timeout (bounded wait).
     async fn hand_over_leadership(&self) {

@@ -484,6 +484,9 @@ struct Round<'a> {
     outbox_removed: HashSet<String>,
     /// Whether this round removed timers (the earliest due time must be re-read).
     timers_fired: bool,
+    /// Keys of the timers fired this round: their removal is in the batch, not yet in
+    /// the store, so a second tick of the same round must not fire them again.
+    fired_timers: HashSet<Vec<u8>>,
     /// Journey counter increments of this round: key → (count, sum).
     stats: HashMap<Vec<u8>, (u64, f64)>,
     /// The catalog inputs are applied with (replaced by catalog entries).
@@ -516,6 +519,7 @@ impl<'a> Round<'a> {
             timers: Vec::new(),
             outbox_removed: HashSet::new(),
             timers_fired: false,
+            fired_timers: HashSet::new(),
             stats: HashMap::new(),
             catalog: app.catalog.read().expect("catalog lock").clone(),
             catalog_changed: false,
@@ -592,6 +596,9 @@ impl<'a> Round<'a> {
                 let shard = self.shard();
                 let mut n = 0;
                 for key in dead {
+                    if self.intents.iter().any(|i| i.key == key) {
+                        continue; // re-driven by an earlier entry of this round
+                    }
                     let dk = keys::dead(shard, &key);
                     let Some(v) = self.app.store.shard().get(&dk).map_err(io_err)? else { continue };
                     let record: DeadLetter = chorus_types::encoding::decode(&v).map_err(io_err)?;
@@ -767,11 +774,15 @@ impl<'a> Round<'a> {
                 break;
             }
             let (k, v) = kv.into_inner().map_err(io_err)?;
+            if self.fired_timers.contains(k.as_ref()) {
+                continue; // fired by an earlier tick of this round
+            }
             let timer: Timer = chorus_types::encoding::decode(&v).map_err(io_err)?;
             fired.push((k.to_vec(), timer));
         }
         self.timers_fired |= !fired.is_empty();
         for (key, timer) in fired {
+            self.fired_timers.insert(key.clone());
             if let Some(due) = keys::timer_due(&key) {
                 self.app.stats.timer_lateness.record(now - due);
             }

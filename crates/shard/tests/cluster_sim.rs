@@ -1,10 +1,11 @@
-//! Seeded fault simulation of the whole cluster (SPEC §3, issue "Cluster" item 9): three
+//! Seeded fault simulation of the whole cluster (SPEC §3, issue "Cluster" item 9): four
 //! cluster nodes — each the real `Shards::open_cluster` with its own data directory, its
 //! node-to-node tonic server on loopback, placement group, shard groups, actors,
 //! timers, outbox and capture connector — run in one process while clients stream
 //! events and messages through random nodes, and the seed drives the faults: crashes
 //! (`Shards::abort`, then the data directory reopened), partitions and cut links (the
-//! transport's fault gate), leadership transfers.
+//! transport's fault gate), leadership transfers and shard moves (a replica added on
+//! one node, caught up, promoted, removed from another).
 //!
 //! Safety is checked after every step: never two leaders for one shard in one term.
 //! Then a liveness phase heals every link, restarts every crashed node, and requires
@@ -32,7 +33,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::time::Instant;
 
-const NODES: usize = 3;
+const NODES: usize = 4;
+const REPLICATION: u32 = 3;
 const SHARDS: u32 = 4;
 const CUSTOMERS: usize = 8;
 const EVENTS_PER_CUSTOMER: usize = 40;
@@ -215,25 +217,31 @@ impl Sim {
         }
     }
 
-    /// Every shard led, every replica of every shard applied up to its leader's log, as
-    /// seen from every running node.
-    fn converged(&self) -> Result<(), String> {
+    /// No move queued; every shard led, hosted by exactly the replicas placement gives
+    /// it, each applied up to its leader's log, as seen from every running node.
+    async fn converged(&self) -> Result<(), String> {
+        let Some(any) = self.running().first().and_then(|i| self.shards(*i)).cloned() else { return Err("no node runs".into()) };
+        let placement = any.fresh_placement().await.map_err(|e| format!("placement: {e}"))?;
+        if !placement.moves.is_empty() {
+            return Err(format!("moves still queued: {:?}", placement.moves));
+        }
         let mut last: BTreeMap<u32, u64> = BTreeMap::new();
-        let mut replicas: BTreeMap<u32, Vec<(NodeId, u64)>> = BTreeMap::new();
+        let mut replicas: BTreeMap<u32, BTreeMap<NodeId, u64>> = BTreeMap::new();
         for i in self.running() {
             let s = self.shards(i).unwrap();
             for st in s.status() {
                 if st.leader == Some(s.node_id()) {
                     last.insert(st.shard, st.last_log_index);
                 }
-                replicas.entry(st.shard).or_default().push((s.node_id(), st.applied_index));
+                replicas.entry(st.shard).or_default().insert(s.node_id(), st.applied_index);
             }
         }
         for shard in 0..SHARDS {
             let Some(l) = last.get(&shard) else { return Err(format!("shard {shard} has no leader")) };
-            let r = replicas.get(&shard).cloned().unwrap_or_default();
-            if r.len() < 3 || r.iter().any(|(_, a)| a < l) {
-                return Err(format!("shard {shard}: leader at {l}, replicas (node, applied) {r:?}"));
+            let hosted = replicas.get(&shard).cloned().unwrap_or_default();
+            let want: BTreeSet<NodeId> = placement.shards[shard as usize].replicas.iter().copied().collect();
+            if want.len() != REPLICATION as usize || hosted.keys().copied().collect::<BTreeSet<_>>() != want || hosted.values().any(|a| a < l) {
+                return Err(format!("shard {shard}: placement {want:?}, leader at {l}, replicas (node → applied) {hosted:?}"));
             }
         }
         Ok(())
@@ -399,9 +407,9 @@ async fn run_seed(seed: u64) {
         sim.start(i).await;
     }
     let first = sim.shards(0).unwrap().clone();
-    first.cluster_init(SHARDS, 3).await.unwrap_or_else(|e| panic!("seed {seed}: cluster init: {e}"));
+    first.cluster_init(SHARDS, REPLICATION).await.unwrap_or_else(|e| panic!("seed {seed}: cluster init: {e}"));
     let deadline = Instant::now() + CONVERGE_WAIT;
-    while let Err(e) = sim.converged() {
+    while let Err(e) = sim.converged().await {
         assert!(Instant::now() < deadline, "seed {seed}: the new cluster does not form: {e}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -454,6 +462,14 @@ async fn run_seed(seed: u64) {
                     let _ = tokio::time::timeout(Duration::from_secs(5), s.shard_transfer_leader(shard, id)).await;
                 }
             }
+            80..=87 => {
+                let shard = rng.below(SHARDS as u64) as u32;
+                let via = rng.below(NODES as u64) as usize;
+                sim.faults.push(format!("move shard {shard} to {id} via {}", via + 1));
+                if let Some(s) = sim.shards(via).cloned() {
+                    let _ = tokio::time::timeout(Duration::from_secs(5), s.shard_move(shard, None, id)).await;
+                }
+            }
             _ => {}
         }
         let pause = 100 + rng.below(700);
@@ -481,19 +497,17 @@ async fn run_seed(seed: u64) {
                 c.await.unwrap_or_else(|e| panic!("seed {seed}: a client failed: {e}; faults: {:?}", sim.faults));
                 break;
             }
-            assert!(
-                Instant::now() < deadline,
-                "seed {seed}: clients still unanswered {CONVERGE_WAIT:?} after healing (last refusal: {}; cluster: {:?}); faults: {:?}",
-                answers.lock().unwrap().last_error,
-                sim.converged(),
-                sim.faults
-            );
+            if Instant::now() >= deadline {
+                let last = answers.lock().unwrap().last_error.clone();
+                let cluster = sim.converged().await;
+                panic!("seed {seed}: clients still unanswered {CONVERGE_WAIT:?} after healing (last refusal: {last}; cluster: {cluster:?}); faults: {:?}", sim.faults);
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
     loop {
         sim.check_safety();
-        match sim.converged() {
+        match sim.converged().await {
             Ok(()) => break,
             Err(e) => assert!(Instant::now() < deadline, "seed {seed}: no convergence after healing: {e}; faults: {:?}", sim.faults),
         }

@@ -207,15 +207,29 @@ impl PlacementState {
                 if self.moves.len() + moves.len() > MOVES_MAX {
                     return Err(PlacementError::Invalid(format!("at most {MOVES_MAX} moves may be queued")));
                 }
-                for m in moves {
-                    self.check_move(m)?;
+                // Each new move is checked against the replicas as the moves queued before
+                // it will leave them (two moves queued for one shard must still agree: a
+                // second move onto a node the first one fills would drop a replica).
+                let mut projected = self.clone();
+                for m in &self.moves {
+                    projected.project(m);
                 }
-                // A move already queued is not queued twice (a drain asked again).
+                let mut queued = Vec::new();
                 for m in moves {
-                    if !self.moves.contains(m) {
-                        self.moves.push(m.clone());
+                    // A move already queued is not queued twice (a drain asked again).
+                    if self.moves.contains(m) || queued.contains(m) {
+                        continue;
                     }
+                    projected.check_move(m).map_err(|e| match e {
+                        PlacementError::Invalid(why) if !self.moves.is_empty() || !queued.is_empty() => {
+                            PlacementError::Invalid(format!("{why} once the moves queued before it have run ({m})"))
+                        }
+                        other => other,
+                    })?;
+                    projected.project(m);
+                    queued.push(m.clone());
                 }
+                self.moves.extend(queued);
             }
             PlacementOp::MoveFinished { shard } => {
                 if let Some(i) = self.moves.iter().position(|m| m.shard == *shard) {
@@ -248,6 +262,20 @@ impl PlacementState {
             return Err(PlacementError::Invalid(format!("node {} has no address", m.id)));
         }
         Ok(())
+    }
+
+    /// The replicas as they are once move `m` has run.
+    fn project(&mut self, m: &Move) {
+        if let Some(s) = self.shards.get_mut(m.shard as usize)
+            && s.replicas.contains(&m.from)
+            && !s.replicas.contains(&m.to)
+        {
+            for n in s.replicas.iter_mut() {
+                if *n == m.from {
+                    *n = m.to;
+                }
+            }
+        }
     }
 
     fn check_move(&self, m: &Move) -> Result<(), PlacementError> {

@@ -90,12 +90,39 @@ fn rebalance_plan_evens_replicas_within_one_and_queued_moves_are_checked() {
     assert!(after.rebalance_plan().is_empty(), "a balanced cluster needs no moves");
     s.apply(&PlacementOp::QueueMoves { moves: plan.clone() }).unwrap();
     assert_eq!(s.moves, plan);
-    let bad = Move { shard: 0, from: 4, to: 1 };
+    // Node 4 holds no replica of a shard the plan does not move to it.
+    let untouched = (0..s.shard_count()).find(|sh| !plan.iter().any(|m| m.shard == *sh)).unwrap();
+    let to = (1..=3).find(|n| !s.shards[untouched as usize].replicas.contains(n)).unwrap_or(1);
+    let bad = Move { shard: untouched, from: 4, to };
     assert!(s.apply(&PlacementOp::QueueMoves { moves: vec![bad] }).unwrap_err().to_string().contains("holds no replica"));
     s.apply(&PlacementOp::QueueMoves { moves: plan.clone() }).unwrap();
     assert_eq!(s.moves, plan, "queuing the same moves again changes nothing");
     s.apply(&PlacementOp::MoveFinished { shard: plan[0].shard }).unwrap();
     assert_eq!(s.moves.len(), 5);
+}
+
+#[test]
+fn moves_queued_for_one_shard_are_checked_against_each_other() {
+    let mut s = init(3, 4, 2);
+    s.apply(&PlacementOp::AddNode { member: member(4) }).unwrap();
+    s.apply(&PlacementOp::AddNode { member: member(5) }).unwrap();
+    let holders = s.shards[0].replicas.clone();
+    let (a, b) = (holders[0], holders[1]);
+    // a → 4 first; then b → 4 would put a second replica on node 4 and leave the shard
+    // with one: refused, while b → 5 is fine.
+    s.apply(&PlacementOp::QueueMoves { moves: vec![Move { shard: 0, from: a, to: 4 }] }).unwrap();
+    let err = s.apply(&PlacementOp::QueueMoves { moves: vec![Move { shard: 0, from: b, to: 4 }] }).unwrap_err().to_string();
+    assert!(err.contains("node 4 already holds a replica of shard 0 once the moves queued before it have run"), "{err}");
+    // Nor may a later move take the replica a queued move already takes away.
+    let err = s.apply(&PlacementOp::QueueMoves { moves: vec![Move { shard: 0, from: a, to: 5 }] }).unwrap_err().to_string();
+    assert!(err.contains(&format!("node {a} holds no replica of shard 0 once")), "{err}");
+    // Within one request too.
+    let mut t = s.clone();
+    let err = t.apply(&PlacementOp::QueueMoves { moves: vec![Move { shard: 0, from: b, to: 5 }, Move { shard: 0, from: 4, to: 5 }] }).unwrap_err().to_string();
+    assert!(err.contains("node 5 already holds"), "{err}");
+    assert_eq!(t.moves.len(), 1, "a refused request queues nothing");
+    s.apply(&PlacementOp::QueueMoves { moves: vec![Move { shard: 0, from: b, to: 5 }] }).unwrap();
+    assert_eq!(s.moves, vec![Move { shard: 0, from: a, to: 4 }, Move { shard: 0, from: b, to: 5 }]);
 }
 
 #[test]

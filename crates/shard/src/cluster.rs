@@ -839,6 +839,13 @@ impl Shards {
     async fn run_move(&self, st: &PlacementState, m: &Move) -> Result<(), ShardError> {
         let sp = st.shards.get(m.shard as usize).ok_or_else(|| ShardError::Cluster(format!("shard {} does not exist", m.shard)))?;
         let to = st.members.get(&m.to).ok_or_else(|| ShardError::Cluster(format!("node {} is not a member", m.to)))?;
+        if sp.replicas.contains(&m.to) || !sp.replicas.contains(&m.from) {
+            // Placement already has `to` as a replica, or `from` no longer is one (the
+            // move was overtaken by another change): running it would shrink or widen
+            // the group. Drop it.
+            tracing::warn!(%m, replicas = ?sp.replicas, "dropping a move that no longer fits the shard's replicas");
+            return self.placement_propose(PlacementOp::MoveFinished { shard: m.shard }).await;
+        }
         let mut view = self.shard_admin(m.shard, ShardAdminOp::Status).await?;
         if !view.voters.contains(&m.from) && view.voters.contains(&m.to) {
             // Already done: record it.

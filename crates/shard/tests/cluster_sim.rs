@@ -413,6 +413,7 @@ async fn run_seed(seed: u64) {
         assert!(Instant::now() < deadline, "seed {seed}: the new cluster does not form: {e}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let initial: Vec<Vec<NodeId>> = first.fresh_placement().await.unwrap().shards.iter().map(|s| s.replicas.clone()).collect();
     drop(first);
 
     let answers = Arc::new(Mutex::new(Answers::default()));
@@ -462,12 +463,24 @@ async fn run_seed(seed: u64) {
                     let _ = tokio::time::timeout(Duration::from_secs(5), s.shard_transfer_leader(shard, id)).await;
                 }
             }
-            80..=87 => {
+            80..=89 => {
+                // Move a replica of a shard to the node that does not hold one, through
+                // a running node (the placement leader queues it; moves run one at a time).
                 let shard = rng.below(SHARDS as u64) as u32;
-                let via = rng.below(NODES as u64) as usize;
-                sim.faults.push(format!("move shard {shard} to {id} via {}", via + 1));
-                if let Some(s) = sim.shards(via).cloned() {
-                    let _ = tokio::time::timeout(Duration::from_secs(5), s.shard_move(shard, None, id)).await;
+                let running = sim.running();
+                let via = running[rng.below(running.len() as u64) as usize];
+                let s = sim.shards(via).unwrap().clone();
+                if let Ok(Ok(placement)) = tokio::time::timeout(Duration::from_secs(5), s.fresh_placement()).await {
+                    let sp = &placement.shards[shard as usize];
+                    let from = sp.replicas[rng.below(sp.replicas.len() as u64) as usize];
+                    if let Some(to) = (1..=NODES as NodeId).find(|n| !sp.replicas.contains(n) && !sp.learners.contains(n)) {
+                        let refused = match tokio::time::timeout(Duration::from_secs(5), s.shard_move(shard, Some(from), to)).await {
+                            Ok(Ok(_)) => String::new(),
+                            Ok(Err(e)) => format!(" (refused: {e})"),
+                            Err(_) => " (no answer)".into(),
+                        };
+                        sim.faults.push(format!("move shard {shard} {from}→{to} via {}{refused}", via + 1));
+                    }
                 }
             }
             _ => {}
@@ -560,9 +573,18 @@ async fn run_seed(seed: u64) {
         let mine: BTreeMap<String, u32> = answers.messages.iter().filter(|(_, c)| **c == customer).map(|(r, c)| (format!("api/{r}/{c}"), 1)).collect();
         assert_eq!(keys, mine, "seed {seed}: customer {customer}: one send decision per acknowledged message; faults: {:?}", sim.faults);
     }
+    let moved: usize = via
+        .fresh_placement()
+        .await
+        .unwrap()
+        .shards
+        .iter()
+        .zip(&initial)
+        .map(|(now, before)| now.replicas.iter().filter(|n| !before.contains(n)).count())
+        .sum();
     drop(via);
     eprintln!(
-        "sim seed {seed}: ok — {} events and {} messages acknowledged, {} re-sent, {} leader terms seen; faults: {}",
+        "sim seed {seed}: ok — {} events and {} messages acknowledged, {} re-sent, {} leader terms seen, {moved} replicas moved; faults: {}",
         answers.events.values().sum::<usize>(),
         answers.messages.len(),
         answers.resent,

@@ -373,16 +373,16 @@ async fn sender(seed: u64, live: Live, answers: Arc<Mutex<Answers>>) {
                 send_at_ms,
                 topic: String::new(),
             };
-            match tokio::time::timeout(ANSWER_WAIT, node.send(vec![req])).await {
-                Ok(mut v) => match v.remove(0) {
+            // No answer in time: re-send, as a real client would.
+            if let Ok(mut v) = tokio::time::timeout(ANSWER_WAIT, node.send(vec![req])).await {
+                match v.remove(0) {
                     Ok(SendOutcome::Accepted { .. } | SendOutcome::Scheduled { .. } | SendOutcome::Duplicate) => {
                         answers.lock().unwrap().messages.insert(request_id.clone(), customer);
                         break;
                     }
                     Ok(SendOutcome::NotFound) => panic!("seed {seed}: message {request_id}: customer {customer} not found"),
                     Err(e) => answers.lock().unwrap().last_error = format!("message {request_id}: {e}"),
-                },
-                Err(_) => {}
+                }
             }
             answers.lock().unwrap().resent += 1;
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -605,7 +605,7 @@ async fn seeded_crashes_and_partitions_of_a_whole_cluster_lose_nothing_and_heal(
     let seeds: Vec<u64> = match std::env::var("CHORUS_SIM_SEED").ok().and_then(|s| s.parse().ok()) {
         Some(seed) => vec![seed],
         None => {
-            let n = std::env::var("CHORUS_SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(3u64);
+            let n = std::env::var("CHORUS_SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(4u64);
             (1..=n).collect()
         }
     };

@@ -49,6 +49,21 @@ pub fn read_outbox(store: &Store, shard: ShardId, limit: usize, skip: &HashSet<S
     Ok(out)
 }
 
+/// The cross-shard messages stored in `shard`'s outbox: how many, and for which targets.
+fn stored_xout(store: &Store, shard: ShardId) -> Result<(u64, std::collections::BTreeSet<ShardId>), String> {
+    let prefix = keys::xout_prefix(shard);
+    let mut count = 0;
+    let mut targets = std::collections::BTreeSet::new();
+    for kv in store.shard().prefix(&prefix) {
+        let k = kv.key().map_err(|e| e.to_string())?;
+        if let Some(t) = k.get(prefix.len()..prefix.len() + 4) {
+            targets.insert(u32::from_be_bytes(t.try_into().expect("4 bytes")));
+        }
+        count += 1;
+    }
+    Ok((count, targets))
+}
+
 /// Counters readable without the apply lock.
 #[derive(Default)]
 pub struct ApplyStats {
@@ -123,6 +138,11 @@ pub struct ShardApp {
     pub stats: ApplyStats,
     /// Woken after a round that wrote cross-shard messages.
     pub outbox_notify: tokio::sync::Notify,
+    /// Target shards that may have undelivered cross-shard messages from this shard
+    /// (added after the round that wrote them is committed; the pump takes the set and
+    /// scans only those targets, from where it last delivered, instead of the whole
+    /// outbox with the tombstones of everything delivered before).
+    pub xout_targets: std::sync::Mutex<std::collections::BTreeSet<ShardId>>,
     /// Woken after a round that recorded intents.
     pub intent_notify: tokio::sync::Notify,
     /// The journeys that run (latest version of each), rebuilt on catalog changes.
@@ -310,7 +330,7 @@ impl ShardApp {
         let catalog = load_catalog(&store, shard)?;
         let stats = ApplyStats::default();
         stats.customers.store(meta.customers - meta.tombstones, Ordering::Relaxed);
-        let pending = store.shard().prefix(keys::xout_prefix(shard)).count() as u64;
+        let (pending, xout_targets) = stored_xout(&store, shard)?;
         stats.pending_cross_shard.store(pending, Ordering::Relaxed);
         stats.pending_timers.store(meta.timers, Ordering::Relaxed);
         stats.pending_intents.store(meta.intents, Ordering::Relaxed);
@@ -324,6 +344,7 @@ impl ShardApp {
             meta: tokio::sync::Mutex::new(meta),
             stats,
             outbox_notify: tokio::sync::Notify::new(),
+            xout_targets: std::sync::Mutex::new(xout_targets),
             intent_notify: tokio::sync::Notify::new(),
             catalog: std::sync::RwLock::new(catalog),
         }))
@@ -369,7 +390,7 @@ impl ShardApp {
         }
         round.flush_all().await?;
         round.expire_dedup()?;
-        let wrote_xout = !round.xout.is_empty();
+        let xout_targets: std::collections::BTreeSet<ShardId> = round.xout.iter().map(|(t, _)| *t).collect();
         let wrote_intents = !round.intents.is_empty();
         let new_catalog = round.catalog_changed.then(|| round.catalog.clone());
         let new_meta = round.finish(raft_meta)?;
@@ -379,7 +400,9 @@ impl ShardApp {
         }
         drop(meta);
         self.stats.applied_index.store(last_index, Ordering::Relaxed);
-        if wrote_xout {
+        if !xout_targets.is_empty() {
+            // After the commit: the pump that takes a target from the set finds its messages.
+            self.xout_targets.lock().expect("xout targets lock").extend(xout_targets);
             self.outbox_notify.notify_one();
         }
         if wrote_intents {
@@ -444,8 +467,9 @@ impl Application for ShardApp {
             self.stats.next_timer_ms.store(next, Ordering::Relaxed);
             self.stats.dedup_oldest_ms.store(0, Ordering::Relaxed); // unknown: the next round looks
             self.stats.customers.store(meta.customers - meta.tombstones, Ordering::Relaxed);
-            let pending = self.store.shard().prefix(keys::xout_prefix(self.shard)).count() as u64;
+            let (pending, targets) = stored_xout(&self.store, self.shard).map_err(io_err)?;
             self.stats.pending_cross_shard.store(pending, Ordering::Relaxed);
+            *self.xout_targets.lock().expect("xout targets lock") = targets;
             self.stats.pending_timers.store(meta.timers, Ordering::Relaxed);
             self.stats.pending_intents.store(meta.intents, Ordering::Relaxed);
             self.stats.intents_total.store(meta.intents_total, Ordering::Relaxed);

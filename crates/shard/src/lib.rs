@@ -103,11 +103,16 @@ impl ShardConfig {
     }
 }
 
+/// How an error names a raft group: a shard by number, or the placement group.
+fn group_name(group: u32) -> String {
+    if group == chorus_raft::PLACEMENT_GROUP { "the placement group".to_string() } else { format!("shard {group}") }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ShardError {
     #[error("shard {shard} is overloaded ({queued} events queued, limit {limit}); retry with backoff")]
     Overloaded { shard: u32, queued: usize, limit: usize },
-    #[error("shard {shard} is not served by this node right now; retry")]
+    #[error("{} is not served by this node right now (no leader it can reach); retry", group_name(*shard))]
     Unavailable { shard: u32 },
     #[error("the node is shutting down")]
     ShuttingDown,

@@ -697,6 +697,9 @@ impl Shards {
     /// tell the source they were delivered. Redelivery after a crash is harmless: the
     /// target applies each (source, seq) once.
     async fn cross_shard_pump(&self, h: &Hosted, mut shutdown: watch::Receiver<bool>) {
+        // Per target: every message up to this seq is delivered and acknowledged (its key
+        // is a tombstone now), so scans start after it. Forgotten while not leading.
+        let mut delivered: HashMap<ShardId, u64> = HashMap::new();
         loop {
             let pending = h.app.stats.pending_cross_shard.load(Ordering::Relaxed);
             if pending == 0 {
@@ -710,16 +713,16 @@ impl Shards {
                 return;
             }
             if !h.group.is_leader() {
-                // Followers do not deliver: keep their gauge true to their stored outbox.
-                let stored = self.inner.store.shard().prefix(crate::keys::xout_prefix(h.id)).count() as u64;
-                h.app.stats.pending_cross_shard.store(stored, Ordering::Relaxed);
+                // Followers do not deliver (their apply rounds keep the gauge and the
+                // target set as the leader's).
+                delivered.clear();
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(500)) => {}
                     _ = shutdown.changed() => return,
                 }
                 continue;
             }
-            match self.deliver_once(h).await {
+            match self.deliver_once(h, &mut delivered).await {
                 Ok(0) => {
                     // Nothing deliverable right now; avoid spinning on a stale counter.
                     h.app.stats.pending_cross_shard.store(0, Ordering::Relaxed);
@@ -733,52 +736,86 @@ impl Shards {
         }
     }
 
-    async fn deliver_once(&self, h: &Hosted) -> Result<usize, ShardError> {
-        let _ = &h.app;
-        let prefix = crate::keys::xout_prefix(h.id);
+    /// One pass of the cross-shard pump: the stored messages of every target that may
+    /// have some (`ShardApp::xout_targets`), read from after what was last delivered to
+    /// it, proposed to the targets and then acknowledged at the source.
+    async fn deliver_once(&self, h: &Hosted, delivered: &mut HashMap<ShardId, u64>) -> Result<usize, ShardError> {
+        let targets = std::mem::take(&mut *h.app.xout_targets.lock().expect("xout targets lock"));
         let mut by_target: Vec<(ShardId, Vec<(u64, CrossShardMessage)>)> = Vec::new();
         let mut total = 0;
-        for kv in self.inner.store.shard().prefix(&prefix) {
+        let mut unread = Vec::new();
+        for target in targets {
             if total >= self.inner.base_config.cross_shard_batch_max {
-                break;
+                unread.push(target);
+                continue;
             }
-            let (k, v) = kv.into_inner().map_err(|e| ShardError::Store(e.to_string()))?;
-            let rest = &k[prefix.len()..];
-            let target = u32::from_be_bytes(rest[..4].try_into().expect("4 bytes"));
-            let seq = u64::from_be_bytes(rest[4..12].try_into().expect("8 bytes"));
-            let msg: CrossShardMessage = chorus_types::encoding::decode(&v).map_err(|e| ShardError::Corrupt(e.to_string()))?;
-            match by_target.last_mut() {
-                Some((t, list)) if *t == target => list.push((seq, msg)),
-                _ => by_target.push((target, vec![(seq, msg)])),
+            let after = delivered.get(&target).copied().unwrap_or(0);
+            let lo = crate::keys::xout(h.id, target, after.saturating_add(1));
+            let hi = crate::keys::xout(h.id, target, u64::MAX);
+            let mut list = Vec::new();
+            for kv in self.inner.store.shard().range(lo..=hi) {
+                if total >= self.inner.base_config.cross_shard_batch_max {
+                    unread.push(target); // more left for the next pass
+                    break;
+                }
+                let (k, v) = kv.into_inner().map_err(|e| ShardError::Store(e.to_string()))?;
+                let seq = u64::from_be_bytes(k[k.len() - 8..].try_into().expect("8 bytes"));
+                let msg: CrossShardMessage = chorus_types::encoding::decode(&v).map_err(|e| ShardError::Corrupt(e.to_string()))?;
+                list.push((seq, msg));
+                total += 1;
             }
-            total += 1;
+            if !list.is_empty() {
+                by_target.push((target, list));
+            }
         }
+        // Targets not finished (or failing below) stay in the set for the next pass.
+        let mut retry = unread;
         // Deliver to every target at once, then acknowledge every delivery at once: a
         // pass costs two commit latencies, not two per target.
         let now = self.inner.clock.now_ms();
-        let mut delivered = Vec::with_capacity(by_target.len());
+        let mut sent = Vec::with_capacity(by_target.len());
         let mut sends = Vec::with_capacity(by_target.len());
         for (target, messages) in by_target {
             let upto = messages.last().map(|(s, _)| *s).unwrap_or(0);
-            delivered.push((target, upto));
+            sent.push((target, upto));
             sends.push(self.propose_to(target, ShardCommand { now_ms: now, op: ShardOp::CrossShard { source_shard: h.id, messages } }));
         }
         let results = futures::future::join_all(sends).await;
-        let mut acks = Vec::with_capacity(delivered.len());
+        let mut acks = Vec::with_capacity(sent.len());
         let mut first_err = None;
-        for ((target, upto), r) in delivered.into_iter().zip(results) {
+        let mut acked = Vec::with_capacity(sent.len());
+        for ((target, upto), r) in sent.into_iter().zip(results) {
             match r {
-                Ok(_) => acks.push(h.group.propose(ShardCommand {
-                    now_ms: self.inner.clock.now_ms(),
-                    op: ShardOp::CrossShardDelivered { target_shard: target, upto_seq: upto },
-                })),
+                Ok(_) => {
+                    acked.push((target, upto));
+                    acks.push(h.group.propose(ShardCommand {
+                        now_ms: self.inner.clock.now_ms(),
+                        op: ShardOp::CrossShardDelivered { target_shard: target, upto_seq: upto },
+                    }))
+                }
                 Err(e) => {
+                    retry.push(target);
                     first_err.get_or_insert(e);
                 }
             }
         }
-        for r in futures::future::join_all(acks).await {
-            r?;
+        let mut ack_err = None;
+        for ((target, upto), r) in acked.into_iter().zip(futures::future::join_all(acks).await) {
+            match r {
+                Ok(_) => {
+                    delivered.insert(target, upto);
+                }
+                Err(e) => {
+                    retry.push(target);
+                    ack_err.get_or_insert(e);
+                }
+            }
+        }
+        if !retry.is_empty() {
+            h.app.xout_targets.lock().expect("xout targets lock").extend(retry);
+        }
+        if let Some(e) = ack_err {
+            return Err(e.into());
         }
         if let Some(e) = first_err {
             return Err(e.into());

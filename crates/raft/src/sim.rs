@@ -29,18 +29,7 @@ const NODES: u64 = 5;
 const GROUPS: [(u32, [u64; 3]); 2] = [(10, [1, 2, 3]), (11, [3, 4, 5])];
 const STEPS: usize = 60;
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+type Rng = chorus_types::seeded::SeededRng;
 
 #[derive(Default)]
 struct World {
@@ -246,7 +235,7 @@ impl Sim {
 }
 
 async fn run_seed(seed: u64) {
-    let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let mut rng = Rng::new(seed, 0);
     let tuning = GroupTuning { heartbeat_ms: 40, election_min_ms: 150, election_max_ms: 300, snapshot_after_entries: 15, log_kept_after_snapshot: 2, restore_leadership: false, ..Default::default() };
     let mut sim = Sim { seed, world: Arc::default(), nodes: Vec::new(), tuning, leaders: HashMap::new(), acked: BTreeMap::new(), next_id: 0 };
     for id in 1..=NODES {

@@ -46,23 +46,7 @@ const ANSWER_WAIT: Duration = Duration::from_secs(3);
 /// How long the healed cluster has to converge and answer every client.
 const CONVERGE_WAIT: Duration = Duration::from_secs(90);
 
-/// xorshift64: every random choice of a run comes from the seed.
-#[derive(Clone)]
-struct Rng(u64);
-impl Rng {
-    fn new(seed: u64, stream: u64) -> Rng {
-        Rng((seed ^ stream.wrapping_mul(0xA076_1D64_78BD_642F)).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+type Rng = chorus_types::seeded::SeededRng;
 
 /// The simulated network: which directed links are cut, which nodes are down.
 #[derive(Default)]

@@ -9,6 +9,7 @@ pub mod identity;
 pub mod json;
 pub mod messaging;
 pub mod routing;
+pub mod seeded;
 pub mod time;
 
 pub use command::*;

@@ -80,8 +80,7 @@ pub struct Tally {
 
 impl Tally {
     pub fn new() -> Tally {
-        let h =
-            || Histogram::new_with_bounds(1, LATENCY_US_MAX, 3).expect("valid histogram bounds");
+        let h = || Histogram::new_with_bounds(1, LATENCY_US_MAX, 3).expect("valid histogram bounds");
         Tally {
             latency: h(),
             warmup_latency: h(),
@@ -111,13 +110,7 @@ impl Tally {
 
     /// Events that did not end accepted or duplicate.
     pub fn errors(&self) -> u64 {
-        self.rejected
-            + self.retry
-            + self.missing
-            + self.failed
-            + self.lost
-            + self.stream_errors
-            + self.unknown_batches
+        self.rejected + self.retry + self.missing + self.failed + self.lost + self.stream_errors + self.unknown_batches
     }
 }
 
@@ -155,28 +148,16 @@ struct InFlight {
 
 /// Drive one stream until the measured window ends and its batches are answered (or the
 /// drain bound passes).
-pub async fn drive_stream(
-    index: usize,
-    channel: Channel,
-    sc: Arc<Scenario>,
-    run_id: u64,
-    tl: Timeline,
-    shared: Arc<Shared>,
-) {
+pub async fn drive_stream(index: usize, channel: Channel, sc: Arc<Scenario>, run_id: u64, tl: Timeline, shared: Arc<Shared>) {
     let mut generator = Generator::new(&sc.workload, run_id, index as u64);
     // Batch ids are unique per stream; the high bits name the stream for debugging.
     let mut next_batch_id = (index as u64) << 40;
     let interval = match sc.pacing {
-        Loop::Open { events_per_s } => Some(Duration::from_secs_f64(
-            sc.batch as f64 * sc.streams as f64 / events_per_s,
-        )),
+        Loop::Open { events_per_s } => Some(Duration::from_secs_f64(sc.batch as f64 * sc.streams as f64 / events_per_s)),
         Loop::Closed => None,
     };
     // Stagger open-loop streams across one interval so their batches interleave.
-    let mut next_due = tl.start
-        + interval
-            .map(|i| i.mul_f64(index as f64 / sc.streams as f64))
-            .unwrap_or_default();
+    let mut next_due = tl.start + interval.map(|i| i.mul_f64(index as f64 / sc.streams as f64)).unwrap_or_default();
     let drain_deadline = tl.measure_end + tl.drain;
     let far = tl.measure_end + tl.drain + Duration::from_secs(3600);
 
@@ -184,8 +165,7 @@ pub async fn drive_stream(
         if Instant::now() >= tl.measure_end {
             break;
         }
-        let mut client =
-            IngestClient::new(channel.clone()).max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX);
+        let mut client = IngestClient::new(channel.clone()).max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX);
         // Capacity = window: a batch enters the channel only while fewer than `in_flight`
         // are outstanding, so `try_send` never finds it full.
         let (tx, rx) = mpsc::channel::<v1::IngestRequest>(sc.in_flight);
@@ -213,8 +193,7 @@ pub async fn drive_stream(
                     break 'connect;
                 }
             }
-            let send_at = (sending && in_flight.len() < sc.in_flight)
-                .then(|| if interval.is_some() { next_due } else { now });
+            let send_at = (sending && in_flight.len() < sc.in_flight).then(|| if interval.is_some() { next_due } else { now });
             tokio::select! {
                 biased;
                 msg = responses.message() => match msg {
@@ -291,9 +270,7 @@ pub async fn drive_stream(
 
 fn fail_in_flight(shared: &Shared, in_flight: &mut HashMap<u64, InFlight>, reason: String) {
     let n: u64 = in_flight.values().map(|b| b.events).sum();
-    shared
-        .in_flight_batches
-        .fetch_sub(in_flight.len(), Ordering::Relaxed);
+    shared.in_flight_batches.fetch_sub(in_flight.len(), Ordering::Relaxed);
     in_flight.clear();
     let mut t = shared.tally.lock().expect("tally lock");
     t.stream_errors += 1;
@@ -301,13 +278,7 @@ fn fail_in_flight(shared: &Shared, in_flight: &mut HashMap<u64, InFlight>, reaso
     t.note_error(reason);
 }
 
-fn record_response(
-    shared: &Shared,
-    tl: &Timeline,
-    resp: &v1::IngestResponse,
-    b: &InFlight,
-    acked_at: Instant,
-) {
+fn record_response(shared: &Shared, tl: &Timeline, resp: &v1::IngestResponse, b: &InFlight, acked_at: Instant) {
     let (mut accepted, mut duplicate, mut rejected, mut retry) = (0u64, 0u64, 0u64, 0u64);
     let mut first_problem: Option<String> = None;
     for r in &resp.results {
@@ -316,31 +287,18 @@ fn record_response(
             Ok(v1::EventStatus::Duplicate) => duplicate += 1,
             Ok(v1::EventStatus::Retry) => {
                 retry += 1;
-                first_problem.get_or_insert_with(|| {
-                    format!(
-                        "batch {} event {}: RETRY {}",
-                        resp.batch_id, r.index, r.error
-                    )
-                });
+                first_problem.get_or_insert_with(|| format!("batch {} event {}: RETRY {}", resp.batch_id, r.index, r.error));
             }
             _ => {
                 rejected += 1;
-                first_problem.get_or_insert_with(|| {
-                    format!(
-                        "batch {} event {}: REJECTED field={} {}",
-                        resp.batch_id, r.index, r.field, r.error
-                    )
-                });
+                first_problem.get_or_insert_with(|| format!("batch {} event {}: REJECTED field={} {}", resp.batch_id, r.index, r.field, r.error));
             }
         }
     }
     let answered = resp.results.len() as u64;
     let acked = accepted + duplicate;
     shared.acked_total.fetch_add(acked, Ordering::Relaxed);
-    let us = acked_at
-        .saturating_duration_since(b.sent)
-        .as_micros()
-        .clamp(1, u128::from(LATENCY_US_MAX)) as u64;
+    let us = acked_at.saturating_duration_since(b.sent).as_micros().clamp(1, u128::from(LATENCY_US_MAX)) as u64;
     let mut t = shared.tally.lock().expect("tally lock");
     t.batches_answered += 1;
     t.accepted += accepted;
@@ -376,17 +334,12 @@ pub async fn progress(shared: Arc<Shared>, tl: Timeline, until: Instant, node_pi
             break;
         }
         let acked = shared.acked_total.load(Ordering::Relaxed);
-        let rate =
-            (acked - last_acked) as f64 / now.duration_since(last_at).as_secs_f64().max(1e-3);
+        let rate = (acked - last_acked) as f64 / now.duration_since(last_at).as_secs_f64().max(1e-3);
         last_acked = acked;
         last_at = now;
         let (p99, errors) = {
             let t = shared.tally.lock().expect("tally lock");
-            let h = if t.latency.is_empty() {
-                &t.warmup_latency
-            } else {
-                &t.latency
-            };
+            let h = if t.latency.is_empty() { &t.warmup_latency } else { &t.latency };
             (h.value_at_quantile(0.99) as f64 / 1000.0, t.errors())
         };
         let phase = if now < tl.measure_start {
@@ -396,11 +349,8 @@ pub async fn progress(shared: Arc<Shared>, tl: Timeline, until: Instant, node_pi
         } else {
             "drain"
         };
-        let node_part = node_pid
-            .as_deref()
-            .and_then(crate::procstat::sample)
-            .map(|s| format!("  node rss {:.0} MiB", s.rss_bytes as f64 / 1048576.0))
-            .unwrap_or_default();
+        let node_part =
+            node_pid.as_deref().and_then(crate::procstat::sample).map(|s| format!("  node rss {:.0} MiB", s.rss_bytes as f64 / 1048576.0)).unwrap_or_default();
         eprintln!(
             "[{:>5.1}s {phase:<7}] acked {rate:>9.0} ev/s  p99 {p99:>8.2} ms  errors {errors}  in-flight {} batches{node_part}",
             now.duration_since(tl.start).as_secs_f64(),

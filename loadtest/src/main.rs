@@ -276,13 +276,7 @@ fn main() -> anyhow::Result<()> {
     } else {
         print!("{}", report.human());
     }
-    let problems = report.rejected
-        + report.retry
-        + report.missing
-        + report.failed
-        + report.lost
-        + report.stream_errors
-        + report.unknown_batches;
+    let problems = report.rejected + report.retry + report.missing + report.failed + report.lost + report.stream_errors + report.unknown_batches;
     if report.acked_in_window == 0 {
         bail!("no event was acknowledged inside the measured window");
     }
@@ -295,12 +289,7 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(cli: Cli) -> anyhow::Result<Report> {
     match cli.command {
-        Command::Run {
-            endpoint,
-            pid,
-            http,
-            common,
-        } => {
+        Command::Run { endpoint, pid, http, common } => {
             let sc = common.scenario()?;
             let mut report = workload_run("run", std::slice::from_ref(&endpoint), pid, &sc, &common).await?;
             if let Some(h) = http {
@@ -311,30 +300,17 @@ async fn run(cli: Cli) -> anyhow::Result<Report> {
         Command::Bench { node: node_args, nodes, common } => {
             let sc = common.scenario()?;
             let chorus = node::find_chorus(node_args.chorus_bin.as_deref(), node_args.release)?;
-            eprintln!(
-                "chorus-loadtest: starting {} dev with {} shards",
-                chorus.display(),
-                sc.shards
-            );
+            eprintln!("chorus-loadtest: starting {} dev with {} shards", chorus.display(), sc.shards);
             if nodes == 0 {
                 bail!("--nodes must be at least 1");
             }
             let ports: Vec<u16> = (0..nodes).map(|_| free_port()).collect::<anyhow::Result<_>>()?;
             let mut cluster = Vec::with_capacity(nodes);
             for i in 0..nodes {
-                let opts = node::NodeOpts {
-                    cluster: (nodes > 1).then(|| (i as u64 + 1, ports[i], ports.clone())),
-                    ..node_args.opts(chorus.clone(), sc.shards)
-                };
+                let opts =
+                    node::NodeOpts { cluster: (nodes > 1).then(|| (i as u64 + 1, ports[i], ports.clone())), ..node_args.opts(chorus.clone(), sc.shards) };
                 let n = node::Node::start(&opts).await?;
-                eprintln!(
-                    "chorus-loadtest: node {} ready pid={} grpc={} data_dir={} log={}",
-                    i + 1,
-                    n.pid,
-                    n.grpc,
-                    n.data_dir.display(),
-                    n.log_path.display()
-                );
+                eprintln!("chorus-loadtest: node {} ready pid={} grpc={} data_dir={} log={}", i + 1, n.pid, n.grpc, n.data_dir.display(), n.log_path.display());
                 cluster.push(n);
             }
             let channel = client::connect(&cluster[0].endpoint(), Duration::from_secs(30)).await?;
@@ -347,7 +323,11 @@ async fn run(cli: Cli) -> anyhow::Result<Report> {
                     .map_err(|s| anyhow::anyhow!("cluster init: {}", s.message()))?;
                 let deadline = Instant::now() + Duration::from_secs(60);
                 loop {
-                    let s = admin.cluster_status(chorus_proto::v1::ClusterStatusRequest {}).await.map_err(|s| anyhow::anyhow!("cluster status: {}", s.message()))?.into_inner();
+                    let s = admin
+                        .cluster_status(chorus_proto::v1::ClusterStatusRequest {})
+                        .await
+                        .map_err(|s| anyhow::anyhow!("cluster status: {}", s.message()))?
+                        .into_inner();
                     // Wait for the preferred leaders too (within one shard of even), so
                     // the balancer's leadership transfers do not land in the window.
                     let led: Vec<u32> = s.nodes.iter().map(|n| n.shards_led).collect();
@@ -392,9 +372,7 @@ async fn run(cli: Cli) -> anyhow::Result<Report> {
             }
             let exit = node.stop().await?;
             if !alive {
-                report.node_exit = Some(format!(
-                    "the node died during the run ({exit}); log tail:\n{tail}"
-                ));
+                report.node_exit = Some(format!("the node died during the run ({exit}); log tail:\n{tail}"));
                 bail!("{}", report.node_exit.clone().unwrap_or_default());
             }
             report.node_exit = Some(exit);
@@ -407,12 +385,8 @@ async fn run(cli: Cli) -> anyhow::Result<Report> {
 /// The memory and timer scenarios: start a node configured for the scenario, run it,
 /// print the report, stop the node.
 fn population_main(command: Command) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .thread_name("loadtest")
-        .build()
-        .context("start the tokio runtime")?;
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().thread_name("loadtest").build().context("start the tokio runtime")?;
     runtime.block_on(async move {
         let (node_args, shards, streams, config, json) = match &command {
             Command::Memory { node, load, .. } | Command::Timers { node, load, .. } => {
@@ -522,30 +496,12 @@ async fn fill_customers(report: &mut Report, http: &str) {
 }
 
 /// Connect, run the streams through warm-up, window and drain, and build the report.
-async fn workload_run(
-    mode: &str,
-    endpoints: &[String],
-    pid: Option<u32>,
-    sc: &Scenario,
-    common: &Common,
-) -> anyhow::Result<Report> {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
+async fn workload_run(mode: &str, endpoints: &[String], pid: Option<u32>, sc: &Scenario, common: &Common) -> anyhow::Result<Report> {
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
     let run_id = (nanos ^ sc.workload.seed.rotate_left(17)) & 0xFFFF_FFFF_FFFF;
     eprintln!(
         "chorus-loadtest: scenario {} seed={} run={run_id:x} customers={} {:?} streams={} batch={} in_flight={} loop={:?} warmup={}s duration={}s",
-        sc.name,
-        sc.workload.seed,
-        sc.workload.customers,
-        sc.workload.distribution,
-        sc.streams,
-        sc.batch,
-        sc.in_flight,
-        sc.pacing,
-        sc.warmup_s,
-        sc.duration_s
+        sc.name, sc.workload.seed, sc.workload.customers, sc.workload.distribution, sc.streams, sc.batch, sc.in_flight, sc.pacing, sc.warmup_s, sc.duration_s
     );
     let mut channels = Vec::with_capacity(sc.streams);
     for i in 0..sc.streams {
@@ -553,35 +509,15 @@ async fn workload_run(
     }
     let endpoint = endpoints.join(",");
     let start = Instant::now() + Duration::from_millis(50);
-    let tl = Timeline {
-        start,
-        measure_start: start + sc.warmup(),
-        measure_end: start + sc.warmup() + sc.duration(),
-        drain: Duration::from_secs_f64(common.drain),
-    };
-    let shared = Arc::new(Shared {
-        tally: std::sync::Mutex::new(Tally::new()),
-        acked_total: Default::default(),
-        in_flight_batches: Default::default(),
-    });
+    let tl =
+        Timeline { start, measure_start: start + sc.warmup(), measure_end: start + sc.warmup() + sc.duration(), drain: Duration::from_secs_f64(common.drain) };
+    let shared = Arc::new(Shared { tally: std::sync::Mutex::new(Tally::new()), acked_total: Default::default(), in_flight_batches: Default::default() });
     let sc_arc = Arc::new(sc.clone());
     let mut tasks = Vec::with_capacity(sc.streams);
     for (i, ch) in channels.into_iter().enumerate() {
-        tasks.push(tokio::spawn(client::drive_stream(
-            i,
-            ch,
-            sc_arc.clone(),
-            run_id,
-            tl,
-            shared.clone(),
-        )));
+        tasks.push(tokio::spawn(client::drive_stream(i, ch, sc_arc.clone(), run_id, tl, shared.clone())));
     }
-    let progress = tokio::spawn(client::progress(
-        shared.clone(),
-        tl,
-        tl.measure_end + tl.drain,
-        pid.map(|p| p.to_string()),
-    ));
+    let progress = tokio::spawn(client::progress(shared.clone(), tl, tl.measure_end + tl.drain, pid.map(|p| p.to_string())));
     let mut node_tracker = pid.map(|p| Tracker::new(p.to_string()));
     let mut client_tracker = Tracker::new("self");
     client::sample_window(tl, &mut node_tracker, &mut client_tracker).await;
@@ -589,21 +525,9 @@ async fn workload_run(
         t.await.context("a stream task panicked")?;
     }
     progress.abort();
-    let measured_s = tl
-        .measure_end
-        .duration_since(tl.measure_start)
-        .as_secs_f64();
+    let measured_s = tl.measure_end.duration_since(tl.measure_start).as_secs_f64();
     let tally = shared.tally.lock().expect("tally lock");
-    Ok(Report::build(
-        mode,
-        &endpoint,
-        run_id,
-        sc,
-        measured_s,
-        &tally,
-        node_tracker.as_ref().and_then(|t| t.usage()),
-        client_tracker.usage(),
-    ))
+    Ok(Report::build(mode, &endpoint, run_id, sc, measured_s, &tally, node_tracker.as_ref().and_then(|t| t.usage()), client_tracker.usage()))
 }
 
 /// A free loopback port (bound, then released for a node to take).

@@ -164,7 +164,13 @@ fn event(i: u64, name: &str, tag: &str, payload_bytes: usize) -> v1::Event {
 }
 
 /// Batches of one event per customer in `0..customers`.
-pub fn customer_batches(customers: u64, batch: usize, name: &'static str, tag: &'static str, payload_bytes: usize) -> (u64, impl Fn(u64) -> Vec<v1::Event> + Send + Sync + 'static) {
+pub fn customer_batches(
+    customers: u64,
+    batch: usize,
+    name: &'static str,
+    tag: &'static str,
+    payload_bytes: usize,
+) -> (u64, impl Fn(u64) -> Vec<v1::Event> + Send + Sync + 'static) {
     let b = batch as u64;
     (customers.div_ceil(b), move |n: u64| (n * b..((n + 1) * b).min(customers)).map(|i| event(i, name, tag, payload_bytes)).collect())
 }

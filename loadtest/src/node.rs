@@ -30,39 +30,20 @@ pub fn find_chorus(explicit: Option<&Path>, release: bool) -> anyhow::Result<Pat
         bail!("--chorus-bin {} does not exist", p.display());
     }
     let me = std::env::current_exe().context("find this executable")?;
-    let dir = me
-        .parent()
-        .ok_or_else(|| anyhow!("{} has no parent directory", me.display()))?;
+    let dir = me.parent().ok_or_else(|| anyhow!("{} has no parent directory", me.display()))?;
     // Integration tests run from target/<profile>/deps; binaries sit one level up.
-    let profile_dir = if dir.file_name().is_some_and(|n| n == "deps") {
-        dir.parent().unwrap_or(dir)
-    } else {
-        dir
-    };
+    let profile_dir = if dir.file_name().is_some_and(|n| n == "deps") { dir.parent().unwrap_or(dir) } else { dir };
     let (candidate, build) = if release {
         let target = profile_dir.parent().unwrap_or(profile_dir);
-        (
-            target.join("release").join(&exe_name),
-            "cargo build --release -p chorus-node --bin chorus",
-        )
+        (target.join("release").join(&exe_name), "cargo build --release -p chorus-node --bin chorus")
     } else {
         let is_release = profile_dir.file_name().is_some_and(|n| n == "release");
-        (
-            profile_dir.join(&exe_name),
-            if is_release {
-                "cargo build --release -p chorus-node --bin chorus"
-            } else {
-                "cargo build -p chorus-node --bin chorus"
-            },
-        )
+        (profile_dir.join(&exe_name), if is_release { "cargo build --release -p chorus-node --bin chorus" } else { "cargo build -p chorus-node --bin chorus" })
     };
     if candidate.is_file() {
         Ok(candidate)
     } else {
-        bail!(
-            "the node binary {} is missing: build it first with `{build}` (or pass --chorus-bin PATH)",
-            candidate.display()
-        )
+        bail!("the node binary {} is missing: build it first with `{build}` (or pass --chorus-bin PATH)", candidate.display())
     }
 }
 
@@ -102,8 +83,7 @@ impl Node {
         builder.prefix("chorus-loadtest-");
         let tmp = match &opts.data_root {
             Some(root) => {
-                std::fs::create_dir_all(root)
-                    .with_context(|| format!("create {}", root.display()))?;
+                std::fs::create_dir_all(root).with_context(|| format!("create {}", root.display()))?;
                 builder.tempdir_in(root)
             }
             None => builder.tempdir(),
@@ -142,9 +122,7 @@ impl Node {
 
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     /// SIGTERM, wait up to [`STOP_TIMEOUT`], then SIGKILL; removes the data directory
@@ -153,8 +131,7 @@ impl Node {
         let outcome = self.terminate().await?;
         if let Some(tmp) = self.tmp.take() {
             let path = tmp.path().to_path_buf();
-            tmp.close()
-                .with_context(|| format!("remove {}", path.display()))?;
+            tmp.close().with_context(|| format!("remove {}", path.display()))?;
         }
         Ok(outcome)
     }
@@ -168,10 +145,7 @@ impl Node {
             format!("had already exited: {status}")
         } else {
             // std has no signal API and unsafe code is forbidden: use kill(1).
-            let st = std::process::Command::new("kill")
-                .args(["-TERM", &self.pid.to_string()])
-                .status()
-                .context("run kill -TERM")?;
+            let st = std::process::Command::new("kill").args(["-TERM", &self.pid.to_string()]).status().context("run kill -TERM")?;
             if !st.success() {
                 bail!("kill -TERM {} failed: {st}", self.pid);
             }
@@ -197,91 +171,65 @@ impl Node {
 async fn spawn(opts: &NodeOpts, dir: &Path) -> anyhow::Result<(Child, u32, String, String)> {
     let data_dir = dir.join("data");
     let log_path = dir.join("chorus.log");
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .with_context(|| format!("open {}", log_path.display()))?;
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).with_context(|| format!("open {}", log_path.display()))?;
     let tmp_path = dir;
-        let mut cmd = Command::new(&opts.chorus);
-        let cluster = opts.cluster.as_ref().map(|(id, port, seeds)| {
-            let seeds: Vec<String> = seeds.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
-            format!("node_id = {id}\n[cluster]\nlisten = \"127.0.0.1:{port}\"\nseeds = [{}]\n", seeds.join(", "))
-        });
-        if cluster.is_none() && opts.config.is_empty() {
-            cmd.arg("dev");
-        } else {
-            let toml = format!("{}\n{}", cluster.unwrap_or_default(), opts.config);
-            let path = tmp_path.join("chorus.toml");
-            std::fs::write(&path, toml).with_context(|| format!("write {}", path.display()))?;
-            cmd.arg("run").arg("--config").arg(path);
+    let mut cmd = Command::new(&opts.chorus);
+    let cluster = opts.cluster.as_ref().map(|(id, port, seeds)| {
+        let seeds: Vec<String> = seeds.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
+        format!("node_id = {id}\n[cluster]\nlisten = \"127.0.0.1:{port}\"\nseeds = [{}]\n", seeds.join(", "))
+    });
+    if cluster.is_none() && opts.config.is_empty() {
+        cmd.arg("dev");
+    } else {
+        let toml = format!("{}\n{}", cluster.unwrap_or_default(), opts.config);
+        let path = tmp_path.join("chorus.toml");
+        std::fs::write(&path, toml).with_context(|| format!("write {}", path.display()))?;
+        cmd.arg("run").arg("--config").arg(path);
+    }
+    cmd.arg("--data-dir")
+        .arg(&data_dir)
+        .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+        .arg("--shards")
+        .arg(opts.shards.to_string())
+        .arg("--log")
+        .arg(&opts.log);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("CHORUS_") {
+            cmd.env_remove(k);
         }
-        cmd.arg("--data-dir")
-            .arg(&data_dir)
-            .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
-            .arg("--shards")
-            .arg(opts.shards.to_string())
-            .arg("--log")
-            .arg(&opts.log);
-        for (k, _) in std::env::vars() {
-            if k.starts_with("CHORUS_") {
-                cmd.env_remove(k);
+    }
+    cmd.env("NO_COLOR", "1").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::from(log)).kill_on_drop(true);
+    let mut child = cmd.spawn().with_context(|| format!("start {}", opts.chorus.display()))?;
+    let pid = child.id().ok_or_else(|| anyhow!("the node exited at once"))?;
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let mut lines = BufReader::new(stdout).lines();
+    let ready = tokio::time::timeout(READY_TIMEOUT, async {
+        loop {
+            match lines.next_line().await {
+                Ok(Some(line)) if line.starts_with("chorus ready ") => return Ok(line),
+                Ok(Some(_)) => continue,
+                Ok(None) | Err(_) => return Err(()),
             }
         }
-        cmd.env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
-            .kill_on_drop(true);
-        let mut child = cmd
-            .spawn()
-            .with_context(|| format!("start {}", opts.chorus.display()))?;
-        let pid = child
-            .id()
-            .ok_or_else(|| anyhow!("the node exited at once"))?;
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let mut lines = BufReader::new(stdout).lines();
-        let ready = tokio::time::timeout(READY_TIMEOUT, async {
-            loop {
-                match lines.next_line().await {
-                    Ok(Some(line)) if line.starts_with("chorus ready ") => return Ok(line),
-                    Ok(Some(_)) => continue,
-                    Ok(None) | Err(_) => return Err(()),
-                }
-            }
-        })
-        .await;
-        let ready = match ready {
-            Ok(Ok(line)) => line,
-            Ok(Err(())) => {
-                let status = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
-                bail!(
-                    "the node exited before it was ready ({status:?}); its log:\n{}",
-                    tail(&log_path, 40)
-                );
-            }
-            Err(_) => {
-                let _ = child.kill().await;
-                bail!(
-                    "the node printed no ready line within {READY_TIMEOUT:?}; its log:\n{}",
-                    tail(&log_path, 40)
-                );
-            }
-        };
-        // Keep draining stdout so the node never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        let fields: HashMap<&str, &str> = ready
-            .split_whitespace()
-            .filter_map(|t| t.split_once('='))
-            .collect();
-        let field = |k: &str| {
-            fields
-                .get(k)
-                .map(|s| s.to_string())
-                .ok_or_else(|| anyhow!("the ready line has no {k}=: {ready:?}"))
-        };
-        let grpc = field("grpc")?;
-        let http = field("http")?;
+    })
+    .await;
+    let ready = match ready {
+        Ok(Ok(line)) => line,
+        Ok(Err(())) => {
+            let status = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+            bail!("the node exited before it was ready ({status:?}); its log:\n{}", tail(&log_path, 40));
+        }
+        Err(_) => {
+            let _ = child.kill().await;
+            bail!("the node printed no ready line within {READY_TIMEOUT:?}; its log:\n{}", tail(&log_path, 40));
+        }
+    };
+    // Keep draining stdout so the node never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let fields: HashMap<&str, &str> = ready.split_whitespace().filter_map(|t| t.split_once('=')).collect();
+    let field = |k: &str| fields.get(k).map(|s| s.to_string()).ok_or_else(|| anyhow!("the ready line has no {k}=: {ready:?}"));
+    let grpc = field("grpc")?;
+    let http = field("http")?;
     Ok((child, pid, grpc, http))
 }
 
@@ -311,36 +259,20 @@ pub struct NodeGauges {
 /// and sum the per-shard gauges.
 pub async fn scrape(http_addr: &str) -> anyhow::Result<NodeGauges> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::time::timeout(
-        Duration::from_secs(5),
-        tokio::net::TcpStream::connect(http_addr),
-    )
-    .await
-    .context("connect to /metrics")?
-    .with_context(|| format!("connect to {http_addr}"))?;
-    s.write_all(
-        format!("GET /metrics HTTP/1.1\r\nHost: {http_addr}\r\nConnection: close\r\n\r\n")
-            .as_bytes(),
-    )
-    .await?;
-    let mut body = String::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut body))
+    let mut s = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(http_addr))
         .await
-        .context("read /metrics")??;
+        .context("connect to /metrics")?
+        .with_context(|| format!("connect to {http_addr}"))?;
+    s.write_all(format!("GET /metrics HTTP/1.1\r\nHost: {http_addr}\r\nConnection: close\r\n\r\n").as_bytes()).await?;
+    let mut body = String::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut body)).await.context("read /metrics")??;
     if !body.starts_with("HTTP/1.1 200") {
         bail!("GET /metrics: {}", body.lines().next().unwrap_or(""));
     }
     let sum = |name: &str| -> u64 {
-        body.lines()
-            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
-            .filter_map(|l| l.rsplit(' ').next()?.trim().parse::<u64>().ok())
-            .sum()
+        body.lines().filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{')).filter_map(|l| l.rsplit(' ').next()?.trim().parse::<u64>().ok()).sum()
     };
-    let plain = |name: &str| -> u64 {
-        body.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-            .unwrap_or(0)
-    };
+    let plain = |name: &str| -> u64 { body.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok()).unwrap_or(0) };
     Ok(NodeGauges {
         customers: sum("chorus_shard_customers"),
         live_actors: sum("chorus_shard_live_actors"),

@@ -34,14 +34,7 @@ pub fn clock_ticks_per_s() -> u64 {
 pub fn sample(pid: &str) -> Option<Sample> {
     let at = Instant::now();
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let rss_kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
+    let rss_kb: u64 = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may contain spaces; fields after its ')' are plain.
     let rest = &stat[stat.rfind(')')? + 2..];
@@ -49,11 +42,7 @@ pub fn sample(pid: &str) -> Option<Sample> {
     // utime and stime are fields 14 and 15 of the full line, 12 and 13 after the name.
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(Sample {
-        at,
-        rss_bytes: rss_kb * 1024,
-        cpu_ticks: utime + stime,
-    })
+    Some(Sample { at, rss_bytes: rss_kb * 1024, cpu_ticks: utime + stime })
 }
 
 /// CPU use between two samples in percent of one core (200 = two cores busy).
@@ -88,12 +77,7 @@ pub struct Tracker {
 
 impl Tracker {
     pub fn new(pid: impl Into<String>) -> Tracker {
-        Tracker {
-            pid: pid.into(),
-            start: None,
-            last: None,
-            peak_rss: 0,
-        }
+        Tracker { pid: pid.into(), start: None, last: None, peak_rss: 0 }
     }
 
     /// Take a sample; `start` marks the beginning of the measured window.

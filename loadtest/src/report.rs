@@ -82,11 +82,7 @@ impl Report {
         let h = &t.latency;
         let ms = |us: u64| us as f64 / 1000.0;
         let q = |p: f64| {
-            if h.is_empty() {
-                0.0
-            } else {
-                ms(h.value_at_quantile(p))
-            }
+            if h.is_empty() { 0.0 } else { ms(h.value_at_quantile(p)) }
         };
         Report {
             mode: mode.into(),
@@ -142,44 +138,23 @@ impl Report {
         };
         let pacing = match s.pacing {
             Loop::Closed => format!("closed loop, {} batches in flight per stream", s.in_flight),
-            Loop::Open { events_per_s } => format!(
-                "open loop at {events_per_s:.0} ev/s (≤ {} in flight per stream)",
-                s.in_flight
-            ),
+            Loop::Open { events_per_s } => format!("open loop at {events_per_s:.0} ev/s (≤ {} in flight per stream)", s.in_flight),
         };
-        let _ = writeln!(
-            o,
-            "chorus-loadtest {} — scenario {} ({}) seed={} run={}",
-            self.mode, s.name, self.endpoint, self.seed, self.run_id
-        );
-        let _ = writeln!(
-            o,
-            "  {} customers {dist}, {:.0}% second identity, properties ~{} B",
-            w.customers,
-            w.second_identity_ratio * 100.0,
-            w.payload_bytes
-        );
+        let _ = writeln!(o, "chorus-loadtest {} — scenario {} ({}) seed={} run={}", self.mode, s.name, self.endpoint, self.seed, self.run_id);
+        let _ = writeln!(o, "  {} customers {dist}, {:.0}% second identity, properties ~{} B", w.customers, w.second_identity_ratio * 100.0, w.payload_bytes);
         let _ = writeln!(o, "  {} streams × batch {}, {pacing}", s.streams, s.batch);
         let _ = writeln!(
             o,
             "  warm-up {} s, measured {:.1} s{}",
             s.warmup_s,
             self.measured_s,
-            if self.mode == "bench" {
-                format!(", {} shards", s.shards)
-            } else {
-                String::new()
-            }
+            if self.mode == "bench" { format!(", {} shards", s.shards) } else { String::new() }
         );
         let row = |o: &mut String, k: &str, v: String| {
             let _ = writeln!(o, "  {k:<28} {v:>14}");
         };
         let _ = writeln!(o, "  {}", "-".repeat(43));
-        row(
-            &mut o,
-            "acked events/s",
-            format!("{:.0}", self.acked_events_per_s),
-        );
+        row(&mut o, "acked events/s", format!("{:.0}", self.acked_events_per_s));
         let l = &self.ack_latency;
         row(&mut o, "ack latency p50", format!("{:.2} ms", l.p50_ms));
         row(&mut o, "ack latency p90", format!("{:.2} ms", l.p90_ms));
@@ -187,39 +162,15 @@ impl Report {
         row(&mut o, "ack latency p99.9", format!("{:.2} ms", l.p999_ms));
         row(&mut o, "ack latency max", format!("{:.2} ms", l.max_ms));
         row(&mut o, "ack latency mean", format!("{:.2} ms", l.mean_ms));
-        row(
-            &mut o,
-            "events sent (whole run)",
-            self.events_sent.to_string(),
-        );
-        row(
-            &mut o,
-            "accepted / duplicate",
-            format!("{} / {}", self.accepted, self.duplicate),
-        );
-        row(
-            &mut o,
-            "rejected / retry",
-            format!("{} / {}", self.rejected, self.retry),
-        );
-        row(
-            &mut o,
-            "missing / failed / lost",
-            format!("{} / {} / {}", self.missing, self.failed, self.lost),
-        );
+        row(&mut o, "events sent (whole run)", self.events_sent.to_string());
+        row(&mut o, "accepted / duplicate", format!("{} / {}", self.accepted, self.duplicate));
+        row(&mut o, "rejected / retry", format!("{} / {}", self.rejected, self.retry));
+        row(&mut o, "missing / failed / lost", format!("{} / {} / {}", self.missing, self.failed, self.lost));
         row(&mut o, "stream errors", self.stream_errors.to_string());
         if let Some(n) = &self.node {
             row(&mut o, "node CPU", format!("{:.0} %", n.cpu_percent));
-            row(
-                &mut o,
-                "node RSS start / end",
-                format!("{:.0} / {:.0} MiB", n.rss_mib_start, n.rss_mib_end),
-            );
-            row(
-                &mut o,
-                "node RSS peak",
-                format!("{:.0} MiB", n.rss_mib_peak),
-            );
+            row(&mut o, "node RSS start / end", format!("{:.0} / {:.0} MiB", n.rss_mib_start, n.rss_mib_end));
+            row(&mut o, "node RSS peak", format!("{:.0} MiB", n.rss_mib_peak));
         }
         if let Some(c) = &self.client {
             row(&mut o, "loadtest CPU", format!("{:.0} %", c.cpu_percent));

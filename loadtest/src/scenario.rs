@@ -43,8 +43,7 @@ pub struct ScenarioFile {
 
 impl ScenarioFile {
     pub fn load(path: &Path) -> anyhow::Result<ScenarioFile> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("read scenario {}", path.display()))?;
+        let text = std::fs::read_to_string(path).with_context(|| format!("read scenario {}", path.display()))?;
         toml::from_str(&text).with_context(|| format!("parse scenario {}", path.display()))
     }
 
@@ -53,22 +52,7 @@ impl ScenarioFile {
         macro_rules! take {
             ($($f:ident),*) => { $( if over.$f.is_some() { self.$f = over.$f; } )* };
         }
-        take!(
-            name,
-            customers,
-            distribution,
-            zipf_s,
-            seed,
-            second_identity_ratio,
-            payload_bytes,
-            streams,
-            batch,
-            in_flight,
-            rate,
-            warmup_s,
-            duration_s,
-            shards
-        );
+        take!(name, customers, distribution, zipf_s, seed, second_identity_ratio, payload_bytes, streams, batch, in_flight, rate, warmup_s, duration_s, shards);
         if !over.events.is_empty() {
             self.events = over.events;
         }
@@ -117,11 +101,7 @@ impl Scenario {
                 seed,
                 second_identity_ratio: f.second_identity_ratio.unwrap_or(0.30),
                 payload_bytes: f.payload_bytes.unwrap_or(160),
-                mix: if f.events.is_empty() {
-                    w1_mix()
-                } else {
-                    f.events
-                },
+                mix: if f.events.is_empty() { w1_mix() } else { f.events },
             },
             streams: f.streams.unwrap_or(4),
             batch: f.batch.unwrap_or(500),
@@ -149,52 +129,29 @@ impl Scenario {
             bail!("zipf_s must be a positive number, got {}", w.zipf_s);
         }
         if !(0.0..=1.0).contains(&w.second_identity_ratio) {
-            bail!(
-                "second_identity_ratio must be within 0..=1, got {}",
-                w.second_identity_ratio
-            );
+            bail!("second_identity_ratio must be within 0..=1, got {}", w.second_identity_ratio);
         }
         if w.payload_bytes > 1 << 20 {
-            bail!(
-                "payload_bytes must be at most 1 MiB, got {}",
-                w.payload_bytes
-            );
+            bail!("payload_bytes must be at most 1 MiB, got {}", w.payload_bytes);
         }
-        if w.mix
-            .iter()
-            .any(|m| !(m.weight >= 0.0 && m.weight.is_finite()))
-            || w.mix.iter().map(|m| m.weight).sum::<f64>() <= 0.0
-        {
+        if w.mix.iter().any(|m| !(m.weight >= 0.0 && m.weight.is_finite())) || w.mix.iter().map(|m| m.weight).sum::<f64>() <= 0.0 {
             bail!("event weights must be non-negative and not all zero");
         }
         if !(1..=STREAMS_MAX).contains(&self.streams) {
-            bail!(
-                "streams must be within 1..={STREAMS_MAX}, got {}",
-                self.streams
-            );
+            bail!("streams must be within 1..={STREAMS_MAX}, got {}", self.streams);
         }
         if !(1..=BATCH_EVENTS_MAX).contains(&self.batch) {
-            bail!(
-                "batch must be within 1..={BATCH_EVENTS_MAX}, got {}",
-                self.batch
-            );
+            bail!("batch must be within 1..={BATCH_EVENTS_MAX}, got {}", self.batch);
         }
         if !(1..=IN_FLIGHT_MAX).contains(&self.in_flight) {
-            bail!(
-                "in_flight must be within 1..={IN_FLIGHT_MAX}, got {}",
-                self.in_flight
-            );
+            bail!("in_flight must be within 1..={IN_FLIGHT_MAX}, got {}", self.in_flight);
         }
         if let Loop::Open { events_per_s } = self.pacing
             && !(events_per_s > 0.0 && events_per_s.is_finite())
         {
             bail!("rate must be a positive number of events per second, got {events_per_s}");
         }
-        if !(self.warmup_s >= 0.0
-            && self.warmup_s.is_finite()
-            && self.duration_s > 0.0
-            && self.duration_s.is_finite())
-        {
+        if !(self.warmup_s >= 0.0 && self.warmup_s.is_finite() && self.duration_s > 0.0 && self.duration_s.is_finite()) {
             bail!("warmup_s must be ≥ 0 and duration_s > 0");
         }
         if self.shards == 0 {
@@ -241,47 +198,24 @@ mod tests {
             "#,
         )
         .unwrap();
-        let flags = ScenarioFile {
-            streams: Some(3),
-            ..Default::default()
-        };
+        let flags = ScenarioFile { streams: Some(3), ..Default::default() };
         let s = Scenario::resolve(file.overlay(flags)).unwrap();
         assert_eq!(s.name, "uniform-small");
         assert_eq!(s.workload.customers, 10);
         assert_eq!(s.workload.distribution, Distribution::Uniform);
         assert_eq!(s.streams, 3);
-        assert_eq!(
-            s.pacing,
-            Loop::Open {
-                events_per_s: 1000.0
-            }
-        );
+        assert_eq!(s.pacing, Loop::Open { events_per_s: 1000.0 });
         assert_eq!(s.workload.mix[0].name, "Signed Up");
     }
 
     #[test]
     fn bad_values_are_refused() {
         for f in [
-            ScenarioFile {
-                batch: Some(0),
-                ..Default::default()
-            },
-            ScenarioFile {
-                batch: Some(BATCH_EVENTS_MAX + 1),
-                ..Default::default()
-            },
-            ScenarioFile {
-                customers: Some(0),
-                ..Default::default()
-            },
-            ScenarioFile {
-                rate: Some(-1.0),
-                ..Default::default()
-            },
-            ScenarioFile {
-                second_identity_ratio: Some(1.5),
-                ..Default::default()
-            },
+            ScenarioFile { batch: Some(0), ..Default::default() },
+            ScenarioFile { batch: Some(BATCH_EVENTS_MAX + 1), ..Default::default() },
+            ScenarioFile { customers: Some(0), ..Default::default() },
+            ScenarioFile { rate: Some(-1.0), ..Default::default() },
+            ScenarioFile { second_identity_ratio: Some(1.5), ..Default::default() },
         ] {
             assert!(Scenario::resolve(f).is_err());
         }

@@ -173,7 +173,10 @@ pub async fn run(opts: &TimerOpts, channels: &[Channel], node: &mut node::Node) 
     let created = bulk::load("seed", channels, batches, opts.in_flight, make).await?;
     let due_before_created = Instant::now() > first_due;
     let want = opts.timers();
-    let g = wait_gauges(http, "every seed to be applied", Duration::from_secs(600), |g| g.queued_events == 0 && (g.pending_timers >= want || g.timer_lateness_count > 0)).await?;
+    let g = wait_gauges(http, "every seed to be applied", Duration::from_secs(600), |g| {
+        g.queued_events == 0 && (g.pending_timers >= want || g.timer_lateness_count > 0)
+    })
+    .await?;
     let pending = g.pending_timers;
     eprintln!("chorus-loadtest timers: {pending} timers pending after {:.1} s; waiting for every actor to be passivated", created.seconds);
     let idle = Duration::from_secs(opts.actor_idle_s);
@@ -181,9 +184,13 @@ pub async fn run(opts: &TimerOpts, channels: &[Channel], node: &mut node::Node) 
         eprintln!("chorus-loadtest timers: warning: waits came due during seeding; RSS per timer is not read (raise --wait)");
         (0, 0)
     } else {
-        let passivated = wait_gauges(http, "passivation of every customer actor", idle * 3 + Duration::from_secs(120), |g| g.live_actors == 0 || g.timer_lateness_count > 0).await?;
+        let passivated =
+            wait_gauges(http, "passivation of every customer actor", idle * 3 + Duration::from_secs(120), |g| g.live_actors == 0 || g.timer_lateness_count > 0)
+                .await?;
         if passivated.timer_lateness_count > 0 {
-            eprintln!("chorus-loadtest timers: warning: waits came due before every actor was passivated; RSS per timer is read with live actors (raise --wait)");
+            eprintln!(
+                "chorus-loadtest timers: warning: waits came due before every actor was passivated; RSS per timer is read with live actors (raise --wait)"
+            );
         }
         (settled_rss(pid).await?, dir_bytes(data_dir))
     };
@@ -193,7 +200,10 @@ pub async fn run(opts: &TimerOpts, channels: &[Channel], node: &mut node::Node) 
     if !due_before_created && Instant::now() + Duration::from_secs(30) < first_due {
         eprintln!("chorus-loadtest timers: RSS {:.1} MiB with {pending} timers; restarting the node", rss_pending as f64 / 1048576.0);
         node.restart().await?;
-        let g = wait_gauges(&node.http, "the restarted node to count every timer", Duration::from_secs(300), |g| g.pending_timers == pending || g.timer_lateness_count > 0).await?;
+        let g = wait_gauges(&node.http, "the restarted node to count every timer", Duration::from_secs(300), |g| {
+            g.pending_timers == pending || g.timer_lateness_count > 0
+        })
+        .await?;
         if g.timer_lateness_count == 0 {
             rss_restarted = settled_rss(node.pid).await?;
         }

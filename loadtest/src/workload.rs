@@ -64,10 +64,7 @@ pub struct Zipf {
 impl Zipf {
     pub fn new(n: u64, s: f64) -> Zipf {
         assert!(n >= 1, "zipf needs at least one rank");
-        assert!(
-            s > 0.0 && s.is_finite(),
-            "zipf exponent must be positive, got {s}"
-        );
+        assert!(s > 0.0 && s.is_finite(), "zipf exponent must be positive, got {s}");
         let nf = n as f64;
         let (t, q) = if (s - 1.0).abs() < 1e-12 {
             (1.0 + nf.ln(), 0.0)
@@ -99,15 +96,7 @@ impl Zipf {
         loop {
             let x = self.inv_h(rng.next_f64());
             let k = (x + 1.0).floor().min(self.n);
-            let ratio = if x > 1.0 {
-                if self.is_harmonic() {
-                    x / k
-                } else {
-                    (x / k).powf(self.s)
-                }
-            } else {
-                1.0
-            };
+            let ratio = if x > 1.0 { if self.is_harmonic() { x / k } else { (x / k).powf(self.s) } } else { 1.0 };
             if rng.next_f64() < ratio {
                 return k as u64;
             }
@@ -137,11 +126,7 @@ pub struct MixEntry {
 
 /// The W1 event mix of SPEC §13.
 pub fn w1_mix() -> Vec<MixEntry> {
-    let e = |name: &str, weight: f64, revenue: bool| MixEntry {
-        name: name.into(),
-        weight,
-        revenue,
-    };
+    let e = |name: &str, weight: f64, revenue: bool| MixEntry { name: name.into(), weight, revenue };
     vec![
         e("Product Viewed", 60.0, false),
         e("email.opened", 15.0, false),
@@ -223,10 +208,7 @@ impl Generator {
 
     fn pick_mix(&mut self) -> usize {
         let u = self.rng.next_f64();
-        self.cumulative
-            .iter()
-            .position(|&c| u < c)
-            .unwrap_or(self.cumulative.len() - 1)
+        self.cumulative.iter().position(|&c| u < c).unwrap_or(self.cumulative.len() - 1)
     }
 
     /// One event.
@@ -239,15 +221,9 @@ impl Generator {
         let _ = write!(message_id, "{}", self.seq);
 
         let mut identities = Vec::with_capacity(2);
-        identities.push(v1::Identity {
-            kind: "anonymous_id".into(),
-            value: format!("anon-{customer}"),
-        });
+        identities.push(v1::Identity { kind: "anonymous_id".into(), value: format!("anon-{customer}") });
         if self.rng.next_f64() < self.second_identity_ratio {
-            identities.push(v1::Identity {
-                kind: "email".into(),
-                value: format!("user-{customer}@example.com"),
-            });
+            identities.push(v1::Identity { kind: "email".into(), value: format!("user-{customer}@example.com") });
         }
 
         let mut props = String::with_capacity(self.payload_bytes.max(64) + 32);
@@ -255,13 +231,7 @@ impl Generator {
         let entry = &self.mix[kind];
         match entry.name.as_str() {
             "Product Viewed" => {
-                let _ = write!(
-                    props,
-                    r#"{{"product_id":"p-{}","price":{}.99,"category":"c-{}""#,
-                    r % 5000,
-                    (r >> 16) % 200,
-                    (r >> 32) % 20
-                );
+                let _ = write!(props, r#"{{"product_id":"p-{}","price":{}.99,"category":"c-{}""#, r % 5000, (r >> 16) % 200, (r >> 32) % 20);
             }
             "email.opened" | "email.clicked" => {
                 let _ = write!(props, r#"{{"campaign_id":"cmp-{}""#, r % 50);
@@ -270,13 +240,7 @@ impl Generator {
         }
         if entry.revenue {
             let sep = if props.len() > 1 { "," } else { "" };
-            let _ = write!(
-                props,
-                r#"{sep}"order_id":"o-{}","revenue":{}.{:02}"#,
-                self.seq,
-                5 + (r >> 8) % 495,
-                r % 100
-            );
+            let _ = write!(props, r#"{sep}"order_id":"o-{}","revenue":{}.{:02}"#, self.seq, 5 + (r >> 8) % 495, r % 100);
         }
         // Pad to the configured size: `,"pad":"xxx…"}` adds 10 bytes of syntax.
         let room = self.payload_bytes.saturating_sub(props.len() + 1);
@@ -289,14 +253,7 @@ impl Generator {
         }
         props.push('}');
 
-        v1::Event {
-            message_id,
-            r#type: "track".into(),
-            name: entry.name.clone(),
-            identities,
-            properties_json: props,
-            ..Default::default()
-        }
+        v1::Event { message_id, r#type: "track".into(), name: entry.name.clone(), identities, properties_json: props, ..Default::default() }
     }
 
     /// A batch of `n` events.
@@ -310,15 +267,7 @@ mod tests {
     use super::*;
 
     fn w1(customers: u64) -> Workload {
-        Workload {
-            customers,
-            distribution: Distribution::Zipf,
-            zipf_s: 1.0,
-            seed: 42,
-            second_identity_ratio: 0.3,
-            payload_bytes: 200,
-            mix: w1_mix(),
-        }
+        Workload { customers, distribution: Distribution::Zipf, zipf_s: 1.0, seed: 42, second_identity_ratio: 0.3, payload_bytes: 200, mix: w1_mix() }
     }
 
     #[test]
@@ -338,10 +287,7 @@ mod tests {
             for k in 1..=n {
                 let expected = (k as f64).powf(-s) / norm;
                 let got = counts[(k - 1) as usize] as f64 / draws as f64;
-                assert!(
-                    (got - expected).abs() < 0.01 * expected.max(0.02) + 0.002,
-                    "s={s} rank {k}: got {got:.4}, expected {expected:.4}"
-                );
+                assert!((got - expected).abs() < 0.01 * expected.max(0.02) + 0.002, "s={s} rank {k}: got {got:.4}, expected {expected:.4}");
             }
         }
     }
@@ -383,14 +329,8 @@ mod tests {
                 second += 1;
                 assert_eq!(e.identities[1].value, format!("user-{i}@example.com"));
             }
-            let props: serde_json::Value =
-                serde_json::from_str(&e.properties_json).expect("properties are JSON");
-            assert_eq!(
-                e.properties_json.len(),
-                200,
-                "payload padded to size: {}",
-                e.properties_json
-            );
+            let props: serde_json::Value = serde_json::from_str(&e.properties_json).expect("properties are JSON");
+            assert_eq!(e.properties_json.len(), 200, "payload padded to size: {}", e.properties_json);
             if e.name == "Order Completed" {
                 assert!(props["revenue"].is_number(), "{props}");
             }
@@ -412,13 +352,8 @@ mod tests {
             let mut g = Generator::new(&w, 1, 3);
             for _ in 0..500 {
                 let e = g.event();
-                let _: serde_json::Value = serde_json::from_str(&e.properties_json)
-                    .unwrap_or_else(|err| panic!("size {size}: {err}: {}", e.properties_json));
-                assert!(
-                    e.properties_json.len() <= size.max(120),
-                    "size {size}: {}",
-                    e.properties_json
-                );
+                let _: serde_json::Value = serde_json::from_str(&e.properties_json).unwrap_or_else(|err| panic!("size {size}: {err}: {}", e.properties_json));
+                assert!(e.properties_json.len() <= size.max(120), "size {size}: {}", e.properties_json);
             }
         }
     }
@@ -426,21 +361,9 @@ mod tests {
     #[test]
     fn streams_with_the_same_seed_are_reproducible_and_distinct() {
         let w = w1(100_000);
-        let a: Vec<_> = Generator::new(&w, 9, 0)
-            .batch(50)
-            .into_iter()
-            .map(|e| e.identities[0].value.clone())
-            .collect();
-        let b: Vec<_> = Generator::new(&w, 9, 0)
-            .batch(50)
-            .into_iter()
-            .map(|e| e.identities[0].value.clone())
-            .collect();
-        let c: Vec<_> = Generator::new(&w, 9, 1)
-            .batch(50)
-            .into_iter()
-            .map(|e| e.identities[0].value.clone())
-            .collect();
+        let a: Vec<_> = Generator::new(&w, 9, 0).batch(50).into_iter().map(|e| e.identities[0].value.clone()).collect();
+        let b: Vec<_> = Generator::new(&w, 9, 0).batch(50).into_iter().map(|e| e.identities[0].value.clone()).collect();
+        let c: Vec<_> = Generator::new(&w, 9, 1).batch(50).into_iter().map(|e| e.identities[0].value.clone()).collect();
         assert_eq!(a, b);
         assert_ne!(a, c);
     }

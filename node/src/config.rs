@@ -88,7 +88,13 @@ pub struct ChannelLimits {
 impl Default for ChannelLimits {
     fn default() -> Self {
         let d = chorus_connectors::ConnectorLimits::default();
-        ChannelLimits { rate_per_sec: 0, concurrency_max: d.concurrency_max, attempts_max: d.attempts_max, breaker_failures_max: d.breaker_failures_max, breaker_cooldown: "30s".into() }
+        ChannelLimits {
+            rate_per_sec: 0,
+            concurrency_max: d.concurrency_max,
+            attempts_max: d.attempts_max,
+            breaker_failures_max: d.breaker_failures_max,
+            breaker_cooldown: "30s".into(),
+        }
     }
 }
 
@@ -276,7 +282,9 @@ impl Config {
         match self.clock.mode.as_str() {
             "system" => {}
             "manual" if self.clock.allow_manual => {}
-            "manual" => bail!("clock.mode = \"manual\" is refused unless clock.allow_manual = true (or --clock manual on the command line): a manual clock stops real time"),
+            "manual" => bail!(
+                "clock.mode = \"manual\" is refused unless clock.allow_manual = true (or --clock manual on the command line): a manual clock stops real time"
+            ),
             other => bail!("clock.mode {other:?} is not valid: use system or manual"),
         }
         self.shard_config()?.validate().map_err(|e| anyhow::anyhow!("shards: {e}"))?;
@@ -305,7 +313,8 @@ impl Config {
 
     /// The tracking configuration the decision core renders links with.
     pub fn tracking(&self, http_addr: &std::net::SocketAddr) -> anyhow::Result<chorus_engine::render::TrackingConfig> {
-        let base_url = if self.tracking.public_url.is_empty() { format!("http://{http_addr}") } else { self.tracking.public_url.trim_end_matches('/').to_string() };
+        let base_url =
+            if self.tracking.public_url.is_empty() { format!("http://{http_addr}") } else { self.tracking.public_url.trim_end_matches('/').to_string() };
         let secret = match std::env::var(&self.tracking.secret_env) {
             Ok(s) if !s.is_empty() => s.into_bytes(),
             _ => {

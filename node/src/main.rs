@@ -19,7 +19,11 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// Chorus: omnichannel marketing orchestration. This binary is the node.
 #[derive(Parser, Debug)]
-#[command(name = "chorus", version, after_help = "Configuration layers: defaults < TOML file (--config) < CHORUS_* environment < flags.\nEnvironment: CHORUS_NODE_ID, CHORUS_DATA_DIR, CHORUS_GRPC_ADDR, CHORUS_HTTP_ADDR, CHORUS_SHARDS, CHORUS_WRITE_KEYS (comma-separated), CHORUS_LOG, CHORUS_CLUSTER_LISTEN, CHORUS_CLUSTER_ADVERTISE, CHORUS_CLUSTER_SEEDS (comma-separated).\nStop with Ctrl-C or SIGTERM: in-flight batches are committed or rejected, never half-applied.")]
+#[command(
+    name = "chorus",
+    version,
+    after_help = "Configuration layers: defaults < TOML file (--config) < CHORUS_* environment < flags.\nEnvironment: CHORUS_NODE_ID, CHORUS_DATA_DIR, CHORUS_GRPC_ADDR, CHORUS_HTTP_ADDR, CHORUS_SHARDS, CHORUS_WRITE_KEYS (comma-separated), CHORUS_LOG, CHORUS_CLUSTER_LISTEN, CHORUS_CLUSTER_ADVERTISE, CHORUS_CLUSTER_SEEDS (comma-separated).\nStop with Ctrl-C or SIGTERM: in-flight batches are committed or rejected, never half-applied."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -31,7 +35,9 @@ enum Command {
     /// ./chorus-data, gRPC on 127.0.0.1:7700, HTTP on 127.0.0.1:7780, 64 shards.
     Dev(Overrides),
     /// Run a node from a TOML configuration file.
-    #[command(after_help = "TOML keys (all optional; unknown keys are errors):\n  node_id, data_dir\n  [grpc] addr, batch_events_max, stream_batches_in_flight_max\n  [http] addr, write_keys = [..]\n  [shards] count, dedup_window (max 7d), actor_idle, live_actors_max, quarantine_after,\n           ingest_queue_max, proposal_events_max, proposals_in_flight_max\n  [clock] mode = \"system\" | \"manual\", allow_manual (must be true for manual)\n  [log] level\n  [cluster] listen, advertise, seeds = [..], heartbeat  (a node of a multi-node cluster)\n  [cluster.tls] ca, cert, key, server_name  (mutual TLS between nodes)\nSee README.md for an example.")]
+    #[command(
+        after_help = "TOML keys (all optional; unknown keys are errors):\n  node_id, data_dir\n  [grpc] addr, batch_events_max, stream_batches_in_flight_max\n  [http] addr, write_keys = [..]\n  [shards] count, dedup_window (max 7d), actor_idle, live_actors_max, quarantine_after,\n           ingest_queue_max, proposal_events_max, proposals_in_flight_max\n  [clock] mode = \"system\" | \"manual\", allow_manual (must be true for manual)\n  [log] level\n  [cluster] listen, advertise, seeds = [..], heartbeat  (a node of a multi-node cluster)\n  [cluster.tls] ca, cert, key, server_name  (mutual TLS between nodes)\nSee README.md for an example."
+    )]
     Run {
         /// The TOML configuration file.
         #[arg(long, short = 'c')]
@@ -133,7 +139,8 @@ async fn shutdown_signal() {
 fn connector_routes(
     cfg: &config::ConnectorsConfig,
     capture: Arc<dyn chorus_connectors::Connector>,
-) -> anyhow::Result<(Vec<(String, Arc<dyn chorus_connectors::Connector>, chorus_connectors::ConnectorLimits)>, Option<chorus_api::twilio::TwilioWebhookConfig>)> {
+) -> anyhow::Result<(Vec<(String, Arc<dyn chorus_connectors::Connector>, chorus_connectors::ConnectorLimits)>, Option<chorus_api::twilio::TwilioWebhookConfig>)>
+{
     use chorus_connectors::Connector;
     let env = |k: &str| std::env::var(k).ok();
     for ch in cfg.channels.keys().chain(cfg.limits.keys()) {
@@ -152,21 +159,37 @@ fn connector_routes(
                 let missing = |section: &str| anyhow::anyhow!("connectors.channels.{ch} = {provider:?} needs a [connectors.{section}] section");
                 let c: Arc<dyn Connector> = match provider {
                     "capture" => capture.clone(),
-                    "smtp" => Arc::new(chorus_connectors::smtp::SmtpConnector::new(cfg.smtp.clone().ok_or_else(|| missing("smtp"))?, &env).map_err(|e| anyhow::anyhow!("connectors.smtp: {e}"))?),
+                    "smtp" => Arc::new(
+                        chorus_connectors::smtp::SmtpConnector::new(cfg.smtp.clone().ok_or_else(|| missing("smtp"))?, &env)
+                            .map_err(|e| anyhow::anyhow!("connectors.smtp: {e}"))?,
+                    ),
                     "webhook" => {
                         let w = cfg.webhook.clone().ok_or_else(|| missing("webhook"))?;
-                        let clock: chorus_connectors::webhook::Clock = Box::new(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0));
+                        let clock: chorus_connectors::webhook::Clock =
+                            Box::new(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0));
                         Arc::new(chorus_connectors::webhook::WebhookConnector::new(w, &env, clock).map_err(|e| anyhow::anyhow!("connectors.webhook: {e}"))?)
                     }
                     "twilio" => {
                         let t = cfg.twilio.as_ref().ok_or_else(|| missing("twilio"))?;
                         if t.status_callback_base.as_deref().is_some_and(|b| !b.is_empty()) {
-                            twilio_webhooks = Some(chorus_api::twilio::TwilioWebhookConfig::from_connector(t, &env).map_err(|e| anyhow::anyhow!("connectors.twilio.{}: {}", e.field, e.message))?);
+                            twilio_webhooks = Some(
+                                chorus_api::twilio::TwilioWebhookConfig::from_connector(t, &env)
+                                    .map_err(|e| anyhow::anyhow!("connectors.twilio.{}: {}", e.field, e.message))?,
+                            );
                         }
-                        Arc::new(chorus_connectors::twilio::TwilioConnector::new(t, &env).map_err(|e| anyhow::anyhow!("connectors.twilio.{}: {}", e.field, e.message))?)
+                        Arc::new(
+                            chorus_connectors::twilio::TwilioConnector::new(t, &env)
+                                .map_err(|e| anyhow::anyhow!("connectors.twilio.{}: {}", e.field, e.message))?,
+                        )
                     }
-                    "fcm" => Arc::new(chorus_connectors::fcm::FcmConnector::new(cfg.fcm.as_ref().ok_or_else(|| missing("fcm"))?, &env).map_err(|e| anyhow::anyhow!("connectors.fcm.{}: {}", e.field, e.message))?),
-                    "apns" => Arc::new(chorus_connectors::apns::ApnsConnector::new(cfg.apns.as_ref().ok_or_else(|| missing("apns"))?, &env).map_err(|e| anyhow::anyhow!("connectors.apns.{}: {}", e.field, e.message))?),
+                    "fcm" => Arc::new(
+                        chorus_connectors::fcm::FcmConnector::new(cfg.fcm.as_ref().ok_or_else(|| missing("fcm"))?, &env)
+                            .map_err(|e| anyhow::anyhow!("connectors.fcm.{}: {}", e.field, e.message))?,
+                    ),
+                    "apns" => Arc::new(
+                        chorus_connectors::apns::ApnsConnector::new(cfg.apns.as_ref().ok_or_else(|| missing("apns"))?, &env)
+                            .map_err(|e| anyhow::anyhow!("connectors.apns.{}: {}", e.field, e.message))?,
+                    ),
                     other => anyhow::bail!("connectors.channels.{ch} = {other:?}: use capture, smtp, twilio, fcm, apns or webhook"),
                 };
                 built.insert(provider, c.clone());
@@ -235,7 +258,12 @@ async fn run(config: Config) -> anyhow::Result<()> {
                 None => None,
                 Some(t) => {
                     let read = |what: &str, p: &std::path::Path| std::fs::read(p).with_context(|| format!("read cluster.tls.{what} {}", p.display()));
-                    Some(chorus_raft::TlsMaterial { ca_pem: read("ca", &t.ca)?, cert_pem: read("cert", &t.cert)?, key_pem: read("key", &t.key)?, server_name: t.server_name.clone() })
+                    Some(chorus_raft::TlsMaterial {
+                        ca_pem: read("ca", &t.ca)?,
+                        cert_pem: read("cert", &t.cert)?,
+                        key_pem: read("key", &t.key)?,
+                        server_name: t.server_name.clone(),
+                    })
                 }
             };
             let listener = tokio::net::TcpListener::bind(&c.listen).await.with_context(|| format!("bind cluster address {}", c.listen))?;
@@ -250,7 +278,13 @@ async fn run(config: Config) -> anyhow::Result<()> {
                 }
             });
             let hb = config.cluster_heartbeat_ms()?;
-            let tuning = chorus_raft::GroupTuning { heartbeat_ms: hb, election_min_ms: hb * 3, election_max_ms: hb * 6, restore_leadership: false, ..Default::default() };
+            let tuning = chorus_raft::GroupTuning {
+                heartbeat_ms: hb,
+                election_min_ms: hb * 3,
+                election_max_ms: hb * 6,
+                restore_leadership: false,
+                ..Default::default()
+            };
             let setup = chorus_shard::cluster::ClusterSetup {
                 advertise: advertise.clone(),
                 seeds: c.seeds.clone(),
@@ -259,7 +293,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
                 version: env!("CARGO_PKG_VERSION").to_string(),
             };
             println!("chorus cluster node={} cluster_addr={advertise}", config.node_id);
-            chorus_shard::Shards::open_cluster(config.node_id, setup, transport, store.clone(), clock.clone(), shard_config, tuning, connectors).await.context("open the cluster node")?
+            chorus_shard::Shards::open_cluster(config.node_id, setup, transport, store.clone(), clock.clone(), shard_config, tuning, connectors)
+                .await
+                .context("open the cluster node")?
         }
     };
 

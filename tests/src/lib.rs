@@ -85,11 +85,7 @@ fn build_bins() -> Result<Bins, String> {
     let exe_suffix = std::env::consts::EXE_SUFFIX;
     if let Some(dir) = std::env::var_os("CHORUS_TEST_BIN_DIR").filter(|d| !d.is_empty()) {
         let dir = PathBuf::from(dir);
-        let b = Bins {
-            chorus: dir.join(format!("chorus{exe_suffix}")),
-            chorusctl: dir.join(format!("chorusctl{exe_suffix}")),
-            scratch,
-        };
+        let b = Bins { chorus: dir.join(format!("chorus{exe_suffix}")), chorusctl: dir.join(format!("chorusctl{exe_suffix}")), scratch };
         for p in [&b.chorus, &b.chorusctl] {
             if !p.is_file() {
                 return Err(format!("CHORUS_TEST_BIN_DIR is set but {} does not exist", p.display()));
@@ -132,11 +128,7 @@ fn build_bins() -> Result<Bins, String> {
         ));
     }
     eprintln!("chorus-tests: binaries ready in {:.1?}", started.elapsed());
-    Ok(Bins {
-        chorus: profile_dir.join(format!("chorus{exe_suffix}")),
-        chorusctl: profile_dir.join(format!("chorusctl{exe_suffix}")),
-        scratch,
-    })
+    Ok(Bins { chorus: profile_dir.join(format!("chorus{exe_suffix}")), chorusctl: profile_dir.join(format!("chorusctl{exe_suffix}")), scratch })
 }
 
 // ---------------------------------------------------------------------------------
@@ -188,10 +180,7 @@ impl NodeOpts {
     /// (7700 gRPC, 7900 node-to-node) and `seeds` (the other nodes' addresses).
     pub fn cluster_node_in_netns(name: &str, id: u64, netns: &str, ip: &str, seeds: &[String], heartbeat: &str) -> NodeOpts {
         let seeds: Vec<String> = seeds.iter().map(|a| format!("\"{a}:7900\"")).collect();
-        let toml = format!(
-            "node_id = {id}\n[cluster]\nlisten = \"{ip}:7900\"\nseeds = [{}]\nheartbeat = \"{heartbeat}\"\n",
-            seeds.join(", ")
-        );
+        let toml = format!("node_id = {id}\n[cluster]\nlisten = \"{ip}:7900\"\nseeds = [{}]\nheartbeat = \"{heartbeat}\"\n", seeds.join(", "));
         let mut o = NodeOpts::new(name).config(&toml);
         o.cluster = true;
         o.grpc_port = Some(7700);
@@ -205,10 +194,8 @@ impl NodeOpts {
     /// appended after the `[cluster]` table (e.g. `[cluster.tls]`).
     pub fn cluster_node(name: &str, id: u64, port: u16, seeds: &[u16], heartbeat: &str, extra_toml: &str) -> NodeOpts {
         let seeds: Vec<String> = seeds.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
-        let toml = format!(
-            "node_id = {id}\n[cluster]\nlisten = \"127.0.0.1:{port}\"\nseeds = [{}]\nheartbeat = \"{heartbeat}\"\n{extra_toml}\n",
-            seeds.join(", ")
-        );
+        let toml =
+            format!("node_id = {id}\n[cluster]\nlisten = \"127.0.0.1:{port}\"\nseeds = [{}]\nheartbeat = \"{heartbeat}\"\n{extra_toml}\n", seeds.join(", "));
         let mut o = NodeOpts::new(name).config(&toml);
         o.cluster = true;
         o.grpc_port = Some(free_port());
@@ -336,33 +323,18 @@ impl Node {
                 Ok(Ok(Some(_other))) => continue,
                 Ok(Ok(None)) | Ok(Err(_)) => {
                     let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
-                    panic!(
-                        "node {} exited before it was ready ({status:?}); its log {}:\n{}",
-                        self.opts.name,
-                        log.display(),
-                        tail(&log, 60)
-                    );
+                    panic!("node {} exited before it was ready ({status:?}); its log {}:\n{}", self.opts.name, log.display(), tail(&log, 60));
                 }
                 Err(_) => {
                     let _ = child.kill().await;
-                    panic!(
-                        "node {} printed no ready line within {NODE_READY_TIMEOUT:?}; its log {}:\n{}",
-                        self.opts.name,
-                        log.display(),
-                        tail(&log, 60)
-                    );
+                    panic!("node {} printed no ready line within {NODE_READY_TIMEOUT:?}; its log {}:\n{}", self.opts.name, log.display(), tail(&log, 60));
                 }
             }
         };
         // Keep draining stdout so the node never blocks on (or dies of) a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         let fields: HashMap<&str, &str> = ready.split_whitespace().filter_map(|t| t.split_once('=')).collect();
-        let addr = |k: &str| -> SocketAddr {
-            fields
-                .get(k)
-                .and_then(|v| v.parse().ok())
-                .unwrap_or_else(|| panic!("ready line has no valid {k}=: {ready:?}"))
-        };
+        let addr = |k: &str| -> SocketAddr { fields.get(k).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("ready line has no valid {k}=: {ready:?}")) };
         self.grpc = addr("grpc");
         self.http = addr("http");
         if !self.opts.cluster {
@@ -436,11 +408,7 @@ impl Node {
             Ok(Err(e)) => panic!("waiting for node {} to exit: {e}", self.opts.name),
             Err(_) => {
                 let _ = child.kill().await;
-                panic!(
-                    "node {} did not exit within {NODE_STOP_TIMEOUT:?}; log tail:\n{}",
-                    self.opts.name,
-                    self.log_tail(60)
-                );
+                panic!("node {} did not exit within {NODE_STOP_TIMEOUT:?}; log tail:\n{}", self.opts.name, self.log_tail(60));
             }
         }
     }
@@ -476,10 +444,7 @@ impl Node {
 
     /// A new gRPC connection (retried briefly).
     pub async fn connect(&self) -> Channel {
-        let ep = Endpoint::from_shared(self.grpc_url())
-            .expect("endpoint")
-            .connect_timeout(Duration::from_secs(10))
-            .tcp_nodelay(true);
+        let ep = Endpoint::from_shared(self.grpc_url()).expect("endpoint").connect_timeout(Duration::from_secs(10)).tcp_nodelay(true);
         let mut last = None;
         for _ in 0..20 {
             match ep.connect().await {
@@ -491,9 +456,7 @@ impl Node {
         panic!("cannot connect to node {} at {}: {last:?}", self.opts.name, self.grpc_url());
     }
     pub async fn ingest(&self) -> IngestClient<Channel> {
-        IngestClient::new(self.channel().await)
-            .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
-            .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX)
+        IngestClient::new(self.channel().await).max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX).max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX)
     }
     pub async fn profiles(&self) -> ProfilesClient<Channel> {
         ProfilesClient::new(self.channel().await).max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
@@ -572,7 +535,12 @@ impl Node {
     /// Apply every template of examples/templates.
     pub async fn apply_example_templates(&self) {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/templates");
-        let mut files: Vec<String> = std::fs::read_dir(dir).expect("examples/templates").filter_map(|e| e.ok()).map(|e| e.path().to_string_lossy().into_owned()).filter(|p| p.ends_with(".yaml")).collect();
+        let mut files: Vec<String> = std::fs::read_dir(dir)
+            .expect("examples/templates")
+            .filter_map(|e| e.ok())
+            .map(|e| e.path().to_string_lossy().into_owned())
+            .filter(|p| p.ends_with(".yaml"))
+            .collect();
         files.sort();
         let mut args = vec!["template", "apply"];
         args.extend(files.iter().map(String::as_str));
@@ -721,8 +689,7 @@ impl CtlOutput {
     }
     /// stdout as one JSON document.
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("chorusctl {:?}: stdout is not JSON ({e}): {self:#?}", self.args))
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("chorusctl {:?}: stdout is not JSON ({e}): {self:#?}", self.args))
     }
 }
 
@@ -734,10 +701,7 @@ pub async fn chorusctl(args: &[String], env: &[(&str, &str)], stdin: Option<&str
     for (k, v) in env {
         cmd.env(k, v);
     }
-    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
+    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() }).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
     let mut child = cmd.spawn().expect("spawn chorusctl");
     if let Some(text) = stdin {
         let mut pipe = child.stdin.take().expect("stdin");
@@ -772,8 +736,7 @@ impl HttpResponse {
         String::from_utf8_lossy(&self.body).into_owned()
     }
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("HTTP body is not JSON ({e}): {self:?} {}", self.text()))
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("HTTP body is not JSON ({e}): {self:?} {}", self.text()))
     }
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
@@ -787,19 +750,10 @@ pub fn basic_auth(write_key: &str) -> String {
 }
 
 /// One HTTP/1.1 request on a fresh connection (`Connection: close`).
-pub async fn http_request(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> HttpResponse {
+pub async fn http_request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> HttpResponse {
     let io = async {
         let mut s = tokio::net::TcpStream::connect(addr).await?;
-        let mut head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-            body.len()
-        );
+        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
         for (k, v) in headers {
             head.push_str(&format!("{k}: {v}\r\n"));
         }
@@ -814,8 +768,7 @@ pub async fn http_request(
         .await
         .unwrap_or_else(|_| panic!("HTTP {method} {path} to {addr} timed out"))
         .unwrap_or_else(|e| panic!("HTTP {method} {path} to {addr}: {e}"));
-    parse_http_response(&raw)
-        .unwrap_or_else(|e| panic!("HTTP {method} {path}: {e}: {:?}", String::from_utf8_lossy(&raw)))
+    parse_http_response(&raw).unwrap_or_else(|e| panic!("HTTP {method} {path}: {e}: {:?}", String::from_utf8_lossy(&raw)))
 }
 
 fn parse_http_response(raw: &[u8]) -> Result<HttpResponse, String> {
@@ -824,19 +777,16 @@ fn parse_http_response(raw: &[u8]) -> Result<HttpResponse, String> {
     let mut lines = head.split("\r\n");
     let status_line = lines.next().ok_or("no status line")?;
     let status: u16 = status_line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or("bad status line")?;
-    let headers: Vec<(String, String)> =
-        lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).collect();
+    let headers: Vec<(String, String)> = lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).collect();
     let mut body = raw[split + 4..].to_vec();
-    let chunked =
-        headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked"));
+    let chunked = headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked"));
     if chunked {
         let mut out = Vec::new();
         let mut rest = &body[..];
         loop {
             let eol = rest.windows(2).position(|w| w == b"\r\n").ok_or("bad chunk header")?;
             let size_text = std::str::from_utf8(&rest[..eol]).map_err(|_| "bad chunk size")?;
-            let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
-                .map_err(|_| "bad chunk size")?;
+            let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16).map_err(|_| "bad chunk size")?;
             rest = &rest[eol + 2..];
             if size == 0 {
                 break;
@@ -932,10 +882,7 @@ pub struct Rng(u64);
 impl Rng {
     pub fn seeded(test: &str) -> Rng {
         let seed = std::env::var("CHORUS_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-            let t = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(1);
+            let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1);
             t ^ (u64::from(std::process::id()) << 32)
         });
         eprintln!("{test}: random seed {seed} (rerun with CHORUS_TEST_SEED={seed})");

@@ -10,7 +10,11 @@ use std::time::Duration;
 async fn templates(node: &Node, customer: &str) -> Vec<String> {
     let out = node.ctl(&["-o", "json", "messages", "tail", "--last", "1000", "--customer", customer]).await;
     out.ok();
-    out.stdout.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["template"].as_str().unwrap().to_string()).collect()
+    out.stdout
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["template"].as_str().unwrap().to_string())
+        .collect()
 }
 
 async fn wait_for_templates(node: &Node, customer: &str, want: &[&str]) {
@@ -35,7 +39,8 @@ async fn wait_for_count(node: &Node, audience: &str, n: u64) {
     .await
 }
 
-const AUDIENCE: &str = "id: high-value-browsers\nname: High-value browsers\ncondition: 'profile.ltv > 500 && events.count(\"Product Viewed\", duration(\"7d\")) >= 2'\n";
+const AUDIENCE: &str =
+    "id: high-value-browsers\nname: High-value browsers\ncondition: 'profile.ltv > 500 && events.count(\"Product Viewed\", duration(\"7d\")) >= 2'\n";
 const VIP_WELCOME: &str = "id: vip-welcome\ncategory: marketing\nentry:\n  audience: high-value-browsers\nsteps:\n  - id: hello\n    send: { channel: email, template: vip-welcome }\n";
 const WEEKLY: &str = "id: weekly-picks\ncategory: marketing\nentry:\n  schedule: { audience: high-value-browsers, every: 24h }\n  reentry: always\nsteps:\n  - id: picks\n    send: { channel: email, template: weekly-picks }\n";
 const WINBACK: &str = "id: winback\ncategory: marketing\nentry:\n  api: true\nsteps:\n  - id: offer\n    send: { channel: email, template: winback }\n";
@@ -97,7 +102,11 @@ async fn audiences_and_audience_schedule_and_api_entries_on_a_live_node() {
     wait_for_templates(&node, &bob, &["vip-welcome"]).await;
     assert_eq!(count(&node, "high-value-browsers").await, 2);
     let explain = node.ctl(&["-o", "json", "profile", "explain", &bob]).await;
-    assert!(explain.json()["decisions"].as_array().unwrap().iter().any(|d| d["kind"] == "audience.entered" && d["reason"] == "audience high-value-browsers"), "{}", explain.stdout);
+    assert!(
+        explain.json()["decisions"].as_array().unwrap().iter().any(|d| d["kind"] == "audience.entered" && d["reason"] == "audience high-value-browsers"),
+        "{}",
+        explain.stdout
+    );
 
     phase("and leaving: Cy joins when her value rises and leaves when it falls");
     node.send(vec![identify("cy-1", &[("user_id", "cy")], json!({"ltv": 800}))]).await;

@@ -78,9 +78,8 @@ impl LocalCluster {
     async fn wait_healthy_except(&self, via: usize, down: &[u64], what: &str) -> v1::ClusterStatusResponse {
         wait_until(Duration::from_secs(60), what, || async {
             let s = self.status(via).await?;
-            let ok = s.leaderless.is_empty()
-                && s.moves.is_empty()
-                && s.nodes.iter().filter(|n| !down.contains(&n.node_id)).all(|n| n.healthy && n.lag_max == 0);
+            let ok =
+                s.leaderless.is_empty() && s.moves.is_empty() && s.nodes.iter().filter(|n| !down.contains(&n.node_id)).all(|n| n.healthy && n.lag_max == 0);
             if ok { Ok(s) } else { Err(format!("{s:?}")) }
         })
         .await
@@ -204,7 +203,11 @@ where
                     }
                 } else {
                     let since = *failing_since.get_or_insert_with(Instant::now);
-                    assert!(since.elapsed() < Duration::from_secs(60), "lane {l}: events still asked to retry after 60 s: {:?}", resp.results.iter().map(show_result).collect::<Vec<_>>());
+                    assert!(
+                        since.elapsed() < Duration::from_secs(60),
+                        "lane {l}: events still asked to retry after 60 s: {:?}",
+                        resp.results.iter().map(show_result).collect::<Vec<_>>()
+                    );
                     out.resent += 1;
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
@@ -292,7 +295,11 @@ async fn a_three_node_cluster_takes_events_anywhere_and_survives_kill_9_of_its_b
     let init = cluster.nodes[0].ctl(&["-o", "json", "cluster", "init", "--shards", &SHARDS.to_string(), "--replication", "3"]).await;
     init.ok();
     let init = init.json();
-    assert_eq!((init["shard_count"].as_u64(), init["replication"].as_u64(), init["nodes"].as_array().map(|a| a.len())), (Some(SHARDS as u64), Some(3), Some(3)), "{init}");
+    assert_eq!(
+        (init["shard_count"].as_u64(), init["replication"].as_u64(), init["nodes"].as_array().map(|a| a.len())),
+        (Some(SHARDS as u64), Some(3), Some(3)),
+        "{init}"
+    );
     let again = admin.cluster_init(v1::ClusterInitRequest { shards: SHARDS, replication: 3 }).await.expect_err("a second init is refused");
     assert_eq!(again.code(), tonic::Code::FailedPrecondition, "{again:?}");
     assert!(again.message().contains("already initialized"), "{again:?}");
@@ -314,11 +321,7 @@ async fn a_three_node_cluster_takes_events_anywhere_and_survives_kill_9_of_its_b
     })
     .await;
     assert_eq!(outcome.answered.len(), total as usize, "every event answered");
-    eprintln!(
-        "failover: the longest time a client lane got no answer was {:.2}s; {} batches re-sent",
-        outcome.longest_outage.as_secs_f64(),
-        outcome.resent
-    );
+    eprintln!("failover: the longest time a client lane got no answer was {:.2}s; {} batches re-sent", outcome.longest_outage.as_secs_f64(), outcome.resent);
     let _ = cluster.nodes[victim].wait_exit().await;
 
     phase("every acknowledged event is applied exactly once, in order (read through a survivor)");
@@ -426,10 +429,8 @@ async fn nodes_join_shards_rebalance_and_a_node_drains_away_while_events_flow() 
     cluster.wait_healthy(1, false, "three members, all healthy").await;
     check_histories(&cluster.nodes[3], &counts).await;
     let mut admin2 = cluster.nodes[1].admin().await;
-    let reuse = admin2
-        .node_add(v1::NodeAddRequest { node_id: 1, addr: format!("127.0.0.1:{}", free_port()) })
-        .await
-        .expect_err("a removed node's id is never reused");
+    let reuse =
+        admin2.node_add(v1::NodeAddRequest { node_id: 1, addr: format!("127.0.0.1:{}", free_port()) }).await.expect_err("a removed node's id is never reused");
     assert!(reuse.message().contains("did not answer") || reuse.message().contains("never reused"), "{reuse:?}");
 
     phase("leadership moves on request");
@@ -472,7 +473,8 @@ async fn captured_keys(nodes: &[Node]) -> BTreeMap<String, usize> {
     let mut keys = BTreeMap::new();
     for n in nodes {
         let mut admin = n.admin().await;
-        let mut stream = admin.tail_messages(v1::TailMessagesRequest { last: 1_000_000, follow: false, customer_id: String::new() }).await.expect("tail").into_inner();
+        let mut stream =
+            admin.tail_messages(v1::TailMessagesRequest { last: 1_000_000, follow: false, customer_id: String::new() }).await.expect("tail").into_inner();
         while let Some(m) = stream.next().await {
             *keys.entry(m.expect("captured message").idempotency_key).or_default() += 1;
         }
@@ -558,7 +560,11 @@ async fn sigstop_of_a_leader_a_rolling_restart_and_a_whole_cluster_restart_lose_
         // Keys are `api/{request id}/{customer}`: one key per request, whichever node sent it.
         let got: std::collections::BTreeSet<String> = keys.keys().map(|k| k.rsplit_once('/').map(|(r, _)| r.to_string()).unwrap_or_default()).collect();
         assert_eq!(got.len(), keys.len(), "one idempotency key per request: {keys:?}");
-        if got == want { Ok(keys) } else { Err(format!("{} of {} keys; unexpected: {:?}", got.intersection(&want).count(), want.len(), got.difference(&want).collect::<Vec<_>>())) }
+        if got == want {
+            Ok(keys)
+        } else {
+            Err(format!("{} of {} keys; unexpected: {:?}", got.intersection(&want).count(), want.len(), got.difference(&want).collect::<Vec<_>>()))
+        }
     })
     .await;
     let redriven = keys.values().filter(|n| **n > 1).count();
@@ -583,12 +589,7 @@ async fn sigstop_of_a_leader_a_rolling_restart_and_a_whole_cluster_restart_lose_
 fn tls_toml(dir: &std::path::Path, prefix: &str) -> String {
     let ca = if prefix == "rogue" { "rogue-ca.pem".to_string() } else { "ca.pem".to_string() };
     let (cert, key) = if prefix == "rogue" { ("rogue.pem", "rogue-key.pem") } else { ("node.pem", "node-key.pem") };
-    format!(
-        "[cluster.tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
-        dir.join(ca).display(),
-        dir.join(cert).display(),
-        dir.join(key).display()
-    )
+    format!("[cluster.tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n", dir.join(ca).display(), dir.join(cert).display(), dir.join(key).display())
 }
 
 #[tokio::test]

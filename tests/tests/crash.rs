@@ -31,12 +31,7 @@ impl Ev {
         format!("crash-c{}-s{}", self.customer, self.seq)
     }
     fn to_proto(self) -> v1::Event {
-        track(
-            &self.message_id(),
-            "Crash Event",
-            &[("user_id", &user(self.customer))],
-            json!({"seq": self.seq, "customer": self.customer}),
-        )
+        track(&self.message_id(), "Crash Event", &[("user_id", &user(self.customer))], json!({"seq": self.seq, "customer": self.customer}))
     }
 }
 
@@ -70,21 +65,20 @@ async fn run_lanes(node: &mut Node, mut lanes: Vec<VecDeque<Ev>>, kill_after: Op
     let mut in_flight: HashMap<u64, (usize, Vec<Ev>)> = HashMap::new();
     let mut next_batch = 0u64;
     let mut killed = false;
-    let mut send_next =
-        |lane: usize, lanes: &mut Vec<VecDeque<Ev>>, in_flight: &mut HashMap<u64, (usize, Vec<Ev>)>, run: &mut Run| {
-            let n = lanes[lane].len().min(BATCH_EVENTS_MAX);
-            if n == 0 {
-                return None;
-            }
-            let evs: Vec<Ev> = lanes[lane].drain(..n).collect();
-            for e in &evs {
-                *run.sent.entry(*e).or_default() += 1;
-            }
-            next_batch += 1;
-            let req = IngestRequest { batch_id: next_batch, events: evs.iter().map(|e| e.to_proto()).collect() };
-            in_flight.insert(next_batch, (lane, evs));
-            Some(req)
-        };
+    let mut send_next = |lane: usize, lanes: &mut Vec<VecDeque<Ev>>, in_flight: &mut HashMap<u64, (usize, Vec<Ev>)>, run: &mut Run| {
+        let n = lanes[lane].len().min(BATCH_EVENTS_MAX);
+        if n == 0 {
+            return None;
+        }
+        let evs: Vec<Ev> = lanes[lane].drain(..n).collect();
+        for e in &evs {
+            *run.sent.entry(*e).or_default() += 1;
+        }
+        next_batch += 1;
+        let req = IngestRequest { batch_id: next_batch, events: evs.iter().map(|e| e.to_proto()).collect() };
+        in_flight.insert(next_batch, (lane, evs));
+        Some(req)
+    };
     for lane in 0..LANES {
         if let Some(req) = send_next(lane, &mut lanes, &mut in_flight, &mut run) {
             tx.send(req).await.expect("stream open");
@@ -94,9 +88,7 @@ async fn run_lanes(node: &mut Node, mut lanes: Vec<VecDeque<Ev>>, kill_after: Op
         if in_flight.is_empty() && !killed {
             break;
         }
-        let next = tokio::time::timeout(Duration::from_secs(60), answers.message())
-            .await
-            .expect("an answer (or the stream's end) within 60 s");
+        let next = tokio::time::timeout(Duration::from_secs(60), answers.message()).await.expect("an answer (or the stream's end) within 60 s");
         let resp = match next {
             Ok(Some(resp)) => resp,
             Ok(None) => {
@@ -108,9 +100,7 @@ async fn run_lanes(node: &mut Node, mut lanes: Vec<VecDeque<Ev>>, kill_after: Op
                 break;
             }
         };
-        let (lane, evs) = in_flight
-            .remove(&resp.batch_id)
-            .unwrap_or_else(|| panic!("answer for unknown or already answered batch {}", resp.batch_id));
+        let (lane, evs) = in_flight.remove(&resp.batch_id).unwrap_or_else(|| panic!("answer for unknown or already answered batch {}", resp.batch_id));
         assert_eq!(resp.results.len(), evs.len(), "batch {}: one result per event", resp.batch_id);
         let mut again = Vec::new();
         for (r, e) in resp.results.iter().zip(&evs) {
@@ -161,8 +151,7 @@ async fn histories(node: &Node) -> Vec<(Vec<u32>, u64)> {
                 };
                 let mut seqs = Vec::new();
                 for e in history_oldest_first(&p) {
-                    let props: serde_json::Value =
-                        serde_json::from_str(&e.properties_json).expect("properties are JSON");
+                    let props: serde_json::Value = serde_json::from_str(&e.properties_json).expect("properties are JSON");
                     let seq = props["seq"].as_u64().expect("seq") as u32;
                     assert_eq!(props["customer"], c, "customer {c} holds another customer's event {}", e.message_id);
                     assert_eq!(e.message_id, Ev { customer: c, seq }.message_id());
@@ -188,12 +177,7 @@ async fn kill_9_during_a_stream_loses_no_acknowledged_event_and_applies_none_twi
     phase(&format!("stream {total} events of {CUSTOMERS} customers; kill -9 after 40% are acknowledged"));
     let first = run_lanes(&mut node, lanes.clone(), Some(total as usize * 2 / 5)).await;
     let unanswered = first.sent.keys().filter(|e| !first.answered.contains_key(e)).count();
-    eprintln!(
-        "acknowledged {} events, {unanswered} sent but unanswered, {} retries; stream: {}",
-        first.answered.len(),
-        first.retries,
-        first.stream_end
-    );
+    eprintln!("acknowledged {} events, {unanswered} sent but unanswered, {} retries; stream: {}", first.answered.len(), first.retries, first.stream_end);
     assert!(first.answered.values().all(|s| *s == EventStatus::Accepted), "fresh events are never duplicates");
     assert!(!node.is_running(), "the node was killed");
 
@@ -208,20 +192,13 @@ async fn kill_9_during_a_stream_loses_no_acknowledged_event_and_applies_none_twi
         let expected: Vec<u32> = (0..seqs.len() as u32).collect();
         assert_eq!(*seqs, expected, "customer {c}: history must be its events 0..k in order, each once");
         assert_eq!(*count, seqs.len() as u64, "customer {c}: event_count counts each applied event once");
-        let acked =
-            (0..counts[c as usize]).filter(|s| first.answered.contains_key(&Ev { customer: c, seq: *s })).count();
+        let acked = (0..counts[c as usize]).filter(|s| first.answered.contains_key(&Ev { customer: c, seq: *s })).count();
         let sent = (0..counts[c as usize]).filter(|s| first.sent.contains_key(&Ev { customer: c, seq: *s })).count();
-        assert!(
-            seqs.len() >= acked,
-            "customer {c}: {acked} events acknowledged but only {} applied after the crash",
-            seqs.len()
-        );
+        assert!(seqs.len() >= acked, "customer {c}: {acked} events acknowledged but only {} applied after the crash", seqs.len());
         assert!(seqs.len() <= sent, "customer {c}: {} applied but only {sent} sent", seqs.len());
         applied_unacked += seqs.len() - acked;
     }
-    eprintln!(
-        "{applied_unacked} unacknowledged events were applied (allowed: committed before the crash, answer lost)"
-    );
+    eprintln!("{applied_unacked} unacknowledged events were applied (allowed: committed before the crash, answer lost)");
 
     phase("re-send every event: applied ones are duplicates, the rest accepted, nothing counted twice");
     let second = run_lanes(&mut node, lanes, None).await;
@@ -230,13 +207,7 @@ async fn kill_9_during_a_stream_loses_no_acknowledged_event_and_applies_none_twi
         for seq in 0..counts[c] {
             let e = Ev { customer: c as u32, seq };
             let want = if (seq as usize) < seqs.len() { EventStatus::Duplicate } else { EventStatus::Accepted };
-            assert_eq!(
-                second.answered[&e],
-                want,
-                "{}: applied before the resend = {}",
-                e.message_id(),
-                (seq as usize) < seqs.len()
-            );
+            assert_eq!(second.answered[&e], want, "{}: applied before the resend = {}", e.message_id(), (seq as usize) < seqs.len());
         }
     }
     phase("every customer now holds all its events");

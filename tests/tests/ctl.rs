@@ -38,31 +38,21 @@ async fn event_send_profile_and_cluster_commands_against_a_live_node() {
         .await;
     out.ok();
     let j = out.json();
-    assert_eq!(
-        j["summary"],
-        json!({"total": 1, "accepted": 1, "duplicate": 0, "rejected": 0, "retry": 0, "unanswered": 0}),
-        "{j:#}"
-    );
+    assert_eq!(j["summary"], json!({"total": 1, "accepted": 1, "duplicate": 0, "rejected": 0, "retry": 0, "unanswered": 0}), "{j:#}");
     let r = &j["results"][0];
-    assert_eq!(
-        (r["index"].clone(), r["message_id"].clone(), r["status"].clone()),
-        (json!(0), json!("ctl-m1"), json!("accepted")),
-        "{j:#}"
-    );
+    assert_eq!((r["index"].clone(), r["message_id"].clone(), r["status"].clone()), (json!(0), json!("ctl-m1"), json!("accepted")), "{j:#}");
     let customer = r["customer_id"].as_str().expect("customer_id").to_string();
     assert!(customer.starts_with("cu_") && customer.len() == 19, "{customer}");
     assert_eq!((r["field"].clone(), r["error"].clone()), (Value::Null, Value::Null));
 
     phase("the same message id again: a duplicate, exit 0, table summary");
-    let out =
-        node.ctl(&["event", "send", "--name", "Product Viewed", "--user-id", "ctl-u1", "--message-id", "ctl-m1"]).await;
+    let out = node.ctl(&["event", "send", "--name", "Product Viewed", "--user-id", "ctl-u1", "--message-id", "ctl-m1"]).await;
     out.ok();
     assert!(out.stdout.lines().any(|l| l == "0 accepted, 1 duplicate, 0 rejected"), "{out:#?}");
     assert!(out.stdout.contains("ctl-m1") && out.stdout.contains("duplicate"), "{out:#?}");
 
     phase("event send rejected by the node: exit 1, the field is named");
-    let out =
-        node.ctl(&["-o", "json", "event", "send", "--name", "X", "--user-id", "ctl-u1", "--phone", "555-0123"]).await;
+    let out = node.ctl(&["-o", "json", "event", "send", "--name", "X", "--user-id", "ctl-u1", "--phone", "555-0123"]).await;
     assert_eq!(out.code(), Some(1), "{out:#?}");
     let j = out.json();
     assert_eq!(j["results"][0]["status"], "rejected");
@@ -96,19 +86,11 @@ async fn event_send_profile_and_cluster_commands_against_a_live_node() {
     let out = node.ctl(&["-o", "json", "event", "send", "--file", &bad_event]).await;
     assert_eq!(out.code(), Some(1), "a rejected event makes the exit code 1: {out:#?}");
     let j = out.json();
-    let rows: Vec<(Value, Value, Value)> = j["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| (r["line"].clone(), r["message_id"].clone(), r["status"].clone()))
-        .collect();
+    let rows: Vec<(Value, Value, Value)> =
+        j["results"].as_array().unwrap().iter().map(|r| (r["line"].clone(), r["message_id"].clone(), r["status"].clone())).collect();
     assert_eq!(
         rows,
-        vec![
-            (json!(1), json!("g1"), json!("accepted")),
-            (json!(3), json!("g2"), json!("rejected")),
-            (json!(4), json!("g3"), json!("accepted"))
-        ],
+        vec![(json!(1), json!("g1"), json!("accepted")), (json!(3), json!("g2"), json!("rejected")), (json!(4), json!("g3"), json!("accepted"))],
         "{j:#}"
     );
     assert_eq!(j["results"][1]["field"], "identities[1].value", "{j:#}");
@@ -116,13 +98,7 @@ async fn event_send_profile_and_cluster_commands_against_a_live_node() {
     assert_eq!(out.code(), Some(1));
     let header = out.stdout.lines().next().unwrap_or("");
     assert!(header.contains("LINE") && header.contains("STATUS"), "the table names lines: {}", out.stdout);
-    assert!(
-        out.stdout
-            .lines()
-            .any(|l| l.contains("g2") && l.contains("rejected") && l.split_whitespace().nth(1) == Some("3")),
-        "{}",
-        out.stdout
-    );
+    assert!(out.stdout.lines().any(|l| l.contains("g2") && l.contains("rejected") && l.split_whitespace().nth(1) == Some("3")), "{}", out.stdout);
     assert!(out.stdout.lines().any(|l| l == "0 accepted, 2 duplicate, 1 rejected"), "{}", out.stdout);
 
     phase("profile get / find -o json");
@@ -132,10 +108,7 @@ async fn event_send_profile_and_cluster_commands_against_a_live_node() {
     assert_eq!(p["customer_id"], customer.as_str());
     assert_eq!(p["event_count"], 1);
     assert_eq!(p["merged_into"], Value::Null);
-    assert!(
-        p["identities"].as_array().unwrap().contains(&json!({"kind": "email", "value": "ctl.one@example.com"})),
-        "{p:#}"
-    );
+    assert!(p["identities"].as_array().unwrap().contains(&json!({"kind": "email", "value": "ctl.one@example.com"})), "{p:#}");
     assert_eq!(p["recent_events"][0]["message_id"], "ctl-m1");
     assert_eq!(p["recent_events"][0]["name"], "Product Viewed");
     assert_eq!(p["recent_events"][0]["properties"], json!({"sku": "A1", "price": 19.5}));
@@ -182,11 +155,7 @@ async fn event_send_profile_and_cluster_commands_against_a_live_node() {
     assert_eq!(s["nodes"][0]["shards_led"], 4);
     let out = node.ctl(&["cluster", "status"]).await;
     out.ok();
-    assert!(
-        out.stdout.contains("healthy") && out.stdout.contains("4 (0 leaderless, 0 under-replicated)"),
-        "{}",
-        out.stdout
-    );
+    assert!(out.stdout.contains("healthy") && out.stdout.contains("4 (0 leaderless, 0 under-replicated)"), "{}", out.stdout);
     let out = node.ctl(&["-o", "json", "shard", "list"]).await;
     out.ok();
     let shards = out.json()["shards"].as_array().expect("shards").clone();

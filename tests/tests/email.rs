@@ -43,12 +43,19 @@ impl Sink {
 }
 
 async fn next_json(lines: &mut Lines<BufReader<ChildStdout>>) -> Value {
-    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await.expect("the SMTP sink answers in time").unwrap().expect("smtp_sink.py exited");
+    let line =
+        tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await.expect("the SMTP sink answers in time").unwrap().expect("smtp_sink.py exited");
     serde_json::from_str(&line).unwrap()
 }
 
 fn header(msg: &Value, name: &str) -> String {
-    msg["headers"].as_array().unwrap().iter().find(|h| h[0].as_str().unwrap().eq_ignore_ascii_case(name)).map(|h| h[1].as_str().unwrap().to_string()).unwrap_or_default()
+    msg["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h[0].as_str().unwrap().eq_ignore_ascii_case(name))
+        .map(|h| h[1].as_str().unwrap().to_string())
+        .unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -69,7 +76,22 @@ async fn rendered_email_over_smtp_bounces_and_the_dead_letter_list() {
         ])
         .await;
     let gus = resp.results[1].customer_id.clone();
-    node.ctl(&["messages", "send", "--to", "user_id:ada", "--channel", "email", "--template", "review-request", "--category", "transactional", "--request-id", "rr-1"]).await.ok();
+    node.ctl(&[
+        "messages",
+        "send",
+        "--to",
+        "user_id:ada",
+        "--channel",
+        "email",
+        "--template",
+        "review-request",
+        "--category",
+        "transactional",
+        "--request-id",
+        "rr-1",
+    ])
+    .await
+    .ok();
     let msg = sink.received().await;
     assert_eq!(msg["rcpt_tos"], json!(["ada@example.com"]));
     assert_eq!(header(&msg, "Subject"), "How is your order, Ada?");
@@ -79,7 +101,22 @@ async fn rendered_email_over_smtp_bounces_and_the_dead_letter_list() {
     assert_eq!(parts, vec!["text/plain", "text/html"]);
 
     phase("a refused recipient: dead letter, address marked bounced, not used again");
-    node.ctl(&["messages", "send", "--to", "user_id:gus", "--channel", "email", "--template", "review-request", "--category", "transactional", "--request-id", "rr-2"]).await.ok();
+    node.ctl(&[
+        "messages",
+        "send",
+        "--to",
+        "user_id:gus",
+        "--channel",
+        "email",
+        "--template",
+        "review-request",
+        "--category",
+        "transactional",
+        "--request-id",
+        "rr-2",
+    ])
+    .await
+    .ok();
     let letters = wait_until(Duration::from_secs(30), "a dead letter", || async {
         let out = node.ctl(&["-o", "json", "dlq", "list"]).await;
         let l = out.json()["letters"].as_array().unwrap().clone();
@@ -91,7 +128,22 @@ async fn rendered_email_over_smtp_bounces_and_the_dead_letter_list() {
     assert_eq!(letters[0]["content"]["subject"], "How is your order, Gus?");
     let explain = node.ctl(&["-o", "json", "profile", "explain", &gus]).await;
     assert!(explain.json()["decisions"].as_array().unwrap().iter().any(|d| d["reason"] == "contact point bounced"), "{}", explain.stdout);
-    node.ctl(&["messages", "send", "--to", "user_id:gus", "--channel", "email", "--template", "review-request", "--category", "transactional", "--request-id", "rr-3"]).await.ok();
+    node.ctl(&[
+        "messages",
+        "send",
+        "--to",
+        "user_id:gus",
+        "--channel",
+        "email",
+        "--template",
+        "review-request",
+        "--category",
+        "transactional",
+        "--request-id",
+        "rr-3",
+    ])
+    .await
+    .ok();
     let explain = node.ctl(&["-o", "json", "profile", "explain", &gus]).await;
     assert!(explain.json()["decisions"].as_array().unwrap().iter().any(|d| d["kind"] == "skipped" && d["reason"] == "no email address"), "{}", explain.stdout);
 
@@ -118,7 +170,14 @@ async fn rendered_email_over_smtp_bounces_and_the_dead_letter_list() {
         {"id": "evt-4", "email": "cy@example.com", "type": "spam"},
     ]});
     let auth = basic_auth("wk_test");
-    let r = http_request(node.http_addr(), "POST", "/v1/email/bounces", &[("Authorization", auth.as_str()), ("Content-Type", "application/json")], body.to_string().as_bytes()).await;
+    let r = http_request(
+        node.http_addr(),
+        "POST",
+        "/v1/email/bounces",
+        &[("Authorization", auth.as_str()), ("Content-Type", "application/json")],
+        body.to_string().as_bytes(),
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.text());
     let statuses: Vec<String> = r.json()["results"].as_array().unwrap().iter().map(|x| x["status"].as_str().unwrap().to_string()).collect();
     assert_eq!(statuses, vec!["accepted", "accepted", "unknown", "rejected"]);

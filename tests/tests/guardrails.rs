@@ -39,7 +39,8 @@ async fn wait_for_decision(node: &Node, customer: &str, kind: &str, reason_start
 const PROMO: &str = "id: promo\nname: Evening promo\ncategory: marketing\npriority: 40\nentry:\n  event: Browsed\n  reentry: always\nsteps:\n  - id: text\n    send: { channel: sms, template: promo-sms }\n";
 const CART: &str = "id: cart\nname: Cart reminder\ncategory: marketing\npriority: 90\nentry:\n  event: Cart Abandoned\n  reentry: always\nsteps:\n  - id: text\n    send: { channel: sms, template: cart-sms }\n";
 const ONBOARDING: &str = "id: onboarding\nname: Onboarding\ncategory: marketing\nentry:\n  event: Signed Up\nsteps:\n  - id: settle\n    wait: 1h\n    next: hello\n  - id: hello\n    send: { channel: email, template: hello }\n";
-const SETTINGS: &str = "timezone: UTC\ncaps:\n  - { name: sms-per-day, channels: [sms], max: 1, window: 1d, calendar: true }\nquiet_hours:\n  sms: 21:00-08:00\n";
+const SETTINGS: &str =
+    "timezone: UTC\ncaps:\n  - { name: sms-per-day, channels: [sms], max: 1, window: 1d, calendar: true }\nquiet_hours:\n  sms: 21:00-08:00\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quiet_hours_caps_stop_replies_and_lifecycle_on_a_live_node() {
@@ -119,7 +120,9 @@ async fn quiet_hours_caps_stop_replies_and_lifecycle_on_a_live_node() {
     assert!(counters.iter().any(|c| c["what"] == "skipped:capped" && c["count"] == 1), "{counters:?}");
 
     phase("consent set by API is in the ledger with its source and evidence");
-    let out = node.ctl(&["-o", "json", "profile", "consent", "set", "user_id:bob", "--channel", "email", "--status", "opted_out", "--evidence", "support ticket 42"]).await;
+    let out = node
+        .ctl(&["-o", "json", "profile", "consent", "set", "user_id:bob", "--channel", "email", "--status", "opted_out", "--evidence", "support ticket 42"])
+        .await;
     out.ok();
     let last = out.json()["ledger"].as_array().unwrap().last().unwrap().clone();
     assert_eq!((last["scope"].as_str(), last["source"].as_str(), last["status"].as_str()), (Some("channel:email"), Some("api"), Some("opted_out")));
@@ -129,17 +132,26 @@ async fn quiet_hours_caps_stop_replies_and_lifecycle_on_a_live_node() {
     assert!(text.stdout.contains("channel:sms") && text.stdout.contains("sms keyword") && text.stdout.contains("support ticket 42"), "{}", text.stdout);
 
     phase("pause holds customers at their next step; resume lets them go on");
-    let resp = node.send(vec![identify("cy-1", &[("user_id", "cy"), ("email", "cy@example.com")], json!({})), track("cy-2", "Signed Up", &[("user_id", "cy")], json!({}))]).await;
+    let resp = node
+        .send(vec![identify("cy-1", &[("user_id", "cy"), ("email", "cy@example.com")], json!({})), track("cy-2", "Signed Up", &[("user_id", "cy")], json!({}))])
+        .await;
     let cy = resp.results[0].customer_id.clone();
     wait_for_decision(&node, &cy, "entered", "event Signed Up").await;
     node.ctl(&["journey", "pause", "onboarding"]).await.ok();
     let list = node.ctl(&["-o", "json", "journey", "list"]).await;
-    let states: Vec<(String, String)> = list.json()["journeys"].as_array().unwrap().iter().map(|j| (j["id"].as_str().unwrap().to_string(), j["lifecycle"].as_str().unwrap().to_string())).collect();
+    let states: Vec<(String, String)> = list.json()["journeys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| (j["id"].as_str().unwrap().to_string(), j["lifecycle"].as_str().unwrap().to_string()))
+        .collect();
     assert!(states.contains(&("onboarding".into(), "paused".into())), "{states:?}");
     node.ctl(&["clock", "advance", "2h"]).await.ok();
     wait_for_decision(&node, &cy, "scheduled", "journey paused").await;
     // Nobody new enters a paused journey.
-    let resp = node.send(vec![identify("di-1", &[("user_id", "di"), ("email", "di@example.com")], json!({})), track("di-2", "Signed Up", &[("user_id", "di")], json!({}))]).await;
+    let resp = node
+        .send(vec![identify("di-1", &[("user_id", "di"), ("email", "di@example.com")], json!({})), track("di-2", "Signed Up", &[("user_id", "di")], json!({}))])
+        .await;
     let di = resp.results[0].customer_id.clone();
     assert!(captured(&node, &cy).await.is_empty());
     node.ctl(&["journey", "resume", "onboarding"]).await.ok();
@@ -148,7 +160,11 @@ async fn quiet_hours_caps_stop_replies_and_lifecycle_on_a_live_node() {
     assert!(!decisions(&node, &di).await.iter().any(|(k, _)| k == "entered"), "di signed up while the journey was paused");
 
     phase("archive: in-flight customers exit at their next step");
-    node.send(vec![identify("ed-1", &[("user_id", "ed"), ("email", "ed@example.com")], json!({})), track("ed-2", "Signed Up", &[("user_id", "ed")], json!({}))]).await;
+    node.send(vec![
+        identify("ed-1", &[("user_id", "ed"), ("email", "ed@example.com")], json!({})),
+        track("ed-2", "Signed Up", &[("user_id", "ed")], json!({})),
+    ])
+    .await;
     let ed = node.profile("user_id", "ed", 0).await.unwrap().customer_id;
     wait_for_decision(&node, &ed, "entered", "event Signed Up").await;
     node.ctl(&["journey", "archive", "onboarding"]).await.ok();

@@ -14,20 +14,9 @@ async fn send_answers_per_event_and_dedups_a_resend() {
     let node = Node::start(NodeOpts::new("ingest-send").shards(4)).await;
 
     phase("a batch mixing good and bad events");
-    let bad_props = v1::Event {
-        properties_json: "{not json".into(),
-        ..event("track", "bad-props", "Clicked", &[("user_id", "send-u3")])
-    };
-    let props_array = v1::Event {
-        properties_json: "[1,2]".into(),
-        ..event("track", "props-array", "Clicked", &[("user_id", "send-u3")])
-    };
-    let good_1 = track(
-        "good-1",
-        "Product Viewed",
-        &[("user_id", "send-u1"), ("email", "Ada.Send@Example.com")],
-        json!({"sku": "A1"}),
-    );
+    let bad_props = v1::Event { properties_json: "{not json".into(), ..event("track", "bad-props", "Clicked", &[("user_id", "send-u3")]) };
+    let props_array = v1::Event { properties_json: "[1,2]".into(), ..event("track", "props-array", "Clicked", &[("user_id", "send-u3")]) };
+    let good_1 = track("good-1", "Product Viewed", &[("user_id", "send-u1"), ("email", "Ada.Send@Example.com")], json!({"sku": "A1"}));
     let batch = vec![
         /* 0 */ good_1.clone(),
         /* 1 */ track("", "Product Viewed", &[("user_id", "send-u1")], json!({})),
@@ -66,20 +55,11 @@ async fn send_answers_per_event_and_dedups_a_resend() {
     for (i, who) in [(0, "send-u1"), (6, "send-u2"), (7, "send-anon-1")] {
         let r = &resp.results[i];
         assert_eq!(status_of(r), EventStatus::Accepted, "event {i}: {}", show_result(r));
-        assert!(
-            r.customer_id.starts_with("cu_") && r.customer_id.len() == 19,
-            "event {i} has a customer id: {}",
-            show_result(r)
-        );
+        assert!(r.customer_id.starts_with("cu_") && r.customer_id.len() == 19, "event {i} has a customer id: {}", show_result(r));
         assert!(r.field.is_empty() && r.error.is_empty(), "{}", show_result(r));
         customers.insert(who, r.customer_id.clone());
     }
-    assert_eq!(
-        status_of(&resp.results[10]),
-        EventStatus::Duplicate,
-        "the same message id twice in one batch: {}",
-        show_result(&resp.results[10])
-    );
+    assert_eq!(status_of(&resp.results[10]), EventStatus::Duplicate, "the same message id twice in one batch: {}", show_result(&resp.results[10]));
     assert_eq!(customers.values().collect::<HashSet<_>>().len(), 3, "three distinct customers: {customers:?}");
 
     phase("the good events were applied, once");
@@ -89,15 +69,8 @@ async fn send_answers_per_event_and_dedups_a_resend() {
     assert_eq!(u1.recent_events.len(), 1);
     assert_eq!(u1.recent_events[0].message_id, "good-1");
     assert_eq!(u1.recent_events[0].name, "Product Viewed");
-    assert_eq!(
-        serde_json::from_str::<serde_json::Value>(&u1.recent_events[0].properties_json).unwrap(),
-        json!({"sku": "A1"})
-    );
-    assert!(
-        has_identity(&u1, "email", "ada.send@example.com"),
-        "the email is normalized and linked: {:?}",
-        u1.identities
-    );
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&u1.recent_events[0].properties_json).unwrap(), json!({"sku": "A1"}));
+    assert!(has_identity(&u1, "email", "ada.send@example.com"), "the email is normalized and linked: {:?}", u1.identities);
     assert!(!has_identity(&u1, "email", "not-an-email"), "a rejected event links nothing: {:?}", u1.identities);
     let u2 = node.profile("user_id", "send-u2", 0).await.expect("send-u2 exists");
     assert_eq!(u2.customer_id, customers["send-u2"]);
@@ -105,10 +78,7 @@ async fn send_answers_per_event_and_dedups_a_resend() {
     assert_eq!(attrs, json!({"first_name": "Grace", "plan": "pro"}));
     let anon = node.profile("anonymous_id", "send-anon-1", 1).await.expect("send-anon-1 exists");
     assert_eq!(anon.customer_id, customers["send-anon-1"]);
-    assert_eq!(
-        (anon.event_count, anon.recent_events[0].r#type.as_str(), anon.recent_events[0].name.as_str()),
-        (1, "page", "Pricing")
-    );
+    assert_eq!((anon.event_count, anon.recent_events[0].r#type.as_str(), anon.recent_events[0].name.as_str()), (1, "page", "Pricing"));
     let missing = node.profile("phone", "+14155550199", 0).await.expect_err("nobody has this phone");
     assert_eq!(missing.code(), tonic::Code::NotFound, "{missing:?}");
     // The email is claimed by its own shard asynchronously (cross-shard entry).
@@ -121,12 +91,7 @@ async fn send_answers_per_event_and_dedups_a_resend() {
     phase("re-sending the batch: good events are duplicates, bad ones rejected again");
     let again = node.send(batch).await;
     for i in [0, 6, 7, 10] {
-        assert_eq!(
-            status_of(&again.results[i]),
-            EventStatus::Duplicate,
-            "event {i}: {}",
-            show_result(&again.results[i])
-        );
+        assert_eq!(status_of(&again.results[i]), EventStatus::Duplicate, "event {i}: {}", show_result(&again.results[i]));
     }
     for (i, field) in [
         (1, "message_id"),
@@ -137,11 +102,7 @@ async fn send_answers_per_event_and_dedups_a_resend() {
         (8, "identities"),
         (9, "properties_json"),
     ] {
-        assert_eq!(
-            (status_of(&again.results[i]), again.results[i].field.as_str()),
-            (EventStatus::Rejected, field),
-            "event {i}"
-        );
+        assert_eq!((status_of(&again.results[i]), again.results[i].field.as_str()), (EventStatus::Rejected, field), "event {i}");
     }
     for (kind, value) in [("user_id", "send-u1"), ("user_id", "send-u2"), ("anonymous_id", "send-anon-1")] {
         let p = node.profile(kind, value, 10).await.unwrap();
@@ -149,14 +110,8 @@ async fn send_answers_per_event_and_dedups_a_resend() {
     }
 
     phase("a batch above the limit is refused whole, naming `events`");
-    let too_many: Vec<v1::Event> =
-        (0..10_001).map(|i| track(&format!("big-{i}"), "E", &[("user_id", "big")], json!({}))).collect();
-    let status = node
-        .ingest()
-        .await
-        .send(IngestRequest { batch_id: 9, events: too_many })
-        .await
-        .expect_err("10 001 events exceed the 10 000 limit");
+    let too_many: Vec<v1::Event> = (0..10_001).map(|i| track(&format!("big-{i}"), "E", &[("user_id", "big")], json!({}))).collect();
+    let status = node.ingest().await.send(IngestRequest { batch_id: 9, events: too_many }).await.expect_err("10 001 events exceed the 10 000 limit");
     assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
     assert!(status.message().starts_with("events:"), "the error names the field: {status:?}");
     assert!(status.message().contains("10001") && status.message().contains("10000"), "{status:?}");
@@ -164,24 +119,15 @@ async fn send_answers_per_event_and_dedups_a_resend() {
     assert_eq!(none.code(), tonic::Code::NotFound);
     // On a stream the same refusal ends the stream, saying which batch it was.
     let mut stream = node.open_stream().await;
-    let too_many: Vec<v1::Event> =
-        (0..10_001).map(|i| track(&format!("big-{i}"), "E", &[("user_id", "big")], json!({}))).collect();
+    let too_many: Vec<v1::Event> = (0..10_001).map(|i| track(&format!("big-{i}"), "E", &[("user_id", "big")], json!({}))).collect();
     assert!(stream.send(IngestRequest { batch_id: 77, events: too_many }).await);
     stream.close();
-    let status = tokio::time::timeout(Duration::from_secs(60), stream.next())
-        .await
-        .expect("an answer")
-        .expect_err("the oversized batch is refused");
+    let status = tokio::time::timeout(Duration::from_secs(60), stream.next()).await.expect("an answer").expect_err("the oversized batch is refused");
     assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
     assert!(status.message().starts_with("events:"), "{status:?}");
-    assert_eq!(
-        status.metadata().get("batch-id").and_then(|v| v.to_str().ok()),
-        Some("77"),
-        "the refusal names the batch: {status:?}"
-    );
+    assert_eq!(status.metadata().get("batch-id").and_then(|v| v.to_str().ok()), Some("77"), "the refusal names the batch: {status:?}");
     // The limit itself is fine.
-    let at_limit: Vec<v1::Event> =
-        (0..10_000).map(|i| track(&format!("lim-{i}"), "E", &[("user_id", "limit")], json!({}))).collect();
+    let at_limit: Vec<v1::Event> = (0..10_000).map(|i| track(&format!("lim-{i}"), "E", &[("user_id", "limit")], json!({}))).collect();
     let resp = node.send(at_limit).await;
     assert!(resp.results.iter().all(|r| status_of(r) == EventStatus::Accepted), "10 000 events are accepted");
     assert_eq!(node.profile("user_id", "limit", 0).await.unwrap().event_count, 10_000);
@@ -225,13 +171,7 @@ async fn stream_answers_every_batch_once_and_counts_are_exact() {
             assert_eq!(resp.results.len() as u64, PER_BATCH, "batch {} has one result per event", resp.batch_id);
             for (j, r) in resp.results.iter().enumerate() {
                 assert_eq!(r.index as usize, j);
-                assert_eq!(
-                    status_of(r),
-                    EventStatus::Accepted,
-                    "batch {} event {j}: {}",
-                    resp.batch_id,
-                    show_result(r)
-                );
+                assert_eq!(status_of(r), EventStatus::Accepted, "batch {} event {j}: {}", resp.batch_id, show_result(r));
                 let c = (b * PER_BATCH + j as u64) % CUSTOMERS;
                 let id = customer_ids.entry(c).or_insert_with(|| r.customer_id.clone());
                 assert_eq!(*id, r.customer_id, "customer {c} keeps one id");
@@ -288,9 +228,7 @@ async fn sigterm_during_a_stream_exits_cleanly_and_keeps_every_acked_event() {
     let mut retry = 0usize;
     let mut answers_seen: BTreeMap<u64, usize> = BTreeMap::new();
     let stream_end = loop {
-        let next = tokio::time::timeout(Duration::from_secs(60), answers.message())
-            .await
-            .expect("an answer or the end of the stream within 60 s");
+        let next = tokio::time::timeout(Duration::from_secs(60), answers.message()).await.expect("an answer or the end of the stream within 60 s");
         match next {
             Ok(Some(resp)) => {
                 *answers_seen.entry(resp.batch_id).or_default() += 1;
@@ -316,15 +254,9 @@ async fn sigterm_during_a_stream_exits_cleanly_and_keeps_every_acked_event() {
     };
     let sent = sender.await.unwrap();
     let status = node.wait_exit().await;
-    eprintln!(
-        "sent {sent} batches, {} answered, {retry} events answered RETRY, stream ended with {stream_end:?}",
-        answers_seen.len()
-    );
+    eprintln!("sent {sent} batches, {} answered, {retry} events answered RETRY, stream ended with {stream_end:?}", answers_seen.len());
     assert_eq!(status.code(), Some(0), "SIGTERM is a clean shutdown (exit 0); log:\n{}", node.log_tail(40));
-    assert!(
-        stream_end.is_ok(),
-        "a client that finishes its stream during shutdown gets every answer and a clean end: {stream_end:?}"
-    );
+    assert!(stream_end.is_ok(), "a client that finishes its stream during shutdown gets every answer and a clean end: {stream_end:?}");
     let expected: BTreeMap<u64, usize> = (1..=sent).map(|b| (b, 1)).collect();
     assert_eq!(answers_seen, expected, "every batch sent is answered exactly once");
 
@@ -376,9 +308,7 @@ async fn sigterm_with_a_stream_left_open_still_exits_and_keeps_every_acked_event
     let mut acked: HashMap<u64, Vec<String>> = HashMap::new();
     let mut answers_seen: BTreeMap<u64, usize> = BTreeMap::new();
     let stream_end = loop {
-        let next = tokio::time::timeout(NODE_STOP_TIMEOUT, answers.message())
-            .await
-            .expect("an answer or the end of the stream");
+        let next = tokio::time::timeout(NODE_STOP_TIMEOUT, answers.message()).await.expect("an answer or the end of the stream");
         match next {
             Ok(Some(resp)) => {
                 *answers_seen.entry(resp.batch_id).or_default() += 1;
@@ -404,12 +334,7 @@ async fn sigterm_with_a_stream_left_open_still_exits_and_keeps_every_acked_event
     let sent = sender.await.unwrap();
     let status = node.wait_exit().await;
     eprintln!("sent {sent} batches, {} answered, stream ended with {stream_end:?}", answers_seen.len());
-    assert_eq!(
-        status.code(),
-        Some(0),
-        "SIGTERM is a clean shutdown even with a stream left open; log:\n{}",
-        node.log_tail(40)
-    );
+    assert_eq!(status.code(), Some(0), "SIGTERM is a clean shutdown even with a stream left open; log:\n{}", node.log_tail(40));
     assert!(answers_seen.values().all(|&n| n == 1), "no batch answered twice: {answers_seen:?}");
 
     phase("restart: every acknowledged event is there exactly once; nothing unknown, nothing twice");
@@ -421,14 +346,10 @@ async fn sigterm_with_a_stream_left_open_still_exits_and_keeps_every_acked_event
         assert_eq!(unique.len(), history.len(), "customer open-u{c}: no event applied twice: {history:?}");
         assert_eq!(p.event_count, history.len() as u64, "customer open-u{c}: event_count matches its history");
         for id in acked.get(&c).into_iter().flatten() {
-            assert!(
-                unique.contains(id.as_str()),
-                "customer open-u{c}: acknowledged event {id} is missing after restart"
-            );
+            assert!(unique.contains(id.as_str()), "customer open-u{c}: acknowledged event {id} is missing after restart");
         }
         for id in &history {
-            let n: u64 =
-                id.strip_prefix("open-").and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("unknown event {id}"));
+            let n: u64 = id.strip_prefix("open-").and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("unknown event {id}"));
             assert!(n < sent * PER_BATCH && n % CUSTOMERS == c, "customer open-u{c}: {id} was never sent to it");
         }
     }

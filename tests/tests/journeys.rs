@@ -59,7 +59,11 @@ async fn browse_abandon_and_post_purchase_run_on_a_live_node() {
     phase("Ada browses and never opens: email now, SMS after the 24 h timeout");
     let resp = node
         .send(vec![
-            identify("ada-1", &[("user_id", "ada"), ("email", "ada@example.com"), ("phone", "+14155550123")], json!({"ltv": 900, "consent": {"sms": "opted_in"}})),
+            identify(
+                "ada-1",
+                &[("user_id", "ada"), ("email", "ada@example.com"), ("phone", "+14155550123")],
+                json!({"ltv": 900, "consent": {"sms": "opted_in"}}),
+            ),
             track("ada-2", "Product Viewed", &[("user_id", "ada")], json!({"sku": "A"})),
         ])
         .await;
@@ -70,9 +74,8 @@ async fn browse_abandon_and_post_purchase_run_on_a_live_node() {
     assert_eq!(sent[1], ("sms".to_string(), "direct-incentive".to_string()));
     phase("the 24 h timeout fired one hour late by the manual clock, and /metrics says so");
     let metrics = http_request(node.http_addr(), "GET", "/metrics", &[], b"").await.text();
-    let line = |prefix: &str| -> Vec<u64> {
-        metrics.lines().filter(|l| l.starts_with(prefix)).map(|l| l.rsplit(' ').next().unwrap().parse().unwrap()).collect()
-    };
+    let line =
+        |prefix: &str| -> Vec<u64> { metrics.lines().filter(|l| l.starts_with(prefix)).map(|l| l.rsplit(' ').next().unwrap().parse().unwrap()).collect() };
     assert_eq!(line("chorus_timer_fire_lateness_ms_count "), vec![1], "{metrics}");
     assert_eq!(line("chorus_timer_fire_lateness_ms_sum "), vec![3_600_000], "{metrics}");
     assert_eq!(line("chorus_timer_fire_lateness_ms_bucket{le=\"60000\"}"), vec![0], "{metrics}");
@@ -110,14 +113,14 @@ async fn browse_abandon_and_post_purchase_run_on_a_live_node() {
     assert_eq!(st["entered"].as_u64().unwrap() + st["holdout_entered"].as_u64().unwrap(), 2, "{st}");
     assert_eq!(st["converted"].as_u64().unwrap() + st["holdout_converted"].as_u64().unwrap(), 1, "{st}");
     let counters = st["counters"].as_array().unwrap();
-    let count = |step: &str, what: &str| -> u64 {
-        counters.iter().filter(|c| c["step"] == step && c["what"] == what).map(|c| c["count"].as_u64().unwrap()).sum()
-    };
+    let count =
+        |step: &str, what: &str| -> u64 { counters.iter().filter(|c| c["step"] == step && c["what"] == what).map(|c| c["count"].as_u64().unwrap()).sum() };
     assert_eq!(count("recos_email", "sent:email") + count("recos_email", "skipped_holdout"), 2, "{st}");
     if st["converted"] == 1 {
         assert_eq!(st["time_to_conversion"][0], json!({"bucket": "<1h", "count": 1, "mean_ms": 0.0}), "{st}");
     }
-    let exits: Vec<(String, u64)> = st["exits"].as_array().unwrap().iter().map(|e| (e["reason"].as_str().unwrap().to_string(), e["count"].as_u64().unwrap())).collect();
+    let exits: Vec<(String, u64)> =
+        st["exits"].as_array().unwrap().iter().map(|e| (e["reason"].as_str().unwrap().to_string(), e["count"].as_u64().unwrap())).collect();
     assert!(exits.contains(&("event Order Completed".to_string(), 1)), "{st}");
     assert!(exits.contains(&("completed".to_string(), 1)), "{st}");
     let paths: Vec<&str> = st["top_paths"].as_array().unwrap().iter().map(|p| p["path"].as_str().unwrap()).collect();
@@ -132,8 +135,14 @@ async fn browse_abandon_and_post_purchase_run_on_a_live_node() {
     let trace = dir.path().join("trace.ndjson");
     std::fs::write(&trace, "{\"at\": \"2026-12-01T10:00:00Z\", \"event\": \"Product Viewed\", \"properties\": {\"sku\": \"A\"}}\n").unwrap();
     let profile = dir.path().join("ada.json");
-    std::fs::write(&profile, r#"{"attributes": {"ltv": 900}, "identities": {"email": "ada@example.com", "phone": "+14155550123"}, "consent": {"sms": "opted_in"}}"#).unwrap();
-    let sim = node.ctl(&["-o", "json", "journey", "simulate", BROWSE, "--events", trace.to_str().unwrap(), "--profile", profile.to_str().unwrap(), "--until", "2d"]).await;
+    std::fs::write(
+        &profile,
+        r#"{"attributes": {"ltv": 900}, "identities": {"email": "ada@example.com", "phone": "+14155550123"}, "consent": {"sms": "opted_in"}}"#,
+    )
+    .unwrap();
+    let sim = node
+        .ctl(&["-o", "json", "journey", "simulate", BROWSE, "--events", trace.to_str().unwrap(), "--profile", profile.to_str().unwrap(), "--until", "2d"])
+        .await;
     sim.ok();
     let simulated: Vec<(String, String)> = sim
         .stdout
@@ -231,7 +240,13 @@ async fn browse_abandon_every_branch_on_a_live_node() {
     let mut a = String::new();
     for n in 0..64 {
         let user = format!("alex-{n}");
-        let r = node.send(vec![identify(&format!("{user}-id"), &[("user_id", &user), ("phone", "+14155559999")], json!({"ltv": 100, "timezone": "UTC", "consent": {"sms": "opted_in"}}))]).await;
+        let r = node
+            .send(vec![identify(
+                &format!("{user}-id"),
+                &[("user_id", &user), ("phone", "+14155559999")],
+                json!({"ltv": 100, "timezone": "UTC", "consent": {"sms": "opted_in"}}),
+            )])
+            .await;
         if shard_of(&r.results[0].customer_id) != shard_of(&b) {
             a_user = user;
             a = r.results[0].customer_id.clone();

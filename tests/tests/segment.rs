@@ -21,10 +21,9 @@ async fn require_sdk() {
     let out = tokio::process::Command::new("python3").args(["-c", "import segment.analytics"]).output().await;
     match out {
         Err(e) => panic!("python3 is needed for the Segment SDK test ({e}): install Python 3, then {SDK_HINT}"),
-        Ok(o) if !o.status.success() => panic!(
-            "the official Segment SDK (segment-analytics-python) is not installed: {SDK_HINT}\n{}",
-            String::from_utf8_lossy(&o.stderr)
-        ),
+        Ok(o) if !o.status.success() => {
+            panic!("the official Segment SDK (segment-analytics-python) is not installed: {SDK_HINT}\n{}", String::from_utf8_lossy(&o.stderr))
+        }
         Ok(_) => {}
     }
 }
@@ -34,19 +33,11 @@ async fn run_sdk(node: &Node, write_key: &str) -> Vec<Value> {
     let script = python_dir().join("segment_sdk_send.py");
     let mut cmd = tokio::process::Command::new("python3");
     cmd.arg(&script).args(["all", "--host", &node.http_url(), "--write-key", write_key]).kill_on_drop(true);
-    let out =
-        tokio::time::timeout(SDK_TIMEOUT, cmd.output()).await.expect("the SDK script finishes").expect("run python3");
+    let out = tokio::time::timeout(SDK_TIMEOUT, cmd.output()).await.expect("the SDK script finishes").expect("run python3");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "the SDK reported errors sending to Chorus:\nstdout:\n{stdout}\nstderr:\n{stderr}"
-    );
-    stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("SDK script line is not JSON ({e}): {l}")))
-        .collect()
+    assert_eq!(out.status.code(), Some(0), "the SDK reported errors sending to Chorus:\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    stdout.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("SDK script line is not JSON ({e}): {l}"))).collect()
 }
 
 #[tokio::test]
@@ -56,10 +47,8 @@ async fn the_official_python_sdk_works_unchanged() {
 
     phase("segment-analytics-python sends identify, track, page, screen, group, alias and a gzip'd track");
     let sent = run_sdk(&node, "any-key").await;
-    let calls: Vec<(&str, &str, bool)> = sent
-        .iter()
-        .map(|l| (l["call"].as_str().unwrap(), l["type"].as_str().unwrap(), l["gzip"].as_bool().unwrap()))
-        .collect();
+    let calls: Vec<(&str, &str, bool)> =
+        sent.iter().map(|l| (l["call"].as_str().unwrap(), l["type"].as_str().unwrap(), l["gzip"].as_bool().unwrap())).collect();
     assert_eq!(
         calls,
         vec![
@@ -72,8 +61,7 @@ async fn the_official_python_sdk_works_unchanged() {
             ("track_gzip", "track", true),
         ]
     );
-    let message_ids: BTreeSet<String> =
-        sent.iter().map(|l| l["message_id"].as_str().expect("message id").to_string()).collect();
+    let message_ids: BTreeSet<String> = sent.iter().map(|l| l["message_id"].as_str().expect("message id").to_string()).collect();
     assert_eq!(message_ids.len(), 7, "distinct message ids: {message_ids:?}");
 
     phase("one profile holds every call, with the identify traits");
@@ -88,13 +76,9 @@ async fn the_official_python_sdk_works_unchanged() {
                "phone": "+14155550123", "timezone": "Europe/Paris"}),
         "identify traits become attributes; group traits and the consent trait do not"
     );
-    for (k, v) in [
-        ("user_id", "sdk-user-1"),
-        ("anonymous_id", "sdk-anon-1"),
-        ("email", "ada.sdk@example.com"),
-        ("phone", "+14155550123"),
-        ("device_id", "sdk-device-1"),
-    ] {
+    for (k, v) in
+        [("user_id", "sdk-user-1"), ("anonymous_id", "sdk-anon-1"), ("email", "ada.sdk@example.com"), ("phone", "+14155550123"), ("device_id", "sdk-device-1")]
+    {
         assert!(has_identity(&p, k, v), "profile holds {k}:{v}: {:?}", p.identities);
     }
     let consent: Value = serde_json::from_str(&p.consent_json).unwrap();
@@ -103,8 +87,7 @@ async fn the_official_python_sdk_works_unchanged() {
 
     let by_call = |call: &str| {
         let id = sent.iter().find(|l| l["call"] == call).unwrap()["message_id"].as_str().unwrap().to_string();
-        let e =
-            p.recent_events.iter().find(|e| e.message_id == id).unwrap_or_else(|| panic!("{call} ({id}) in history"));
+        let e = p.recent_events.iter().find(|e| e.message_id == id).unwrap_or_else(|| panic!("{call} ({id}) in history"));
         (e.r#type.clone(), e.name.clone(), serde_json::from_str::<Value>(&e.properties_json).unwrap())
     };
     assert_eq!(
@@ -133,16 +116,9 @@ async fn the_official_python_sdk_works_unchanged() {
     assert_eq!((t.as_str(), &props["previous_id"]), ("alias", &json!("sdk-anon-1")));
 
     phase("every identity finds the same profile (gRPC and chorusctl)");
-    for (k, v) in [
-        ("email", "ada.sdk@example.com"),
-        ("anonymous_id", "sdk-anon-1"),
-        ("phone", "+14155550123"),
-        ("device_id", "sdk-device-1"),
-    ] {
-        let found = wait_until(Duration::from_secs(20), &format!("{k}:{v} resolves"), || async {
-            node.profile(k, v, 0).await.map_err(|s| format!("{s:?}"))
-        })
-        .await;
+    for (k, v) in [("email", "ada.sdk@example.com"), ("anonymous_id", "sdk-anon-1"), ("phone", "+14155550123"), ("device_id", "sdk-device-1")] {
+        let found =
+            wait_until(Duration::from_secs(20), &format!("{k}:{v} resolves"), || async { node.profile(k, v, 0).await.map_err(|s| format!("{s:?}")) }).await;
         assert_eq!(found.customer_id, p.customer_id, "{k}:{v}");
     }
     let out = node.ctl(&["-o", "json", "profile", "find", "--email", "Ada.SDK@example.com", "--events", "10"]).await;
@@ -177,9 +153,7 @@ fn assert_error(r: &HttpResponse, status: u16, code: &str) -> String {
 async fn raw_http_write_keys_malformed_bodies_and_per_item_results() {
     let node = Node::start(NodeOpts::new("segment-http").shards(4).env("CHORUS_WRITE_KEYS", "good")).await;
     let good = basic_auth("good");
-    let track_body = |mid: &str, user: &str| {
-        json!({"messageId": mid, "userId": user, "event": "Clicked", "properties": {"n": 1}}).to_string()
-    };
+    let track_body = |mid: &str, user: &str| json!({"messageId": mid, "userId": user, "event": "Clicked", "properties": {"n": 1}}).to_string();
 
     phase("write keys: only the configured key is accepted");
     let r = post(&node, "/v1/track", Some(&basic_auth("bad")), &[], &track_body("k-1", "http-u0")).await;
@@ -189,38 +163,17 @@ async fn raw_http_write_keys_malformed_bodies_and_per_item_results() {
     assert_error(&r, 401, "missing_write_key");
     let r = post(&node, "/v1/track", Some("Bearer abc"), &[], &track_body("k-3", "http-u0")).await;
     assert_error(&r, 401, "bad_authorization");
-    let r = post(
-        &node,
-        "/v1/track",
-        None,
-        &[],
-        &json!({"writeKey": "bad", "messageId": "k-4", "userId": "http-u0", "event": "Clicked"}).to_string(),
-    )
-    .await;
+    let r = post(&node, "/v1/track", None, &[], &json!({"writeKey": "bad", "messageId": "k-4", "userId": "http-u0", "event": "Clicked"}).to_string()).await;
     assert_error(&r, 401, "invalid_write_key");
-    assert_eq!(
-        node.profile("user_id", "http-u0", 0).await.expect_err("nothing refused was applied").code(),
-        tonic::Code::NotFound
-    );
+    assert_eq!(node.profile("user_id", "http-u0", 0).await.expect_err("nothing refused was applied").code(), tonic::Code::NotFound);
 
     let r = post(&node, "/v1/track", Some(&good), &[], &track_body("k-5", "http-u1")).await;
     assert_eq!(r.status, 200, "{}", r.text());
     let j = r.json();
     assert_eq!(j["success"], true);
-    assert_eq!(
-        (j["results"][0]["index"].clone(), j["results"][0]["status"].clone()),
-        (json!(0), json!("accepted")),
-        "{j}"
-    );
+    assert_eq!((j["results"][0]["index"].clone(), j["results"][0]["status"].clone()), (json!(0), json!("accepted")), "{j}");
     let u1 = j["results"][0]["customer_id"].as_str().expect("customer id").to_string();
-    let r = post(
-        &node,
-        "/v1/track",
-        None,
-        &[],
-        &json!({"writeKey": "good", "messageId": "k-6", "userId": "http-u1", "event": "Clicked"}).to_string(),
-    )
-    .await;
+    let r = post(&node, "/v1/track", None, &[], &json!({"writeKey": "good", "messageId": "k-6", "userId": "http-u1", "event": "Clicked"}).to_string()).await;
     assert_eq!(r.status, 200, "writeKey in the body is accepted: {}", r.text());
     let r = post(&node, "/v1/track", Some(&good), &[], &track_body("k-5", "http-u1")).await;
     assert_eq!(r.json()["results"][0]["status"], "duplicate", "a retried call is a duplicate");
@@ -235,8 +188,7 @@ async fn raw_http_write_keys_malformed_bodies_and_per_item_results() {
     assert_eq!(r.status, 400, "{}", r.text());
     let r = post(&node, "/v1/track", Some(&good), &[("Content-Encoding", "gzip")], &track_body("k-7", "http-u1")).await;
     assert_error(&r, 400, "bad_gzip");
-    let r =
-        post(&node, "/v1/track", Some(&good), &[], &json!({"messageId": "k-8", "userId": "http-u1"}).to_string()).await;
+    let r = post(&node, "/v1/track", Some(&good), &[], &json!({"messageId": "k-8", "userId": "http-u1"}).to_string()).await;
     let msg = assert_error(&r, 400, "invalid_request");
     assert!(msg.starts_with("event:"), "a bad single call names its field: {msg}");
     let r = post(&node, "/v1/nope", Some(&good), &[], "{}").await;

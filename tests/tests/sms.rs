@@ -39,7 +39,11 @@ impl FakeTwilio {
 }
 
 async fn next_json(lines: &mut Lines<BufReader<ChildStdout>>) -> Value {
-    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await.expect("the fake Twilio answers in time").unwrap().expect("twilio_fake.py exited");
+    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("the fake Twilio answers in time")
+        .unwrap()
+        .expect("twilio_fake.py exited");
     serde_json::from_str(&line).unwrap()
 }
 
@@ -52,7 +56,9 @@ async fn signature(url: &str, form: &[(&str, &str)]) -> String {
 }
 
 fn form_body(form: &[(&str, &str)]) -> String {
-    let enc = |s: &str| s.bytes().map(|b| if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") }).collect::<String>();
+    let enc = |s: &str| {
+        s.bytes().map(|b| if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") }).collect::<String>()
+    };
     form.iter().map(|(k, v)| format!("{}={}", enc(k), enc(v))).collect::<Vec<_>>().join("&")
 }
 
@@ -92,7 +98,11 @@ async fn sms_through_a_twilio_compatible_api_with_signed_webhooks() {
     assert_eq!(r.status, 200, "{}", r.text());
     wait_until(Duration::from_secs(30), "sms.delivered on the profile", || async {
         let recent = node.ctl(&["-o", "json", "profile", "get", &ada, "--events", "5"]).await;
-        if recent.json()["recent_events"].as_array().unwrap().iter().any(|e| e["name"] == "sms.delivered" && e["properties"]["key"] == key.as_str()) { Ok(()) } else { Err(recent.stdout) }
+        if recent.json()["recent_events"].as_array().unwrap().iter().any(|e| e["name"] == "sms.delivered" && e["properties"]["key"] == key.as_str()) {
+            Ok(())
+        } else {
+            Err(recent.stdout)
+        }
     })
     .await;
 

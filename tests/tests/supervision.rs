@@ -24,12 +24,7 @@ async fn quarantined_per_shard(node: &Node) -> Result<Vec<u64>, String> {
     if !out.status.success() {
         return Err(out.stderr);
     }
-    Ok(out.json()["shards"]
-        .as_array()
-        .ok_or("no shards")?
-        .iter()
-        .map(|s| s["quarantined"].as_u64().unwrap_or(u64::MAX))
-        .collect())
+    Ok(out.json()["shards"].as_array().ok_or("no shards")?.iter().map(|s| s["quarantined"].as_u64().unwrap_or(u64::MAX)).collect())
 }
 
 #[tokio::test]
@@ -38,10 +33,7 @@ async fn a_panicking_customer_is_quarantined_and_its_shard_keeps_serving() {
 
     phase("the victim and the bystanders exist");
     let mut first = vec![identify("victim-1", &[("user_id", "victim")], json!({"plan": "pro"}))];
-    first.extend(
-        (0..BYSTANDERS)
-            .map(|i| track(&format!("calm-{i}-1"), "Product Viewed", &[("user_id", &bystander(i))], json!({}))),
-    );
+    first.extend((0..BYSTANDERS).map(|i| track(&format!("calm-{i}-1"), "Product Viewed", &[("user_id", &bystander(i))], json!({}))));
     let resp = node.send(first).await;
     assert!(resp.results.iter().all(|r| status_of(r) == EventStatus::Accepted), "{:?}", resp.results);
     let victim = node.profile("user_id", "victim", 0).await.expect("victim exists");
@@ -58,23 +50,19 @@ async fn a_panicking_customer_is_quarantined_and_its_shard_keeps_serving() {
 
     phase("a Boom event for the victim, in one batch with everybody else's events");
     let mut batch = vec![track("victim-boom", "Boom", &[("user_id", "victim")], json!({}))];
-    batch.extend(
-        (0..BYSTANDERS)
-            .map(|i| track(&format!("calm-{i}-2"), "Product Viewed", &[("user_id", &bystander(i))], json!({}))),
-    );
+    batch.extend((0..BYSTANDERS).map(|i| track(&format!("calm-{i}-2"), "Product Viewed", &[("user_id", &bystander(i))], json!({}))));
     let resp = node.send(batch).await;
     for r in &resp.results {
         assert_eq!(status_of(r), EventStatus::Accepted, "committed events are acknowledged: {}", show_result(r));
     }
 
     phase("the shard reports one quarantined customer; the node is alive");
-    let per_shard =
-        wait_until(Duration::from_secs(30), "shard list shows the victim's shard with quarantined=1", || async {
-            let q = quarantined_per_shard(&node).await?;
-            let want: Vec<u64> = (0..SHARDS).map(|s| u64::from(s == victim_shard)).collect();
-            if q == want { Ok(q) } else { Err(format!("quarantined per shard {q:?}, want {want:?}")) }
-        })
-        .await;
+    let per_shard = wait_until(Duration::from_secs(30), "shard list shows the victim's shard with quarantined=1", || async {
+        let q = quarantined_per_shard(&node).await?;
+        let want: Vec<u64> = (0..SHARDS).map(|s| u64::from(s == victim_shard)).collect();
+        if q == want { Ok(q) } else { Err(format!("quarantined per shard {q:?}, want {want:?}")) }
+    })
+    .await;
     eprintln!("quarantined per shard: {per_shard:?}");
     assert!(node.is_running(), "the node survived the panics; log:\n{}", node.log_tail(40));
     let explain = node.ctl(&["-o", "json", "profile", "explain", "user_id:victim"]).await;
@@ -83,9 +71,8 @@ async fn a_panicking_customer_is_quarantined_and_its_shard_keeps_serving() {
     assert!(decisions.iter().any(|d| d["kind"] == "quarantined"), "explain shows the quarantine: {decisions:?}");
 
     phase("everybody else is served, the victim's shard included; the victim's inputs are parked");
-    let mut batch: Vec<v1::Event> = (0..BYSTANDERS)
-        .map(|i| track(&format!("calm-{i}-3"), "Product Viewed", &[("user_id", &bystander(i))], json!({})))
-        .collect();
+    let mut batch: Vec<v1::Event> =
+        (0..BYSTANDERS).map(|i| track(&format!("calm-{i}-3"), "Product Viewed", &[("user_id", &bystander(i))], json!({}))).collect();
     batch.push(track("victim-after", "Product Viewed", &[("user_id", "victim")], json!({})));
     let resp = node.send(batch).await;
     for r in &resp.results {
@@ -100,18 +87,11 @@ async fn a_panicking_customer_is_quarantined_and_its_shard_keeps_serving() {
     assert_eq!(node.profile("user_id", "newcomer", 0).await.unwrap().event_count, 1, "new customers are served");
     let v = node.profile("user_id", "victim", 10).await.expect("the victim's profile is still readable");
     assert_eq!(v.event_count, 1, "the Boom event and later ones are parked, not applied: {v:?}");
-    assert_eq!(
-        serde_json::from_str::<serde_json::Value>(&v.attributes_json).unwrap(),
-        json!({"plan": "pro"}),
-        "the last good state is kept"
-    );
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&v.attributes_json).unwrap(), json!({"plan": "pro"}), "the last good state is kept");
     let health = http_request(node.http_addr(), "GET", "/healthz", &[], b"").await;
     assert_eq!(health.status, 200);
     let metrics = http_request(node.http_addr(), "GET", "/metrics", &[], b"").await.text();
-    assert!(
-        metrics.contains(&format!("chorus_shard_quarantined_customers{{shard=\"{victim_shard}\"}} 1")),
-        "{metrics}"
-    );
+    assert!(metrics.contains(&format!("chorus_shard_quarantined_customers{{shard=\"{victim_shard}\"}} 1")), "{metrics}");
 
     phase("the quarantine survives a restart");
     let status = node.terminate().await;
@@ -119,13 +99,7 @@ async fn a_panicking_customer_is_quarantined_and_its_shard_keeps_serving() {
     node.restart().await;
     let q = quarantined_per_shard(&node).await.expect("shard list");
     assert_eq!(q, (0..SHARDS).map(|s| u64::from(s == victim_shard)).collect::<Vec<_>>());
-    let resp = node
-        .send(
-            (0..BYSTANDERS)
-                .map(|i| track(&format!("calm-{i}-4"), "Product Viewed", &[("user_id", &bystander(i))], json!({})))
-                .collect(),
-        )
-        .await;
+    let resp = node.send((0..BYSTANDERS).map(|i| track(&format!("calm-{i}-4"), "Product Viewed", &[("user_id", &bystander(i))], json!({}))).collect()).await;
     assert!(resp.results.iter().all(|r| status_of(r) == EventStatus::Accepted));
     for i in same_shard {
         assert_eq!(node.profile("user_id", &bystander(i), 0).await.unwrap().event_count, 4);

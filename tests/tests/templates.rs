@@ -78,7 +78,10 @@ async fn template_validate_reports_files_lines_and_exit_codes() {
     assert_eq!(out.code(), Some(1), "{out:#?}");
     let j = out.json();
     assert_eq!(j[0]["valid"], false);
-    assert_eq!(j[0]["problems"][0], json!({"line": 3, "path": "sms.body", "message": "unknown variable custmer.first_name: use profile, event, vars, journey, message or links (or set strict: false to render unknown variables empty)"}));
+    assert_eq!(
+        j[0]["problems"][0],
+        json!({"line": 3, "path": "sms.body", "message": "unknown variable custmer.first_name: use profile, event, vars, journey, message or links (or set strict: false to render unknown variables empty)"})
+    );
     assert_eq!(j[0]["problems"].as_array().unwrap().len(), 5);
     assert_eq!(j[1], json!({"file": paths[2], "valid": true, "template": "direct-incentive", "channels": ["sms"], "locales": ["fr"], "problems": []}));
 
@@ -177,7 +180,8 @@ async fn template_render_prints_the_message_for_a_sample_customer() {
         json!({"template": "tighter-benefit", "locale": null, "channel": "push", "title": "Desk lamp is waiting",
                "body": "Free delivery on it until midnight, Ada.", "image": null, "deep_link": "shop://product/SKU%201"})
     );
-    let out = ctl(&["-o", "json", "template", "render", &example("meta-retargeting-add"), "--channel", "webhook", "--profile", &profile, "--event", &event]).await;
+    let out =
+        ctl(&["-o", "json", "template", "render", &example("meta-retargeting-add"), "--channel", "webhook", "--profile", &profile, "--event", &event]).await;
     out.ok();
     assert_eq!(
         out.json(),
@@ -192,7 +196,9 @@ async fn template_render_prints_the_message_for_a_sample_customer() {
     assert_eq!(out.code(), Some(1), "{out:#?}");
     assert_eq!(
         out.stderr,
-        format!("error: {recos}:17: email.html: event.sku is not set for this customer: give it a default ({{{{ event.sku | default: \"…\" }}}}) or set strict: false\n")
+        format!(
+            "error: {recos}:17: email.html: event.sku is not set for this customer: give it a default ({{{{ event.sku | default: \"…\" }}}}) or set strict: false\n"
+        )
     );
 
     phase("a channel the template has no variant for (exit 1); an invalid template (exit 2)");

@@ -99,14 +99,27 @@ async fn rendered_messages_and_engagement_tracking_over_http() {
     assert!(page.text().contains("<form method=\"post\">"), "{}", page.text());
     let consent = node.ctl(&["-o", "json", "profile", "consent", &ada]).await;
     assert!(consent.json()["ledger"].as_array().unwrap().is_empty(), "{}", consent.stdout);
-    let post = http_request(node.http_addr(), "POST", &path_of(&unsubscribe), &[("Content-Type", "application/x-www-form-urlencoded")], b"List-Unsubscribe=One-Click").await;
+    let post =
+        http_request(node.http_addr(), "POST", &path_of(&unsubscribe), &[("Content-Type", "application/x-www-form-urlencoded")], b"List-Unsubscribe=One-Click")
+            .await;
     assert_eq!(post.status, 200, "{}", post.text());
     let consent = node.ctl(&["-o", "json", "profile", "consent", &ada]).await;
     let last = consent.json()["ledger"].as_array().unwrap().last().cloned().expect("a ledger entry");
-    assert_eq!((last["scope"].as_str(), last["status"].as_str(), last["source"].as_str()), (Some("channel:email"), Some("opted_out"), Some("list-unsubscribe one-click")));
+    assert_eq!(
+        (last["scope"].as_str(), last["status"].as_str(), last["source"].as_str()),
+        (Some("channel:email"), Some("opted_out"), Some("list-unsubscribe one-click"))
+    );
     assert!(last["evidence"].as_str().unwrap().contains("message j/browse-abandon/v1/"), "{last}");
     let explain = node.ctl(&["-o", "json", "profile", "explain", &ada]).await;
-    assert!(explain.json()["decisions"].as_array().unwrap().iter().any(|d| d["kind"] == "consent.changed" && d["detail"] == "channel:email via list-unsubscribe one-click"), "{}", explain.stdout);
+    assert!(
+        explain.json()["decisions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["kind"] == "consent.changed" && d["detail"] == "channel:email via list-unsubscribe one-click"),
+        "{}",
+        explain.stdout
+    );
 
     phase("after the opt-out, marketing email is skipped");
     node.ctl(&["messages", "send", "--to", "user_id:ada", "--channel", "email", "--template", "tighter-benefit", "--request-id", "r2"]).await.ok();
@@ -118,7 +131,22 @@ async fn rendered_messages_and_engagement_tracking_over_http() {
     let t = dir2.path().join("banner.yaml");
     std::fs::write(&t, "id: spring-banner\ncategory: marketing\nin_app:\n  title: 'Spring sale, {{ profile.first_name }}'\n  body: '20% off everything'\n  buttons:\n    - { label: Shop, action: 'app://sale' }\n").unwrap();
     node.ctl(&["template", "apply", t.to_str().unwrap()]).await.ok();
-    node.ctl(&["messages", "send", "--to", "user_id:ada", "--channel", "in_app", "--template", "spring-banner", "--vars", "{\"placement\": \"home\"}", "--request-id", "r3"]).await.ok();
+    node.ctl(&[
+        "messages",
+        "send",
+        "--to",
+        "user_id:ada",
+        "--channel",
+        "in_app",
+        "--template",
+        "spring-banner",
+        "--vars",
+        "{\"placement\": \"home\"}",
+        "--request-id",
+        "r3",
+    ])
+    .await
+    .ok();
     let auth = basic_auth("wk_test");
     let get = || async { http_request(node.http_addr(), "GET", "/v1/content/home?identity=user_id:ada", &[("Authorization", auth.as_str())], b"").await };
     let r = wait_until(Duration::from_secs(30), "the in-app message", || async {

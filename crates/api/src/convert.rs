@@ -19,7 +19,6 @@ fn parse_object(field: &str, text: &str) -> Result<Map<String, Value>, FieldErro
     }
 }
 
-
 /// A proto event as raw input (JSON fields parsed; validation happens after).
 pub fn event_input(e: v1::Event) -> Result<EventInput, FieldError> {
     Ok(EventInput {
@@ -155,7 +154,9 @@ pub fn profile(state: &CustomerState, merged_into: Option<String>, events: usize
 /// A customer's consent and its ledger.
 pub fn consent(state: &CustomerState) -> v1::ConsentResponse {
     let current = |kind: &str, m: &std::collections::BTreeMap<String, chorus_engine::ConsentEntry>| -> Vec<v1::ConsentState> {
-        m.iter().map(|(k, e)| v1::ConsentState { scope: format!("{kind}:{k}"), status: e.status.as_str().to_string(), at_ms: e.at_ms, source: e.source.clone() }).collect()
+        m.iter()
+            .map(|(k, e)| v1::ConsentState { scope: format!("{kind}:{k}"), status: e.status.as_str().to_string(), at_ms: e.at_ms, source: e.source.clone() })
+            .collect()
     };
     let mut all = current("channel", &state.consent.channels);
     all.extend(current("topic", &state.consent.topics));
@@ -166,7 +167,13 @@ pub fn consent(state: &CustomerState) -> v1::ConsentResponse {
             .consent
             .ledger
             .iter()
-            .map(|c| v1::ConsentLedgerEntry { at_ms: c.at_ms, scope: c.scope.clone(), status: c.status.as_str().to_string(), source: c.source.clone(), evidence: c.evidence.clone() })
+            .map(|c| v1::ConsentLedgerEntry {
+                at_ms: c.at_ms,
+                scope: c.scope.clone(),
+                status: c.status.as_str().to_string(),
+                source: c.source.clone(),
+                evidence: c.evidence.clone(),
+            })
             .collect(),
     }
 }
@@ -174,7 +181,12 @@ pub fn consent(state: &CustomerState) -> v1::ConsentResponse {
 /// Ingest `input` as an event of `state`'s customer: routed by the customer's strongest
 /// identity (so it is ordered with the rest of their inputs), with `context.chorus`
 /// set when Chorus itself is the source (clients may not set it). Waits for the commit.
-pub async fn ingest_as_customer(shards: &chorus_shard::Shards, state: &CustomerState, mut input: chorus_types::EventInput, chorus: Option<Value>) -> Result<(), ApiError> {
+pub async fn ingest_as_customer(
+    shards: &chorus_shard::Shards,
+    state: &CustomerState,
+    mut input: chorus_types::EventInput,
+    chorus: Option<Value>,
+) -> Result<(), ApiError> {
     let identity = chorus_types::routing::strongest(&state.identities).ok_or_else(|| ApiError::Internal(format!("customer {} has no identity", state.id)))?;
     input.identities = vec![(identity.kind.as_str().to_string(), identity.value.clone())];
     let mut event = input.validate().map_err(|e| ApiError::invalid(e.field, e.message))?;

@@ -58,4 +58,3 @@ impl From<ApiError> for tonic::Status {
         chorus_proto::to_status(&e)
     }
 }
-

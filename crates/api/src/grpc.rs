@@ -37,7 +37,9 @@ impl Services {
     async fn resolve_ref(&self, r: Option<v1::ProfileRef>) -> Result<CustomerId, ApiError> {
         match r.and_then(|r| r.r#ref) {
             None => Err(ApiError::invalid("profile", "give a customer_id or an identity {kind, value}")),
-            Some(v1::profile_ref::Ref::CustomerId(id)) => id.parse().map_err(|e: chorus_types::CustomerIdParseError| ApiError::invalid("profile.customer_id", e.to_string())),
+            Some(v1::profile_ref::Ref::CustomerId(id)) => {
+                id.parse().map_err(|e: chorus_types::CustomerIdParseError| ApiError::invalid("profile.customer_id", e.to_string()))
+            }
             Some(v1::profile_ref::Ref::Identity(i)) => {
                 let id = convert::identity(&i.kind, &i.value)?;
                 self.shards.find(&id).await?.ok_or_else(|| ApiError::NotFound(format!("no customer with {} {}", id.kind, id.value)))
@@ -109,12 +111,8 @@ impl v1::profiles_server::Profiles for Services {
     async fn get(&self, request: Request<v1::GetProfileRequest>) -> Result<Response<v1::Profile>, Status> {
         let req = request.into_inner();
         let id = self.resolve_ref(req.profile).await?;
-        let (state, followed) = self
-            .shards
-            .customer_following_merges(id)
-            .await
-            .map_err(ApiError::from)?
-            .ok_or_else(|| ApiError::NotFound(format!("no customer {id}")))?;
+        let (state, followed) =
+            self.shards.customer_following_merges(id).await.map_err(ApiError::from)?.ok_or_else(|| ApiError::NotFound(format!("no customer {id}")))?;
         let merged_into = followed.then(|| state.id.to_string());
         Ok(Response::new(convert::profile(&state, merged_into, req.events as usize)))
     }
@@ -122,12 +120,8 @@ impl v1::profiles_server::Profiles for Services {
     async fn explain(&self, request: Request<v1::ExplainRequest>) -> Result<Response<v1::ExplainResponse>, Status> {
         let req = request.into_inner();
         let id = self.resolve_ref(req.profile).await?;
-        let (state, _) = self
-            .shards
-            .customer_following_merges(id)
-            .await
-            .map_err(ApiError::from)?
-            .ok_or_else(|| ApiError::NotFound(format!("no customer {id}")))?;
+        let (state, _) =
+            self.shards.customer_following_merges(id).await.map_err(ApiError::from)?.ok_or_else(|| ApiError::NotFound(format!("no customer {id}")))?;
         let limit = if req.limit == 0 { usize::MAX } else { req.limit as usize };
         let decisions = state
             .decisions
@@ -145,7 +139,8 @@ impl v1::profiles_server::Profiles for Services {
 
     async fn get_consent(&self, request: Request<v1::GetConsentRequest>) -> Result<Response<v1::ConsentResponse>, Status> {
         let id = self.resolve_ref(request.into_inner().profile).await?;
-        let (state, _) = self.shards.customer_following_merges(id).await.map_err(ApiError::from)?.ok_or_else(|| ApiError::NotFound(format!("no customer {id}")))?;
+        let (state, _) =
+            self.shards.customer_following_merges(id).await.map_err(ApiError::from)?.ok_or_else(|| ApiError::NotFound(format!("no customer {id}")))?;
         Ok(Response::new(convert::consent(&state)))
     }
 
@@ -166,7 +161,8 @@ impl v1::profiles_server::Profiles for Services {
             _ => return Err(ApiError::invalid("status", format!("{:?}: use opted_in, opted_out or unknown", req.status)).into()),
         };
         let id = self.resolve_ref(req.profile).await?;
-        let (state, _) = self.shards.customer_following_merges(id).await.map_err(ApiError::from)?.ok_or_else(|| ApiError::NotFound(format!("no customer {id}")))?;
+        let (state, _) =
+            self.shards.customer_following_merges(id).await.map_err(ApiError::from)?.ok_or_else(|| ApiError::NotFound(format!("no customer {id}")))?;
         // The change travels as an event of the customer's, so it is ordered with their
         // other inputs and replicated like them.
         let consent = if scope_kind == "channel" {
@@ -174,7 +170,11 @@ impl v1::profiles_server::Profiles for Services {
         } else {
             serde_json::json!({"topics": { name.clone(): status.as_str() }})
         };
-        let request_id = if req.request_id.trim().is_empty() { format!("{}-{}-{}-{}", state.id, scope_kind, name, self.shards.now_ms()) } else { req.request_id.trim().to_string() };
+        let request_id = if req.request_id.trim().is_empty() {
+            format!("{}-{}-{}-{}", state.id, scope_kind, name, self.shards.now_ms())
+        } else {
+            req.request_id.trim().to_string()
+        };
         let input = chorus_types::EventInput {
             message_id: format!("consent/{request_id}"),
             event_type: "identify".into(),
@@ -183,7 +183,8 @@ impl v1::profiles_server::Profiles for Services {
         };
         let chorus = serde_json::json!({"consent_source": "api", "evidence": req.evidence.trim()});
         convert::ingest_as_customer(&self.shards, &state, input, Some(chorus)).await?;
-        let (state, _) = self.shards.customer_following_merges(state.id).await.map_err(ApiError::from)?.ok_or_else(|| ApiError::NotFound(format!("no customer {id}")))?;
+        let (state, _) =
+            self.shards.customer_following_merges(state.id).await.map_err(ApiError::from)?.ok_or_else(|| ApiError::NotFound(format!("no customer {id}")))?;
         Ok(Response::new(convert::consent(&state)))
     }
 }
@@ -197,7 +198,8 @@ impl v1::admin_server::Admin for Services {
         };
         let letters = self
             .shards
-            .dead_letters(limit).await
+            .dead_letters(limit)
+            .await
             .map_err(ApiError::from)?
             .into_iter()
             .map(|d| v1::DeadLetter {
@@ -358,7 +360,10 @@ impl v1::admin_server::Admin for Services {
     async fn list_write_keys(&self, _: Request<v1::ListWriteKeysRequest>) -> Result<Response<v1::ListWriteKeysResponse>, Status> {
         let keys = self.shards.write_keys().await.map_err(ApiError::from)?;
         Ok(Response::new(v1::ListWriteKeysResponse {
-            keys: keys.into_iter().map(|k| v1::WriteKeyInfo { fingerprint: crate::keys::fingerprint(&k.sha256), name: k.name, created_ms: k.created_ms }).collect(),
+            keys: keys
+                .into_iter()
+                .map(|k| v1::WriteKeyInfo { fingerprint: crate::keys::fingerprint(&k.sha256), name: k.name, created_ms: k.created_ms })
+                .collect(),
         }))
     }
 
@@ -404,7 +409,9 @@ impl v1::admin_server::Admin for Services {
         let clock = self.shards.clock();
         let result = match request.into_inner().op {
             None | Some(v1::clock_request::Op::Show(_)) => Ok(clock.now_ms()),
-            Some(v1::clock_request::Op::AdvanceMs(ms)) if ms < 0 => Err(ApiError::invalid("advance_ms", "must not be negative: the clock never goes backwards")),
+            Some(v1::clock_request::Op::AdvanceMs(ms)) if ms < 0 => {
+                Err(ApiError::invalid("advance_ms", "must not be negative: the clock never goes backwards"))
+            }
             Some(v1::clock_request::Op::AdvanceMs(ms)) => clock.advance(ms).map_err(|e| ApiError::from(chorus_shard::ShardError::from(e))),
             Some(v1::clock_request::Op::SetMs(ms)) => clock.set(ms).map_err(|e| ApiError::from(chorus_shard::ShardError::from(e))),
         };
@@ -516,7 +523,11 @@ impl v1::messages_server::Messages for Services {
     async fn send(&self, request: Request<v1::SendMessagesRequest>) -> Result<Response<v1::SendMessagesResponse>, Status> {
         let req = request.into_inner();
         if req.messages.len() > self.config.batch_events_max {
-            return Err(ApiError::invalid("messages", format!("{} messages in one request; the limit is {}", req.messages.len(), self.config.batch_events_max)).into());
+            return Err(ApiError::invalid(
+                "messages",
+                format!("{} messages in one request; the limit is {}", req.messages.len(), self.config.batch_events_max),
+            )
+            .into());
         }
         let now = self.shards.clock().now_ms();
         let mut results: Vec<v1::MessageResult> = Vec::with_capacity(req.messages.len());
@@ -642,9 +653,7 @@ impl v1::journeys_server::Journeys for Services {
         let id = request.into_inner().id;
         self.journey(&id).await?;
         let merged = self.shards.journey_stats(&id).await.map_err(ApiError::from)?;
-        let total = |what: &str| -> (u64, f64) {
-            merged.iter().filter(|((_, _, w), _)| w == what).fold((0, 0.0), |(c, s), (_, (c2, s2))| (c + c2, s + s2))
-        };
+        let total = |what: &str| -> (u64, f64) { merged.iter().filter(|((_, _, w), _)| w == what).fold((0, 0.0), |(c, s), (_, (c2, s2))| (c + c2, s + s2)) };
         let (entered, _) = total("entered");
         let (converted, revenue) = total("converted");
         let (h_entered, _) = total("entered_holdout");
@@ -664,10 +673,12 @@ impl v1::journeys_server::Journeys for Services {
             let (count, sum) = by.get(&format!("ttc:{bucket}")).copied().unwrap_or_default();
             time_to_conversion.push(v1::TimeBucket { bucket: bucket.to_string(), count, mean_ms: if count > 0 { sum / count as f64 } else { 0.0 } });
         }
-        let mut top_paths: Vec<v1::PathCount> = by.iter().filter_map(|(w, (c, _))| w.strip_prefix("path:").map(|p| v1::PathCount { path: p.to_string(), count: *c })).collect();
+        let mut top_paths: Vec<v1::PathCount> =
+            by.iter().filter_map(|(w, (c, _))| w.strip_prefix("path:").map(|p| v1::PathCount { path: p.to_string(), count: *c })).collect();
         top_paths.sort_by(|a, b| b.count.cmp(&a.count).then(a.path.cmp(&b.path)));
         top_paths.truncate(10);
-        let mut exits: Vec<v1::ReasonCount> = by.iter().filter_map(|(w, (c, _))| w.strip_prefix("exit:").map(|r| v1::ReasonCount { reason: r.to_string(), count: *c })).collect();
+        let mut exits: Vec<v1::ReasonCount> =
+            by.iter().filter_map(|(w, (c, _))| w.strip_prefix("exit:").map(|r| v1::ReasonCount { reason: r.to_string(), count: *c })).collect();
         exits.sort_by(|a, b| b.count.cmp(&a.count).then(a.reason.cmp(&b.reason)));
         let counters = merged
             .into_iter()
@@ -723,7 +734,11 @@ impl v1::journeys_server::Journeys for Services {
         let req = request.into_inner();
         let j = self.journey(&req.journey).await?;
         if !matches!(j.def.entry.trigger, chorus_engine::journey::Trigger::Api) {
-            return Err(ApiError::invalid("journey", format!("journey {:?} enters on {:?}, not by API: give it `entry: {{ api: true }}`", j.id, j.def.entry.trigger)).into());
+            return Err(ApiError::invalid(
+                "journey",
+                format!("journey {:?} enters on {:?}, not by API: give it `entry: {{ api: true }}`", j.id, j.def.entry.trigger),
+            )
+            .into());
         }
         if j.lifecycle != chorus_engine::journey::run::Lifecycle::Active {
             return Err(ApiError::invalid("journey", format!("journey {:?} is {}: resume it to enroll customers", j.id, j.lifecycle.as_str())).into());
@@ -737,9 +752,16 @@ impl v1::journeys_server::Journeys for Services {
         };
         properties.insert("journey".into(), serde_json::Value::String(j.id.clone()));
         let id = self.resolve_ref(req.profile).await?;
-        let (state, _) = self.shards.customer_following_merges(id).await.map_err(ApiError::from)?.ok_or_else(|| ApiError::NotFound(format!("no customer {id}")))?;
-        let request_id = if req.request_id.trim().is_empty() { format!("{}-{}-{}", j.id, state.id, self.shards.now_ms()) } else { req.request_id.trim().to_string() };
-        let input = chorus_types::EventInput { message_id: format!("enroll/{request_id}"), name: chorus_engine::journey::run::ENROLL_EVENT.into(), properties, ..Default::default() };
+        let (state, _) =
+            self.shards.customer_following_merges(id).await.map_err(ApiError::from)?.ok_or_else(|| ApiError::NotFound(format!("no customer {id}")))?;
+        let request_id =
+            if req.request_id.trim().is_empty() { format!("{}-{}-{}", j.id, state.id, self.shards.now_ms()) } else { req.request_id.trim().to_string() };
+        let input = chorus_types::EventInput {
+            message_id: format!("enroll/{request_id}"),
+            name: chorus_engine::journey::run::ENROLL_EVENT.into(),
+            properties,
+            ..Default::default()
+        };
         convert::ingest_as_customer(&self.shards, &state, input, None).await?;
         Ok(Response::new(v1::EnrollResponse { customer_id: state.id.to_string(), journey: j.id }))
     }
@@ -756,7 +778,11 @@ impl v1::audiences_server::Audiences for Services {
         })?;
         let known = self.shards.audiences().await;
         if !known.iter().any(|a| a.def.id == def.id) && known.len() >= chorus_engine::audience::AUDIENCES_MAX {
-            return Err(ApiError::invalid("source", format!("this cluster already has {} audiences, the most it evaluates", chorus_engine::audience::AUDIENCES_MAX)).into());
+            return Err(ApiError::invalid(
+                "source",
+                format!("this cluster already has {} audiences, the most it evaluates", chorus_engine::audience::AUDIENCES_MAX),
+            )
+            .into());
         }
         let (version, evaluated) = self.shards.publish_audience(&def).await.map_err(ApiError::from)?;
         let (counts, _) = self.shards.audience_members(&def.id, 0).await.map_err(ApiError::from)?;
@@ -928,7 +954,14 @@ impl v1::content_server::Content for Services {
 }
 
 fn member_status(m: &chorus_placement::Member) -> v1::NodeStatus {
-    v1::NodeStatus { node_id: m.id, grpc_addr: m.grpc_addr.clone(), http_addr: m.http_addr.clone(), cluster_addr: m.addr.clone(), draining: m.draining, ..Default::default() }
+    v1::NodeStatus {
+        node_id: m.id,
+        grpc_addr: m.grpc_addr.clone(),
+        http_addr: m.http_addr.clone(),
+        cluster_addr: m.addr.clone(),
+        draining: m.draining,
+        ..Default::default()
+    }
 }
 
 fn node_status(n: &chorus_shard::cluster::NodeStatus) -> v1::NodeStatus {

@@ -78,12 +78,21 @@ async fn check_write_key(st: &AppState, key: &str) -> Result<(), Response> {
     if crate::keys::matches_any(key, &hashes) {
         return Ok(());
     }
-    Err(error(401, "invalid_write_key", "the write key is not known to this Chorus cluster: create one with `chorusctl key create NAME`, or list it in the node's [http] write_keys".into()))
+    Err(error(
+        401,
+        "invalid_write_key",
+        "the write key is not known to this Chorus cluster: create one with `chorusctl key create NAME`, or list it in the node's [http] write_keys".into(),
+    ))
 }
 
 /// `GET /v1/content/{placement}?identity=kind:value` (or `?customer_id=cu_…`): the
 /// customer's in-app messages, authenticated with a write key like the Segment API.
-async fn content(State(st): State<AppState>, Path(placement): Path<String>, axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>, headers: HeaderMap) -> Response {
+async fn content(
+    State(st): State<AppState>,
+    Path(placement): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
     if let Err(r) = authorize(&st, &headers).await {
         return r;
     }
@@ -179,7 +188,11 @@ async fn bounces(State(st): State<AppState>, headers: HeaderMap, body: Bytes) ->
             message_id: format!("bounce/{id}"),
             name: name.to_string(),
             identities: vec![("email".into(), identity.value.clone())],
-            properties: json!({"email": identity.value, "reason": reason, "type": if name == chorus_engine::consent::BOUNCED_EVENT { "bounce" } else { "complaint" }}).as_object().cloned().unwrap_or_default(),
+            properties:
+                json!({"email": identity.value, "reason": reason, "type": if name == chorus_engine::consent::BOUNCED_EVENT { "bounce" } else { "complaint" }})
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default(),
             ..Default::default()
         };
         let now = st.shards.clock().now_ms();
@@ -194,11 +207,7 @@ async fn bounces(State(st): State<AppState>, headers: HeaderMap, body: Bytes) ->
 
 async fn segment(State(st): State<AppState>, Path(endpoint): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
     let Some(endpoint) = Endpoint::from_path(&endpoint) else {
-        return error(
-            404,
-            "not_found",
-            format!("unknown endpoint /v1/{endpoint}: use track, identify, alias, page, screen, group or batch"),
-        );
+        return error(404, "not_found", format!("unknown endpoint /v1/{endpoint}: use track, identify, alias, page, screen, group or batch"));
     };
     let header_str = |h: header::HeaderName| headers.get(h).and_then(|v| v.to_str().ok());
     let header_key = match chorus_segment::write_key_from_header(header_str(header::AUTHORIZATION)) {
@@ -324,13 +333,22 @@ async fn metrics(State(st): State<AppState>) -> Response {
         sum += s.timer_lateness.1;
         count += s.timer_lateness.2;
     }
-    let _ = writeln!(out, "# HELP chorus_timer_fire_lateness_ms How long after its due time each timer fired on this node (ms), since start.\n# TYPE chorus_timer_fire_lateness_ms histogram");
+    let _ = writeln!(
+        out,
+        "# HELP chorus_timer_fire_lateness_ms How long after its due time each timer fired on this node (ms), since start.\n# TYPE chorus_timer_fire_lateness_ms histogram"
+    );
     for (le, c) in buckets.iter().map(|b| b.to_string()).chain(["+Inf".to_string()]).zip(&cumulative) {
         let _ = writeln!(out, "chorus_timer_fire_lateness_ms_bucket{{le=\"{le}\"}} {c}");
     }
     let _ = writeln!(out, "chorus_timer_fire_lateness_ms_sum {sum}\nchorus_timer_fire_lateness_ms_count {count}");
     let (sent, received) = st.shards.snapshot_counts();
-    let _ = writeln!(out, "# HELP chorus_raft_snapshots_sent_total Snapshots streamed to other nodes since start.\n# TYPE chorus_raft_snapshots_sent_total counter\nchorus_raft_snapshots_sent_total {sent}");
-    let _ = writeln!(out, "# HELP chorus_raft_snapshots_installed_total Snapshots received and installed since start.\n# TYPE chorus_raft_snapshots_installed_total counter\nchorus_raft_snapshots_installed_total {received}");
+    let _ = writeln!(
+        out,
+        "# HELP chorus_raft_snapshots_sent_total Snapshots streamed to other nodes since start.\n# TYPE chorus_raft_snapshots_sent_total counter\nchorus_raft_snapshots_sent_total {sent}"
+    );
+    let _ = writeln!(
+        out,
+        "# HELP chorus_raft_snapshots_installed_total Snapshots received and installed since start.\n# TYPE chorus_raft_snapshots_installed_total counter\nchorus_raft_snapshots_installed_total {received}"
+    );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

@@ -52,7 +52,15 @@ async fn record(st: &TrackState, token: &str) -> Result<Option<TrackRecord>, Res
 }
 
 /// Ingest `name` for the record's customer (routed by their strongest identity).
-async fn emit(st: &TrackState, rec: &TrackRecord, name: &str, message_id: String, properties: Value, traits: Value, chorus: Option<Value>) -> Result<(), Response> {
+async fn emit(
+    st: &TrackState,
+    rec: &TrackRecord,
+    name: &str,
+    message_id: String,
+    properties: Value,
+    traits: Value,
+    chorus: Option<Value>,
+) -> Result<(), Response> {
     let state = match st.shards.customer_following_merges(rec.customer).await {
         Ok(Some((s, _))) => s,
         Ok(None) => return Err(not_found("tracking")),
@@ -120,7 +128,13 @@ async fn unsubscribe_page(State(st): State<TrackState>, Path(token): Path<String
     }
 }
 
-async fn unsubscribe(State(st): State<TrackState>, Path(token): Path<String>, ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap, body: Bytes) -> Response {
+async fn unsubscribe(
+    State(st): State<TrackState>,
+    Path(token): Path<String>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let rec = match record(&st, &token).await {
         Ok(Some(r)) => r,
         Ok(None) => return not_found("unsubscribe"),
@@ -129,7 +143,11 @@ async fn unsubscribe(State(st): State<TrackState>, Path(token): Path<String>, Co
     // RFC 8058: the mail client POSTs `List-Unsubscribe=One-Click`.
     let one_click = String::from_utf8_lossy(&body).contains("List-Unsubscribe=One-Click");
     let source = if one_click { "list-unsubscribe one-click" } else { "unsubscribe link" };
-    let ip = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()).map(|s| s.split(',').next().unwrap_or("").trim().to_string()).unwrap_or_else(|| peer.ip().to_string());
+    let ip = headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.split(',').next().unwrap_or("").trim().to_string())
+        .unwrap_or_else(|| peer.ip().to_string());
     let evidence = format!("message {} from {ip}", rec.key);
     let consent = json!({"consent": { rec.channel.clone(): "opted_out" }});
     let chorus = json!({"consent_source": source, "evidence": evidence});

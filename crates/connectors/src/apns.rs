@@ -203,7 +203,11 @@ impl ApnsConnector {
 
     /// Like [`ApnsConnector::new`] with the key's PEM already read.
     pub fn with_key(config: &ApnsConfig, pem: &str) -> Result<ApnsConnector, ConfigError> {
-        for (field, value, what) in [("team_id", &config.team_id, "the Apple developer team id"), ("key_id", &config.key_id, "the push key's id"), ("topic", &config.topic, "the app's bundle id")] {
+        for (field, value, what) in [
+            ("team_id", &config.team_id, "the Apple developer team id"),
+            ("key_id", &config.key_id, "the push key's id"),
+            ("topic", &config.topic, "the app's bundle id"),
+        ] {
             if value.trim().is_empty() {
                 return Err(ConfigError::new(field, format!("is required ({what})")));
             }
@@ -212,7 +216,8 @@ impl ApnsConnector {
         if !(base_url.starts_with("https://") || base_url.starts_with("http://")) {
             return Err(ConfigError::new("base_url", format!("{base_url:?} is not an http(s) URL (APNs: {PRODUCTION_BASE_URL} or {SANDBOX_BASE_URL})")));
         }
-        let signer = TokenSigner::new(pem, &config.key_id, &config.team_id).map_err(|e| ConfigError::new(if config.key_file.is_some() { "key_file" } else { "key_pem_env" }, e.message))?;
+        let signer = TokenSigner::new(pem, &config.key_id, &config.team_id)
+            .map_err(|e| ConfigError::new(if config.key_file.is_some() { "key_file" } else { "key_pem_env" }, e.message))?;
         Ok(ApnsConnector { client: http2_client(config.timeout)?, base_url, topic: config.topic.clone(), signer, token: tokio::sync::Mutex::new(None) })
     }
 
@@ -313,7 +318,9 @@ pub fn outcome(status: u16, apns_id: Option<&str>, retry_after: Option<u64>, bod
         // APNs closed an idle connection under the request.
         (400, "IdleTimeout") => transient(format!("apns {status} {reason}")),
         // Refused again after re-signing: our clock or key, not the recipient.
-        (403, "ExpiredProviderToken") => DeliveryError::Transient(format!("apns 403 {reason}: the provider token was refused after re-signing it (is the clock right?)")),
+        (403, "ExpiredProviderToken") => {
+            DeliveryError::Transient(format!("apns 403 {reason}: the provider token was refused after re-signing it (is the clock right?)"))
+        }
         _ => DeliveryError::Permanent(format!("apns {status} {reason}")),
     })
 }
@@ -401,7 +408,10 @@ mod tests {
             outcome(429, None, Some(7), br#"{"reason":"TooManyRequests"}"#),
             Err(DeliveryError::TransientAfter("apns 429 TooManyRequests: retry after 7s".into(), Duration::from_secs(7)))
         );
-        assert_eq!(outcome(429, None, None, br#"{"reason":"TooManyProviderTokenUpdates"}"#), Err(DeliveryError::Transient("apns 429 TooManyProviderTokenUpdates".into())));
+        assert_eq!(
+            outcome(429, None, None, br#"{"reason":"TooManyProviderTokenUpdates"}"#),
+            Err(DeliveryError::Transient("apns 429 TooManyProviderTokenUpdates".into()))
+        );
         assert_eq!(outcome(503, None, None, br#"{"reason":"ServiceUnavailable"}"#), Err(DeliveryError::Transient("apns 503 ServiceUnavailable".into())));
         assert!(matches!(outcome(500, None, None, b""), Err(DeliveryError::Transient(_))));
         assert!(matches!(outcome(400, None, None, br#"{"reason":"IdleTimeout"}"#), Err(DeliveryError::Transient(_))));
@@ -442,7 +452,12 @@ mod tests {
 
     #[test]
     fn rule_push_payload_carries_the_alert_key_link_and_image() {
-        let push = Push { title: Some("Back".into()), body: "In stock".into(), image: Some("https://cdn.example.com/x.png".into()), deep_link: Some("shop://p/1".into()) };
+        let push = Push {
+            title: Some("Back".into()),
+            body: "In stock".into(),
+            image: Some("https://cdn.example.com/x.png".into()),
+            deep_link: Some("shop://p/1".into()),
+        };
         assert_eq!(
             payload(&intent("k1", push)).unwrap(),
             json!({"aps": {"alert": {"title": "Back", "body": "In stock"}, "mutable-content": 1}, "chorus_key": "k1", "deep_link": "shop://p/1", "image": "https://cdn.example.com/x.png"})
@@ -456,7 +471,12 @@ mod tests {
         let mut i = intent("k", Push { title: None, body: "b".into(), image: None, deep_link: None });
         i.content = String::new();
         assert!(matches!(payload(&i), Err(DeliveryError::Permanent(d)) if d.contains("no rendered content")));
-        i.content = serde_json::to_string(&Rendered { template: "t".into(), locale: None, content: Content::Mms(chorus_templates::Mms { body: None, media_url: "u".into() }) }).unwrap();
+        i.content = serde_json::to_string(&Rendered {
+            template: "t".into(),
+            locale: None,
+            content: Content::Mms(chorus_templates::Mms { body: None, media_url: "u".into() }),
+        })
+        .unwrap();
         assert!(matches!(payload(&i), Err(DeliveryError::Permanent(d)) if d.contains("not push")));
     }
 
@@ -471,7 +491,10 @@ mod tests {
         assert_eq!((c.base_url.as_str(), c.timeout), (PRODUCTION_BASE_URL, Duration::from_secs(10)));
         assert_eq!(c.key_pem(&|_| None).unwrap_err().field, "key_file");
         let c = config(json!({"key_pem_env": "APNS_KEY"}));
-        assert_eq!(c.key_pem(&|n| (n == "APNS_KEY").then(|| "-----BEGIN PRIVATE KEY-----\\nAAEC\\n-----END PRIVATE KEY-----".into())).unwrap(), "-----BEGIN PRIVATE KEY-----\nAAEC\n-----END PRIVATE KEY-----");
+        assert_eq!(
+            c.key_pem(&|n| (n == "APNS_KEY").then(|| "-----BEGIN PRIVATE KEY-----\\nAAEC\\n-----END PRIVATE KEY-----".into())).unwrap(),
+            "-----BEGIN PRIVATE KEY-----\nAAEC\n-----END PRIVATE KEY-----"
+        );
         assert_eq!(c.key_pem(&|_| None).unwrap_err().field, "key_pem_env");
         assert!(config(json!({"key_pem_env": "APNS_KEY", "key_file": "/k.p8"})).key_pem(&|_| Some("x".into())).is_err());
         let unknown = serde_json::from_value::<ApnsConfig>(json!({"team_id": "T", "key_id": "K", "topic": "t", "bundle": "x"}));

@@ -86,20 +86,28 @@ impl FcmConfig {
     /// Read the service-account key from the file or the named environment variable.
     pub fn service_account(&self, env: EnvLookup<'_>) -> Result<ServiceAccountKey, ConfigError> {
         let (field, text) = match (&self.service_account_file, self.service_account_json_env.as_deref().filter(|v| !v.is_empty())) {
-            (Some(_), Some(_)) => return Err(ConfigError::new("service_account_file", "set either service_account_file or service_account_json_env, not both")),
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::new("service_account_file", "set either service_account_file or service_account_json_env, not both"));
+            }
             (Some(path), None) => (
                 "service_account_file",
                 std::fs::read_to_string(path).map_err(|e| ConfigError::new("service_account_file", format!("cannot read {}: {e}", path.display())))?,
             ),
             (None, Some(name)) => (
                 "service_account_json_env",
-                env(name).filter(|v| !v.is_empty()).ok_or_else(|| ConfigError::new("service_account_json_env", format!("the environment variable {name} is not set or empty")))?,
+                env(name)
+                    .filter(|v| !v.is_empty())
+                    .ok_or_else(|| ConfigError::new("service_account_json_env", format!("the environment variable {name} is not set or empty")))?,
             ),
             (None, None) => {
-                return Err(ConfigError::new("service_account_file", "is required: set service_account_file or service_account_json_env (a service-account key JSON)"));
+                return Err(ConfigError::new(
+                    "service_account_file",
+                    "is required: set service_account_file or service_account_json_env (a service-account key JSON)",
+                ));
             }
         };
-        serde_json::from_str(&text).map_err(|e| ConfigError::new(field, format!("is not a service-account key JSON (client_email, private_key, token_uri): {e}")))
+        serde_json::from_str(&text)
+            .map_err(|e| ConfigError::new(field, format!("is not a service-account key JSON (client_email, private_key, token_uri): {e}")))
     }
 }
 
@@ -112,7 +120,8 @@ pub struct Signer {
 
 impl Signer {
     pub fn new(key: &ServiceAccountKey) -> Result<Signer, ConfigError> {
-        let der = provider::pem_der(&key.private_key).ok_or_else(|| ConfigError::new("private_key", "is not a PEM private key (-----BEGIN PRIVATE KEY-----)"))?;
+        let der =
+            provider::pem_der(&key.private_key).ok_or_else(|| ConfigError::new("private_key", "is not a PEM private key (-----BEGIN PRIVATE KEY-----)"))?;
         let pair = aws_lc_rs::signature::RsaKeyPair::from_pkcs8(&der)
             .or_else(|_| aws_lc_rs::signature::RsaKeyPair::from_der(&der))
             .map_err(|e| ConfigError::new("private_key", format!("is not an RSA private key: {e}")))?;
@@ -187,7 +196,8 @@ impl FcmConnector {
                     intent.template
                 )));
             }
-            text => serde_json::from_str(text).map_err(|e| DeliveryError::Permanent(format!("the rendered content of template {:?} is not readable: {e}", intent.template)))?,
+            text => serde_json::from_str(text)
+                .map_err(|e| DeliveryError::Permanent(format!("the rendered content of template {:?} is not readable: {e}", intent.template)))?,
         };
         let Content::Push(push) = rendered.content else {
             return Err(DeliveryError::Permanent(format!(
@@ -330,7 +340,9 @@ mod tests {
 
     #[test]
     fn rule_push_rate_limit_and_server_errors_are_transient() {
-        let Err(DeliveryError::Transient(d)) = outcome(429, Some(3), br#"{"error": {"code": 429, "status": "RESOURCE_EXHAUSTED", "message": "quota"}}"#) else { panic!() };
+        let Err(DeliveryError::Transient(d)) = outcome(429, Some(3), br#"{"error": {"code": 429, "status": "RESOURCE_EXHAUSTED", "message": "quota"}}"#) else {
+            panic!()
+        };
         assert!(d.contains("retry after 3s"), "{d}");
         assert!(matches!(outcome(503, None, b""), Err(DeliveryError::Transient(_))));
     }

@@ -66,14 +66,10 @@ pub fn rendered_content(intent: &Intent, channel: &str) -> Result<chorus_templat
             intent.key, intent.template
         )));
     }
-    let rendered: chorus_templates::Rendered = serde_json::from_str(&intent.content)
-        .map_err(|e| DeliveryError::Permanent(format!("intent {}: rendered content is not valid: {e}", intent.key)))?;
+    let rendered: chorus_templates::Rendered =
+        serde_json::from_str(&intent.content).map_err(|e| DeliveryError::Permanent(format!("intent {}: rendered content is not valid: {e}", intent.key)))?;
     if rendered.content.channel() != channel {
-        return Err(DeliveryError::Permanent(format!(
-            "intent {}: rendered content is a {} message, not {channel}",
-            intent.key,
-            rendered.content.channel()
-        )));
+        return Err(DeliveryError::Permanent(format!("intent {}: rendered content is a {} message, not {channel}", intent.key, rendered.content.channel())));
     }
     Ok(rendered.content)
 }
@@ -198,7 +194,12 @@ impl Actor for ConnectorActor {
         // An open circuit: the provider keeps failing; do not burn attempts on it.
         let open = st.breaker.lock().expect("breaker lock").open_until.and_then(|t| t.checked_duration_since(tokio::time::Instant::now()));
         if let Some(wait) = open {
-            let detail = format!("circuit open: {} failed {} messages in a row; trying again in {}s", st.connector.name(), st.limits.breaker_failures_max, wait.as_secs().max(1));
+            let detail = format!(
+                "circuit open: {} failed {} messages in a row; trying again in {}s",
+                st.connector.name(),
+                st.limits.breaker_failures_max,
+                wait.as_secs().max(1)
+            );
             let _ = reply.send(Delivery { status: DispatchStatus::FailedTransient, detail, attempts: 0, retry_later: Some(wait) });
             return Ok(());
         }
@@ -221,7 +222,12 @@ impl Actor for ConnectorActor {
                 if delivery.status == DispatchStatus::FailedTransient && delivery.attempts > 0 {
                     b.consecutive += 1;
                     if limits.breaker_failures_max > 0 && b.consecutive >= limits.breaker_failures_max {
-                        tracing::warn!(connector = connector.name(), failures = b.consecutive, cooldown_s = limits.breaker_cooldown.as_secs(), "circuit open: pausing deliveries");
+                        tracing::warn!(
+                            connector = connector.name(),
+                            failures = b.consecutive,
+                            cooldown_s = limits.breaker_cooldown.as_secs(),
+                            "circuit open: pausing deliveries"
+                        );
                         b.open_until = Some(tokio::time::Instant::now() + limits.breaker_cooldown);
                     }
                 } else {
@@ -285,8 +291,7 @@ impl Actor for Supervisor {
             _ => None,
         };
         if let Some((cell_id, err)) = failed {
-            let failed: Vec<String> =
-                st.routes.lock().expect("routes lock").iter().filter(|(_, a)| a.get_id() == cell_id).map(|(c, _)| c.clone()).collect();
+            let failed: Vec<String> = st.routes.lock().expect("routes lock").iter().filter(|(_, a)| a.get_id() == cell_id).map(|(c, _)| c.clone()).collect();
             for channel in failed {
                 tracing::warn!(%channel, error = %err, "connector actor failed; restarting it");
                 let (c, l) = st.specs[&channel].clone();
@@ -310,9 +315,8 @@ impl Connectors {
     pub async fn start(channels: Vec<(String, Arc<dyn Connector>, ConnectorLimits)>) -> Result<Connectors, String> {
         let routes = Arc::new(std::sync::Mutex::new(HashMap::new()));
         let specs = channels.into_iter().map(|(ch, c, l)| (ch, (c, l))).collect();
-        let (supervisor, _) = Actor::spawn(None, Supervisor, SupervisorState { specs, routes: routes.clone() })
-            .await
-            .map_err(|e| format!("start connectors: {e}"))?;
+        let (supervisor, _) =
+            Actor::spawn(None, Supervisor, SupervisorState { specs, routes: routes.clone() }).await.map_err(|e| format!("start connectors: {e}"))?;
         Ok(Connectors { routes, supervisor })
     }
 
@@ -326,7 +330,12 @@ impl Connectors {
     pub async fn deliver(&self, intent: Intent) -> Delivery {
         let actor = self.routes.lock().expect("routes lock").get(&intent.channel).cloned();
         let Some(actor) = actor else {
-            return Delivery { status: DispatchStatus::FailedPermanent, detail: format!("no connector configured for channel {}", intent.channel), attempts: 0, retry_later: None };
+            return Delivery {
+                status: DispatchStatus::FailedPermanent,
+                detail: format!("no connector configured for channel {}", intent.channel),
+                attempts: 0,
+                retry_later: None,
+            };
         };
         match actor.call(|reply| ConnectorMsg::Deliver(Box::new(intent), reply), None).await {
             Ok(ractor::rpc::CallResult::Success(d)) => d,
@@ -358,7 +367,13 @@ mod rate_tests {
     #[tokio::test(start_paused = true)]
     async fn rule_a_failing_provider_opens_the_circuit_and_intents_wait() {
         let down = Arc::new(Down(0.into()));
-        let limits = ConnectorLimits { attempts_max: 2, backoff_initial: Duration::from_millis(1), breaker_failures_max: 3, breaker_cooldown: Duration::from_secs(30), ..Default::default() };
+        let limits = ConnectorLimits {
+            attempts_max: 2,
+            backoff_initial: Duration::from_millis(1),
+            breaker_failures_max: 3,
+            breaker_cooldown: Duration::from_secs(30),
+            ..Default::default()
+        };
         let c = Connectors::start(vec![("sms".into(), down.clone() as Arc<dyn Connector>, limits)]).await.unwrap();
         let intent = |k: &str| Intent {
             key: k.into(),

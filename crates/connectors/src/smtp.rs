@@ -242,10 +242,7 @@ impl SmtpConfig {
     }
 
     fn reply_to_mailbox(&self) -> Result<Option<Mailbox>, String> {
-        self.reply_to
-            .as_ref()
-            .map(|r| r.trim().parse::<Mailbox>().map_err(|e| format!("smtp reply_to {r:?}: {e}")))
-            .transpose()
+        self.reply_to.as_ref().map(|r| r.trim().parse::<Mailbox>().map_err(|e| format!("smtp reply_to {r:?}: {e}"))).transpose()
     }
 }
 
@@ -275,11 +272,8 @@ impl SmtpConnector {
             SmtpTls::Tls => Tls::Wrapper(tls_parameters()?),
         };
         let pool = PoolConfig::new().max_size(cfg.pool_size_max).min_idle(0).idle_timeout(Duration::from_secs(60));
-        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(cfg.host.clone())
-            .port(cfg.port())
-            .tls(tls)
-            .timeout(Some(cfg.timeout()?))
-            .pool_config(pool);
+        let mut builder =
+            AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(cfg.host.clone()).port(cfg.port()).tls(tls).timeout(Some(cfg.timeout()?)).pool_config(pool);
         if let Some(name) = &cfg.helo_name {
             builder = builder.hello_name(ClientId::Domain(name.clone()));
         }
@@ -368,9 +362,7 @@ impl Composer {
     }
 
     fn compose(&self, intent: &Intent, now: SystemTime) -> Result<Message, DeliveryError> {
-        let Content::Email(email) = rendered_content(intent, "email")? else {
-            unreachable!("rendered_content checks the channel")
-        };
+        let Content::Email(email) = rendered_content(intent, "email")? else { unreachable!("rendered_content checks the channel") };
         let permanent = |m: String| DeliveryError::Permanent(format!("intent {}: {m}", intent.key));
         let to: Mailbox = intent.to.trim().parse().map_err(|e| permanent(format!("bad address {:?}: {e}", intent.to)))?;
         let mut b = Message::builder()
@@ -505,19 +497,11 @@ mod tests {
             headers.insert("List-Unsubscribe".to_string(), "<https://t.example/u/tok123>".to_string());
             headers.insert("List-Unsubscribe-Post".to_string(), "List-Unsubscribe=One-Click".to_string());
         }
-        Email {
-            subject: "Your cart misses you".into(),
-            preheader: preheader.map(Into::into),
-            html: html.map(Into::into),
-            text: text.map(Into::into),
-            headers,
-        }
+        Email { subject: "Your cart misses you".into(), preheader: preheader.map(Into::into), html: html.map(Into::into), text: text.map(Into::into), headers }
     }
 
     fn intent(key: &str, content: Option<Content>) -> Intent {
-        let content = content
-            .map(|c| serde_json::to_string(&Rendered { template: "cart".into(), locale: None, content: c }).unwrap())
-            .unwrap_or_default();
+        let content = content.map(|c| serde_json::to_string(&Rendered { template: "cart".into(), locale: None, content: c }).unwrap()).unwrap_or_default();
         Intent {
             key: key.into(),
             customer: CustomerId::new(1, 2),
@@ -643,9 +627,7 @@ mod tests {
     #[tokio::test]
     async fn rule_preheader_goes_into_the_html_part_only() {
         let c = connector();
-        let m = c
-            .compose(&intent("k", Some(Content::Email(email(Some("<body><p>Hello</p></body>"), Some("Hello"), Some("Peek"), false)))), now())
-            .unwrap();
+        let m = c.compose(&intent("k", Some(Content::Email(email(Some("<body><p>Hello</p></body>"), Some("Hello"), Some("Peek"), false)))), now()).unwrap();
         let mime = formatted(&m);
         let (text, html) = mime.split_once("Content-Type: text/html").expect("an html part");
         assert!(!text.contains("Peek"), "{mime}");

@@ -114,7 +114,11 @@ impl TwilioConnector {
         let auth_token = config.validate(env)?;
         Ok(TwilioConnector {
             client: provider::http_client(config.timeout)?,
-            messages_url: format!("{}/2010-04-01/Accounts/{}/Messages.json", config.base_url.trim_end_matches('/'), provider::percent_encode(&config.account_sid)),
+            messages_url: format!(
+                "{}/2010-04-01/Accounts/{}/Messages.json",
+                config.base_url.trim_end_matches('/'),
+                provider::percent_encode(&config.account_sid)
+            ),
             account_sid: config.account_sid.clone(),
             auth_token,
             from: config.from.clone().filter(|f| !f.is_empty()),
@@ -135,7 +139,8 @@ impl TwilioConnector {
                     intent.template
                 )));
             }
-            text => serde_json::from_str(text).map_err(|e| DeliveryError::Permanent(format!("the rendered content of template {:?} is not readable: {e}", intent.template)))?,
+            text => serde_json::from_str(text)
+                .map_err(|e| DeliveryError::Permanent(format!("the rendered content of template {:?} is not readable: {e}", intent.template)))?,
         };
         let (body, media) = match rendered.content {
             Content::Sms(s) => (Some(s.body), None),

@@ -41,8 +41,7 @@ pub const RETRY_AFTER_MAX: Duration = Duration::from_secs(24 * 3600);
 /// HTTP methods a rendered webhook may use.
 pub const METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE"];
 /// Headers the connector writes itself; a rendered webhook may not set them.
-const RESERVED_HEADERS: &[&str] =
-    &["webhook-id", "webhook-timestamp", "webhook-signature", "host", "content-length", "transfer-encoding", "connection"];
+const RESERVED_HEADERS: &[&str] = &["webhook-id", "webhook-timestamp", "webhook-signature", "host", "content-length", "transfer-encoding", "connection"];
 
 /// The current time in Unix milliseconds (the node's system clock in production; a
 /// fixed or stepped value in tests).
@@ -192,9 +191,7 @@ impl WebhookConnector {
 
     /// The request this connector sends for `intent` at Unix second `timestamp`.
     pub fn request(&self, intent: &Intent, timestamp: i64) -> Result<reqwest::Request, DeliveryError> {
-        let Content::Webhook(hook) = rendered_content(intent, "webhook")? else {
-            unreachable!("rendered_content checks the channel")
-        };
+        let Content::Webhook(hook) = rendered_content(intent, "webhook")? else { unreachable!("rendered_content checks the channel") };
         self.build(intent, &hook, timestamp)
     }
 
@@ -328,10 +325,7 @@ mod tests {
         //   print(base64.b64encode(hmac.new(k, b"msg_p5jXN8AQM9LWM0D4loKWxJek.1614265330.{\"test\": 2432232314}",
         //   hashlib.sha256).digest()).decode())'
         // → g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE= (also the spec libraries' test vector)
-        assert_eq!(
-            secret.sign("msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, br#"{"test": 2432232314}"#),
-            "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
-        );
+        assert_eq!(secret.sign("msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, br#"{"test": 2432232314}"#), "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
         // An empty body signs "{id}.{timestamp}.":
         // python3 -c 'import hmac,hashlib,base64; k=base64.b64decode("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
         //   print(base64.b64encode(hmac.new(k, b"k1.1790000000.", hashlib.sha256).digest()).decode())'
@@ -406,7 +400,8 @@ mod tests {
             w.headers.insert("Webhook-Signature".into(), "v1,forged".into());
         }
         permanent(spoof, "set by the connector");
-        let email = Content::Email(chorus_templates::Email { subject: "s".into(), preheader: None, html: None, text: Some("t".into()), headers: BTreeMap::new() });
+        let email =
+            Content::Email(chorus_templates::Email { subject: "s".into(), preheader: None, html: None, text: Some("t".into()), headers: BTreeMap::new() });
         permanent(email, "is a email message, not webhook");
         let cfg = WebhookConfig { allowed_schemes: vec!["ftp".into()], ..WebhookConfig::with_secret(SPEC_SECRET) };
         assert!(cfg.validate(&no_env).unwrap_err().contains("\"ftp\" is not allowed"));

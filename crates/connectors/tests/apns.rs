@@ -137,12 +137,13 @@ async fn push(State(apple): State<Apple>, version: Version, Path(device): Path<S
         "topic-token" => reason(400, "TopicDisallowed"),
         "down-token" => reason(503, "ServiceUnavailable"),
         "hang-token" => std::future::pending().await,
-        "busy-token" if {
-            let mut left = apple.throttle_left.lock().unwrap();
-            let throttle = *left > 0;
-            *left = left.saturating_sub(1);
-            throttle
-        } =>
+        "busy-token"
+            if {
+                let mut left = apple.throttle_left.lock().unwrap();
+                let throttle = *left > 0;
+                *left = left.saturating_sub(1);
+                throttle
+            } =>
         {
             (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "1")], Json(json!({"reason": "TooManyRequests"}))).into_response()
         }
@@ -183,7 +184,10 @@ async fn start() -> Fixture {
 
 impl Fixture {
     fn config(&self, timeout: &str) -> ApnsConfig {
-        serde_json::from_value(json!({"base_url": self.base, "team_id": TEAM_ID, "key_id": KEY_ID, "key_pem_env": "APNS_KEY_FOR_TEST", "topic": TOPIC, "timeout": timeout})).unwrap()
+        serde_json::from_value(
+            json!({"base_url": self.base, "team_id": TEAM_ID, "key_id": KEY_ID, "key_pem_env": "APNS_KEY_FOR_TEST", "topic": TOPIC, "timeout": timeout}),
+        )
+        .unwrap()
     }
     fn connector(&self) -> ApnsConnector {
         let key = self.key_pem.clone();
@@ -202,7 +206,12 @@ fn push_intent(key: &str, device: &str) -> Intent {
     let rendered = Rendered {
         template: "back-in-stock".into(),
         locale: None,
-        content: Content::Push(Push { title: Some("Back in stock".into()), body: "Your size is back".into(), image: Some("https://cdn.example.com/x.png".into()), deep_link: Some("shop://p/X1".into()) }),
+        content: Content::Push(Push {
+            title: Some("Back in stock".into()),
+            body: "Your size is back".into(),
+            image: Some("https://cdn.example.com/x.png".into()),
+            deep_link: Some("shop://p/X1".into()),
+        }),
     };
     Intent {
         key: key.into(),
@@ -358,7 +367,8 @@ async fn rule_the_key_can_come_from_a_p8_file_and_content_must_be_push() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("AuthKey_TEST.p8");
     std::fs::write(&path, &fx.key_pem).unwrap();
-    let config: ApnsConfig = serde_json::from_value(json!({"base_url": fx.base, "team_id": TEAM_ID, "key_id": KEY_ID, "key_file": path, "topic": TOPIC})).unwrap();
+    let config: ApnsConfig =
+        serde_json::from_value(json!({"base_url": fx.base, "team_id": TEAM_ID, "key_id": KEY_ID, "key_file": path, "topic": TOPIC})).unwrap();
     let apns = ApnsConnector::new(&config, &|_| None).unwrap();
     apns.deliver(&push_intent("k1", "a1b2c3d4")).await.unwrap();
     fx.assert_requests_valid();
@@ -377,7 +387,12 @@ async fn rule_the_key_can_come_from_a_p8_file_and_content_must_be_push() {
     assert!(matches!(apns.deliver(&empty).await, Err(DeliveryError::Permanent(d)) if d.contains("no rendered content")));
     // Too large for APNs: refused before sending.
     let mut big = push_intent("k4", "a1b2c3d4");
-    big.content = serde_json::to_string(&Rendered { template: "t".into(), locale: None, content: Content::Push(Push { title: None, body: "x".repeat(5000), image: None, deep_link: None }) }).unwrap();
+    big.content = serde_json::to_string(&Rendered {
+        template: "t".into(),
+        locale: None,
+        content: Content::Push(Push { title: None, body: "x".repeat(5000), image: None, deep_link: None }),
+    })
+    .unwrap();
     assert!(matches!(apns.deliver(&big).await, Err(DeliveryError::Permanent(d)) if d.contains("at most 4096")));
     assert_eq!(fx.seen().len(), 1);
 }

@@ -116,7 +116,12 @@ async fn send(State(g): State<Google>, Path((project, action)): Path<(String, St
     match body["message"]["token"].as_str().unwrap_or("") {
         "stale-token" => fcm_error(404, "NOT_FOUND", Some("UNREGISTERED"), "Requested entity was not found."),
         "not-a-token" => fcm_error(400, "INVALID_ARGUMENT", Some("INVALID_ARGUMENT"), "The registration token is not a valid FCM registration token"),
-        "busy-token" => (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "5")], Json(json!({"error": {"code": 429, "status": "RESOURCE_EXHAUSTED", "message": "Quota exceeded"}}))).into_response(),
+        "busy-token" => (
+            StatusCode::TOO_MANY_REQUESTS,
+            [("retry-after", "5")],
+            Json(json!({"error": {"code": 429, "status": "RESOURCE_EXHAUSTED", "message": "Quota exceeded"}})),
+        )
+            .into_response(),
         _ => Json(json!({"name": format!("projects/{PROJECT}/messages/{}", g.seen.lock().unwrap().sends.len())})).into_response(),
     }
 }
@@ -163,7 +168,9 @@ async fn start() -> Fixture {
 
 impl Fixture {
     fn connector(&self) -> FcmConnector {
-        let config: FcmConfig = serde_json::from_value(json!({"project_id": PROJECT, "base_url": self.base, "service_account_json_env": "FCM_KEY_FOR_TEST", "timeout": "2s"})).unwrap();
+        let config: FcmConfig =
+            serde_json::from_value(json!({"project_id": PROJECT, "base_url": self.base, "service_account_json_env": "FCM_KEY_FOR_TEST", "timeout": "2s"}))
+                .unwrap();
         let key = self.key_json.clone();
         FcmConnector::new(&config, &move |name| (name == "FCM_KEY_FOR_TEST").then(|| key.clone())).unwrap()
     }
@@ -180,7 +187,12 @@ fn push_intent(key: &str, token: &str) -> Intent {
     let rendered = Rendered {
         template: "back-in-stock".into(),
         locale: None,
-        content: Content::Push(Push { title: Some("Back in stock".into()), body: "Your size is back".into(), image: Some("https://cdn.example.com/x.png".into()), deep_link: Some("shop://p/X1".into()) }),
+        content: Content::Push(Push {
+            title: Some("Back in stock".into()),
+            body: "Your size is back".into(),
+            image: Some("https://cdn.example.com/x.png".into()),
+            deep_link: Some("shop://p/X1".into()),
+        }),
     };
     Intent {
         key: key.into(),
@@ -247,7 +259,13 @@ async fn rule_push_rate_limit_and_unavailable_are_transient() {
         other => panic!("{other:?}"),
     }
     *fx.google.unavailable_left.lock().unwrap() = 2;
-    let limits = ConnectorLimits { concurrency_max: 1, attempts_max: 5, backoff_initial: Duration::from_millis(5), backoff_max: Duration::from_millis(20), ..Default::default() };
+    let limits = ConnectorLimits {
+        concurrency_max: 1,
+        attempts_max: 5,
+        backoff_initial: Duration::from_millis(5),
+        backoff_max: Duration::from_millis(20),
+        ..Default::default()
+    };
     let d = deliver_with_retries(&fcm, &push_intent("k-flaky", "device-token-1"), &limits).await;
     assert_eq!((d.status, d.attempts), (DispatchStatus::Delivered, 3), "{d:?}");
 }
@@ -300,7 +318,9 @@ async fn rule_push_key_file_and_token_uri_override() {
     let mut key: Value = serde_json::from_str(&fx.key_json).unwrap();
     key["token_uri"] = json!("http://127.0.0.1:1/unused");
     std::fs::write(&path, key.to_string()).unwrap();
-    let config: FcmConfig = serde_json::from_value(json!({"project_id": PROJECT, "base_url": fx.base, "service_account_file": path, "token_uri": format!("{}/token", fx.base)})).unwrap();
+    let config: FcmConfig =
+        serde_json::from_value(json!({"project_id": PROJECT, "base_url": fx.base, "service_account_file": path, "token_uri": format!("{}/token", fx.base)}))
+            .unwrap();
     let fcm = FcmConnector::new(&config, &|_| None).unwrap();
     fcm.deliver(&push_intent("k1", "device-token-1")).await.unwrap();
     fx.assert_assertions_valid();

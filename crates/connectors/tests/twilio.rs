@@ -53,7 +53,10 @@ async fn messages(State(p): State<Provider>, Path(account): Path<String>, header
     match to.as_str() {
         "+15005550001" => return twilio_error(400, 21211, "The 'To' number +15005550001 is not a valid phone number."),
         "+15005550004" => return twilio_error(400, 21610, "Attempt to send to unsubscribed recipient"),
-        "+15005550009" => return (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "3")], Json(json!({"code": 20429, "message": "Too Many Requests", "status": 429}))).into_response(),
+        "+15005550009" => {
+            return (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "3")], Json(json!({"code": 20429, "message": "Too Many Requests", "status": 429})))
+                .into_response();
+        }
         "+15005550500" => return twilio_error(500, 20500, "Internal Server Error"),
         _ => {}
     }
@@ -95,7 +98,11 @@ fn env(name: &str) -> Option<String> {
 }
 
 fn sms_intent(key: &str, to: &str, body: &str) -> Intent {
-    let rendered = Rendered { template: "promo".into(), locale: None, content: Content::Sms(Sms { body: body.into(), encoding: SmsEncoding::Gsm7, units: body.len() as u32, segments: 1 }) };
+    let rendered = Rendered {
+        template: "promo".into(),
+        locale: None,
+        content: Content::Sms(Sms { body: body.into(), encoding: SmsEncoding::Gsm7, units: body.len() as u32, segments: 1 }),
+    };
     Intent {
         key: key.into(),
         customer: CustomerId::new(3, 7),
@@ -111,7 +118,13 @@ fn sms_intent(key: &str, to: &str, body: &str) -> Intent {
 }
 
 fn fast_retries() -> ConnectorLimits {
-    ConnectorLimits { concurrency_max: 4, attempts_max: 4, backoff_initial: Duration::from_millis(5), backoff_max: Duration::from_millis(20), ..Default::default() }
+    ConnectorLimits {
+        concurrency_max: 4,
+        attempts_max: 4,
+        backoff_initial: Duration::from_millis(5),
+        backoff_max: Duration::from_millis(20),
+        ..Default::default()
+    }
 }
 
 #[tokio::test]
@@ -153,7 +166,11 @@ async fn rule_twilio_mms_carries_media_url_and_service_sid() {
     cfg.status_callback_base = None;
     let twilio = TwilioConnector::new(&cfg, &env).unwrap();
     let mut intent = sms_intent("k-mms", "+14155550123", "");
-    let rendered = Rendered { template: "promo".into(), locale: None, content: Content::Mms(Mms { body: Some("Look".into()), media_url: "https://cdn.example.com/a.png".into() }) };
+    let rendered = Rendered {
+        template: "promo".into(),
+        locale: None,
+        content: Content::Mms(Mms { body: Some("Look".into()), media_url: "https://cdn.example.com/a.png".into() }),
+    };
     intent.channel = "mms".into();
     intent.content = serde_json::to_string(&rendered).unwrap();
     twilio.deliver(&intent).await.unwrap();
@@ -192,7 +209,12 @@ async fn rule_twilio_outcomes_are_mapped() {
     empty.content.clear();
     assert!(matches!(twilio.deliver(&empty).await, Err(DeliveryError::Permanent(d)) if d.contains("no rendered content")));
     let mut push = sms_intent("k6", "+14155550123", "hi");
-    push.content = serde_json::to_string(&Rendered { template: "p".into(), locale: None, content: Content::Push(chorus_templates::Push { title: None, body: "b".into(), image: None, deep_link: None }) }).unwrap();
+    push.content = serde_json::to_string(&Rendered {
+        template: "p".into(),
+        locale: None,
+        content: Content::Push(chorus_templates::Push { title: None, body: "b".into(), image: None, deep_link: None }),
+    })
+    .unwrap();
     assert!(matches!(twilio.deliver(&push).await, Err(DeliveryError::Permanent(d)) if d.contains("only sms and mms")));
     assert_eq!(provider.seen.lock().unwrap().len(), before);
 

@@ -174,7 +174,9 @@ pub enum KeyCommand {
 #[derive(Subcommand, Debug)]
 pub enum AudienceCommand {
     /// Check audience files without a node
-    #[command(after_help = "FILE (YAML or JSON):\n  id: high-value-browsers\n  name: High-value browsers\n  condition: 'profile.ltv > 500 && events.count(\"Product Viewed\", duration(\"7d\")) >= 2'")]
+    #[command(
+        after_help = "FILE (YAML or JSON):\n  id: high-value-browsers\n  name: High-value browsers\n  condition: 'profile.ltv > 500 && events.count(\"Product Viewed\", duration(\"7d\")) >= 2'"
+    )]
     Validate {
         #[arg(required = true, value_name = "FILE")]
         files: Vec<std::path::PathBuf>,
@@ -208,7 +210,9 @@ pub enum AudienceCommand {
 #[derive(Subcommand, Debug)]
 pub enum DlqCommand {
     /// List dead letters, oldest first
-    #[command(after_help = "Columns: TIME KEY CUSTOMER CHANNEL TEMPLATE STATUS DETAIL.\n\nJSON: {letters: [{idempotency_key, customer_id, channel, template, journey, to, status, detail, at_ms, at, content}]}")]
+    #[command(
+        after_help = "Columns: TIME KEY CUSTOMER CHANNEL TEMPLATE STATUS DETAIL.\n\nJSON: {letters: [{idempotency_key, customer_id, channel, template, journey, to, status, detail, at_ms, at, content}]}"
+    )]
     List {
         /// Most per shard
         #[arg(long, default_value_t = 100)]
@@ -235,7 +239,9 @@ pub enum DlqCommand {
 #[derive(Subcommand, Debug)]
 pub enum SettingsCommand {
     /// Print the settings in force as a settings file (edit it and `settings apply` it back)
-    #[command(after_help = "JSON: {timezone, arbitration_window, defer_max, best_hour_default, caps: [{name, category, channels, max, window, calendar}], quiet_hours: {channel: \"21:00-08:00\"}}")]
+    #[command(
+        after_help = "JSON: {timezone, arbitration_window, defer_max, best_hour_default, caps: [{name, category, channels, max, window, calendar}], quiet_hours: {channel: \"21:00-08:00\"}}"
+    )]
     Show,
     /// Check a settings file without a node
     #[command(after_help = "Each problem is printed as FILE:LINE: FIELD: MESSAGE. Exit code 1 if the file has problems.")]
@@ -244,7 +250,9 @@ pub enum SettingsCommand {
         file: std::path::PathBuf,
     },
     /// Validate a settings file and make it the cluster's settings (every shard)
-    #[command(after_help = "FILE (YAML or JSON):\n  timezone: America/New_York\n  arbitration_window: 1s\n  defer_max: 3d\n  caps:\n    - { name: marketing-daily, max: 3, window: 24h }\n    - { name: sms-per-day, channels: [sms], max: 1, window: 1d, calendar: true }\n  quiet_hours:\n    sms: 21:00-08:00\n    push: 21:00-08:00\n\nKeys left out keep their defaults.")]
+    #[command(
+        after_help = "FILE (YAML or JSON):\n  timezone: America/New_York\n  arbitration_window: 1s\n  defer_max: 3d\n  caps:\n    - { name: marketing-daily, max: 3, window: 24h }\n    - { name: sms-per-day, channels: [sms], max: 1, window: 1d, calendar: true }\n  quiet_hours:\n    sms: 21:00-08:00\n    push: 21:00-08:00\n\nKeys left out keep their defaults."
+    )]
     Apply {
         #[arg(value_name = "FILE")]
         file: std::path::PathBuf,
@@ -274,7 +282,9 @@ JSON: [{file, valid, template, channels, locales, problems: [{line, path, messag
         files: Vec<std::path::PathBuf>,
     },
     /// List the templates on the node
-    #[command(after_help = "Columns: ID VERSION CATEGORY CHANNELS LOCALES NAME.\n\nJSON: {templates: [{id, version, name, category, channels, locales, file}]}")]
+    #[command(
+        after_help = "Columns: ID VERSION CATEGORY CHANNELS LOCALES NAME.\n\nJSON: {templates: [{id, version, name, category, channels, locales, file}]}"
+    )]
     List,
     /// Render one channel of a template for a sample customer, as it would be sent
     #[command(after_help = "PROFILE: the customer's attributes as a JSON object, or {\"customer_id\": \"cu_…\", \"attributes\": {...}} \
@@ -318,7 +328,9 @@ JSON: [{file, valid, journey, steps, problems: [{line, path, message}]}]\n\nExam
         files: Vec<std::path::PathBuf>,
     },
     /// Validate journey files and publish each as a new version on the node
-    #[command(after_help = "JSON: [{file, id, version}]\n\nExample:\n  chorusctl journey apply examples/journeys/post-purchase.yaml examples/journeys/browse-abandon.yaml")]
+    #[command(
+        after_help = "JSON: [{file, id, version}]\n\nExample:\n  chorusctl journey apply examples/journeys/post-purchase.yaml examples/journeys/browse-abandon.yaml"
+    )]
     Apply {
         /// Journey files (applied in order: a journey another one triggers goes first)
         #[arg(required = true, value_name = "FILE")]
@@ -334,7 +346,9 @@ time_to_conversion: [{bucket, count, mean_ms}], top_paths: [{path, count}], exit
         id: String,
     },
     /// List the journeys on the node with their current version and lifecycle
-    #[command(after_help = "Columns: ID VERSION STATE CATEGORY PRIORITY STEPS ENTRY NAME.\n\nJSON: {journeys: [{id, version, versions, lifecycle, name, category, priority, entry, steps}]}")]
+    #[command(
+        after_help = "Columns: ID VERSION STATE CATEGORY PRIORITY STEPS ENTRY NAME.\n\nJSON: {journeys: [{id, version, versions, lifecycle, name, category, priority, entry, steps}]}"
+    )]
     List,
     /// Show one journey: lifecycle, stored versions and the latest definition
     #[command(after_help = "JSON: {id, version, versions, lifecycle, name, category, priority, entry, steps, definition}")]
@@ -358,7 +372,9 @@ time_to_conversion: [{bucket, count, mean_ms}], top_paths: [{path, count}], exit
         id: String,
     },
     /// Enroll a customer in a journey whose entry is `api: true`
-    #[command(after_help = "JSON: {customer_id, journey}\n\nExample:\n  chorusctl journey enroll winback email:ada@example.com --properties '{\"offer\": \"10%\"}'")]
+    #[command(
+        after_help = "JSON: {customer_id, journey}\n\nExample:\n  chorusctl journey enroll winback email:ada@example.com --properties '{\"offer\": \"10%\"}'"
+    )]
     Enroll {
         /// Journey id
         journey: String,
@@ -476,11 +492,9 @@ Columns: SHARD FROM TO.\n\nJSON: {node_id, moves: [{shard, from, to}], queued}")
 #[derive(Subcommand, Debug)]
 pub enum ShardCommand {
     /// List every shard with its leader, raft term and applied index, and its load
-    #[command(
-        after_help = "Columns: SHARD LEADER TERM APPLIED ACTORS (live customer actors) CUSTOMERS TIMERS (pending) \
+    #[command(after_help = "Columns: SHARD LEADER TERM APPLIED ACTORS (live customer actors) CUSTOMERS TIMERS (pending) \
 INTENTS (pending sends) QUARANTINED.\n\nJSON: {shards: [{shard, leader, voters, learners, term, last_log_index, \
-applied_index, live_actors, customers, pending_timers, pending_intents, quarantined}]}"
-    )]
+applied_index, live_actors, customers, pending_timers, pending_intents, quarantined}]}")]
     List,
     /// Queue a move of one shard replica to another node
     #[command(after_help = "The replica catches up on the new node before the old one is removed; moves run one at \
@@ -508,22 +522,18 @@ Example:\n  chorusctl shard move 12 --to 4 --from 2")]
         to: u64,
     },
     /// Plan the moves that spread replicas evenly over the nodes, and queue them
-    #[command(
-        after_help = "Columns: SHARD FROM TO.\n\nJSON: {dry_run, moves: [{shard, from, to}], queued}. queued is \
+    #[command(after_help = "Columns: SHARD FROM TO.\n\nJSON: {dry_run, moves: [{shard, from, to}], queued}. queued is \
 false for a dry run or when nothing needs to move.\n\nExamples:\n  chorusctl shard rebalance --dry-run\n  \
-chorusctl shard rebalance"
-    )]
+chorusctl shard rebalance")]
     Rebalance {
         /// Only print the plan; queue nothing
         #[arg(long)]
         dry_run: bool,
     },
     /// Drop every queued shard move (a move that cannot finish, or a plan changed)
-    #[command(
-        after_help = "The running move stops after its current step; a replica it added as a learner \
+    #[command(after_help = "The running move stops after its current step; a replica it added as a learner \
 is removed again.\n\nColumns: SHARD FROM TO (the moves dropped).\n\nJSON: {moves: [{shard, from, to}], cancelled}.\n\n\
-Example:\n  chorusctl shard cancel-moves"
-    )]
+Example:\n  chorusctl shard cancel-moves")]
     CancelMoves,
 }
 
@@ -665,8 +675,11 @@ JSON: {customer_id, decisions: [{at_ms, at, kind, reason, detail}]} (detail is t
     },
     /// Show a customer's consent per channel and topic with the full ledger of changes
     /// (`profile consent ID`), or change it (`profile consent set ID ...`)
-    #[command(args_conflicts_with_subcommands = true, after_help = "Columns: SCOPE STATUS SINCE SOURCE, then the ledger: TIME SCOPE STATUS SOURCE EVIDENCE.\n\n\
-JSON: {customer_id, current: [{scope, status, at_ms, at, source}], ledger: [{at_ms, at, scope, status, source, evidence}]}")]
+    #[command(
+        args_conflicts_with_subcommands = true,
+        after_help = "Columns: SCOPE STATUS SINCE SOURCE, then the ledger: TIME SCOPE STATUS SOURCE EVIDENCE.\n\n\
+JSON: {customer_id, current: [{scope, status, at_ms, at, source}], ledger: [{at_ms, at, scope, status, source, evidence}]}"
+    )]
     Consent(ConsentArgs),
 }
 
@@ -732,10 +745,8 @@ pub struct FindArgs {
 impl FindArgs {
     /// The one identity given (clap guarantees exactly one).
     pub fn target(&self) -> ProfileTarget {
-        let pick = |kind: &str, v: &Option<String>| {
-            v.as_ref()
-                .map(|value| ProfileTarget::Identity(IdentityArg { kind: kind.to_string(), value: value.clone() }))
-        };
+        let pick =
+            |kind: &str, v: &Option<String>| v.as_ref().map(|value| ProfileTarget::Identity(IdentityArg { kind: kind.to_string(), value: value.clone() }));
         pick("email", &self.email)
             .or_else(|| pick("user_id", &self.user_id))
             .or_else(|| pick("phone", &self.phone))
@@ -809,9 +820,7 @@ pub enum ClockCommand {
     #[command(after_help = "JSON: {mode, now_ms, now}")]
     Show,
     /// Move the manual clock forward, firing every timer that falls due
-    #[command(
-        after_help = "DURATION: a number and a unit, parts add up: 500ms, 30s, 90m, 24h, 7d, 2w, 1h30m.\n\nJSON: {mode, now_ms, now}"
-    )]
+    #[command(after_help = "DURATION: a number and a unit, parts add up: 500ms, 30s, 90m, 24h, 7d, 2w, 1h30m.\n\nJSON: {mode, now_ms, now}")]
     Advance {
         /// How far to move, e.g. 24h, 90m, 7d, 1h30m, 500ms
         #[arg(value_name = "DURATION", value_parser = duration_ms_arg)]
@@ -848,9 +857,7 @@ e.g. email:ada@example.com or user_id:42";
 
 /// `kind=value` (or `kind:value`): the kind is everything before the first `=` or `:`.
 pub fn identity_arg(text: &str) -> Result<IdentityArg, String> {
-    split_identity(text).ok_or_else(|| {
-        format!("{text:?} is not an identity: use kind=value, e.g. email=ada@example.com, user_id=42 or device_id=d-9")
-    })
+    split_identity(text).ok_or_else(|| format!("{text:?} is not an identity: use kind=value, e.g. email=ada@example.com, user_id=42 or device_id=d-9"))
 }
 
 /// A customer id (`cu_` + 16 hex digits) or an identity as `kind:value` (or `kind=value`).
@@ -862,9 +869,7 @@ pub fn profile_target_arg(text: &str) -> Result<ProfileTarget, String> {
         if hex.len() == CUSTOMER_ID_HEX_LEN && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Ok(ProfileTarget::CustomerId(t.to_ascii_lowercase()));
         }
-        return Err(format!(
-            "{text:?} is not a customer id: expected cu_ followed by 16 hex digits, e.g. cu_0001000000000001"
-        ));
+        return Err(format!("{text:?} is not a customer id: expected cu_ followed by 16 hex digits, e.g. cu_0001000000000001"));
     }
     if let Some(identity) = split_identity(t) {
         return Ok(ProfileTarget::Identity(identity));
@@ -935,11 +940,7 @@ pub fn cluster_addr_arg(text: &str) -> Result<String, String> {
         return Err(format!("give host:port without a scheme, e.g. {rest} instead of {scheme}://{rest}"));
     }
     match t.rsplit_once(':') {
-        Some((host, port))
-            if !host.is_empty() && !host.contains(char::is_whitespace) && port.parse::<u16>().is_ok_and(|p| p != 0) =>
-        {
-            Ok(t.to_string())
-        }
+        Some((host, port)) if !host.is_empty() && !host.contains(char::is_whitespace) && port.parse::<u16>().is_ok_and(|p| p != 0) => Ok(t.to_string()),
         _ => Err(format!("{text:?} is not host:port: give the node's [cluster] advertise address, e.g. node4:7900")),
     }
 }
@@ -991,18 +992,9 @@ mod tests {
 
     #[test]
     fn profile_targets_are_customer_ids_or_identities() {
-        assert_eq!(
-            profile_target_arg("cu_0001000000000001"),
-            Ok(ProfileTarget::CustomerId("cu_0001000000000001".into()))
-        );
-        assert_eq!(
-            profile_target_arg("cu_00010000000000AB"),
-            Ok(ProfileTarget::CustomerId("cu_00010000000000ab".into()))
-        );
-        assert_eq!(
-            profile_target_arg("email:ada@example.com"),
-            Ok(ProfileTarget::Identity(ident("email", "ada@example.com")))
-        );
+        assert_eq!(profile_target_arg("cu_0001000000000001"), Ok(ProfileTarget::CustomerId("cu_0001000000000001".into())));
+        assert_eq!(profile_target_arg("cu_00010000000000AB"), Ok(ProfileTarget::CustomerId("cu_00010000000000ab".into())));
+        assert_eq!(profile_target_arg("email:ada@example.com"), Ok(ProfileTarget::Identity(ident("email", "ada@example.com"))));
         assert_eq!(profile_target_arg("user_id:42"), Ok(ProfileTarget::Identity(ident("user_id", "42"))));
         assert_eq!(profile_target_arg("user_id=42"), Ok(ProfileTarget::Identity(ident("user_id", "42"))));
         assert!(profile_target_arg("cu_12").unwrap_err().contains("16 hex digits"));
@@ -1023,8 +1015,7 @@ mod tests {
     fn globals_work_before_and_after_the_command() {
         let cli = parse(&["-o", "json", "shard", "list"]).unwrap();
         assert_eq!(cli.output, Format::Json);
-        let cli =
-            parse(&["shard", "list", "--output", "json", "--endpoint", "http://n1:7700", "--timeout", "5s"]).unwrap();
+        let cli = parse(&["shard", "list", "--output", "json", "--endpoint", "http://n1:7700", "--timeout", "5s"]).unwrap();
         assert_eq!(cli.output, Format::Json);
         assert_eq!(cli.endpoint, "http://n1:7700");
         assert_eq!(cli.timeout, Duration::from_secs(5));
@@ -1077,18 +1068,10 @@ mod tests {
     #[test]
     fn cluster_init_takes_shards_and_a_replication_that_defaults_to_3() {
         let cli = parse(&["cluster", "init", "--shards", "64"]).unwrap();
-        assert!(matches!(
-            cli.command,
-            Command::Cluster { command: ClusterCommand::Init { shards: 64, replication: REPLICATION_DEFAULT } }
-        ));
+        assert!(matches!(cli.command, Command::Cluster { command: ClusterCommand::Init { shards: 64, replication: REPLICATION_DEFAULT } }));
         let cli = parse(&["cluster", "init", "--shards", "4096", "--replication", "1"]).unwrap();
-        assert!(matches!(
-            cli.command,
-            Command::Cluster { command: ClusterCommand::Init { shards: 4096, replication: 1 } }
-        ));
-        for bad in
-            [&["cluster", "init"][..], &["cluster", "init", "--shards", "0"], &["cluster", "init", "--shards", "4097"]]
-        {
+        assert!(matches!(cli.command, Command::Cluster { command: ClusterCommand::Init { shards: 4096, replication: 1 } }));
+        for bad in [&["cluster", "init"][..], &["cluster", "init", "--shards", "0"], &["cluster", "init", "--shards", "4097"]] {
             assert!(parse(bad).is_err(), "{bad:?}");
         }
         assert!(parse(&["cluster", "init", "--shards", "8", "--replication", "0"]).is_err());
@@ -1113,14 +1096,8 @@ mod tests {
         assert_eq!((id, addr.as_str()), (4, "node4:7900"));
         assert!(parse(&["node", "add", "--id", "4"]).is_err());
         assert!(parse(&["node", "add", "--addr", "node4:7900"]).is_err());
-        assert!(matches!(
-            parse(&["node", "drain", "3"]).unwrap().command,
-            Command::Node { command: NodeCommand::Drain { id: 3 } }
-        ));
-        assert!(matches!(
-            parse(&["node", "remove", "3"]).unwrap().command,
-            Command::Node { command: NodeCommand::Remove { id: 3 } }
-        ));
+        assert!(matches!(parse(&["node", "drain", "3"]).unwrap().command, Command::Node { command: NodeCommand::Drain { id: 3 } }));
+        assert!(matches!(parse(&["node", "remove", "3"]).unwrap().command, Command::Node { command: NodeCommand::Remove { id: 3 } }));
         assert!(matches!(parse(&["node", "list"]).unwrap().command, Command::Node { command: NodeCommand::List }));
         assert!(parse(&["node", "remove"]).is_err());
         assert!(parse(&["node", "drain", "0"]).is_err());
@@ -1131,10 +1108,7 @@ mod tests {
         let cli = parse(&["shard", "move", "12", "--to", "4"]).unwrap();
         assert!(matches!(cli.command, Command::Shard { command: ShardCommand::Move { shard: 12, to: 4, from: None } }));
         let cli = parse(&["shard", "move", "12", "--to", "4", "--from", "2"]).unwrap();
-        assert!(matches!(
-            cli.command,
-            Command::Shard { command: ShardCommand::Move { shard: 12, to: 4, from: Some(2) } }
-        ));
+        assert!(matches!(cli.command, Command::Shard { command: ShardCommand::Move { shard: 12, to: 4, from: Some(2) } }));
         assert!(parse(&["shard", "move", "12"]).is_err());
         assert!(parse(&["shard", "move", "--to", "4"]).is_err());
         assert!(parse(&["shard", "move", "12", "--to", "0"]).is_err());

@@ -51,17 +51,8 @@ impl std::fmt::Display for FileError {
 }
 
 /// Top-level fields of Segment calls that Chorus does not use; ignored silently.
-const SEGMENT_ENVELOPE_FIELDS: [&str; 9] = [
-    "sentAt",
-    "receivedAt",
-    "originalTimestamp",
-    "integrations",
-    "writeKey",
-    "version",
-    "channel",
-    "_metadata",
-    "projectId",
-];
+const SEGMENT_ENVELOPE_FIELDS: [&str; 9] =
+    ["sentAt", "receivedAt", "originalTimestamp", "integrations", "writeKey", "version", "channel", "_metadata", "projectId"];
 
 const KNOWN_FIELDS: &str = "messageId, type, event (or name), userId, anonymousId, deviceId, email, phone, identities, \
 properties, traits, context, timestamp";
@@ -96,9 +87,7 @@ pub fn parse_file(text: &str, next_id: &mut dyn FnMut() -> String) -> Result<Par
         parsed.events.push(SourcedEvent { event, line: Some(line) });
     }
     for (field, (index, line)) in unknown {
-        parsed.warnings.push(format!(
-            "ignoring unknown field {field:?} (first in event {index}, line {line}); known fields: {KNOWN_FIELDS}"
-        ));
+        parsed.warnings.push(format!("ignoring unknown field {field:?} (first in event {index}, line {line}); known fields: {KNOWN_FIELDS}"));
     }
     Ok(parsed)
 }
@@ -224,11 +213,7 @@ fn serde_message(e: &serde_json::Error) -> String {
 
 /// Turn one Segment-like object into a wire event. `unknown` hears about every field
 /// this does not understand. Errors name the field.
-pub fn event_from_json(
-    obj: &Map<String, Value>,
-    next_id: &mut dyn FnMut() -> String,
-    unknown: &mut dyn FnMut(&str),
-) -> Result<Event, String> {
+pub fn event_from_json(obj: &Map<String, Value>, next_id: &mut dyn FnMut() -> String, unknown: &mut dyn FnMut(&str)) -> Result<Event, String> {
     for key in obj.keys() {
         let known = matches!(
             key.as_str(),
@@ -288,9 +273,7 @@ pub fn event_from_json(
             for (i, item) in items.iter().enumerate() {
                 let field = format!("identities[{i}]");
                 let Value::Object(pair) = item else {
-                    return Err(format!(
-                        "{field:?} must be an object like {{\"kind\": \"email\", \"value\": \"ada@example.com\"}}"
-                    ));
+                    return Err(format!("{field:?} must be an object like {{\"kind\": \"email\", \"value\": \"ada@example.com\"}}"));
                 };
                 let kind = text_field(pair, &["kind"], false).map_err(|e| format!("{field}.{e}"))?;
                 let value = text_field(pair, &["value"], true).map_err(|e| format!("{field}.{e}"))?;
@@ -301,10 +284,7 @@ pub fn event_from_json(
             }
         }
         Some(other) => {
-            return Err(format!(
-                "\"identities\" must be an array of {{\"kind\", \"value\"}} objects, not {}",
-                json_kind(other)
-            ));
+            return Err(format!("\"identities\" must be an array of {{\"kind\", \"value\"}} objects, not {}", json_kind(other)));
         }
     }
     event.properties_json = json_field(obj, "properties");
@@ -314,8 +294,7 @@ pub fn event_from_json(
         None | Some(Value::Null) => {}
         Some(Value::String(s)) => event.timestamp = s.clone(),
         Some(Value::Number(n)) => {
-            event.timestamp_ms =
-                n.as_i64().ok_or_else(|| format!("\"timestamp\" {n} is not whole Unix milliseconds"))?;
+            event.timestamp_ms = n.as_i64().ok_or_else(|| format!("\"timestamp\" {n} is not whole Unix milliseconds"))?;
         }
         Some(other) => {
             return Err(format!("\"timestamp\" must be RFC 3339 text or Unix milliseconds, not {}", json_kind(other)));
@@ -355,27 +334,17 @@ pub fn event_from_flags(args: &SendArgs, next_id: &mut dyn FnMut() -> String) ->
     if event_type == "track" && name.trim().is_empty() {
         return Err("a track event needs a name: add --name \"Product Viewed\" (or choose another --type)".into());
     }
-    let mut identities: Vec<Identity> = [
-        ("user_id", &args.user_id),
-        ("email", &args.email),
-        ("phone", &args.phone),
-        ("anonymous_id", &args.anonymous_id),
-    ]
-    .into_iter()
-    .filter_map(|(kind, v)| v.as_ref().map(|value| Identity { kind: kind.into(), value: value.clone() }))
-    .collect();
-    identities.extend(
-        args.identity.iter().map(|IdentityArg { kind, value }| Identity { kind: kind.clone(), value: value.clone() }),
-    );
+    let mut identities: Vec<Identity> = [("user_id", &args.user_id), ("email", &args.email), ("phone", &args.phone), ("anonymous_id", &args.anonymous_id)]
+        .into_iter()
+        .filter_map(|(kind, v)| v.as_ref().map(|value| Identity { kind: kind.into(), value: value.clone() }))
+        .collect();
+    identities.extend(args.identity.iter().map(|IdentityArg { kind, value }| Identity { kind: kind.clone(), value: value.clone() }));
     if identities.is_empty() {
-        return Err(
-            "an event needs at least one identity: add --user-id, --anonymous-id, --email, --phone or --identity kind=value \
+        return Err("an event needs at least one identity: add --user-id, --anonymous-id, --email, --phone or --identity kind=value \
              (or send a file with --file)"
-                .into(),
-        );
+            .into());
     }
-    let as_text =
-        |m: &Option<Map<String, Value>>| m.as_ref().map(|m| Value::Object(m.clone()).to_string()).unwrap_or_default();
+    let as_text = |m: &Option<Map<String, Value>>| m.as_ref().map(|m| Value::Object(m.clone()).to_string()).unwrap_or_default();
     Ok(Event {
         message_id: args.message_id.clone().unwrap_or_else(next_id),
         r#type: event_type,
@@ -398,10 +367,7 @@ pub fn event_to_json(e: &Event) -> Value {
     if !e.name.is_empty() {
         obj.insert("event".into(), Value::String(e.name.clone()));
     }
-    obj.insert(
-        "identities".into(),
-        Value::Array(e.identities.iter().map(|i| serde_json::json!({"kind": i.kind, "value": i.value})).collect()),
-    );
+    obj.insert("identities".into(), Value::Array(e.identities.iter().map(|i| serde_json::json!({"kind": i.kind, "value": i.value})).collect()));
     for (key, text) in [("properties", &e.properties_json), ("traits", &e.traits_json), ("context", &e.context_json)] {
         if !text.is_empty() {
             obj.insert(key.into(), serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.clone())));
@@ -422,22 +388,14 @@ static MESSAGE_ID_COUNTER: AtomicU32 = AtomicU32::new(0);
 /// distinct inputs never collide.
 pub fn new_message_id() -> String {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
-    let pid_counter =
-        (u64::from(std::process::id()) << 32) | u64::from(MESSAGE_ID_COUNTER.fetch_add(1, Ordering::Relaxed));
+    let pid_counter = (u64::from(std::process::id()) << 32) | u64::from(MESSAGE_ID_COUNTER.fetch_add(1, Ordering::Relaxed));
     message_id_from(nanos, pid_counter)
 }
 
 fn message_id_from(a: u64, b: u64) -> String {
     let hi = mix64(a);
     let lo = mix64(b ^ hi);
-    format!(
-        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
-        hi >> 32,
-        (hi >> 16) & 0xffff,
-        hi & 0xffff,
-        lo >> 48,
-        lo & 0xffff_ffff_ffff
-    )
+    format!("{:08x}-{:04x}-{:04x}-{:04x}-{:012x}", hi >> 32, (hi >> 16) & 0xffff, hi & 0xffff, lo >> 48, lo & 0xffff_ffff_ffff)
 }
 
 /// The splitmix64 finalizer: a bijection on u64 that scatters bits.
@@ -593,9 +551,7 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_warned_about_once() {
-        let parsed =
-            parse("{\"event\":\"A\",\"userid\":\"1\"}\n{\"event\":\"B\",\"userid\":\"2\",\"integrations\":{}}\n")
-                .unwrap();
+        let parsed = parse("{\"event\":\"A\",\"userid\":\"1\"}\n{\"event\":\"B\",\"userid\":\"2\",\"integrations\":{}}\n").unwrap();
         assert_eq!(parsed.warnings.len(), 1);
         assert!(parsed.warnings[0].contains("\"userid\" (first in event 0, line 1)"), "{:?}", parsed.warnings);
     }
@@ -610,18 +566,7 @@ mod tests {
             a
         };
         let e = event_from_flags(
-            &args(&[
-                "--name",
-                "Viewed",
-                "--email",
-                "a@b.c",
-                "--identity",
-                "device_id=d",
-                "--traits",
-                "{\"x\":1}",
-                "--timestamp",
-                "1000",
-            ]),
+            &args(&["--name", "Viewed", "--email", "a@b.c", "--identity", "device_id=d", "--traits", "{\"x\":1}", "--timestamp", "1000"]),
             &mut ids(),
         )
         .unwrap();
@@ -633,16 +578,13 @@ mod tests {
         assert_eq!(e.timestamp_ms, 1000);
         assert!(event_from_flags(&args(&["--email", "a@b.c"]), &mut ids()).unwrap_err().contains("--name"));
         assert!(event_from_flags(&args(&["--name", "X"]), &mut ids()).unwrap_err().contains("identity"));
-        let e = event_from_flags(&args(&["--type", "identify", "--user-id", "1", "--message-id", "m"]), &mut ids())
-            .unwrap();
+        let e = event_from_flags(&args(&["--type", "identify", "--user-id", "1", "--message-id", "m"]), &mut ids()).unwrap();
         assert_eq!((e.r#type.as_str(), e.message_id.as_str()), ("identify", "m"));
     }
 
     #[test]
     fn dry_run_output_reads_back_as_the_same_event() {
-        let parsed =
-            parse("{\"messageId\":\"m\",\"event\":\"A\",\"userId\":\"1\",\"properties\":{\"a\":1},\"timestamp\":5}")
-                .unwrap();
+        let parsed = parse("{\"messageId\":\"m\",\"event\":\"A\",\"userId\":\"1\",\"properties\":{\"a\":1},\"timestamp\":5}").unwrap();
         let e = &parsed.events[0].event;
         let again = parse(&event_to_json(e).to_string()).unwrap();
         let mut expected = e.clone();

@@ -69,15 +69,13 @@ const UNREACHABLE_HINT: &str = "set --endpoint or CHORUS_ENDPOINT to the gRPC ad
 
 /// The node could not be reached at all.
 pub fn unreachable(endpoint: &str, err: &(dyn std::error::Error + 'static)) -> Failure {
-    Failure::new(format!("cannot reach Chorus at {endpoint}: {} — is `chorus dev` running?", root_cause(err)))
-        .hint(UNREACHABLE_HINT)
+    Failure::new(format!("cannot reach Chorus at {endpoint}: {} — is `chorus dev` running?", root_cause(err))).hint(UNREACHABLE_HINT)
 }
 
 /// The request took longer than `--timeout`.
 pub fn timed_out(endpoint: &str, action: &str, after: std::time::Duration) -> Failure {
-    Failure::new(format!("timed out after {:?} trying to {action} at {endpoint}", after)).hint(
-        "the node may be overloaded or partitioned: check `chorusctl cluster status`, or allow more time with --timeout",
-    )
+    Failure::new(format!("timed out after {:?} trying to {action} at {endpoint}", after))
+        .hint("the node may be overloaded or partitioned: check `chorusctl cluster status`, or allow more time with --timeout")
 }
 
 /// The lowest error of a chain in plain words (`connection refused`, not
@@ -104,40 +102,26 @@ pub fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
 /// A gRPC status from `endpoint` while trying to `action` (e.g. "get the profile"),
 /// with a hint per code.
 pub fn from_status(status: &Status, endpoint: &str, action: &str) -> Failure {
-    let said = if status.message().is_empty() {
-        status.code().description().to_string()
-    } else {
-        status.message().to_string()
-    };
+    let said = if status.message().is_empty() { status.code().description().to_string() } else { status.message().to_string() };
     if status.code() == Code::Unavailable
         && let Some(source) = std::error::Error::source(status)
     {
         let cause = root_cause(source);
         if cause.starts_with("connection") {
-            return Failure::new(format!("cannot reach Chorus at {endpoint}: {cause} — is `chorus dev` running?"))
-                .hint(UNREACHABLE_HINT);
+            return Failure::new(format!("cannot reach Chorus at {endpoint}: {cause} — is `chorus dev` running?")).hint(UNREACHABLE_HINT);
         }
     }
-    if ["h2 protocol error", "http2 error", "invalid compression flag", "grpc-status header missing"]
-        .iter()
-        .any(|p| said.contains(p))
-    {
+    if ["h2 protocol error", "http2 error", "invalid compression flag", "grpc-status header missing"].iter().any(|p| said.contains(p)) {
         return Failure::new(format!("could not {action}: {endpoint} did not answer as a gRPC server ({said})"))
             .hint("point --endpoint at a node's gRPC port, not its HTTP port");
     }
     let (message, hint) = match status.code() {
-        Code::InvalidArgument => (
-            format!("could not {action}: the request was invalid: {said}"),
-            "fix the value named above and try again (see --help for the accepted forms)",
-        ),
-        Code::NotFound => (format!("could not {action}: not found: {said}"), "check the id or name"),
-        Code::AlreadyExists => {
-            (format!("could not {action}: already exists: {said}"), "use another name, or update the existing one")
+        Code::InvalidArgument => {
+            (format!("could not {action}: the request was invalid: {said}"), "fix the value named above and try again (see --help for the accepted forms)")
         }
-        Code::FailedPrecondition => (
-            format!("could not {action}: {said}"),
-            "the cluster is not in a state that allows this yet; see the message above",
-        ),
+        Code::NotFound => (format!("could not {action}: not found: {said}"), "check the id or name"),
+        Code::AlreadyExists => (format!("could not {action}: already exists: {said}"), "use another name, or update the existing one"),
+        Code::FailedPrecondition => (format!("could not {action}: {said}"), "the cluster is not in a state that allows this yet; see the message above"),
         Code::ResourceExhausted => (
             format!("could not {action}: Chorus is overloaded or a limit was hit: {said}"),
             "slow down and retry (for `event send`, use a smaller --batch-size)",
@@ -151,18 +135,16 @@ pub fn from_status(status: &Status, endpoint: &str, action: &str) -> Failure {
             "retry; if it persists, check `chorusctl cluster status` (a shard may have lost its leader)",
         ),
         Code::Aborted | Code::Cancelled => (format!("could not {action}: {said}"), "retry"),
-        Code::Unauthenticated | Code::PermissionDenied => (
-            format!("could not {action}: not allowed: {said}"),
-            "this node requires credentials; check its auth settings",
-        ),
+        Code::Unauthenticated | Code::PermissionDenied => {
+            (format!("could not {action}: not allowed: {said}"), "this node requires credentials; check its auth settings")
+        }
         Code::Unimplemented => (
             format!("could not {action}: the node does not support this request: {said}"),
             "the node may be older than this chorusctl; upgrade it or use a matching chorusctl",
         ),
-        Code::Internal | Code::Unknown | Code::DataLoss | Code::OutOfRange | Code::Ok => (
-            format!("could not {action}: Chorus failed: {said}"),
-            "this is likely a bug in Chorus: check the node logs and report it with this message",
-        ),
+        Code::Internal | Code::Unknown | Code::DataLoss | Code::OutOfRange | Code::Ok => {
+            (format!("could not {action}: Chorus failed: {said}"), "this is likely a bug in Chorus: check the node logs and report it with this message")
+        }
     };
     Failure::new(message).hint(hint)
 }
@@ -192,10 +174,7 @@ mod tests {
     fn refused_connections_say_how_to_point_at_a_node() {
         let io = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
         let f = unreachable(EP, &io);
-        assert_eq!(
-            f.message,
-            "cannot reach Chorus at http://127.0.0.1:7700: connection refused — is `chorus dev` running?"
-        );
+        assert_eq!(f.message, "cannot reach Chorus at http://127.0.0.1:7700: connection refused — is `chorus dev` running?");
         assert!(f.hint.unwrap().contains("CHORUS_ENDPOINT"));
         let mut status = Status::unavailable("error trying to connect: tcp connect error");
         status.set_source(std::sync::Arc::new(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)));

@@ -28,10 +28,7 @@ pub fn emit(text: &str) {
         return;
     }
     let mut out = std::io::stdout().lock();
-    let result = out
-        .write_all(text.as_bytes())
-        .and_then(|()| if text.ends_with('\n') { Ok(()) } else { out.write_all(b"\n") })
-        .and_then(|()| out.flush());
+    let result = out.write_all(text.as_bytes()).and_then(|()| if text.ends_with('\n') { Ok(()) } else { out.write_all(b"\n") }).and_then(|()| out.flush());
     if result.is_err() {
         STDOUT_CLOSED.store(true, Ordering::Relaxed);
     }
@@ -63,11 +60,7 @@ pub struct Table {
 
 impl Table {
     pub fn new(headers: &[&str]) -> Table {
-        Table {
-            headers: headers.iter().map(|h| h.to_string()).collect(),
-            right_aligned: vec![false; headers.len()],
-            rows: Vec::new(),
-        }
+        Table { headers: headers.iter().map(|h| h.to_string()).collect(), right_aligned: vec![false; headers.len()], rows: Vec::new() }
     }
 
     /// Right-align these columns (numbers).
@@ -286,8 +279,7 @@ mod tests {
         t.push(row(&["Zoë", "1"]));
         t.push(row(&["Bob", "2"]));
         let text = t.render();
-        let cols: Vec<usize> =
-            text.lines().map(|l| l.chars().position(|c| c == '1' || c == '2' || c == 'X').unwrap()).collect();
+        let cols: Vec<usize> = text.lines().map(|l| l.chars().position(|c| c == '1' || c == '2' || c == 'X').unwrap()).collect();
         assert_eq!(cols, vec![6, 6, 6]);
     }
 
@@ -302,8 +294,7 @@ mod tests {
 
     #[test]
     fn key_value_blocks_align_values_and_indent_continuations() {
-        let text =
-            key_values(&[("customer", "cu_1".into()), ("attributes", "{\n  \"a\": 1\n}".into()), ("x", String::new())]);
+        let text = key_values(&[("customer", "cu_1".into()), ("attributes", "{\n  \"a\": 1\n}".into()), ("x", String::new())]);
         assert_eq!(text, "customer    cu_1\nattributes  {\n              \"a\": 1\n            }\nx");
     }
 

@@ -12,7 +12,8 @@ const MS_PER_WEEK: i64 = 7 * MS_PER_DAY;
 const UNIX_MS_PLAUSIBLE_MIN: i64 = 100_000_000_000;
 
 const DURATION_FORMS: &str = "units: ms, s, m, h, d, w; e.g. 24h, 90m, 7d, 1h30m, 500ms";
-const TIME_FORMS: &str = "give RFC 3339 (2026-11-27T10:00:00Z, or with an offset such as +01:00), a date (2026-11-27 = midnight UTC) or Unix milliseconds (1795773600000)";
+const TIME_FORMS: &str =
+    "give RFC 3339 (2026-11-27T10:00:00Z, or with an offset such as +01:00), a date (2026-11-27 = midnight UTC) or Unix milliseconds (1795773600000)";
 
 /// Parse a duration such as `24h`, `90m`, `7d`, `1h30m` or `500ms` into milliseconds.
 /// Parts add up; whitespace between parts is allowed; a unit is required.
@@ -37,13 +38,9 @@ pub fn parse_duration_ms(text: &str) -> Result<i64, String> {
             i += 1;
         }
         if i == start {
-            return Err(format!(
-                "{text:?} is not a duration: expected a number at {:?} ({DURATION_FORMS})",
-                &t[start..]
-            ));
+            return Err(format!("{text:?} is not a duration: expected a number at {:?} ({DURATION_FORMS})", &t[start..]));
         }
-        let number: i64 =
-            t[start..i].parse().map_err(|_| format!("{text:?} is not a duration: {} is too large", &t[start..i]))?;
+        let number: i64 = t[start..i].parse().map_err(|_| format!("{text:?} is not a duration: {} is too large", &t[start..i]))?;
         if b.get(i) == Some(&b'.') {
             return Err(format!("{text:?}: use whole numbers, e.g. 1h30m rather than 1.5h ({DURATION_FORMS})"));
         }
@@ -62,10 +59,7 @@ pub fn parse_duration_ms(text: &str) -> Result<i64, String> {
             "" => return Err(format!("{text:?}: the number {number} needs a unit ({DURATION_FORMS})")),
             other => return Err(format!("{text:?}: unknown unit {other:?} ({DURATION_FORMS})")),
         };
-        total = number
-            .checked_mul(scale)
-            .and_then(|part| total.checked_add(part))
-            .ok_or_else(|| format!("{text:?} is too long a duration"))?;
+        total = number.checked_mul(scale).and_then(|part| total.checked_add(part)).ok_or_else(|| format!("{text:?} is too long a duration"))?;
     }
     Ok(total)
 }
@@ -80,8 +74,7 @@ pub fn format_duration_ms(ms: i64) -> String {
         out.push('-');
     }
     let mut rest = ms.unsigned_abs();
-    for (scale, unit) in [(MS_PER_DAY, "d"), (MS_PER_HOUR, "h"), (MS_PER_MINUTE, "m"), (MS_PER_SECOND, "s"), (1, "ms")]
-    {
+    for (scale, unit) in [(MS_PER_DAY, "d"), (MS_PER_HOUR, "h"), (MS_PER_MINUTE, "m"), (MS_PER_SECOND, "s"), (1, "ms")] {
         let scale = scale as u64;
         if rest >= scale {
             out.push_str(&format!("{}{unit}", rest / scale));

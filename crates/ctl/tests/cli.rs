@@ -76,11 +76,7 @@ fn an_unreachable_node_is_explained_with_exit_code_1() {
     let out = chorusctl(&["cluster", "status", "--endpoint", &endpoint]);
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
-    assert!(
-        err.contains(&format!("cannot reach Chorus at {endpoint}: connection refused"))
-            && err.contains("CHORUS_ENDPOINT"),
-        "{err}"
-    );
+    assert!(err.contains(&format!("cannot reach Chorus at {endpoint}: connection refused")) && err.contains("CHORUS_ENDPOINT"), "{err}");
     assert!(out.stdout.is_empty());
 }
 
@@ -163,20 +159,11 @@ fn cluster_help_documents_defaults_and_json_shapes() {
         text(&out.stdout)
     };
     let init = help(&["cluster", "init"]);
-    assert!(
-        init.contains("[default: 3]") && init.contains("JSON: {cluster_id, shard_count, replication, nodes"),
-        "{init}"
-    );
+    assert!(init.contains("[default: 3]") && init.contains("JSON: {cluster_id, shard_count, replication, nodes"), "{init}");
     let status = help(&["cluster", "status"]);
-    for field in [
-        "clustered",
-        "placement_leader",
-        "leaderless: [shard]",
-        "under_replicated: [shard]",
-        "lag_max",
-        "draining",
-        "moves: [{shard, from, to, running}]",
-    ] {
+    for field in
+        ["clustered", "placement_leader", "leaderless: [shard]", "under_replicated: [shard]", "lag_max", "draining", "moves: [{shard, from, to, running}]"]
+    {
         assert!(status.contains(field), "cluster status help lacks {field}:\n{status}");
     }
     let moves = help(&["shard", "move"]);
@@ -192,8 +179,7 @@ fn dry_run_prints_the_events_it_would_send() {
     let input = "{\"messageId\":\"m-1\",\"event\":\"A\",\"userId\":42}\n{\"event\":\"B\",\"anonymousId\":\"x\",\"properties\":{\"n\":1}}\n";
     let out = chorusctl_with_stdin(&["event", "send", "--file", "-", "--dry-run"], Some(input));
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let lines: Vec<serde_json::Value> =
-        text(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("NDJSON")).collect();
+    let lines: Vec<serde_json::Value> = text(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("NDJSON")).collect();
     assert_eq!(lines.len(), 2);
     assert_eq!(lines[0]["messageId"], "m-1");
     assert_eq!(lines[0]["identities"][0], serde_json::json!({"kind": "user_id", "value": "42"}));
@@ -206,8 +192,7 @@ fn a_bad_line_in_an_events_file_is_named_and_nothing_is_sent() {
     let dir = std::env::temp_dir().join(format!("chorusctl-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("events.ndjson");
-    std::fs::write(&path, "{\"event\":\"A\",\"userId\":\"1\"}\n{\"event\":\"B\",\"userId\":\"2\"}\n{\"event\": \"C\" \"userId\": \"3\"}\n")
-        .unwrap();
+    std::fs::write(&path, "{\"event\":\"A\",\"userId\":\"1\"}\n{\"event\":\"B\",\"userId\":\"2\"}\n{\"event\": \"C\" \"userId\": \"3\"}\n").unwrap();
     // A closed port proves nothing is sent: parsing fails before connecting.
     let endpoint = format!("http://127.0.0.1:{}", closed_port());
     let out = chorusctl(&["event", "send", "--file", path.to_str().unwrap(), "--endpoint", &endpoint]);

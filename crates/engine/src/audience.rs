@@ -96,7 +96,12 @@ pub fn parse_audience(text: &str) -> Result<AudienceDef, Vec<Diagnostic>> {
     }
     if problems.is_empty() {
         let id = id.expect("checked");
-        return Ok(AudienceDef { name: name.unwrap_or_else(|| id.clone()), id, description: description.unwrap_or_default(), condition: condition.expect("checked") });
+        return Ok(AudienceDef {
+            name: name.unwrap_or_else(|| id.clone()),
+            id,
+            description: description.unwrap_or_default(),
+            condition: condition.expect("checked"),
+        });
     }
     let mut diags: Vec<Diagnostic> = problems.into_iter().map(|(path, message)| Diagnostic { line: lines.line_of(&path), path, message }).collect();
     diags.sort_by_key(|d| d.line.unwrap_or(0));
@@ -170,7 +175,10 @@ mod tests {
     }
 
     fn viewed(c: &mut CustomerState, n: u64, now: i64) {
-        let e = EventInput { message_id: format!("v{n}"), name: "Product Viewed".into(), identities: vec![("user_id".into(), "u".into())], ..Default::default() }.validate().unwrap();
+        let e =
+            EventInput { message_id: format!("v{n}"), name: "Product Viewed".into(), identities: vec![("user_id".into(), "u".into())], ..Default::default() }
+                .validate()
+                .unwrap();
         crate::apply_event(c, &e, now, &EngineConfig::default());
     }
 
@@ -219,7 +227,13 @@ mod tests {
     fn rule_bad_audience_files_are_rejected_with_line() {
         let e = parse_audience("id: vip\nname: VIPs\ncondtion: profile.ltv > 5\n").unwrap_err();
         let text: Vec<String> = e.iter().map(|d| d.to_string()).collect();
-        assert_eq!(text, vec!["condition: condition is required".to_string(), "line 3: condtion: unknown key \"condtion\" (did you mean condition?); an audience has id, name, description, condition".to_string()]);
+        assert_eq!(
+            text,
+            vec![
+                "condition: condition is required".to_string(),
+                "line 3: condtion: unknown key \"condtion\" (did you mean condition?); an audience has id, name, description, condition".to_string()
+            ]
+        );
         let e = parse_audience("id: vip\ncondition: 'profile.ltv >'\n").unwrap_err();
         assert_eq!(e[0].line, Some(2));
         assert!(e[0].message.starts_with("the condition does not compile"), "{e:?}");

@@ -51,7 +51,8 @@ pub fn after_event(state: &mut CustomerState, event: &Event, ledger_before: usiz
     };
     let mut confirmed_by_keyword = false;
     if event.name == INBOUND_SMS_EVENT && !event.properties.is_empty() {
-        let body = serde_json::from_str::<Value>(&event.properties).ok().and_then(|p| p.get("body").and_then(Value::as_str).map(str::to_string)).unwrap_or_default();
+        let body =
+            serde_json::from_str::<Value>(&event.properties).ok().and_then(|p| p.get("body").and_then(Value::as_str).map(str::to_string)).unwrap_or_default();
         if let Some(kw) = keyword(&body) {
             let evidence = format!("keyword {kw} in {}", event.message_id);
             if STOP_KEYWORDS.contains(&kw) {
@@ -83,11 +84,18 @@ pub fn after_event(state: &mut CustomerState, event: &Event, ledger_before: usiz
     // a YES reply.
     if settings.sms_double_opt_in && !confirmed_by_keyword {
         let start = ledger_before.min(state.consent.ledger.len());
-        let opted_in_elsewhere = state.consent.ledger[start..].iter().any(|c| c.scope == "channel:sms" && c.status == ConsentStatus::OptedIn && c.source != KEYWORD_SOURCE);
+        let opted_in_elsewhere =
+            state.consent.ledger[start..].iter().any(|c| c.scope == "channel:sms" && c.status == ConsentStatus::OptedIn && c.source != KEYWORD_SOURCE);
         if opted_in_elsewhere && state.consent.channels.get("sms").is_some_and(|e| e.status == ConsentStatus::OptedIn) {
             let source = "double opt-in".to_string();
             state.consent.channels.insert("sms".into(), ConsentEntry { status: ConsentStatus::Pending, at_ms: now_ms, source: source.clone() });
-            state.consent.ledger.push(ConsentChange { at_ms: now_ms, scope: "channel:sms".into(), status: ConsentStatus::Pending, source, evidence: format!("confirmation requested ({})", event.message_id) });
+            state.consent.ledger.push(ConsentChange {
+                at_ms: now_ms,
+                scope: "channel:sms".into(),
+                status: ConsentStatus::Pending,
+                source,
+                evidence: format!("confirmation requested ({})", event.message_id),
+            });
             state.decide(cfg, now_ms, DecisionKind::ConsentChanged, "pending", "channel:sms waits for a YES reply (double opt-in)");
             out.push(reply(DOUBLE_OPT_IN_TEMPLATE, "sms-doi"));
         }
@@ -108,7 +116,15 @@ mod tests {
 
     fn inbound(body: &str, id: &str) -> Event {
         let props = serde_json::json!({"body": body});
-        EventInput { message_id: id.into(), name: INBOUND_SMS_EVENT.into(), identities: vec![("phone".into(), "+14155550123".into())], properties: props.as_object().cloned().unwrap(), ..Default::default() }.validate().unwrap()
+        EventInput {
+            message_id: id.into(),
+            name: INBOUND_SMS_EVENT.into(),
+            identities: vec![("phone".into(), "+14155550123".into())],
+            properties: props.as_object().cloned().unwrap(),
+            ..Default::default()
+        }
+        .validate()
+        .unwrap()
     }
 
     fn apply(c: &mut CustomerState, e: &Event, settings: &Settings, now: i64) -> Vec<SendRequest> {
@@ -207,7 +223,15 @@ mod tests {
         c.identities.push(Identity { kind: IdentityKind::Email, value: "ada@example.com".into() });
         let ev = |name: &str, id: &str| {
             let props = serde_json::json!({"email": "ada@example.com", "reason": "mailbox full"});
-            EventInput { message_id: id.into(), name: name.into(), identities: vec![("email".into(), "ada@example.com".into())], properties: props.as_object().cloned().unwrap(), ..Default::default() }.validate().unwrap()
+            EventInput {
+                message_id: id.into(),
+                name: name.into(),
+                identities: vec![("email".into(), "ada@example.com".into())],
+                properties: props.as_object().cloned().unwrap(),
+                ..Default::default()
+            }
+            .validate()
+            .unwrap()
         };
         apply(&mut c, &ev(BOUNCED_EVENT, "b1"), &Settings::default(), 1);
         assert_eq!(c.contact_status.get("ada@example.com").map(String::as_str), Some("bounced"));

@@ -156,11 +156,7 @@ fn count_fn(cel::extractors::This(_events): cel::extractors::This<cel::Value>, n
 fn sum_fn(cel::extractors::This(_events): cel::extractors::This<cel::Value>, name: Arc<String>, property: Arc<String>, window_ms: i64) -> f64 {
     FN_DATA.with(|d| {
         let since = d.now_ms - window_ms;
-        d.history
-            .iter()
-            .filter(|(n, t, _)| **n == *name && *t >= since)
-            .filter_map(|(_, _, p)| p.get(property.as_str()).and_then(Value::as_f64))
-            .sum()
+        d.history.iter().filter(|(n, t, _)| **n == *name && *t >= since).filter_map(|(_, _, p)| p.get(property.as_str()).and_then(Value::as_f64)).sum()
     })
 }
 
@@ -214,7 +210,13 @@ pub fn evaluate(expr: &Expr, scope: &Scope<'_>) -> Result<Value, String> {
                 .state
                 .history
                 .iter()
-                .map(|h| (h.name.clone(), h.received_ms, if h.properties.is_empty() { Value::Null } else { serde_json::from_str(&h.properties).unwrap_or(Value::Null) }))
+                .map(|h| {
+                    (
+                        h.name.clone(),
+                        h.received_ms,
+                        if h.properties.is_empty() { Value::Null } else { serde_json::from_str(&h.properties).unwrap_or(Value::Null) },
+                    )
+                })
                 .collect()
         } else {
             Vec::new()
@@ -241,7 +243,8 @@ mod tests {
         assert!(a.events && a.counters && !a.history && !a.profile && !a.steps, "{a:?}");
         let b = n("steps.recos_email.clicked || steps.recos_email.opened");
         assert!(b.steps && !b.events && !b.counters && !b.profile && !b.event, "{b:?}");
-        let c = n(r#"profile.ltv > 100 && event.properties.sku == "A" && in_segment("vip") && events.sum("Order Completed", "revenue", duration("30d")) > 0.0"#);
+        let c =
+            n(r#"profile.ltv > 100 && event.properties.sku == "A" && in_segment("vip") && events.sum("Order Completed", "revenue", duration("30d")) > 0.0"#);
         assert!(c.profile && c.event && c.in_segment && c.history && c.events && !c.counters && !c.entry, "{c:?}");
         let d = n(r#"events.last("Order Completed") != null && entry.name == "x" && size(segments) > 0"#);
         assert!(d.history && d.entry && d.segments, "{d:?}");
@@ -328,7 +331,11 @@ mod tests {
         let c = customer();
         assert!(eval("profile.missing.deeper > 3", &c, 0, None).is_err());
         assert!(eval("duration(\"forever\") > 0", &c, 0, None).unwrap_err().contains("duration"));
-        let err = evaluate_bool(&compile("profile.ltv").unwrap(), &Scope { state: &c, event: None, entry: Value::Null, steps: Value::Null, segments: &[], now_ms: 0 }).unwrap_err();
+        let err = evaluate_bool(
+            &compile("profile.ltv").unwrap(),
+            &Scope { state: &c, event: None, entry: Value::Null, steps: Value::Null, segments: &[], now_ms: 0 },
+        )
+        .unwrap_err();
         assert!(err.contains("not true or false"), "{err}");
     }
 }

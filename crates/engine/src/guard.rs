@@ -353,7 +353,15 @@ pub struct JourneyCaps<'a> {
 }
 
 /// Check the cluster's cap rules and the journey's caps for a send on `channel`.
-pub fn check_caps(state: &CustomerState, settings: &Settings, tz: &TimeZone, channel: &str, category: Category, journey: Option<&JourneyCaps<'_>>, now_ms: i64) -> CapCheck {
+pub fn check_caps(
+    state: &CustomerState,
+    settings: &Settings,
+    tz: &TimeZone,
+    channel: &str,
+    category: Category,
+    journey: Option<&JourneyCaps<'_>>,
+    now_ms: i64,
+) -> CapCheck {
     let mut last_slot = false;
     let mut capped: Option<(String, Option<i64>)> = None;
     let mut note = |rule: String, free: Option<i64>| {
@@ -534,7 +542,10 @@ mod tests {
         contact(&mut c, ms("2026-01-15T07:00:00Z"), "sms", "a");
         // 23:30 local the same day: capped until local midnight (08:00 UTC).
         let got = check_caps(&c, &settings, &tz, "sms", Category::Marketing, None, ms("2026-01-15T07:30:00Z"));
-        assert_eq!(got, CapCheck::Capped { rule: "sms-per-day: at most 1 marketing on sms per 1 calendar day(s)".into(), free_at_ms: Some(ms("2026-01-15T08:00:00Z")) });
+        assert_eq!(
+            got,
+            CapCheck::Capped { rule: "sms-per-day: at most 1 marketing on sms per 1 calendar day(s)".into(), free_at_ms: Some(ms("2026-01-15T08:00:00Z")) }
+        );
         // 00:30 local the next day: a new calendar day, though only 90 minutes passed.
         assert!(matches!(check_caps(&c, &settings, &tz, "sms", Category::Marketing, None, ms("2026-01-15T08:30:00Z")), CapCheck::Open { .. }));
     }
@@ -544,11 +555,17 @@ mod tests {
         let settings = Settings::default();
         let mut c = customer();
         let caps = JourneyCaps { journey: "j", sends_this_entry: 2, per_entry_max: Some(2), per_day_max: None };
-        assert_eq!(check_caps(&c, &settings, &TimeZone::UTC, "email", Category::Marketing, Some(&caps), 0), CapCheck::Capped { rule: "journey j: at most 2 send(s) per entry".into(), free_at_ms: None });
+        assert_eq!(
+            check_caps(&c, &settings, &TimeZone::UTC, "email", Category::Marketing, Some(&caps), 0),
+            CapCheck::Capped { rule: "journey j: at most 2 send(s) per entry".into(), free_at_ms: None }
+        );
         contact(&mut c, 1_000, "email", "j");
         contact(&mut c, 2_000, "email", "other");
         let caps = JourneyCaps { journey: "j", sends_this_entry: 0, per_entry_max: None, per_day_max: Some(1) };
-        assert_eq!(check_caps(&c, &settings, &TimeZone::UTC, "email", Category::Marketing, Some(&caps), 5_000), CapCheck::Capped { rule: "journey j: at most 1 send(s) per day".into(), free_at_ms: Some(1_000 + 86_400_000 + 1) });
+        assert_eq!(
+            check_caps(&c, &settings, &TimeZone::UTC, "email", Category::Marketing, Some(&caps), 5_000),
+            CapCheck::Capped { rule: "journey j: at most 1 send(s) per day".into(), free_at_ms: Some(1_000 + 86_400_000 + 1) }
+        );
     }
 
     #[test]

@@ -22,12 +22,7 @@ pub struct ResolvePlan {
 /// Plan the resolution of `event` routed to `shard`. `lookup` reads this shard's index.
 /// Identities are considered in priority order; the first one already indexed names
 /// the owner (so an anonymous browser who logs in keeps their history).
-pub fn plan_resolution(
-    event: &Event,
-    shard: ShardId,
-    shard_count: u32,
-    mut lookup: impl FnMut(&Identity) -> Option<CustomerId>,
-) -> ResolvePlan {
+pub fn plan_resolution(event: &Event, shard: ShardId, shard_count: u32, mut lookup: impl FnMut(&Identity) -> Option<CustomerId>) -> ResolvePlan {
     let mut ids: Vec<&Identity> = event.identities.iter().collect();
     ids.sort_by_key(|i| i.kind.priority());
     let mut plan = ResolvePlan::default();
@@ -181,10 +176,7 @@ mod tests {
         let u1 = customer(1, 100, &[(IdentityKind::UserId, "u-1"), (IdentityKind::AnonymousId, "anon-1")]);
         let u2 = customer(2, 200, &[(IdentityKind::UserId, "u-2")]);
         let key = Identity { kind: IdentityKind::AnonymousId, value: "anon-1".into() };
-        assert_eq!(
-            decide_link(&u2, &u1, &key, &cfg),
-            LinkDecision::Relink { key, from: u1.id, to: u2.id, kind: IdentityKind::UserId }
-        );
+        assert_eq!(decide_link(&u2, &u1, &key, &cfg), LinkDecision::Relink { key, from: u1.id, to: u2.id, kind: IdentityKind::UserId });
     }
 
     #[test]

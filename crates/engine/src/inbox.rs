@@ -82,11 +82,30 @@ mod tests {
         if let Some(p) = placement {
             vars.0.insert("placement".into(), p.into());
         }
-        Intent { key: key.into(), customer: CustomerId::new(0, 1), channel: "in_app".into(), template: "promo".into(), category: Category::Marketing, to: String::new(), vars, journey: "j".into(), created_ms: 0, content: String::new() }
+        Intent {
+            key: key.into(),
+            customer: CustomerId::new(0, 1),
+            channel: "in_app".into(),
+            template: "promo".into(),
+            category: Category::Marketing,
+            to: String::new(),
+            vars,
+            journey: "j".into(),
+            created_ms: 0,
+            content: String::new(),
+        }
     }
 
     fn ev(name: &str, key: &str) -> Event {
-        EventInput { message_id: format!("{name}-{key}"), name: name.into(), identities: vec![("user_id".into(), "u".into())], properties: serde_json::json!({"key": key}).as_object().cloned().unwrap(), ..Default::default() }.validate().unwrap()
+        EventInput {
+            message_id: format!("{name}-{key}"),
+            name: name.into(),
+            identities: vec![("user_id".into(), "u".into())],
+            properties: serde_json::json!({"key": key}).as_object().cloned().unwrap(),
+            ..Default::default()
+        }
+        .validate()
+        .unwrap()
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! recorded on the contact ledger, so they count toward caps.
 
 use crate::{ConsentStatus, CustomerState, DecisionKind, EngineConfig};
-use chorus_types::{Category, Intent, IdentityKind, SendRequest};
+use chorus_types::{Category, IdentityKind, Intent, SendRequest};
 use serde::{Deserialize, Serialize};
 
 /// What the core decided about one send.
@@ -14,7 +14,10 @@ pub enum SendDecision {
     Send(Intent),
     /// `code` is a stable machine-readable reason for counters: `consent`, `topic`,
     /// `contact`, `merged`.
-    Skip { reason: String, code: &'static str },
+    Skip {
+        reason: String,
+        code: &'static str,
+    },
 }
 
 /// An intent handed to the outbox whose outcome is not known yet. Kept on the customer
@@ -100,7 +103,13 @@ pub fn contact_point(state: &CustomerState, channel: &str) -> Option<String> {
 
 /// Decide one send (rendering it with its template when the catalog has one) and
 /// record the decision on the customer. Returns the tracking record of a rendered send.
-pub fn decide_send(state: &mut CustomerState, req: &SendRequest, now_ms: i64, cfg: &EngineConfig, catalog: &crate::journey::run::RunCatalog) -> (SendDecision, Option<crate::render::TrackRecord>) {
+pub fn decide_send(
+    state: &mut CustomerState,
+    req: &SendRequest,
+    now_ms: i64,
+    cfg: &EngineConfig,
+    catalog: &crate::journey::run::RunCatalog,
+) -> (SendDecision, Option<crate::render::TrackRecord>) {
     let mut decision = evaluate(state, req, &catalog.settings);
     let mut record = None;
     if let SendDecision::Send(intent) = &mut decision {
@@ -113,8 +122,20 @@ pub fn decide_send(state: &mut CustomerState, req: &SendRequest, now_ms: i64, cf
         }
     }
     if let SendDecision::Send(intent) = &decision {
-        crate::guard::record_contact(state, crate::guard::Contact { at_ms: now_ms, channel: intent.channel.clone(), category: intent.category, journey: String::new() });
-        let p = PendingIntent { key: intent.key.clone(), channel: intent.channel.clone(), journey: String::new(), version: 0, step: String::new(), entry_key: String::new(), at_ms: now_ms, to: intent.to.clone() };
+        crate::guard::record_contact(
+            state,
+            crate::guard::Contact { at_ms: now_ms, channel: intent.channel.clone(), category: intent.category, journey: String::new() },
+        );
+        let p = PendingIntent {
+            key: intent.key.clone(),
+            channel: intent.channel.clone(),
+            journey: String::new(),
+            version: 0,
+            step: String::new(),
+            entry_key: String::new(),
+            at_ms: now_ms,
+            to: intent.to.clone(),
+        };
         track_pending(state, p);
         crate::inbox::store(state, intent, now_ms);
     }
@@ -126,7 +147,9 @@ pub fn decide_send(state: &mut CustomerState, req: &SendRequest, now_ms: i64, cf
             "api send",
             format!("{} {} to {} (key {})", req.channel, req.template, if intent.to.is_empty() { "-" } else { &intent.to }, intent.key),
         ),
-        SendDecision::Skip { reason, .. } => state.decide(cfg, now_ms, DecisionKind::Skipped, reason.clone(), format!("{} {} (request {})", req.channel, req.template, req.request_id)),
+        SendDecision::Skip { reason, .. } => {
+            state.decide(cfg, now_ms, DecisionKind::Skipped, reason.clone(), format!("{} {} (request {})", req.channel, req.template, req.request_id))
+        }
     }
     (decision, record)
 }
@@ -234,8 +257,14 @@ mod tests {
         let mut c = customer();
         c.identities.push(Identity { kind: IdentityKind::Phone, value: "+14155550123".into() });
         let cfg = EngineConfig::default();
-        assert!(matches!(decide_send(&mut c, &req("sms", Category::Marketing), 0, &cfg, &crate::journey::run::RunCatalog::default()).0, SendDecision::Skip { .. }));
-        assert!(matches!(decide_send(&mut c, &req("sms", Category::Transactional), 0, &cfg, &crate::journey::run::RunCatalog::default()).0, SendDecision::Send(_)));
+        assert!(matches!(
+            decide_send(&mut c, &req("sms", Category::Marketing), 0, &cfg, &crate::journey::run::RunCatalog::default()).0,
+            SendDecision::Skip { .. }
+        ));
+        assert!(matches!(
+            decide_send(&mut c, &req("sms", Category::Transactional), 0, &cfg, &crate::journey::run::RunCatalog::default()).0,
+            SendDecision::Send(_)
+        ));
         set(&mut c, "sms", ConsentStatus::OptedIn);
         assert!(matches!(decide_send(&mut c, &req("sms", Category::Marketing), 0, &cfg, &crate::journey::run::RunCatalog::default()).0, SendDecision::Send(_)));
     }

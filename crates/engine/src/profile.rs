@@ -349,7 +349,12 @@ fn consent_origin(event: &Event) -> (String, String) {
         if let Ok(Value::Object(ctx)) = serde_json::from_str::<Value>(&event.context) {
             if let Some(c) = ctx.get(chorus_types::event::CHORUS_CONTEXT_KEY) {
                 let source = c.get("consent_source").and_then(Value::as_str).unwrap_or("api").to_string();
-                let evidence = c.get("evidence").and_then(Value::as_str).filter(|e| !e.is_empty()).map(|e| format!("{e} ({})", event.message_id)).unwrap_or_else(|| event.message_id.clone());
+                let evidence = c
+                    .get("evidence")
+                    .and_then(Value::as_str)
+                    .filter(|e| !e.is_empty())
+                    .map(|e| format!("{e} ({})", event.message_id))
+                    .unwrap_or_else(|| event.message_id.clone());
                 return (source, evidence);
             }
         }
@@ -379,7 +384,16 @@ fn apply_consent_trait(state: &mut CustomerState, v: &Value, now_ms: i64, eviden
 }
 
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn set_consent(state: &mut CustomerState, cfg: &EngineConfig, now_ms: i64, channel: bool, name: &str, val: &Value, source: &str, evidence: &str) -> bool {
+pub(crate) fn set_consent(
+    state: &mut CustomerState,
+    cfg: &EngineConfig,
+    now_ms: i64,
+    channel: bool,
+    name: &str,
+    val: &Value,
+    source: &str,
+    evidence: &str,
+) -> bool {
     let status = match val {
         Value::String(s) => ConsentStatus::parse(&s.to_ascii_lowercase()),
         Value::Bool(true) => Some(ConsentStatus::OptedIn),

@@ -135,7 +135,16 @@ pub fn render_intent(
     let rendered = template.render(&intent.channel, &ctx, &t).map_err(|e| e.to_string())?;
     intent.content = serde_json::to_string(&rendered).map_err(|e| e.to_string())?;
     let (journey, step) = journey.map(|(j, s)| (j.to_string(), s.to_string())).unwrap_or_default();
-    Ok(TrackRecord { id, customer: state.id, key: intent.key.clone(), channel: intent.channel.clone(), journey, step, links: links.into_inner(), at_ms: now_ms })
+    Ok(TrackRecord {
+        id,
+        customer: state.id,
+        key: intent.key.clone(),
+        channel: intent.channel.clone(),
+        journey,
+        step,
+        links: links.into_inner(),
+        at_ms: now_ms,
+    })
 }
 
 #[cfg(test)]

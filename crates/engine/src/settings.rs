@@ -342,7 +342,10 @@ mod tests {
         assert_eq!(s.timezone, "Europe/Paris");
         assert_eq!(s.arbitration_window_ms, 2_000);
         assert_eq!(s.caps.len(), 2);
-        assert_eq!(s.caps[0], CapRule { name: "marketing-daily".into(), category: Some(Category::Marketing), channels: vec![], max: 3, window_ms: 86_400_000, calendar: false });
+        assert_eq!(
+            s.caps[0],
+            CapRule { name: "marketing-daily".into(), category: Some(Category::Marketing), channels: vec![], max: 3, window_ms: 86_400_000, calendar: false }
+        );
         assert!(s.caps[1].calendar);
         assert_eq!(s.quiet_hours.len(), 1);
         assert_eq!(s.quiet_hours["sms"], QuietHours { start_minute: 22 * 60, end_minute: 7 * 60 + 30 });

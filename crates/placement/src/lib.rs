@@ -78,18 +78,38 @@ pub struct PlacementState {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PlacementOp {
     /// Create the cluster: members and the initial assignment.
-    Init { cluster_id: String, shards: u32, replication: u32, members: Vec<Member> },
+    Init {
+        cluster_id: String,
+        shards: u32,
+        replication: u32,
+        members: Vec<Member>,
+    },
     /// A new node joins (it hosts nothing until moves give it replicas).
-    AddNode { member: Member },
+    AddNode {
+        member: Member,
+    },
     /// Forget a node that hosts nothing any more.
-    RemoveNode { id: NodeId },
-    SetDraining { id: NodeId, draining: bool },
+    RemoveNode {
+        id: NodeId,
+    },
+    SetDraining {
+        id: NodeId,
+        draining: bool,
+    },
     /// Record a shard's replicas as the shard group now has them.
-    SetShard { shard: ShardId, replicas: Vec<NodeId>, learners: Vec<NodeId> },
+    SetShard {
+        shard: ShardId,
+        replicas: Vec<NodeId>,
+        learners: Vec<NodeId>,
+    },
     /// Append moves to the queue.
-    QueueMoves { moves: Vec<Move> },
+    QueueMoves {
+        moves: Vec<Move>,
+    },
     /// Drop the first queued move (finished, or impossible now).
-    MoveFinished { shard: ShardId },
+    MoveFinished {
+        shard: ShardId,
+    },
     /// Drop every queued move.
     ClearMoves,
 }
@@ -384,11 +404,7 @@ fn range(what: &'static str, got: u64, min: u64, max: u64) -> Result<(), Placeme
 pub fn initial_assignment(shards: u32, replication: u32, nodes: &[NodeId]) -> Vec<ShardPlacement> {
     let n = nodes.len();
     (0..shards as usize)
-        .map(|i| ShardPlacement {
-            replicas: (0..(replication as usize).min(n)).map(|k| nodes[(i + k) % n]).collect(),
-            learners: Vec::new(),
-            generation: 0,
-        })
+        .map(|i| ShardPlacement { replicas: (0..(replication as usize).min(n)).map(|k| nodes[(i + k) % n]).collect(), learners: Vec::new(), generation: 0 })
         .collect()
 }
 

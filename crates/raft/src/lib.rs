@@ -73,7 +73,15 @@ pub struct GroupTuning {
 
 impl Default for GroupTuning {
     fn default() -> Self {
-        GroupTuning { heartbeat_ms: 300, election_min_ms: 1000, election_max_ms: 2000, payload_entries_max: 256, snapshot_after_entries: 20_000, log_kept_after_snapshot: 1_000, restore_leadership: true }
+        GroupTuning {
+            heartbeat_ms: 300,
+            election_min_ms: 1000,
+            election_max_ms: 2000,
+            payload_entries_max: 256,
+            snapshot_after_entries: 20_000,
+            log_kept_after_snapshot: 1_000,
+            restore_leadership: true,
+        }
     }
 }
 
@@ -157,9 +165,7 @@ impl Group {
         let config = Arc::new(config.validate().map_err(|e| RaftError::Fatal { group: id, detail: e.to_string() })?);
         let log = log_store::LogStore::new(id, store.clone());
         let sm = state_machine::StateMachine::new(id, app);
-        let raft = Raft::new(node, config, network, log, sm)
-            .await
-            .map_err(|e| RaftError::Fatal { group: id, detail: e.to_string() })?;
+        let raft = Raft::new(node, config, network, log, sm).await.map_err(|e| RaftError::Fatal { group: id, detail: e.to_string() })?;
         transport.register(id, raft.clone());
         Ok(Group { id, node, raft, transport: transport.clone() })
     }
@@ -210,21 +216,13 @@ impl Group {
     /// stay as learners when `keep_others`, else they leave the group.
     pub async fn set_voters(&self, voters: &[NodeId], keep_others: bool) -> Result<(), RaftError> {
         let set: std::collections::BTreeSet<NodeId> = voters.iter().copied().collect();
-        self.raft
-            .change_membership(openraft::ChangeMembers::ReplaceAllVoters(set), keep_others)
-            .await
-            .map(|_| ())
-            .map_err(|e| self.map_write_error(e))
+        self.raft.change_membership(openraft::ChangeMembers::ReplaceAllVoters(set), keep_others).await.map(|_| ()).map_err(|e| self.map_write_error(e))
     }
 
     /// Remove learners (not voters) from the group.
     pub async fn remove_learners(&self, nodes: &[NodeId]) -> Result<(), RaftError> {
         let set: std::collections::BTreeSet<NodeId> = nodes.iter().copied().collect();
-        self.raft
-            .change_membership(openraft::ChangeMembers::RemoveNodes(set), false)
-            .await
-            .map(|_| ())
-            .map_err(|e| self.map_write_error(e))
+        self.raft.change_membership(openraft::ChangeMembers::RemoveNodes(set), false).await.map(|_| ()).map_err(|e| self.map_write_error(e))
     }
 
     /// Ask the leader (this node) to hand leadership to `to`.
@@ -299,13 +297,10 @@ impl Group {
     /// result. Lets a proposer pipeline many entries while keeping their log order.
     pub async fn submit(&self, cmd: ShardCommand) -> Result<Pending, RaftError> {
         let (responder, rx) = openraft::impls::ProgressResponder::<TypeConfig, _>::complete_only();
-        self.raft
-            .client_write_ff(cmd, Some(responder))
-            .await
-            .map_err(|e| match e {
-                openraft::errors::Fatal::Stopped => RaftError::ShuttingDown { group: self.id },
-                other => RaftError::Fatal { group: self.id, detail: other.to_string() },
-            })?;
+        self.raft.client_write_ff(cmd, Some(responder)).await.map_err(|e| match e {
+            openraft::errors::Fatal::Stopped => RaftError::ShuttingDown { group: self.id },
+            other => RaftError::Fatal { group: self.id, detail: other.to_string() },
+        })?;
         Ok(Pending { group: self.clone(), rx })
     }
 
@@ -350,10 +345,7 @@ impl Group {
         }
     }
 
-    fn map_write_error(
-        &self,
-        e: openraft::errors::RaftError<TypeConfig, openraft::errors::ClientWriteError<TypeConfig>>,
-    ) -> RaftError {
+    fn map_write_error(&self, e: openraft::errors::RaftError<TypeConfig, openraft::errors::ClientWriteError<TypeConfig>>) -> RaftError {
         if let Some(f) = e.forward_to_leader() {
             return RaftError::NotLeader { group: self.id, leader: f.leader_id };
         }
@@ -416,6 +408,6 @@ fn effective_leader(m: &openraft::RaftMetrics<TypeConfig>, node: NodeId) -> Opti
 }
 
 #[cfg(test)]
-mod tests;
-#[cfg(test)]
 mod sim;
+#[cfg(test)]
+mod tests;

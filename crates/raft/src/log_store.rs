@@ -46,10 +46,7 @@ impl LogStore {
     }
 
     fn write_meta<T: serde::Serialize>(&self, what: u8, value: &T) -> io::Result<()> {
-        self.store
-            .raft_meta()
-            .insert(meta_key(self.group, what), chorus_types::encoding::encode(value))
-            .map_err(io_err)
+        self.store.raft_meta().insert(meta_key(self.group, what), chorus_types::encoding::encode(value)).map_err(io_err)
     }
 
     /// Inclusive key bounds of an index range, or `None` when the range is empty.
@@ -106,10 +103,7 @@ impl LogStore {
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
-    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
-        &mut self,
-        range: RB,
-    ) -> Result<Vec<EntryOf<TypeConfig>>, io::Error> {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(&mut self, range: RB) -> Result<Vec<EntryOf<TypeConfig>>, io::Error> {
         self.read_range(range)
     }
 

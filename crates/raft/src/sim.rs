@@ -14,11 +14,11 @@ use super::*;
 use crate::transport::Raft;
 use chorus_types::ShardOp;
 use futures::future::BoxFuture;
+use openraft::OptionalSend;
 use openraft::alias::{SnapshotOf, VoteOf};
 use openraft::errors::{RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::RPCOption;
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse, VoteRequest, VoteResponse};
-use openraft::OptionalSend;
 use openraft_multi::GroupRouter;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
@@ -61,7 +61,13 @@ fn unreachable(e: impl std::fmt::Display) -> RPCError<TypeConfig> {
 impl GroupRouter<TypeConfig, u32> for SimRouter {
     type SnapshotData = Vec<u8>;
 
-    async fn append_entries(&self, to: NodeId, g: u32, rpc: AppendEntriesRequest<TypeConfig>, _o: RPCOption) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+    async fn append_entries(
+        &self,
+        to: NodeId,
+        g: u32,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        _o: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
         let r = self.target(to, g).map_err(RPCError::Unreachable)?;
         r.append_entries(rpc).await.map_err(unreachable)
     }
@@ -73,7 +79,13 @@ impl GroupRouter<TypeConfig, u32> for SimRouter {
         let r = self.target(to, g).map_err(RPCError::Unreachable)?;
         r.pre_vote(rpc).await.map_err(unreachable)
     }
-    async fn transfer_leader(&self, to: NodeId, g: u32, req: TransferLeaderRequest<TypeConfig>, _o: RPCOption) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+    async fn transfer_leader(
+        &self,
+        to: NodeId,
+        g: u32,
+        req: TransferLeaderRequest<TypeConfig>,
+        _o: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
         let r = self.target(to, g).map_err(RPCError::Unreachable)?;
         r.handle_transfer_leader(req).await.map_err(unreachable)
     }
@@ -128,7 +140,9 @@ impl Application for Ledger {
                     let id = cmd.now_ms as u64;
                     let before = match seen.get(&id) {
                         Some(n) => *n,
-                        None => self.store.shard().get(self.key(id)).map_err(io::Error::other)?.map(|v| u32::from_be_bytes(v[..4].try_into().unwrap())).unwrap_or(0),
+                        None => {
+                            self.store.shard().get(self.key(id)).map_err(io::Error::other)?.map(|v| u32::from_be_bytes(v[..4].try_into().unwrap())).unwrap_or(0)
+                        }
                     };
                     seen.insert(id, before + 1);
                     b.insert(self.store.shard(), self.key(id), (before + 1).to_be_bytes().to_vec());
@@ -236,7 +250,15 @@ impl Sim {
 
 async fn run_seed(seed: u64) {
     let mut rng = Rng::new(seed, 0);
-    let tuning = GroupTuning { heartbeat_ms: 40, election_min_ms: 150, election_max_ms: 300, snapshot_after_entries: 15, log_kept_after_snapshot: 2, restore_leadership: false, ..Default::default() };
+    let tuning = GroupTuning {
+        heartbeat_ms: 40,
+        election_min_ms: 150,
+        election_max_ms: 300,
+        snapshot_after_entries: 15,
+        log_kept_after_snapshot: 2,
+        restore_leadership: false,
+        ..Default::default()
+    };
     let mut sim = Sim { seed, world: Arc::default(), nodes: Vec::new(), tuning, leaders: HashMap::new(), acked: BTreeMap::new(), next_id: 0 };
     for id in 1..=NODES {
         let dir = tempfile::tempdir().unwrap();

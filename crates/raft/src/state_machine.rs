@@ -5,12 +5,12 @@
 
 use crate::TypeConfig;
 use chorus_types::{ShardCommand, ShardResult};
+use futures::Stream;
 use futures::TryStreamExt;
 use futures::future::BoxFuture;
 use openraft::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
-use futures::Stream;
 use std::io;
 use std::sync::{Arc, Mutex};
 

@@ -25,13 +25,8 @@ impl Counter {
 impl Application for Counter {
     fn apply(&self, entries: Vec<Applied>, raft_meta: Vec<u8>) -> BoxFuture<'_, io::Result<Vec<ShardResult>>> {
         Box::pin(async move {
-            let mut count: u64 = self
-                .store
-                .shard()
-                .get(self.key(b'n'))
-                .map_err(io::Error::other)?
-                .map(|v| u64::from_le_bytes(v[..8].try_into().unwrap()))
-                .unwrap_or(0);
+            let mut count: u64 =
+                self.store.shard().get(self.key(b'n')).map_err(io::Error::other)?.map(|v| u64::from_le_bytes(v[..8].try_into().unwrap())).unwrap_or(0);
             let mut results = Vec::new();
             for e in &entries {
                 self.seen.lock().unwrap().push(e.index);
@@ -165,7 +160,15 @@ async fn leader_of(nodes: &[TestNode], timeout: Duration) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_replicate_fail_over_and_catch_up_a_new_member_by_snapshot() {
     const G: u32 = 5;
-    let tuning = GroupTuning { heartbeat_ms: 50, election_min_ms: 200, election_max_ms: 400, snapshot_after_entries: 40, log_kept_after_snapshot: 0, restore_leadership: false, ..Default::default() };
+    let tuning = GroupTuning {
+        heartbeat_ms: 50,
+        election_min_ms: 200,
+        election_max_ms: 400,
+        snapshot_after_entries: 40,
+        log_kept_after_snapshot: 0,
+        restore_leadership: false,
+        ..Default::default()
+    };
     let mut nodes = Vec::new();
     for id in 1..=4 {
         nodes.push(test_node(id).await);

@@ -239,14 +239,11 @@ impl Transport {
     ) -> Result<(), TransportError> {
         let mut server = tonic::transport::Server::builder().tcp_nodelay(true);
         if let Some(tls) = &self.inner.tls {
-            let cfg = ServerTlsConfig::new()
-                .identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem))
-                .client_ca_root(Certificate::from_pem(&tls.ca_pem));
+            let cfg = ServerTlsConfig::new().identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem)).client_ca_root(Certificate::from_pem(&tls.ca_pem));
             server = server.tls_config(cfg).map_err(|e| TransportError::Tls(e.to_string()))?;
         }
-        let svc = NodeServer::new(Service { transport: self.clone() })
-            .max_decoding_message_size(MESSAGE_BYTES_MAX)
-            .max_encoding_message_size(MESSAGE_BYTES_MAX);
+        let svc =
+            NodeServer::new(Service { transport: self.clone() }).max_decoding_message_size(MESSAGE_BYTES_MAX).max_encoding_message_size(MESSAGE_BYTES_MAX);
         server
             .add_service(svc)
             .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown)
@@ -274,7 +271,8 @@ impl Transport {
         if !reply.error.is_empty() {
             return Err(RPCError::Unreachable(Unreachable::from_string(format!("node {target}: {}", reply.error))));
         }
-        chorus_types::encoding::decode(&reply.payload).map_err(|e| RPCError::Network(NetworkError::from_string(format!("node {target} sent an undecodable reply: {e}"))))
+        chorus_types::encoding::decode(&reply.payload)
+            .map_err(|e| RPCError::Network(NetworkError::from_string(format!("node {target} sent an undecodable reply: {e}"))))
     }
 }
 
@@ -304,11 +302,23 @@ impl GroupRouter<TypeConfig, u32> for Transport {
         self.raft_rpc(target, group, RaftKind::Append, &rpc, option.hard_ttl()).await
     }
 
-    async fn vote(&self, target: NodeId, group: u32, rpc: VoteRequest<TypeConfig>, option: RPCOption) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+    async fn vote(
+        &self,
+        target: NodeId,
+        group: u32,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
         self.raft_rpc(target, group, RaftKind::Vote, &rpc, option.hard_ttl()).await
     }
 
-    async fn pre_vote(&self, target: NodeId, group: u32, rpc: VoteRequest<TypeConfig>, option: RPCOption) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+    async fn pre_vote(
+        &self,
+        target: NodeId,
+        group: u32,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
         self.raft_rpc(target, group, RaftKind::PreVote, &rpc, option.hard_ttl()).await
     }
 
@@ -371,7 +381,8 @@ impl GroupRouter<TypeConfig, u32> for Transport {
             return Err(StreamingError::Unreachable(Unreachable::from_string(format!("node {target}: {}", reply.error))));
         }
         self.inner.snapshots_sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        chorus_types::encoding::decode(&reply.payload).map_err(|e| StreamingError::Network(NetworkError::from_string(format!("node {target} sent an undecodable reply: {e}"))))
+        chorus_types::encoding::decode(&reply.payload)
+            .map_err(|e| StreamingError::Network(NetworkError::from_string(format!("node {target} sent an undecodable reply: {e}"))))
     }
 }
 

@@ -9,14 +9,8 @@ use std::io::Read as _;
 /// as is when it is absent or `identity`. More than `body_bytes_max` bytes after
 /// decoding → `SegmentError::TooLarge`; the decoder never produces more than
 /// `body_bytes_max + 1` bytes, whatever the compressed input claims.
-pub fn decode_body<'a>(
-    body: &'a [u8],
-    content_encoding: Option<&str>,
-    body_bytes_max: usize,
-) -> Result<Cow<'a, [u8]>, SegmentError> {
-    let too_large = || SegmentError::TooLarge {
-        limit_bytes: body_bytes_max,
-    };
+pub fn decode_body<'a>(body: &'a [u8], content_encoding: Option<&str>, body_bytes_max: usize) -> Result<Cow<'a, [u8]>, SegmentError> {
+    let too_large = || SegmentError::TooLarge { limit_bytes: body_bytes_max };
     let encoding = content_encoding.map(str::trim).unwrap_or("");
     if encoding.is_empty() || encoding.eq_ignore_ascii_case("identity") {
         if body.len() > body_bytes_max {
@@ -25,24 +19,11 @@ pub fn decode_body<'a>(
         return Ok(Cow::Borrowed(body));
     }
     if !(encoding.eq_ignore_ascii_case("gzip") || encoding.eq_ignore_ascii_case("x-gzip")) {
-        return Err(SegmentError::UnsupportedEncoding {
-            encoding: encoding.chars().take(64).collect(),
-        });
+        return Err(SegmentError::UnsupportedEncoding { encoding: encoding.chars().take(64).collect() });
     }
-    let limit = u64::try_from(body_bytes_max)
-        .unwrap_or(u64::MAX)
-        .saturating_add(1);
-    let mut out = Vec::with_capacity(
-        body.len()
-            .saturating_mul(4)
-            .min(body_bytes_max.saturating_add(1)),
-    );
-    flate2::read::MultiGzDecoder::new(body)
-        .take(limit)
-        .read_to_end(&mut out)
-        .map_err(|e| SegmentError::BadGzip {
-            reason: e.to_string().to_lowercase(),
-        })?;
+    let limit = u64::try_from(body_bytes_max).unwrap_or(u64::MAX).saturating_add(1);
+    let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(body_bytes_max.saturating_add(1)));
+    flate2::read::MultiGzDecoder::new(body).take(limit).read_to_end(&mut out).map_err(|e| SegmentError::BadGzip { reason: e.to_string().to_lowercase() })?;
     if out.len() > body_bytes_max {
         return Err(too_large());
     }
@@ -63,27 +44,15 @@ mod tests {
     #[test]
     fn gzip_body_is_decoded() {
         let json = br#"{"batch":[]}"#;
-        assert_eq!(
-            &*decode_body(&gzip(json), Some("gzip"), 1024).unwrap(),
-            json
-        );
-        assert_eq!(
-            &*decode_body(&gzip(json), Some(" GZIP "), 1024).unwrap(),
-            json
-        );
+        assert_eq!(&*decode_body(&gzip(json), Some("gzip"), 1024).unwrap(), json);
+        assert_eq!(&*decode_body(&gzip(json), Some(" GZIP "), 1024).unwrap(), json);
     }
 
     #[test]
     fn plain_body_is_borrowed_not_copied() {
         let json = br#"{"a":1}"#;
-        assert!(matches!(
-            decode_body(json, None, 1024).unwrap(),
-            Cow::Borrowed(_)
-        ));
-        assert!(matches!(
-            decode_body(json, Some("identity"), 1024).unwrap(),
-            Cow::Borrowed(_)
-        ));
+        assert!(matches!(decode_body(json, None, 1024).unwrap(), Cow::Borrowed(_)));
+        assert!(matches!(decode_body(json, Some("identity"), 1024).unwrap(), Cow::Borrowed(_)));
     }
 
     #[test]
@@ -100,12 +69,7 @@ mod tests {
         // 50 MB of zeros compresses to ~50 KB; decoding stops after limit+1 bytes.
         let bomb = gzip(&vec![0u8; 50 * 1024 * 1024]);
         assert!(bomb.len() < 100 * 1024);
-        assert_eq!(
-            decode_body(&bomb, Some("gzip"), 500 * 1024).unwrap_err(),
-            SegmentError::TooLarge {
-                limit_bytes: 500 * 1024
-            }
-        );
+        assert_eq!(decode_body(&bomb, Some("gzip"), 500 * 1024).unwrap_err(), SegmentError::TooLarge { limit_bytes: 500 * 1024 });
         let exact = gzip(&[b' '; 100]);
         assert_eq!(decode_body(&exact, Some("gzip"), 100).unwrap().len(), 100);
         assert!(decode_body(&exact, Some("gzip"), 99).is_err());
@@ -118,10 +82,7 @@ mod tests {
         assert_eq!(e.http_status(), 400);
         let mut truncated = gzip(br#"{"batch":[]}"#);
         truncated.truncate(truncated.len() - 6);
-        assert!(matches!(
-            decode_body(&truncated, Some("gzip"), 1024),
-            Err(SegmentError::BadGzip { .. })
-        ));
+        assert!(matches!(decode_body(&truncated, Some("gzip"), 1024), Err(SegmentError::BadGzip { .. })));
         let e = decode_body(b"x", Some("br"), 1024).unwrap_err();
         assert_eq!(e.http_status(), 415);
     }

@@ -13,27 +13,13 @@ pub(crate) type ConsentError = (String, String);
 /// Topic name for a Segment consent category: lower-cased, whitespace and `-` → `_`
 /// ("Advertising" → "advertising", "Data Sharing" → "data_sharing").
 pub fn topic_for_category(category: &str) -> String {
-    category
-        .trim()
-        .chars()
-        .map(|c| {
-            if c.is_whitespace() || c == '-' {
-                '_'
-            } else {
-                c
-            }
-        })
-        .collect::<String>()
-        .to_lowercase()
+    category.trim().chars().map(|c| if c.is_whitespace() || c == '-' { '_' } else { c }).collect::<String>().to_lowercase()
 }
 
 /// Merge `context.consent.categoryPreferences` into `traits.consent.topics`
 /// (`true` → `"opted_in"`, `false` → `"opted_out"`); topics already present in
 /// `traits.consent.topics` win. No preferences → traits untouched.
-pub(crate) fn merge_category_preferences(
-    context: &Map<String, Value>,
-    traits: &mut Map<String, Value>,
-) -> Result<(), ConsentError> {
+pub(crate) fn merge_category_preferences(context: &Map<String, Value>, traits: &mut Map<String, Value>) -> Result<(), ConsentError> {
     let consent = match context.get("consent") {
         None | Some(Value::Null) => return Ok(()),
         Some(Value::Object(c)) => c,
@@ -45,8 +31,7 @@ pub(crate) fn merge_category_preferences(
         Some(_) => {
             return Err((
                 "context.consent.categoryPreferences".into(),
-                "must be an object of category name to true or false, e.g. {\"Advertising\": true}"
-                    .into(),
+                "must be an object of category name to true or false, e.g. {\"Advertising\": true}".into(),
             ));
         }
     };
@@ -54,10 +39,7 @@ pub(crate) fn merge_category_preferences(
     for (category, v) in prefs {
         let field = || format!("context.consent.categoryPreferences.{category}");
         let Value::Bool(granted) = v else {
-            return Err((
-                field(),
-                "must be true (consented) or false (declined)".into(),
-            ));
+            return Err((field(), "must be true (consented) or false (declined)".into()));
         };
         let topic = topic_for_category(category);
         if topic.is_empty() {
@@ -68,28 +50,19 @@ pub(crate) fn merge_category_preferences(
     if decided.is_empty() {
         return Ok(());
     }
-    let consent = traits
-        .entry(CONSENT_TRAIT)
-        .or_insert_with(|| Value::Object(Map::new()));
+    let consent = traits.entry(CONSENT_TRAIT).or_insert_with(|| Value::Object(Map::new()));
     let Value::Object(consent) = consent else {
         return Err((
             format!("traits.{CONSENT_TRAIT}"),
             "must be a JSON object like {\"email\": \"opted_in\", \"topics\": {\"promotions\": \"opted_out\"}}".into(),
         ));
     };
-    let topics = consent
-        .entry("topics")
-        .or_insert_with(|| Value::Object(Map::new()));
+    let topics = consent.entry("topics").or_insert_with(|| Value::Object(Map::new()));
     let Value::Object(topics) = topics else {
-        return Err((
-            format!("traits.{CONSENT_TRAIT}.topics"),
-            "must be a JSON object of topic to \"opted_in\" or \"opted_out\"".into(),
-        ));
+        return Err((format!("traits.{CONSENT_TRAIT}.topics"), "must be a JSON object of topic to \"opted_in\" or \"opted_out\"".into()));
     };
     for (topic, state) in decided {
-        topics
-            .entry(topic)
-            .or_insert_with(|| Value::String(state.to_string()));
+        topics.entry(topic).or_insert_with(|| Value::String(state.to_string()));
     }
     Ok(())
 }
@@ -108,25 +81,16 @@ mod tests {
 
     #[test]
     fn consent_categories_become_topics_lower_cased_with_underscores() {
-        let ctx = obj(
-            json!({"consent": {"categoryPreferences": {"Advertising": true, "Data Sharing": false, "Functional": true}}}),
-        );
+        let ctx = obj(json!({"consent": {"categoryPreferences": {"Advertising": true, "Data Sharing": false, "Functional": true}}}));
         let mut traits = Map::new();
         merge_category_preferences(&ctx, &mut traits).unwrap();
-        assert_eq!(
-            Value::Object(traits),
-            json!({"consent": {"topics": {"advertising": "opted_in", "data_sharing": "opted_out", "functional": "opted_in"}}})
-        );
+        assert_eq!(Value::Object(traits), json!({"consent": {"topics": {"advertising": "opted_in", "data_sharing": "opted_out", "functional": "opted_in"}}}));
     }
 
     #[test]
     fn consent_explicit_trait_values_win_over_category_preferences() {
-        let ctx = obj(
-            json!({"consent": {"categoryPreferences": {"Advertising": true, "Analytics": false}}}),
-        );
-        let mut traits = obj(
-            json!({"plan": "pro", "consent": {"email": "opted_in", "topics": {"advertising": "opted_out"}}}),
-        );
+        let ctx = obj(json!({"consent": {"categoryPreferences": {"Advertising": true, "Analytics": false}}}));
+        let mut traits = obj(json!({"plan": "pro", "consent": {"email": "opted_in", "topics": {"advertising": "opted_out"}}}));
         merge_category_preferences(&ctx, &mut traits).unwrap();
         assert_eq!(
             Value::Object(traits),
@@ -138,11 +102,7 @@ mod tests {
     fn consent_absent_or_empty_leaves_traits_untouched() {
         let mut traits = Map::new();
         merge_category_preferences(&Map::new(), &mut traits).unwrap();
-        merge_category_preferences(
-            &obj(json!({"consent": {"categoryPreferences": {}}})),
-            &mut traits,
-        )
-        .unwrap();
+        merge_category_preferences(&obj(json!({"consent": {"categoryPreferences": {}}})), &mut traits).unwrap();
         merge_category_preferences(&obj(json!({"consent": {}})), &mut traits).unwrap();
         assert!(traits.is_empty());
     }
@@ -153,8 +113,7 @@ mod tests {
         let (field, _) = merge_category_preferences(&ctx, &mut Map::new()).unwrap_err();
         assert_eq!(field, "context.consent.categoryPreferences.Advertising");
         let ctx = obj(json!({"consent": {"categoryPreferences": {"Advertising": true}}}));
-        let (field, _) =
-            merge_category_preferences(&ctx, &mut obj(json!({"consent": "yes"}))).unwrap_err();
+        let (field, _) = merge_category_preferences(&ctx, &mut obj(json!({"consent": "yes"}))).unwrap_err();
         assert_eq!(field, "traits.consent");
     }
 }

@@ -9,25 +9,15 @@ use chorus_types::FieldError;
 /// Every variant is permanent (retrying the same request fails the same way).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SegmentError {
-    #[error(
-        "no write key: send it as the basic-auth user name (Authorization: Basic base64(\"WRITE_KEY:\")) or as \"writeKey\" in the JSON body"
-    )]
+    #[error("no write key: send it as the basic-auth user name (Authorization: Basic base64(\"WRITE_KEY:\")) or as \"writeKey\" in the JSON body")]
     MissingWriteKey,
-    #[error(
-        "authorization header is not valid: {reason}; send Authorization: Basic base64(\"WRITE_KEY:\")"
-    )]
+    #[error("authorization header is not valid: {reason}; send Authorization: Basic base64(\"WRITE_KEY:\")")]
     BadAuthorization { reason: String },
-    #[error(
-        "request body is over the limit of {limit_bytes} bytes (counted after gzip decoding): send fewer events per request"
-    )]
+    #[error("request body is over the limit of {limit_bytes} bytes (counted after gzip decoding): send fewer events per request")]
     TooLarge { limit_bytes: usize },
-    #[error(
-        "content-encoding {encoding:?} is not supported: send the body as plain JSON or gzip it with content-encoding: gzip"
-    )]
+    #[error("content-encoding {encoding:?} is not supported: send the body as plain JSON or gzip it with content-encoding: gzip")]
     UnsupportedEncoding { encoding: String },
-    #[error(
-        "body is marked content-encoding: gzip but is not valid gzip ({reason}): compress the whole body or drop the header"
-    )]
+    #[error("body is marked content-encoding: gzip but is not valid gzip ({reason}): compress the whole body or drop the header")]
     BadGzip { reason: String },
     #[error("body is not valid JSON ({reason}): send one JSON object encoded as UTF-8")]
     BadJson { reason: String },
@@ -44,10 +34,7 @@ impl SegmentError {
             SegmentError::MissingWriteKey | SegmentError::BadAuthorization { .. } => 401,
             SegmentError::TooLarge { .. } => 413,
             SegmentError::UnsupportedEncoding { .. } => 415,
-            SegmentError::BadGzip { .. }
-            | SegmentError::BadJson { .. }
-            | SegmentError::BadRequest { .. }
-            | SegmentError::TooManyItems { .. } => 400,
+            SegmentError::BadGzip { .. } | SegmentError::BadJson { .. } | SegmentError::BadRequest { .. } | SegmentError::TooManyItems { .. } => 400,
         }
     }
 
@@ -80,17 +67,8 @@ pub struct SegmentItemError {
 }
 
 impl SegmentItemError {
-    pub(crate) fn new(
-        endpoint: Endpoint,
-        index: usize,
-        field: &str,
-        message: impl Into<String>,
-    ) -> Self {
-        SegmentItemError {
-            index,
-            field: item_path(endpoint, index, field),
-            message: message.into(),
-        }
+    pub(crate) fn new(endpoint: Endpoint, index: usize, field: &str, message: impl Into<String>) -> Self {
+        SegmentItemError { index, field: item_path(endpoint, index, field), message: message.into() }
     }
 
     /// Re-address an error from `EventInput::validate` (which names Chorus fields) to

@@ -98,9 +98,7 @@ use chorus_types::{EventInput, EventType};
 pub const CALL_BYTES_MAX: usize = 32 * 1024;
 /// Segment's limit for the body of a `/v1/batch` request: 500 KiB.
 pub const BATCH_BYTES_MAX: usize = 500 * 1024;
-const _: () = assert!(
-    CALL_BYTES_MAX <= BATCH_BYTES_MAX && CALL_BYTES_MAX >= chorus_types::EVENT_PAYLOAD_BYTES_MAX
-);
+const _: () = assert!(CALL_BYTES_MAX <= BATCH_BYTES_MAX && CALL_BYTES_MAX >= chorus_types::EVENT_PAYLOAD_BYTES_MAX);
 
 /// Which Segment endpoint a request was sent to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -167,9 +165,7 @@ impl ParsedRequest {
     /// The write key to authenticate with: the Authorization header's (from
     /// [`write_key_from_header`]) if given, else the body's `writeKey`.
     pub fn resolve_write_key(&self, header_key: Option<String>) -> Result<String, SegmentError> {
-        header_key
-            .or_else(|| self.write_key.clone())
-            .ok_or(SegmentError::MissingWriteKey)
+        header_key.or_else(|| self.write_key.clone()).ok_or(SegmentError::MissingWriteKey)
     }
 }
 

@@ -18,10 +18,7 @@ pub fn derive_message_id(event_type: &str, call: &Map<String, Value>) -> String 
     let mut h = Fnv1a128::new();
     h.write_bytes(event_type.as_bytes());
     h.write_bytes(b"\n");
-    let mut keys: Vec<&String> = call
-        .keys()
-        .filter(|k| !VOLATILE_FIELDS.contains(&k.as_str()))
-        .collect();
+    let mut keys: Vec<&String> = call.keys().filter(|k| !VOLATILE_FIELDS.contains(&k.as_str())).collect();
     keys.sort_unstable();
     h.write_bytes(b"{");
     for (i, k) in keys.into_iter().enumerate() {
@@ -117,13 +114,8 @@ mod tests {
     #[test]
     fn message_id_derivation_is_stable_across_key_order_and_whitespace() {
         let a = obj(r#"{"userId":"u1","event":"Signed Up","properties":{"plan":"pro","seats":3}}"#);
-        let b = obj(
-            r#"{ "properties": { "seats": 3, "plan": "pro" }, "event": "Signed Up", "userId": "u1" }"#,
-        );
-        assert_eq!(
-            derive_message_id("track", &a),
-            derive_message_id("track", &b)
-        );
+        let b = obj(r#"{ "properties": { "seats": 3, "plan": "pro" }, "event": "Signed Up", "userId": "u1" }"#);
+        assert_eq!(derive_message_id("track", &a), derive_message_id("track", &b));
         // Pinned so a change of the derivation (which would break dedup across an upgrade) is noticed.
         assert_eq!(
             derive_message_id("track", &a),
@@ -141,27 +133,17 @@ mod tests {
 
     #[test]
     fn message_id_derivation_ignores_per_attempt_fields() {
-        let a =
-            obj(r#"{"userId":"u1","event":"E","sentAt":"2026-11-27T10:00:00Z","writeKey":"k"}"#);
+        let a = obj(r#"{"userId":"u1","event":"E","sentAt":"2026-11-27T10:00:00Z","writeKey":"k"}"#);
         let b = obj(r#"{"userId":"u1","event":"E","sentAt":"2026-11-27T10:00:09Z"}"#);
-        assert_eq!(
-            derive_message_id("track", &a),
-            derive_message_id("track", &b)
-        );
+        assert_eq!(derive_message_id("track", &a), derive_message_id("track", &b));
     }
 
     #[test]
     fn message_id_derivation_differs_for_different_calls() {
         let a = obj(r#"{"userId":"u1","event":"E"}"#);
         let b = obj(r#"{"userId":"u2","event":"E"}"#);
-        assert_ne!(
-            derive_message_id("track", &a),
-            derive_message_id("track", &b)
-        );
-        assert_ne!(
-            derive_message_id("track", &a),
-            derive_message_id("page", &a)
-        );
+        assert_ne!(derive_message_id("track", &a), derive_message_id("track", &b));
+        assert_ne!(derive_message_id("track", &a), derive_message_id("page", &a));
         assert!(derive_message_id("track", &a).starts_with(DERIVED_MESSAGE_ID_PREFIX));
         assert_eq!(derive_message_id("track", &a).len(), 4 + 32);
     }

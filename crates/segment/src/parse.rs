@@ -5,10 +5,7 @@
 use crate::consent::merge_category_preferences;
 use crate::message_id::derive_message_id;
 use crate::{Endpoint, ParsedRequest, SegmentError, SegmentItemError};
-use chorus_types::{
-    EVENT_NAME_LEN_MAX, EventInput, EventType, Identity, IdentityKind, MESSAGE_ID_LEN_MAX,
-    parse_rfc3339_ms,
-};
+use chorus_types::{EVENT_NAME_LEN_MAX, EventInput, EventType, Identity, IdentityKind, MESSAGE_ID_LEN_MAX, parse_rfc3339_ms};
 use serde_json::{Map, Value};
 
 /// Most calls accepted in one `/v1/batch` request (Segment's own limit).
@@ -17,9 +14,7 @@ pub const BATCH_ITEMS_MAX: usize = 2500;
 /// Parse a decoded JSON body sent to `endpoint`. Whole-request problems (not JSON,
 /// not an object, `batch` missing) are `Err`; problems of one call are an `Err` item.
 pub fn parse_request(endpoint: Endpoint, json: &[u8]) -> Result<ParsedRequest, SegmentError> {
-    let value: Value = serde_json::from_slice(json).map_err(|e| SegmentError::BadJson {
-        reason: e.to_string(),
-    })?;
+    let value: Value = serde_json::from_slice(json).map_err(|e| SegmentError::BadJson { reason: e.to_string() })?;
     let Value::Object(mut body) = value else {
         return Err(SegmentError::BadRequest {
             field: "body".into(),
@@ -56,10 +51,7 @@ pub fn parse_request(endpoint: Endpoint, json: &[u8]) -> Result<ParsedRequest, S
                 }
             };
             if batch.len() > BATCH_ITEMS_MAX {
-                return Err(SegmentError::TooManyItems {
-                    count: batch.len(),
-                    limit: BATCH_ITEMS_MAX,
-                });
+                return Err(SegmentError::TooManyItems { count: batch.len(), limit: BATCH_ITEMS_MAX });
             }
             // Segment applies a batch-level `context` to every call; the call's own keys win.
             let shared_context = match body.remove("context") {
@@ -77,24 +69,15 @@ pub fn parse_request(endpoint: Endpoint, json: &[u8]) -> Result<ParsedRequest, S
                 .into_iter()
                 .enumerate()
                 .map(|(i, call)| match call {
-                    Value::Object(call) => {
-                        map_call(endpoint, i, None, call, shared_context.as_ref())
+                    Value::Object(call) => map_call(endpoint, i, None, call, shared_context.as_ref()),
+                    other => {
+                        Err(SegmentItemError::new(endpoint, i, "", format!("must be a JSON object (one call), got {}", chorus_types::json::json_kind(&other))))
                     }
-                    other => Err(SegmentItemError::new(
-                        endpoint,
-                        i,
-                        "",
-                        format!("must be a JSON object (one call), got {}", chorus_types::json::json_kind(&other)),
-                    )),
                 })
                 .collect()
         }
     };
-    Ok(ParsedRequest {
-        endpoint,
-        write_key,
-        items,
-    })
+    Ok(ParsedRequest { endpoint, write_key, items })
 }
 
 /// Where a call sits in its request, for error paths.
@@ -121,9 +104,8 @@ fn map_call(
     let event_type = match endpoint_type {
         Some(t) => t,
         None => match call.get("type") {
-            Some(Value::String(t)) => EventType::parse(t.trim()).ok_or_else(|| {
-                at.err("type", format!("{t:?} is not a call type: use track, identify, page, screen, group or alias"))
-            })?,
+            Some(Value::String(t)) => EventType::parse(t.trim())
+                .ok_or_else(|| at.err("type", format!("{t:?} is not a call type: use track, identify, page, screen, group or alias")))?,
             None | Some(Value::Null) => {
                 return Err(at.err("type", "is required for calls in a batch: one of track, identify, page, screen, group, alias"));
             }
@@ -133,10 +115,7 @@ fn map_call(
 
     let message_id = match take_id(at, &mut call, "messageId")? {
         Some(id) if id.len() > MESSAGE_ID_LEN_MAX => {
-            return Err(at.err(
-                "messageId",
-                format!("is {} bytes; the limit is {MESSAGE_ID_LEN_MAX}", id.len()),
-            ));
+            return Err(at.err("messageId", format!("is {} bytes; the limit is {MESSAGE_ID_LEN_MAX}", id.len())));
         }
         Some(id) => id,
         None => derive_message_id(event_type.as_str(), &call),
@@ -162,10 +141,7 @@ fn map_call(
         EventType::Track => match call.get("event") {
             Some(Value::String(e)) if !e.trim().is_empty() => e.trim().to_string(),
             None | Some(Value::Null) | Some(Value::String(_)) => {
-                return Err(at.err(
-                    "event",
-                    "is required for track calls: name the action, e.g. \"Product Viewed\"",
-                ));
+                return Err(at.err("event", "is required for track calls: name the action, e.g. \"Product Viewed\""));
             }
             Some(other) => {
                 return Err(at.err("event", format!("must be a string, got {}", chorus_types::json::json_kind(other))));
@@ -190,12 +166,8 @@ fn map_call(
             String::new()
         }
         EventType::Group => {
-            let group_id = take_id(at, &mut call, "groupId")?.ok_or_else(|| {
-                at.err(
-                    "groupId",
-                    "is required for group calls: the id of the account or company",
-                )
-            })?;
+            let group_id =
+                take_id(at, &mut call, "groupId")?.ok_or_else(|| at.err("groupId", "is required for group calls: the id of the account or company"))?;
             properties.insert("group_id".into(), Value::String(group_id));
             String::new()
         }
@@ -208,126 +180,66 @@ fn map_call(
         }
     };
     if name.len() > EVENT_NAME_LEN_MAX {
-        let field = if event_type == EventType::Track {
-            "event"
-        } else {
-            "name"
-        };
-        return Err(at.err(
-            field,
-            format!("is {} bytes; the limit is {EVENT_NAME_LEN_MAX}", name.len()),
-        ));
+        let field = if event_type == EventType::Track { "event" } else { "name" };
+        return Err(at.err(field, format!("is {} bytes; the limit is {EVENT_NAME_LEN_MAX}", name.len())));
     }
 
     // Identities (SPEC §4.2): ids first, then contact points from traits and device.
     if event_type == EventType::Alias && user_id.is_none() {
-        return Err(at.err(
-            "userId",
-            "is required for alias calls: the id the user is known by from now on",
-        ));
+        return Err(at.err("userId", "is required for alias calls: the id the user is known by from now on"));
     }
     if user_id.is_none() && anonymous_id.is_none() {
-        return Err(at.err(
-            "userId",
-            "userId or anonymousId is required: every call must say which user it is about",
-        ));
+        return Err(at.err("userId", "userId or anonymousId is required: every call must say which user it is about"));
     }
-    let mut ids = Identities {
-        at,
-        pairs: Vec::with_capacity(4),
-    };
+    let mut ids = Identities { at, pairs: Vec::with_capacity(4) };
     ids.push(IdentityKind::UserId, "userId", user_id)?;
     ids.push(IdentityKind::AnonymousId, "anonymousId", anonymous_id)?;
     ids.push(IdentityKind::AnonymousId, "previousId", previous_id)?;
     // Group traits describe the group (its email is the company's), not the user.
     if traits_are_users {
-        ids.push(
-            IdentityKind::Email,
-            "traits.email",
-            contact_trait(at, &traits, "traits", "email")?,
-        )?;
+        ids.push(IdentityKind::Email, "traits.email", contact_trait(at, &traits, "traits", "email")?)?;
     }
     let context_traits = match context.get("traits") {
         None | Some(Value::Null) => None,
         Some(Value::Object(ct)) => Some(ct),
         Some(other) => {
-            return Err(at.err(
-                "context.traits",
-                format!("must be a JSON object, got {}", chorus_types::json::json_kind(other)),
-            ));
+            return Err(at.err("context.traits", format!("must be a JSON object, got {}", chorus_types::json::json_kind(other))));
         }
     };
     if let Some(ct) = context_traits {
-        ids.push(
-            IdentityKind::Email,
-            "context.traits.email",
-            contact_trait(at, ct, "context.traits", "email")?,
-        )?;
+        ids.push(IdentityKind::Email, "context.traits.email", contact_trait(at, ct, "context.traits", "email")?)?;
     }
     if traits_are_users {
-        ids.push(
-            IdentityKind::Phone,
-            "traits.phone",
-            contact_trait(at, &traits, "traits", "phone")?,
-        )?;
+        ids.push(IdentityKind::Phone, "traits.phone", contact_trait(at, &traits, "traits", "phone")?)?;
     }
     if let Some(ct) = context_traits {
-        ids.push(
-            IdentityKind::Phone,
-            "context.traits.phone",
-            contact_trait(at, ct, "context.traits", "phone")?,
-        )?;
+        ids.push(IdentityKind::Phone, "context.traits.phone", contact_trait(at, ct, "context.traits", "phone")?)?;
     }
     match context.get("device") {
         None | Some(Value::Null) => {}
         Some(Value::Object(device)) => {
-            ids.push(
-                IdentityKind::DeviceId,
-                "context.device.id",
-                contact_trait(at, device, "context.device", "id")?,
-            )?;
-            ids.push(
-                IdentityKind::PushToken,
-                "context.device.token",
-                contact_trait(at, device, "context.device", "token")?,
-            )?;
+            ids.push(IdentityKind::DeviceId, "context.device.id", contact_trait(at, device, "context.device", "id")?)?;
+            ids.push(IdentityKind::PushToken, "context.device.token", contact_trait(at, device, "context.device", "token")?)?;
         }
         Some(other) => {
-            return Err(at.err(
-                "context.device",
-                format!("must be a JSON object, got {}", chorus_types::json::json_kind(other)),
-            ));
+            return Err(at.err("context.device", format!("must be a JSON object, got {}", chorus_types::json::json_kind(other))));
         }
     }
     let identities = ids.pairs;
 
-    merge_category_preferences(&context, &mut traits)
-        .map_err(|(field, message)| at.err(&field, message))?;
+    merge_category_preferences(&context, &mut traits).map_err(|(field, message)| at.err(&field, message))?;
 
     let (timestamp, timestamp_ms) = match timestamp_field(at, &call)? {
         Some((field, ts)) => match parse_rfc3339_ms(&ts) {
             Some(ms) => (ts, ms),
             None => {
-                return Err(at.err(
-                    field,
-                    format!("{ts:?} is not an RFC 3339 timestamp (e.g. 2026-11-27T10:00:00.000Z)"),
-                ));
+                return Err(at.err(field, format!("{ts:?} is not an RFC 3339 timestamp (e.g. 2026-11-27T10:00:00.000Z)")));
             }
         },
         None => (String::new(), 0),
     };
 
-    Ok(EventInput {
-        message_id,
-        event_type: event_type.as_str().to_string(),
-        name,
-        identities,
-        properties,
-        traits,
-        context,
-        timestamp,
-        timestamp_ms,
-    })
+    Ok(EventInput { message_id, event_type: event_type.as_str().to_string(), name, identities, properties, traits, context, timestamp, timestamp_ms })
 }
 
 /// Collects (kind, value) pairs, checking each value as `EventInput::validate` will,
@@ -338,12 +250,7 @@ struct Identities {
 }
 
 impl Identities {
-    fn push(
-        &mut self,
-        kind: IdentityKind,
-        field: &str,
-        value: Option<String>,
-    ) -> Result<(), SegmentItemError> {
+    fn push(&mut self, kind: IdentityKind, field: &str, value: Option<String>) -> Result<(), SegmentItemError> {
         let Some(value) = value else { return Ok(()) };
         Identity::normalize(kind.clone(), &value).map_err(|e| self.at.err(field, e.to_string()))?;
         let pair = (kind.as_str().to_string(), value);
@@ -356,11 +263,7 @@ impl Identities {
 
 /// `userId`-like ids: a non-empty string (trimmed) or a number (stringified).
 /// Absent, null and empty strings are `None`.
-fn take_id(
-    at: At,
-    call: &mut Map<String, Value>,
-    field: &str,
-) -> Result<Option<String>, SegmentItemError> {
+fn take_id(at: At, call: &mut Map<String, Value>, field: &str) -> Result<Option<String>, SegmentItemError> {
     match call.remove(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => {
@@ -374,19 +277,12 @@ fn take_id(
             })
         }
         Some(Value::Number(n)) => Ok(Some(n.to_string())),
-        Some(other) => Err(at.err(
-            field,
-            format!("must be a string or a number, got {}", chorus_types::json::json_kind(&other)),
-        )),
+        Some(other) => Err(at.err(field, format!("must be a string or a number, got {}", chorus_types::json::json_kind(&other)))),
     }
 }
 
 /// An optional string field; empty → `None`.
-fn take_string(
-    at: At,
-    call: &Map<String, Value>,
-    field: &str,
-) -> Result<Option<String>, SegmentItemError> {
+fn take_string(at: At, call: &Map<String, Value>, field: &str) -> Result<Option<String>, SegmentItemError> {
     match call.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
@@ -396,47 +292,29 @@ fn take_string(
 }
 
 /// An optional object field; absent or null → empty.
-fn take_object(
-    at: At,
-    call: &mut Map<String, Value>,
-    field: &str,
-) -> Result<Map<String, Value>, SegmentItemError> {
+fn take_object(at: At, call: &mut Map<String, Value>, field: &str) -> Result<Map<String, Value>, SegmentItemError> {
     match call.remove(field) {
         None | Some(Value::Null) => Ok(Map::new()),
         Some(Value::Object(m)) => Ok(m),
-        Some(other) => Err(at.err(
-            field,
-            format!("must be a JSON object, got {}", chorus_types::json::json_kind(&other)),
-        )),
+        Some(other) => Err(at.err(field, format!("must be a JSON object, got {}", chorus_types::json::json_kind(&other)))),
     }
 }
 
 /// A contact point inside an object (`traits.email`, `context.device.id`, ...):
 /// string or number; absent, null or empty → `None`.
-fn contact_trait(
-    at: At,
-    m: &Map<String, Value>,
-    prefix: &str,
-    key: &str,
-) -> Result<Option<String>, SegmentItemError> {
+fn contact_trait(at: At, m: &Map<String, Value>, prefix: &str, key: &str) -> Result<Option<String>, SegmentItemError> {
     match m.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
         Some(Value::Number(n)) => Ok(Some(n.to_string())),
-        Some(other) => Err(at.err(
-            &format!("{prefix}.{key}"),
-            format!("must be a string, got {}", chorus_types::json::json_kind(other)),
-        )),
+        Some(other) => Err(at.err(&format!("{prefix}.{key}"), format!("must be a string, got {}", chorus_types::json::json_kind(other)))),
     }
 }
 
 /// `timestamp`, else `originalTimestamp` (what the client recorded before any
 /// clock-skew correction), with the field it came from.
-fn timestamp_field(
-    at: At,
-    call: &Map<String, Value>,
-) -> Result<Option<(&'static str, String)>, SegmentItemError> {
+fn timestamp_field(at: At, call: &Map<String, Value>) -> Result<Option<(&'static str, String)>, SegmentItemError> {
     for field in ["timestamp", "originalTimestamp"] {
         if let Some(ts) = take_string(at, call, field)? {
             return Ok(Some((field, ts)));
@@ -444,4 +322,3 @@ fn timestamp_field(
     }
     Ok(None)
 }
-

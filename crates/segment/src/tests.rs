@@ -23,10 +23,7 @@ fn one_err(endpoint: Endpoint, body: Value) -> SegmentItemError {
 }
 
 fn ids(e: &EventInput) -> Vec<(&str, &str)> {
-    e.identities
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect()
+    e.identities.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
 }
 
 fn gzip(data: &[u8]) -> Vec<u8> {
@@ -72,15 +69,9 @@ fn batch_from_python_sdk_maps_every_call_type() {
     assert_eq!(req.write_key.as_deref(), Some("wk_python"));
     let events: Vec<EventInput> = req.items.into_iter().map(Result::unwrap).collect();
     let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
-    assert_eq!(
-        types,
-        ["identify", "track", "page", "screen", "group", "alias"]
-    );
+    assert_eq!(types, ["identify", "track", "page", "screen", "group", "alias"]);
     let names: Vec<&str> = events.iter().map(|e| e.name.as_str()).collect();
-    assert_eq!(
-        names,
-        ["", "Product Viewed", "Docs Pricing", "Checkout", "", ""]
-    );
+    assert_eq!(names, ["", "Product Viewed", "Docs Pricing", "Checkout", "", ""]);
     assert_eq!(events[1].message_id, "6f3c2a10-0b7e-4c11-9d7a-1a2b3c4d5e02");
     assert_eq!(events[1].timestamp, "2026-11-27T10:00:01.000+00:00");
     assert_eq!(events[1].timestamp_ms, 1_795_773_601_000);
@@ -123,10 +114,7 @@ fn track_requires_event_name() {
     let err = one_err(Endpoint::Track, json!({"userId": "u-1", "event": "  "}));
     assert_eq!(err.field, "event");
     let err = one_err(Endpoint::Track, json!({"userId": "u-1", "event": 7}));
-    assert_eq!(
-        (err.field.as_str(), err.message.as_str()),
-        ("event", "must be a string, got a number")
-    );
+    assert_eq!((err.field.as_str(), err.message.as_str()), ("event", "must be a string, got a number"));
 }
 
 #[test]
@@ -157,86 +145,47 @@ fn identify_takes_traits_and_contact_identities() {
 
 #[test]
 fn identify_falls_back_to_context_traits() {
-    let e = one(
-        Endpoint::Identify,
-        json!({"anonymousId": "anon-9", "context": {"traits": {"email": "bo@example.com", "tier": "gold"}}, "messageId": "m"}),
-    );
+    let e = one(Endpoint::Identify, json!({"anonymousId": "anon-9", "context": {"traits": {"email": "bo@example.com", "tier": "gold"}}, "messageId": "m"}));
     assert_eq!(e.traits["tier"], "gold");
-    assert_eq!(
-        ids(&e),
-        [("anonymous_id", "anon-9"), ("email", "bo@example.com")]
-    );
+    assert_eq!(ids(&e), [("anonymous_id", "anon-9"), ("email", "bo@example.com")]);
 }
 
 #[test]
 fn track_takes_email_from_context_traits_but_keeps_traits_in_context() {
-    let e = one(
-        Endpoint::Track,
-        json!({"anonymousId": "anon-9", "event": "Viewed", "context": {"traits": {"email": "bo@example.com"}}}),
-    );
-    assert_eq!(
-        ids(&e),
-        [("anonymous_id", "anon-9"), ("email", "bo@example.com")]
-    );
+    let e = one(Endpoint::Track, json!({"anonymousId": "anon-9", "event": "Viewed", "context": {"traits": {"email": "bo@example.com"}}}));
+    assert_eq!(ids(&e), [("anonymous_id", "anon-9"), ("email", "bo@example.com")]);
     assert!(e.traits.is_empty());
     assert_eq!(e.context["traits"]["email"], "bo@example.com");
 }
 
 #[test]
 fn identities_that_validation_would_reject_name_their_segment_field() {
-    let err = one_err(
-        Endpoint::Identify,
-        json!({"userId": "u", "traits": {"email": "not-an-email"}}),
-    );
+    let err = one_err(Endpoint::Identify, json!({"userId": "u", "traits": {"email": "not-an-email"}}));
     assert_eq!(err.field, "traits.email");
-    let err = one_err(
-        Endpoint::Identify,
-        json!({"userId": "u", "context": {"traits": {"phone": "555-1234"}}}),
-    );
+    let err = one_err(Endpoint::Identify, json!({"userId": "u", "context": {"traits": {"phone": "555-1234"}}}));
     assert_eq!(err.field, "context.traits.phone");
     assert!(err.message.contains("E.164"), "{}", err.message);
-    let err = one_err(
-        Endpoint::Identify,
-        json!({"userId": "u", "traits": {"email": ["a@b.co"]}}),
-    );
-    assert_eq!(
-        (err.field.as_str(), err.message.as_str()),
-        ("traits.email", "must be a string, got an array")
-    );
+    let err = one_err(Endpoint::Identify, json!({"userId": "u", "traits": {"email": ["a@b.co"]}}));
+    assert_eq!((err.field.as_str(), err.message.as_str()), ("traits.email", "must be a string, got an array"));
     // Empty values count as absent, as SDKs often send them.
-    let e = one(
-        Endpoint::Identify,
-        json!({"userId": "u", "traits": {"email": "", "phone": null}}),
-    );
+    let e = one(Endpoint::Identify, json!({"userId": "u", "traits": {"email": "", "phone": null}}));
     assert_eq!(ids(&e), [("user_id", "u")]);
 }
 
 #[test]
 fn user_or_anonymous_id_is_required_and_the_error_names_the_field() {
-    let err = one_err(
-        Endpoint::Track,
-        json!({"event": "E", "traits": {"email": "a@example.com"}}),
-    );
+    let err = one_err(Endpoint::Track, json!({"event": "E", "traits": {"email": "a@example.com"}}));
     assert_eq!(err.field, "userId");
     assert!(err.message.contains("anonymousId"), "{}", err.message);
-    let err = one_err(
-        Endpoint::Track,
-        json!({"event": "E", "userId": "", "anonymousId": null}),
-    );
+    let err = one_err(Endpoint::Track, json!({"event": "E", "userId": "", "anonymousId": null}));
     assert_eq!(err.field, "userId");
     let err = one_err(Endpoint::Track, json!({"event": "E", "userId": true}));
-    assert_eq!(
-        (err.field.as_str(), err.message.as_str()),
-        ("userId", "must be a string or a number, got a boolean")
-    );
+    assert_eq!((err.field.as_str(), err.message.as_str()), ("userId", "must be a string or a number, got a boolean"));
 }
 
 #[test]
 fn numeric_user_id_is_stringified() {
-    let e = one(
-        Endpoint::Track,
-        json!({"event": "E", "userId": 12345, "anonymousId": 7.5}),
-    );
+    let e = one(Endpoint::Track, json!({"event": "E", "userId": 12345, "anonymousId": 7.5}));
     assert_eq!(ids(&e), [("user_id", "12345"), ("anonymous_id", "7.5")]);
     let e = one(Endpoint::Group, json!({"userId": 1, "groupId": 99}));
     assert_eq!(e.properties["group_id"], "99");
@@ -244,53 +193,21 @@ fn numeric_user_id_is_stringified() {
 
 #[test]
 fn alias_links_previous_id_as_anonymous_id_to_user_id() {
-    let e = one(
-        Endpoint::Alias,
-        json!({"previousId": "anon-123", "userId": "user-42", "messageId": "m"}),
-    );
+    let e = one(Endpoint::Alias, json!({"previousId": "anon-123", "userId": "user-42", "messageId": "m"}));
     assert_eq!(e.event_type, "alias");
-    assert_eq!(
-        ids(&e),
-        [("user_id", "user-42"), ("anonymous_id", "anon-123")]
-    );
+    assert_eq!(ids(&e), [("user_id", "user-42"), ("anonymous_id", "anon-123")]);
     assert_eq!(e.properties["previous_id"], "anon-123");
-    assert_eq!(
-        one_err(Endpoint::Alias, json!({"userId": "user-42"})).field,
-        "previousId"
-    );
-    assert_eq!(
-        one_err(
-            Endpoint::Alias,
-            json!({"previousId": "anon-123", "anonymousId": "x"})
-        )
-        .field,
-        "userId"
-    );
+    assert_eq!(one_err(Endpoint::Alias, json!({"userId": "user-42"})).field, "previousId");
+    assert_eq!(one_err(Endpoint::Alias, json!({"previousId": "anon-123", "anonymousId": "x"})).field, "userId");
 }
 
 #[test]
 fn page_name_joins_category_and_name() {
-    let e = one(
-        Endpoint::Page,
-        json!({"anonymousId": "a", "category": "Docs", "name": "Setup", "properties": {"path": "/docs/setup"}}),
-    );
-    assert_eq!(
-        (e.event_type.as_str(), e.name.as_str()),
-        ("page", "Docs Setup")
-    );
+    let e = one(Endpoint::Page, json!({"anonymousId": "a", "category": "Docs", "name": "Setup", "properties": {"path": "/docs/setup"}}));
+    assert_eq!((e.event_type.as_str(), e.name.as_str()), ("page", "Docs Setup"));
     assert_eq!(e.properties["path"], "/docs/setup");
-    assert_eq!(
-        one(Endpoint::Page, json!({"anonymousId": "a", "name": "Home"})).name,
-        "Home"
-    );
-    assert_eq!(
-        one(
-            Endpoint::Page,
-            json!({"anonymousId": "a", "category": "Docs"})
-        )
-        .name,
-        "Docs"
-    );
+    assert_eq!(one(Endpoint::Page, json!({"anonymousId": "a", "name": "Home"})).name, "Home");
+    assert_eq!(one(Endpoint::Page, json!({"anonymousId": "a", "category": "Docs"})).name, "Docs");
     assert_eq!(one(Endpoint::Page, json!({"anonymousId": "a"})).name, "");
 }
 
@@ -302,14 +219,7 @@ fn screen_maps_name_and_device_identities() {
                "context": {"device": {"id": "B5372DB0-C21E", "token": "fcm-abc", "type": "ios"}}}),
     );
     assert_eq!((e.event_type.as_str(), e.name.as_str()), ("screen", "Cart"));
-    assert_eq!(
-        ids(&e),
-        [
-            ("user_id", "u"),
-            ("device_id", "B5372DB0-C21E"),
-            ("push_token", "fcm-abc")
-        ]
-    );
+    assert_eq!(ids(&e), [("user_id", "u"), ("device_id", "B5372DB0-C21E"), ("push_token", "fcm-abc")]);
 }
 
 #[test]
@@ -323,10 +233,7 @@ fn group_stores_group_id_and_does_not_take_group_email_as_the_users() {
     assert_eq!(e.properties["group_id"], "acme");
     assert_eq!(e.traits["name"], "Acme");
     assert_eq!(ids(&e), [("user_id", "u"), ("email", "ada@example.com")]);
-    assert_eq!(
-        one_err(Endpoint::Group, json!({"userId": "u"})).field,
-        "groupId"
-    );
+    assert_eq!(one_err(Endpoint::Group, json!({"userId": "u"})).field, "groupId");
 }
 
 #[test]
@@ -336,20 +243,11 @@ fn consent_category_preferences_become_the_consent_trait() {
         json!({"userId": "u", "traits": {"consent": {"sms": "opted_out", "topics": {"advertising": "opted_out"}}},
                "context": {"consent": {"categoryPreferences": {"Advertising": true, "Product News": true, "Analytics": false}}}}),
     );
-    assert_eq!(
-        e.traits["consent"],
-        json!({"sms": "opted_out", "topics": {"advertising": "opted_out", "product_news": "opted_in", "analytics": "opted_out"}})
-    );
+    assert_eq!(e.traits["consent"], json!({"sms": "opted_out", "topics": {"advertising": "opted_out", "product_news": "opted_in", "analytics": "opted_out"}}));
     // Any call type carries it; errors name the Segment path.
-    let e = one(
-        Endpoint::Track,
-        json!({"userId": "u", "event": "E", "context": {"consent": {"categoryPreferences": {"Ads": false}}}}),
-    );
+    let e = one(Endpoint::Track, json!({"userId": "u", "event": "E", "context": {"consent": {"categoryPreferences": {"Ads": false}}}}));
     assert_eq!(e.traits["consent"], json!({"topics": {"ads": "opted_out"}}));
-    let err = one_err(
-        Endpoint::Track,
-        json!({"userId": "u", "event": "E", "context": {"consent": {"categoryPreferences": {"Ads": 1}}}}),
-    );
+    let err = one_err(Endpoint::Track, json!({"userId": "u", "event": "E", "context": {"consent": {"categoryPreferences": {"Ads": 1}}}}));
     assert_eq!(err.field, "context.consent.categoryPreferences.Ads");
 }
 
@@ -359,69 +257,26 @@ fn missing_message_id_is_derived_and_stable_across_retries() {
     let retry = json!({"writeKey": "k", "sentAt": "2026-11-27T10:00:30Z", "properties": {"a": 1, "b": 2}, "event": "Clicked", "userId": "u"});
     let a = one(Endpoint::Track, first);
     let b = one(Endpoint::Track, retry);
-    assert!(
-        a.message_id.starts_with(DERIVED_MESSAGE_ID_PREFIX),
-        "{}",
-        a.message_id
-    );
+    assert!(a.message_id.starts_with(DERIVED_MESSAGE_ID_PREFIX), "{}", a.message_id);
     assert_eq!(a.message_id, b.message_id);
-    let other = one(
-        Endpoint::Track,
-        json!({"userId": "u", "event": "Clicked", "properties": {"a": 1, "b": 3}}),
-    );
+    let other = one(Endpoint::Track, json!({"userId": "u", "event": "Clicked", "properties": {"a": 1, "b": 3}}));
     assert_ne!(a.message_id, other.message_id);
     // Empty counts as absent; numbers are stringified; too long is an error.
-    assert!(
-        one(
-            Endpoint::Track,
-            json!({"userId": "u", "event": "E", "messageId": ""})
-        )
-        .message_id
-        .starts_with("seg-")
-    );
-    assert_eq!(
-        one(
-            Endpoint::Track,
-            json!({"userId": "u", "event": "E", "messageId": 17})
-        )
-        .message_id,
-        "17"
-    );
-    assert_eq!(
-        one_err(
-            Endpoint::Track,
-            json!({"userId": "u", "event": "E", "messageId": "x".repeat(300)})
-        )
-        .field,
-        "messageId"
-    );
+    assert!(one(Endpoint::Track, json!({"userId": "u", "event": "E", "messageId": ""})).message_id.starts_with("seg-"));
+    assert_eq!(one(Endpoint::Track, json!({"userId": "u", "event": "E", "messageId": 17})).message_id, "17");
+    assert_eq!(one_err(Endpoint::Track, json!({"userId": "u", "event": "E", "messageId": "x".repeat(300)})).field, "messageId");
 }
 
 #[test]
 fn timestamp_falls_back_to_original_timestamp_and_bad_ones_are_rejected() {
-    let e = one(
-        Endpoint::Track,
-        json!({"userId": "u", "event": "E", "originalTimestamp": "2026-11-27T11:00:00+01:00"}),
-    );
-    assert_eq!(
-        (e.timestamp.as_str(), e.timestamp_ms),
-        ("2026-11-27T11:00:00+01:00", 1_795_773_600_000)
-    );
+    let e = one(Endpoint::Track, json!({"userId": "u", "event": "E", "originalTimestamp": "2026-11-27T11:00:00+01:00"}));
+    assert_eq!((e.timestamp.as_str(), e.timestamp_ms), ("2026-11-27T11:00:00+01:00", 1_795_773_600_000));
     let e = one(Endpoint::Track, json!({"userId": "u", "event": "E"}));
     assert_eq!((e.timestamp.as_str(), e.timestamp_ms), ("", 0));
-    let err = one_err(
-        Endpoint::Track,
-        json!({"userId": "u", "event": "E", "timestamp": "yesterday"}),
-    );
+    let err = one_err(Endpoint::Track, json!({"userId": "u", "event": "E", "timestamp": "yesterday"}));
     assert_eq!(err.field, "timestamp");
-    let err = parse(
-        Endpoint::Batch,
-        json!({"batch": [{"type": "track", "userId": "u", "event": "E", "originalTimestamp": "2026-11-27"}]}),
-    );
-    assert_eq!(
-        err.items[0].as_ref().unwrap_err().field,
-        "batch[0].originalTimestamp"
-    );
+    let err = parse(Endpoint::Batch, json!({"batch": [{"type": "track", "userId": "u", "event": "E", "originalTimestamp": "2026-11-27"}]}));
+    assert_eq!(err.items[0].as_ref().unwrap_err().field, "batch[0].originalTimestamp");
 }
 
 #[test]
@@ -439,35 +294,12 @@ fn batch_one_bad_item_does_not_reject_the_good_ones() {
         ]}),
     );
     assert_eq!(req.items.len(), 7);
-    let errors: Vec<(usize, &str)> = req
-        .items
-        .iter()
-        .filter_map(|r| r.as_ref().err())
-        .map(|e| (e.index, e.field.as_str()))
-        .collect();
-    assert_eq!(
-        errors,
-        [
-            (1, "batch[1].userId"),
-            (2, "batch[2]"),
-            (4, "batch[4].type"),
-            (5, "batch[5].type"),
-            (6, "batch[6].properties")
-        ]
-    );
-    let good: Vec<&str> = req
-        .items
-        .iter()
-        .filter_map(|r| r.as_ref().ok())
-        .map(|e| e.message_id.as_str())
-        .collect();
+    let errors: Vec<(usize, &str)> = req.items.iter().filter_map(|r| r.as_ref().err()).map(|e| (e.index, e.field.as_str())).collect();
+    assert_eq!(errors, [(1, "batch[1].userId"), (2, "batch[2]"), (4, "batch[4].type"), (5, "batch[5].type"), (6, "batch[6].properties")]);
+    let good: Vec<&str> = req.items.iter().filter_map(|r| r.as_ref().ok()).map(|e| e.message_id.as_str()).collect();
     assert_eq!(good, ["m0", "m3"]);
     let e = req.items[1].as_ref().unwrap_err();
-    assert!(
-        e.to_string()
-            .starts_with("batch[1].userId: userId or anonymousId is required"),
-        "{e}"
-    );
+    assert!(e.to_string().starts_with("batch[1].userId: userId or anonymousId is required"), "{e}");
 }
 
 #[test]
@@ -480,13 +312,7 @@ fn batch_context_is_merged_into_each_call_whose_own_keys_win() {
     );
     let a = req.items[0].as_ref().unwrap();
     let b = req.items[1].as_ref().unwrap();
-    assert_eq!(
-        (
-            a.context["ip"].as_str(),
-            a.context["library"]["name"].as_str()
-        ),
-        (Some("203.0.113.2"), Some("custom"))
-    );
+    assert_eq!((a.context["ip"].as_str(), a.context["library"]["name"].as_str()), (Some("203.0.113.2"), Some("custom")));
     assert_eq!(b.context["ip"], "198.51.100.1");
 }
 
@@ -503,8 +329,7 @@ fn gzip_batch_body_is_decoded_and_parsed() {
 fn size_limits_follow_segment_per_endpoint() {
     assert_eq!(Endpoint::Track.body_bytes_max(), 32 * 1024);
     assert_eq!(Endpoint::Batch.body_bytes_max(), 500 * 1024);
-    let big = json!({"userId": "u", "event": "E", "properties": {"blob": "x".repeat(40 * 1024)}})
-        .to_string();
+    let big = json!({"userId": "u", "event": "E", "properties": {"blob": "x".repeat(40 * 1024)}}).to_string();
     let e = decode_body(big.as_bytes(), None, Endpoint::Track.body_bytes_max()).unwrap_err();
     assert_eq!((e.http_status(), e.code()), (413, "too_large"));
     assert!(e.to_string().contains("32768 bytes"), "{e}");
@@ -513,21 +338,9 @@ fn size_limits_follow_segment_per_endpoint() {
 
 #[test]
 fn batch_with_too_many_calls_is_rejected_whole() {
-    let calls: Vec<Value> = (0..=BATCH_ITEMS_MAX)
-        .map(|i| json!({"type": "track", "userId": i, "event": "E"}))
-        .collect();
-    let e = parse_request(
-        Endpoint::Batch,
-        json!({"batch": calls}).to_string().as_bytes(),
-    )
-    .unwrap_err();
-    assert_eq!(
-        e,
-        SegmentError::TooManyItems {
-            count: BATCH_ITEMS_MAX + 1,
-            limit: BATCH_ITEMS_MAX
-        }
-    );
+    let calls: Vec<Value> = (0..=BATCH_ITEMS_MAX).map(|i| json!({"type": "track", "userId": i, "event": "E"})).collect();
+    let e = parse_request(Endpoint::Batch, json!({"batch": calls}).to_string().as_bytes()).unwrap_err();
+    assert_eq!(e, SegmentError::TooManyItems { count: BATCH_ITEMS_MAX + 1, limit: BATCH_ITEMS_MAX });
     assert_eq!(e.http_status(), 400);
 }
 
@@ -536,60 +349,31 @@ fn whole_request_errors_are_distinguished_from_item_errors() {
     let e = parse_request(Endpoint::Track, b"{\"userId\": ").unwrap_err();
     assert_eq!((e.code(), e.http_status()), ("bad_json", 400));
     let e = parse_request(Endpoint::Track, b"[1,2]").unwrap_err();
-    assert_eq!(
-        e,
-        SegmentError::BadRequest {
-            field: "body".into(),
-            message: "must be a JSON object, got an array".into()
-        }
-    );
+    assert_eq!(e, SegmentError::BadRequest { field: "body".into(), message: "must be a JSON object, got an array".into() });
     let e = parse_request(Endpoint::Batch, b"{\"writeKey\": \"k\"}").unwrap_err();
-    assert!(
-        matches!(&e, SegmentError::BadRequest { field, .. } if field == "batch"),
-        "{e:?}"
-    );
+    assert!(matches!(&e, SegmentError::BadRequest { field, .. } if field == "batch"), "{e:?}");
     let e = parse_request(Endpoint::Batch, b"{\"batch\": {}}").unwrap_err();
     assert!(e.to_string().starts_with("batch: must be an array"), "{e}");
     let e = parse_request(Endpoint::Track, b"{\"writeKey\": 5}").unwrap_err();
-    assert!(
-        matches!(&e, SegmentError::BadRequest { field, .. } if field == "writeKey"),
-        "{e:?}"
-    );
+    assert!(matches!(&e, SegmentError::BadRequest { field, .. } if field == "writeKey"), "{e:?}");
     // An empty batch is fine: nothing to ingest.
-    assert!(
-        parse_request(Endpoint::Batch, b"{\"batch\": []}")
-            .unwrap()
-            .items
-            .is_empty()
-    );
+    assert!(parse_request(Endpoint::Batch, b"{\"batch\": []}").unwrap().items.is_empty());
 }
 
 #[test]
 fn write_key_comes_from_the_header_else_the_body() {
-    let req = parse(
-        Endpoint::Track,
-        json!({"writeKey": "body-key", "userId": "u", "event": "E"}),
-    );
-    assert_eq!(
-        req.resolve_write_key(Some("header-key".into())).unwrap(),
-        "header-key"
-    );
+    let req = parse(Endpoint::Track, json!({"writeKey": "body-key", "userId": "u", "event": "E"}));
+    assert_eq!(req.resolve_write_key(Some("header-key".into())).unwrap(), "header-key");
     assert_eq!(req.resolve_write_key(None).unwrap(), "body-key");
     let req = parse(Endpoint::Track, json!({"userId": "u", "event": "E"}));
     let e = req.resolve_write_key(None).unwrap_err();
-    assert_eq!(
-        (e, req.resolve_write_key(None).unwrap_err().http_status()),
-        (SegmentError::MissingWriteKey, 401)
-    );
+    assert_eq!((e, req.resolve_write_key(None).unwrap_err().http_status()), (SegmentError::MissingWriteKey, 401));
 }
 
 #[test]
 fn endpoints_are_recognized_from_paths_including_short_forms() {
     assert_eq!(Endpoint::from_path("/v1/track"), Some(Endpoint::Track));
-    assert_eq!(
-        Endpoint::from_path("/v1/identify/"),
-        Some(Endpoint::Identify)
-    );
+    assert_eq!(Endpoint::from_path("/v1/identify/"), Some(Endpoint::Identify));
     assert_eq!(Endpoint::from_path("v1/b"), Some(Endpoint::Batch));
     assert_eq!(Endpoint::from_path("/v1/import"), Some(Endpoint::Batch));
     assert_eq!(Endpoint::from_path("/v1/s"), Some(Endpoint::Screen));
@@ -599,25 +383,14 @@ fn endpoints_are_recognized_from_paths_including_short_forms() {
 
 #[test]
 fn validation_errors_are_readdressed_to_segment_fields() {
-    let e = SegmentItemError::from_validation(
-        Endpoint::Batch,
-        3,
-        FieldError::new("message_id", "is required"),
-    );
+    let e = SegmentItemError::from_validation(Endpoint::Batch, 3, FieldError::new("message_id", "is required"));
     assert_eq!(e.to_string(), "batch[3].messageId: is required");
-    let e = SegmentItemError::from_validation(
-        Endpoint::Track,
-        0,
-        FieldError::new("properties", "too big"),
-    );
+    let e = SegmentItemError::from_validation(Endpoint::Track, 0, FieldError::new("properties", "too big"));
     assert_eq!((e.index, e.field.as_str()), (0, "properties"));
 }
 
 #[test]
 fn single_call_type_comes_from_the_endpoint_not_the_body() {
-    let e = one(
-        Endpoint::Page,
-        json!({"type": "track", "anonymousId": "a", "name": "Home"}),
-    );
+    let e = one(Endpoint::Page, json!({"type": "track", "anonymousId": "a", "name": "Home"}));
     assert_eq!(e.event_type, "page");
 }

@@ -10,9 +10,12 @@ use crate::registry::Registry;
 use crate::state::{self, ShardMeta};
 use crate::{ShardConfig, keys};
 use chorus_engine::{CustomerState, DecisionKind, LinkDecision};
-use chorus_raft::{Applied, Application};
+use chorus_raft::{Application, Applied};
 use chorus_store::{Store, WriteBatch};
-use chorus_types::{CrossShardMessage, CustomerId, DispatchOutcome, Event, EventOutcome, Identity, Intent, SendOutcome, SendRequest, ShardCommand, ShardId, ShardOp, ShardResult, Timer};
+use chorus_types::{
+    CrossShardMessage, CustomerId, DispatchOutcome, Event, EventOutcome, Identity, Intent, SendOutcome, SendRequest, ShardCommand, ShardId, ShardOp,
+    ShardResult, Timer,
+};
 use futures::future::BoxFuture;
 use ractor::ActorRef;
 use std::collections::{HashMap, HashSet};
@@ -179,7 +182,8 @@ pub fn load_catalog(store: &Store, shard: ShardId) -> Result<JourneyCatalog, Str
     for kv in store.shard().prefix(keys::catalog_templates_prefix(shard)) {
         let (_, v) = kv.into_inner().map_err(|e| e.to_string())?;
         let (_version, source, file): (u32, String, String) = chorus_types::encoding::decode(&v).map_err(|e| e.to_string())?;
-        let t = chorus_templates::parse(&source, &file).map_err(|d| format!("template {file}: {}", d.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("; ")))?;
+        let t = chorus_templates::parse(&source, &file)
+            .map_err(|d| format!("template {file}: {}", d.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("; ")))?;
         out.templates.insert(t.id().to_string(), Arc::new(t));
     }
     let runs_prefix = keys::catalog_schedule_runs_prefix(shard);
@@ -712,7 +716,8 @@ impl<'a> Round<'a> {
                         }
                     }
                     chorus_types::CatalogChange::PutTemplate { id, version, source, file } => {
-                        let t = chorus_templates::parse(&source, &file).map_err(|d| io_err(format!("template {id}: {}", d.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("; "))))?;
+                        let t = chorus_templates::parse(&source, &file)
+                            .map_err(|d| io_err(format!("template {id}: {}", d.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("; "))))?;
                         self.batch.insert(self.app.store.shard(), keys::catalog_template(shard, &id), chorus_types::encoding::encode(&(version, source, file)));
                         next.templates.insert(id, Arc::new(t));
                     }
@@ -1366,9 +1371,7 @@ impl<'a> Round<'a> {
         for (t, input) in held {
             self.push(survivor, t, input);
         }
-        if let Some(CrossShardMessage::MergeDone { merged, survivor }) =
-            self.route(merged.home_shard(), CrossShardMessage::MergeDone { merged, survivor })
-        {
+        if let Some(CrossShardMessage::MergeDone { merged, survivor }) = self.route(merged.home_shard(), CrossShardMessage::MergeDone { merged, survivor }) {
             Box::pin(self.merge_done(merged, survivor, now)).await?;
         }
         self.app.stats.merges.fetch_add(1, Ordering::Relaxed);
@@ -1563,7 +1566,13 @@ impl<'a> Round<'a> {
         self.meta.quarantined += 1;
         // Record the decision on the stored profile so `explain` shows it.
         if let Ok(mut s) = self.load_state(id) {
-            s.decide(&self.app.config.engine, self.now_ms, DecisionKind::Quarantined, "repeated failures", format!("{failures} failed attempts; inputs parked"));
+            s.decide(
+                &self.app.config.engine,
+                self.now_ms,
+                DecisionKind::Quarantined,
+                "repeated failures",
+                format!("{failures} failed attempts; inputs parked"),
+            );
             self.put_state(id, state::StateWrite::whole(&mut s));
         }
         self.park(id, inputs);

@@ -48,13 +48,26 @@ pub(crate) struct ClusterState {
 /// A read served by a shard replica.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum ShardRead {
-    Customer { id: CustomerId },
-    Find { identity: Identity },
+    Customer {
+        id: CustomerId,
+    },
+    Find {
+        identity: Identity,
+    },
     CustomerIds,
-    JourneyStats { journey: String },
-    AudienceMembers { audience: String, sample: usize },
-    DeadLetters { limit: usize },
-    Track { id: u64 },
+    JourneyStats {
+        journey: String,
+    },
+    AudienceMembers {
+        audience: String,
+        sample: usize,
+    },
+    DeadLetters {
+        limit: usize,
+    },
+    Track {
+        id: u64,
+    },
     /// The whole catalog (every shard holds it).
     Catalog,
 }
@@ -88,24 +101,56 @@ pub enum ShardReadReply {
 pub enum ShardAdminOp {
     /// Who leads, votes and learns.
     Status,
-    AddLearner { node: NodeId, addr: String },
-    SetVoters { voters: Vec<NodeId>, keep_others: bool },
-    TransferLeader { to: NodeId },
-    RemoveLearners { nodes: Vec<NodeId> },
+    AddLearner {
+        node: NodeId,
+        addr: String,
+    },
+    SetVoters {
+        voters: Vec<NodeId>,
+        keep_others: bool,
+    },
+    TransferLeader {
+        to: NodeId,
+    },
+    RemoveLearners {
+        nodes: Vec<NodeId>,
+    },
 }
 
 /// A node-to-node request (the payload of `Transport::call`).
 #[derive(Debug, Serialize, Deserialize)]
 pub enum NodeRequest {
     Hello,
-    Ingest { shard: ShardId, events: Vec<Event>, hops: u8 },
-    Propose { shard: ShardId, cmd: ShardCommand, hops: u8 },
-    Read { shard: ShardId, read: ShardRead, leader: bool, hops: u8 },
-    Placement { op: PlacementOp, hops: u8 },
-    ShardAdmin { shard: ShardId, op: ShardAdminOp, hops: u8 },
+    Ingest {
+        shard: ShardId,
+        events: Vec<Event>,
+        hops: u8,
+    },
+    Propose {
+        shard: ShardId,
+        cmd: ShardCommand,
+        hops: u8,
+    },
+    Read {
+        shard: ShardId,
+        read: ShardRead,
+        leader: bool,
+        hops: u8,
+    },
+    Placement {
+        op: PlacementOp,
+        hops: u8,
+    },
+    ShardAdmin {
+        shard: ShardId,
+        op: ShardAdminOp,
+        hops: u8,
+    },
     Status,
     /// The placement as the placement leader has applied it (every acknowledged change).
-    PlacementState { hops: u8 },
+    PlacementState {
+        hops: u8,
+    },
 }
 
 /// Who a node is.
@@ -134,7 +179,15 @@ pub struct ReplicaView {
 
 impl ReplicaView {
     fn of(shard: ShardId, g: chorus_raft::GroupStatus) -> ReplicaView {
-        ReplicaView { shard, leader: g.leader, term: g.term, voters: g.voters, learners: g.learners, last_log_index: g.last_log_index, applied_index: g.applied_index }
+        ReplicaView {
+            shard,
+            leader: g.leader,
+            term: g.term,
+            voters: g.voters,
+            learners: g.learners,
+            last_log_index: g.last_log_index,
+            applied_index: g.applied_index,
+        }
     }
 }
 
@@ -357,13 +410,7 @@ impl Shards {
     }
 
     fn node_view(&self) -> NodeView {
-        let replicas = self
-            .hosted_all()
-            .iter()
-            .map(|h| {
-                ReplicaView::of(h.id, h.group.status())
-            })
-            .collect();
+        let replicas = self.hosted_all().iter().map(|h| ReplicaView::of(h.id, h.group.status())).collect();
         NodeView {
             node: self.inner.node,
             version: self.inner.cluster.as_ref().map(|c| c.setup.version.clone()).unwrap_or_default(),
@@ -444,7 +491,8 @@ impl Shards {
         }
         let mut members: BTreeMap<NodeId, Member> = BTreeMap::new();
         let me = self.hello();
-        members.insert(me.node, Member { id: me.node, addr: me.addr.clone(), grpc_addr: me.grpc_addr.clone(), http_addr: me.http_addr.clone(), draining: false });
+        members
+            .insert(me.node, Member { id: me.node, addr: me.addr.clone(), grpc_addr: me.grpc_addr.clone(), http_addr: me.http_addr.clone(), draining: false });
         let mut failures = Vec::new();
         for seed in &c.setup.seeds {
             if *seed == c.setup.advertise {
@@ -530,7 +578,8 @@ impl Shards {
     /// holding the most replicas) to `to`.
     pub async fn shard_move(&self, shard: ShardId, from: Option<NodeId>, to: NodeId) -> Result<Move, ShardError> {
         let st = self.fresh_placement().await?;
-        let sp = st.shards.get(shard as usize).ok_or_else(|| ShardError::Cluster(format!("shard {shard} does not exist (the cluster has {})", st.shard_count())))?;
+        let sp =
+            st.shards.get(shard as usize).ok_or_else(|| ShardError::Cluster(format!("shard {shard} does not exist (the cluster has {})", st.shard_count())))?;
         let counts = st.replica_counts();
         let from = match from {
             Some(f) => f,
@@ -573,7 +622,12 @@ impl Shards {
             }
             // A learner already promoted stays a voter: record what the group has now.
             let view = self.shard_admin(shard, ShardAdminOp::Status).await?;
-            self.placement_propose(PlacementOp::SetShard { shard, replicas: sp.replicas.iter().copied().chain(view.voters.iter().copied().filter(|v| !sp.replicas.contains(v))).collect(), learners: vec![] }).await?;
+            self.placement_propose(PlacementOp::SetShard {
+                shard,
+                replicas: sp.replicas.iter().copied().chain(view.voters.iter().copied().filter(|v| !sp.replicas.contains(v))).collect(),
+                learners: vec![],
+            })
+            .await?;
         }
         Ok(moves)
     }

@@ -16,23 +16,41 @@ pub enum CustomerInput {
     /// Link an identity (its index record points here).
     Link(Identity),
     /// Remove an identity re-linked to another customer ("last login wins").
-    Unlink { identity: Identity, to: CustomerId },
+    Unlink {
+        identity: Identity,
+        to: CustomerId,
+    },
     /// Record an identity conflict decision.
-    Conflict { identity: Identity, other: CustomerId },
+    Conflict {
+        identity: Identity,
+        other: CustomerId,
+    },
     /// Decide a send now (API send, or a scheduled send whose timer fired).
     Send(SendRequest),
     /// Record that a send was scheduled on a durable timer.
-    Scheduled { request: SendRequest, at_ms: i64 },
+    Scheduled {
+        request: SendRequest,
+        at_ms: i64,
+    },
     /// The outcome of delivering one of this customer's intents.
     Outcome(DispatchOutcome),
     /// A journey timer fired.
-    JourneyTimer { journey: String, entry_key: String, seq: u64 },
+    JourneyTimer {
+        journey: String,
+        entry_key: String,
+        seq: u64,
+    },
     /// A paused journey was resumed or archived: held instances move on.
-    JourneyWake { journey: String },
+    JourneyWake {
+        journey: String,
+    },
     /// Re-evaluate the customer's audiences (an audience was applied).
     Evaluate,
     /// A scheduled entry enrolls the customer in `journey` (its audience's member).
-    Enroll { journey: String, at_ms: i64 },
+    Enroll {
+        journey: String,
+        at_ms: i64,
+    },
 }
 
 /// The journeys the core runs (every version, compiled once per catalog change), their
@@ -65,7 +83,11 @@ pub struct Applied {
 pub type StatDelta = (String, u32, String, String, f64);
 
 pub enum CustomerMsg {
-    Apply { inputs: Arc<Vec<(i64, CustomerInput)>>, catalog: JourneyCatalog, reply: RpcReplyPort<Applied> },
+    Apply {
+        inputs: Arc<Vec<(i64, CustomerInput)>>,
+        catalog: JourneyCatalog,
+        reply: RpcReplyPort<Applied>,
+    },
     /// A copy of the current state.
     Get(RpcReplyPort<CustomerState>),
     /// Replace the state (after a merge computed by the shard); replies with the encoding.
@@ -106,7 +128,14 @@ impl Actor for CustomerActor {
                 let (seq0, len0) = (live.state.history_seq, live.state.history.len());
                 for (now_ms, input) in inputs.iter() {
                     apply_input(&mut live.state, input, *now_ms, &live.config, &catalog, &mut intents, &mut tracks);
-                    let mut out = JourneyOutput { intents: &mut intents, timers: &mut timers, stats: &mut stats, held: &mut held, cancelled: &mut cancelled, tracks: &mut tracks };
+                    let mut out = JourneyOutput {
+                        intents: &mut intents,
+                        timers: &mut timers,
+                        stats: &mut stats,
+                        held: &mut held,
+                        cancelled: &mut cancelled,
+                        tracks: &mut tracks,
+                    };
                     run_journeys(&mut live.state, input, *now_ms, &live.config, &catalog, &mut out);
                     run_audiences(&mut live.state, input, *now_ms, &live.config, &catalog, &mut out);
                 }
@@ -149,7 +178,15 @@ fn membership_changes(before: &[String], after: &[String]) -> Vec<(String, bool)
 /// recorded in the history and runs the journeys (audience entries, exits, goals).
 fn run_audiences(state: &mut CustomerState, input: &CustomerInput, now_ms: i64, config: &ShardConfig, catalog: &JourneyCatalog, out: &mut JourneyOutput<'_>) {
     use chorus_engine::audience::{change_event, evaluate_audiences, forget_removed};
-    let relevant = matches!(input, CustomerInput::Event(_) | CustomerInput::Link(_) | CustomerInput::Unlink { .. } | CustomerInput::Evaluate | CustomerInput::JourneyTimer { .. } | CustomerInput::JourneyWake { .. });
+    let relevant = matches!(
+        input,
+        CustomerInput::Event(_)
+            | CustomerInput::Link(_)
+            | CustomerInput::Unlink { .. }
+            | CustomerInput::Evaluate
+            | CustomerInput::JourneyTimer { .. }
+            | CustomerInput::JourneyWake { .. }
+    );
     if !relevant || state.is_tombstone() || (catalog.audiences.is_empty() && state.segments.is_empty()) {
         return;
     }
@@ -172,7 +209,14 @@ pub struct JourneyOutput<'a> {
 }
 
 /// Run the journeys on an event or a journey timer (after the profile was updated).
-pub fn run_journeys(state: &mut CustomerState, input: &CustomerInput, now_ms: i64, config: &ShardConfig, catalog: &JourneyCatalog, out: &mut JourneyOutput<'_>) {
+pub fn run_journeys(
+    state: &mut CustomerState,
+    input: &CustomerInput,
+    now_ms: i64,
+    config: &ShardConfig,
+    catalog: &JourneyCatalog,
+    out: &mut JourneyOutput<'_>,
+) {
     use chorus_engine::journey::run::{Effect, Input, on_input};
     if state.is_tombstone() {
         return;
@@ -251,7 +295,13 @@ pub fn apply_input(
             }
         }
         CustomerInput::Scheduled { request, at_ms } => {
-            state.decide(cfg, now_ms, DecisionKind::Scheduled, "send_at in the future", format!("{} {} at {} ms (request {})", request.channel, request.template, at_ms, request.request_id));
+            state.decide(
+                cfg,
+                now_ms,
+                DecisionKind::Scheduled,
+                "send_at in the future",
+                format!("{} {} at {} ms (request {})", request.channel, request.template, at_ms, request.request_id),
+            );
         }
         CustomerInput::Outcome(o) => {
             let (kind, reason) = match o.status {

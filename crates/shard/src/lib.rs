@@ -6,8 +6,8 @@
 //! entry point. Decisions come from `chorus-engine`; this crate only moves data.
 
 pub mod apply;
-pub mod cluster;
 pub mod clock;
+pub mod cluster;
 pub mod customer;
 pub mod keys;
 pub mod node;

@@ -7,14 +7,17 @@ use crate::apply::ShardApp;
 use crate::cluster::{ClusterState, Fail, NodeReply, NodeRequest, ShardRead, ShardReadReply};
 use crate::proposer::Proposer;
 use crate::{Clock, ShardConfig, ShardError, state};
+use chorus_connectors::Connectors;
 use chorus_engine::CustomerState;
 use chorus_raft::{Group, GroupTuning, Transport};
 use chorus_store::Store;
-use chorus_connectors::Connectors;
-use chorus_types::{CrossShardMessage, CustomerId, DispatchOutcome, Event, EventOutcome, Identity, NodeId, SendOutcome, SendRequest, ShardCommand, ShardId, ShardOp, ShardResult};
+use chorus_types::{
+    CrossShardMessage, CustomerId, DispatchOutcome, Event, EventOutcome, Identity, NodeId, SendOutcome, SendRequest, ShardCommand, ShardId, ShardOp,
+    ShardResult,
+};
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, OnceLock, RwLock};
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -133,10 +136,7 @@ impl Shards {
                 }
             }
             _ => {
-                store
-                    .node_meta()
-                    .insert(SHARD_COUNT_KEY, config.shard_count.to_be_bytes().to_vec())
-                    .map_err(|e| ShardError::Store(e.to_string()))?;
+                store.node_meta().insert(SHARD_COUNT_KEY, config.shard_count.to_be_bytes().to_vec()).map_err(|e| ShardError::Store(e.to_string()))?;
                 store.sync().map_err(|e| ShardError::Store(e.to_string()))?;
             }
         }
@@ -521,7 +521,8 @@ impl Shards {
     /// Publish a new version of a template (already validated) to every shard.
     pub async fn publish_template(&self, id: &str, source: &str, file: &str) -> Result<u32, ShardError> {
         let version = self.templates().await?.iter().find(|t| t.0 == id).map(|t| t.1 + 1).unwrap_or(1);
-        self.propose_catalog(chorus_types::CatalogChange::PutTemplate { id: id.to_string(), version, source: source.to_string(), file: file.to_string() }).await?;
+        self.propose_catalog(chorus_types::CatalogChange::PutTemplate { id: id.to_string(), version, source: source.to_string(), file: file.to_string() })
+            .await?;
         Ok(version)
     }
 
@@ -607,7 +608,9 @@ impl Shards {
         }
         let mut n = 0;
         for (shard, keys) in per_shard {
-            if let (_, chorus_types::ShardResult::Count(c)) = self.propose_to(shard, ShardCommand { now_ms: self.inner.clock.now_ms(), op: ShardOp::Redrive { keys } }).await? {
+            if let (_, chorus_types::ShardResult::Count(c)) =
+                self.propose_to(shard, ShardCommand { now_ms: self.inner.clock.now_ms(), op: ShardOp::Redrive { keys } }).await?
+            {
                 n += c;
             }
         }
@@ -788,10 +791,12 @@ impl Shards {
             match r {
                 Ok(_) => {
                     acked.push((target, upto));
-                    acks.push(h.group.propose(ShardCommand {
-                        now_ms: self.inner.clock.now_ms(),
-                        op: ShardOp::CrossShardDelivered { target_shard: target, upto_seq: upto },
-                    }))
+                    acks.push(
+                        h.group.propose(ShardCommand {
+                            now_ms: self.inner.clock.now_ms(),
+                            op: ShardOp::CrossShardDelivered { target_shard: target, upto_seq: upto },
+                        }),
+                    )
                 }
                 Err(e) => {
                     retry.push(target);
@@ -1084,7 +1089,8 @@ impl Shards {
         let payload = chorus_types::encoding::encode(&req);
         match self.inner.transport.call(node, payload).await {
             Ok(bytes) => {
-                let reply: NodeReply = chorus_types::encoding::decode(&bytes).map_err(|e| ShardError::Remote { node, detail: format!("undecodable reply: {e}") })?;
+                let reply: NodeReply =
+                    chorus_types::encoding::decode(&bytes).map_err(|e| ShardError::Remote { node, detail: format!("undecodable reply: {e}") })?;
                 if let (Some(shard), NodeReply::Failed(Fail::NotLeader { leader, .. })) = (shard, &reply) {
                     self.hint(shard, *leader);
                 }

@@ -125,4 +125,3 @@ async fn run(group: Group, clock: Arc<Clock>, config: Arc<ShardConfig>, mut rx: 
     // Drain: let every in-flight proposal finish so no batch is left half-answered.
     while tasks.join_next().await.is_some() {}
 }
-

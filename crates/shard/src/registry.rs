@@ -2,8 +2,8 @@
 //! global registry), a supervising shard actor that learns of failures, passivation of
 //! idle actors and LRU eviction beyond `live_actors_max`, and quarantine bookkeeping.
 
-use crate::customer::{CustomerActor, CustomerArgs, CustomerMsg};
 use crate::ShardConfig;
+use crate::customer::{CustomerActor, CustomerArgs, CustomerMsg};
 use chorus_engine::CustomerState;
 use chorus_types::{CustomerId, ShardId};
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};

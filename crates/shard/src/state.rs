@@ -112,7 +112,8 @@ impl StateWrite {
         }
         let first = seq1 - len1;
         let new_from = seq0.max(first);
-        let appended = state.history.iter().skip((new_from - first) as usize).enumerate().map(|(i, e)| (new_from + i as u64, chorus_types::encoding::encode(e))).collect();
+        let appended =
+            state.history.iter().skip((new_from - first) as usize).enumerate().map(|(i, e)| (new_from + i as u64, chorus_types::encoding::encode(e))).collect();
         StateWrite { core: encode_core(state), rewrite: false, delete_from: seq0 - len0 as u64, first, appended }
     }
 

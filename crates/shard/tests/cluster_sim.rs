@@ -146,9 +146,19 @@ impl Sim {
             http_addr: String::new(),
             version: "sim".into(),
         };
-        let tuning = chorus_raft::GroupTuning { heartbeat_ms: 100, election_min_ms: 400, election_max_ms: 800, restore_leadership: false, snapshot_after_entries: 200, log_kept_after_snapshot: 20, ..Default::default() };
+        let tuning = chorus_raft::GroupTuning {
+            heartbeat_ms: 100,
+            election_min_ms: 400,
+            election_max_ms: 800,
+            restore_leadership: false,
+            snapshot_after_entries: 200,
+            log_kept_after_snapshot: 20,
+            ..Default::default()
+        };
         let config = ShardConfig { shard_count: SHARDS, ..ShardConfig::default() };
-        let shards = Shards::open_cluster(id, setup, transport, store.clone(), clock, config, tuning, connectors).await.unwrap_or_else(|e| panic!("seed {}: node {id} does not open: {e}", self.seed));
+        let shards = Shards::open_cluster(id, setup, transport, store.clone(), clock, config, tuning, connectors)
+            .await
+            .unwrap_or_else(|e| panic!("seed {}: node {id} does not open: {e}", self.seed));
         self.live.write().unwrap()[i] = Some(shards.clone());
         self.net.lock().unwrap().down.remove(&id);
         self.nodes[i].running = Some(Running { shards, store, server_stop, server });
@@ -185,7 +195,11 @@ impl Sim {
             for st in s.status() {
                 if st.leader == Some(me) {
                     let prev = *self.leaders.entry((st.shard, st.term)).or_insert(me);
-                    assert_eq!(prev, me, "seed {}: shard {} has two leaders ({prev} and {me}) in term {}; faults: {:?}", self.seed, st.shard, st.term, self.faults);
+                    assert_eq!(
+                        prev, me,
+                        "seed {}: shard {} has two leaders ({prev} and {me}) in term {}; faults: {:?}",
+                        self.seed, st.shard, st.term, self.faults
+                    );
                 }
             }
         }
@@ -252,7 +266,9 @@ fn event(c: usize, seq: usize) -> chorus_types::Event {
     } else {
         ("track", "Sim Step")
     };
-    EventInput { message_id: format!("sim-{c}-{seq}"), event_type: event_type.into(), name: name.into(), identities, properties: props, ..Default::default() }.validate().unwrap()
+    EventInput { message_id: format!("sim-{c}-{seq}"), event_type: event_type.into(), name: name.into(), identities, properties: props, ..Default::default() }
+        .validate()
+        .unwrap()
 }
 
 /// What the clients were told.
@@ -377,7 +393,15 @@ async fn sender(seed: u64, live: Live, answers: Arc<Mutex<Answers>>) {
 async fn run_seed(seed: u64) {
     let mut rng = Rng::new(seed, 1);
     let net = Arc::new(Mutex::new(Net::default()));
-    let mut sim = Sim { seed, net: net.clone(), live: Arc::new(RwLock::new(vec![None; NODES])), nodes: Vec::new(), _dirs: Vec::new(), leaders: HashMap::new(), faults: Vec::new() };
+    let mut sim = Sim {
+        seed,
+        net: net.clone(),
+        live: Arc::new(RwLock::new(vec![None; NODES])),
+        nodes: Vec::new(),
+        _dirs: Vec::new(),
+        leaders: HashMap::new(),
+        faults: Vec::new(),
+    };
     for i in 0..NODES {
         let dir = tempfile::tempdir().unwrap();
         // A fixed port per node (restarts bind it again): take a free one from the OS.
@@ -497,7 +521,10 @@ async fn run_seed(seed: u64) {
             if Instant::now() >= deadline {
                 let last = answers.lock().unwrap().last_error.clone();
                 let cluster = sim.converged().await;
-                panic!("seed {seed}: clients still unanswered {CONVERGE_WAIT:?} after healing (last refusal: {last}; cluster: {cluster:?}); faults: {:?}", sim.faults);
+                panic!(
+                    "seed {seed}: clients still unanswered {CONVERGE_WAIT:?} after healing (last refusal: {last}; cluster: {cluster:?}); faults: {:?}",
+                    sim.faults
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -557,15 +584,8 @@ async fn run_seed(seed: u64) {
         let mine: BTreeMap<String, u32> = answers.messages.iter().filter(|(_, c)| **c == customer).map(|(r, c)| (format!("api/{r}/{c}"), 1)).collect();
         assert_eq!(keys, mine, "seed {seed}: customer {customer}: one send decision per acknowledged message; faults: {:?}", sim.faults);
     }
-    let moved: usize = via
-        .fresh_placement()
-        .await
-        .unwrap()
-        .shards
-        .iter()
-        .zip(&initial)
-        .map(|(now, before)| now.replicas.iter().filter(|n| !before.contains(n)).count())
-        .sum();
+    let moved: usize =
+        via.fresh_placement().await.unwrap().shards.iter().zip(&initial).map(|(now, before)| now.replicas.iter().filter(|n| !before.contains(n)).count()).sum();
     drop(via);
     eprintln!(
         "sim seed {seed}: ok — {} events and {} messages acknowledged, {} re-sent, {} leader terms seen, {moved} replicas moved; faults: {}",

@@ -7,7 +7,15 @@ use chorus_types::{Event, EventInput, EventOutcome};
 use std::sync::Arc;
 
 fn ev(mid: &str) -> Event {
-    EventInput { message_id: mid.into(), event_type: "track".into(), name: "Clicked".into(), identities: vec![("user_id".into(), "u1".into())], ..Default::default() }.validate().unwrap()
+    EventInput {
+        message_id: mid.into(),
+        event_type: "track".into(),
+        name: "Clicked".into(),
+        identities: vec![("user_id".into(), "u1".into())],
+        ..Default::default()
+    }
+    .validate()
+    .unwrap()
 }
 
 fn dedup_records(store: &chorus_store::Store) -> Vec<String> {

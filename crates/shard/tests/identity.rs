@@ -119,12 +119,7 @@ async fn shared_device(shard_count: u32) {
     assert!(!s1.identities.contains(&id(IdentityKind::AnonymousId, "D")), "{:?}", s1.identities);
     assert!(s2.identities.contains(&id(IdentityKind::AnonymousId, "D")));
     for s in [&s1, &s2] {
-        assert!(
-            s.decisions.iter().any(|d| d.kind == chorus_engine::DecisionKind::IdentityConflict),
-            "{} decisions: {:?}",
-            s.id,
-            s.decisions
-        );
+        assert!(s.decisions.iter().any(|d| d.kind == chorus_engine::DecisionKind::IdentityConflict), "{} decisions: {:?}", s.id, s.decisions);
     }
     shards.shutdown().await;
 }

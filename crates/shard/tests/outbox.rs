@@ -172,9 +172,25 @@ async fn failed_messages_go_to_the_dead_letter_list_and_can_be_redriven() {
     let config = ShardConfig { shard_count: 2, ..ShardConfig::default() };
     let tuning = chorus_raft::GroupTuning { heartbeat_ms: 50, election_min_ms: 150, election_max_ms: 300, ..Default::default() };
     let shards = Shards::open(1, "127.0.0.1:0", store.clone(), clock.clone(), config, tuning, connectors).await.unwrap();
-    let e = EventInput { message_id: "m1".into(), event_type: "identify".into(), identities: vec![("email".into(), "ada@example.com".into())], ..Default::default() }.validate().unwrap();
+    let e = EventInput {
+        message_id: "m1".into(),
+        event_type: "identify".into(),
+        identities: vec![("email".into(), "ada@example.com".into())],
+        ..Default::default()
+    }
+    .validate()
+    .unwrap();
     let chorus_types::EventOutcome::Applied { customer } = shards.ingest(vec![e]).await.remove(0).unwrap() else { panic!() };
-    let req = SendRequest { request_id: "r1".into(), customer, channel: "email".into(), template: "welcome".into(), category: Category::Transactional, vars: JsonMap::new(), send_at_ms: 0, topic: String::new() };
+    let req = SendRequest {
+        request_id: "r1".into(),
+        customer,
+        channel: "email".into(),
+        template: "welcome".into(),
+        category: Category::Transactional,
+        vars: JsonMap::new(),
+        send_at_ms: 0,
+        topic: String::new(),
+    };
     shards.send(vec![req]).await.remove(0).unwrap();
     eprintln!("--- the provider refuses: the message lands in the dead-letter list with the reason");
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -183,7 +199,10 @@ async fn failed_messages_go_to_the_dead_letter_list_and_can_be_redriven() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let dead = shards.dead_letters(10).await.unwrap().remove(0);
-    assert_eq!((dead.intent.key.as_str(), dead.status.as_str(), dead.detail.as_str()), (format!("api/r1/{customer}").as_str(), "failed permanently", "550 5.7.1 relay denied"));
+    assert_eq!(
+        (dead.intent.key.as_str(), dead.status.as_str(), dead.detail.as_str()),
+        (format!("api/r1/{customer}").as_str(), "failed permanently", "550 5.7.1 relay denied")
+    );
     assert_eq!(shards.status().iter().map(|s| s.pending_intents).sum::<u64>(), 0);
     eprintln!("--- once the provider is fixed, a redrive delivers it with the same key");
     provider.fixed.store(true, std::sync::atomic::Ordering::SeqCst);

@@ -7,8 +7,8 @@ use chorus_raft::{Application, Applied};
 use chorus_shard::ShardConfig;
 use chorus_shard::apply::ShardApp;
 use chorus_types::{Category, EventInput, EventOutcome, JsonMap, SendOutcome, SendRequest, ShardCommand, ShardOp, ShardResult};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 fn entry(index: u64, now_ms: i64, op: ShardOp) -> Applied {
     Applied { index, command: Some(ShardCommand { now_ms, op }) }

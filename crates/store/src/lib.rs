@@ -73,9 +73,7 @@ impl Store {
         let node_meta = ks("node_meta")?;
         let captured = ks("captured")?;
         let flusher = Flusher::start(db.clone(), opts.flush_batch_max);
-        Ok(Store {
-            inner: Arc::new(Inner { db, raft_log, raft_meta, shard, node_meta, captured, flusher, path: dir.to_path_buf() }),
-        })
+        Ok(Store { inner: Arc::new(Inner { db, raft_log, raft_meta, shard, node_meta, captured, flusher, path: dir.to_path_buf() }) })
     }
 
     pub fn path(&self) -> &Path {

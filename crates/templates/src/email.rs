@@ -21,9 +21,7 @@ pub fn track_links(html: &str, skip: &str, track: &dyn Fn(&str, usize) -> String
             pos = end;
             continue;
         }
-        let name_end = html[start + 1..]
-            .find(|c: char| !c.is_ascii_alphanumeric())
-            .map_or(html.len(), |e| start + 1 + e);
+        let name_end = html[start + 1..].find(|c: char| !c.is_ascii_alphanumeric()).map_or(html.len(), |e| start + 1 + e);
         let name = &html[start + 1..name_end];
         if name.is_empty() {
             // Not a start tag (`</p>`, `<!DOCTYPE`, a stray `<`).
@@ -138,10 +136,7 @@ fn escape_attr(s: &str) -> String {
 /// Insert a 1×1 open-tracking image for `pixel_url` just before `</body>`, or at the
 /// end when there is no `</body>`.
 pub fn insert_open_pixel(html: &str, pixel_url: &str) -> String {
-    let img = format!(
-        "<img src=\"{}\" width=\"1\" height=\"1\" alt=\"\" style=\"display:block;border:0;width:1px;height:1px\">",
-        escape_attr(pixel_url)
-    );
+    let img = format!("<img src=\"{}\" width=\"1\" height=\"1\" alt=\"\" style=\"display:block;border:0;width:1px;height:1px\">", escape_attr(pixel_url));
     let lower = html.to_ascii_lowercase();
     match lower.rfind("</body") {
         Some(at) => format!("{}{img}{}", &html[..at], &html[at..]),

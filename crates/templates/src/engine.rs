@@ -23,8 +23,7 @@ use liquid_core::model::{KString, Object, ObjectView, ScalarCow, Value, ValueCow
 use liquid_core::parser::{BlockElement, FilterArguments, FilterReflection, ParameterReflection, TryMatchToken};
 use liquid_core::runtime::{Interrupt, InterruptRegister, PartialStore, Registers, RuntimeBuilder};
 use liquid_core::{
-    BlockReflection, Error, Expression, Filter, Language, ParseBlock, ParseFilter, Renderable, Result, Runtime,
-    TagBlock, TagTokenIter, Template,
+    BlockReflection, Error, Expression, Filter, Language, ParseBlock, ParseFilter, Renderable, Result, Runtime, TagBlock, TagTokenIter, Template,
 };
 use liquid_lib::stdlib;
 use std::io::Write;
@@ -139,11 +138,54 @@ fn record_miss(registers: &Registers, path: &[ScalarCow<'_>]) {
 
 /// The filters of [`language`] (liquid's standard filters).
 pub const FILTERS: &[&str] = &[
-    "abs", "append", "at_least", "at_most", "capitalize", "ceil", "compact", "concat", "date", "default", "divided_by",
-    "downcase", "escape", "escape_once", "first", "floor", "join", "last", "lstrip", "map", "minus", "modulo",
-    "newline_to_br", "plus", "prepend", "remove", "remove_first", "replace", "replace_first", "reverse", "round", "rstrip",
-    "size", "slice", "sort", "sort_natural", "split", "strip", "strip_html", "strip_newlines", "times", "truncate",
-    "truncatewords", "uniq", "upcase", "url_decode", "url_encode", "where",
+    "abs",
+    "append",
+    "at_least",
+    "at_most",
+    "capitalize",
+    "ceil",
+    "compact",
+    "concat",
+    "date",
+    "default",
+    "divided_by",
+    "downcase",
+    "escape",
+    "escape_once",
+    "first",
+    "floor",
+    "join",
+    "last",
+    "lstrip",
+    "map",
+    "minus",
+    "modulo",
+    "newline_to_br",
+    "plus",
+    "prepend",
+    "remove",
+    "remove_first",
+    "replace",
+    "replace_first",
+    "reverse",
+    "round",
+    "rstrip",
+    "size",
+    "slice",
+    "sort",
+    "sort_natural",
+    "split",
+    "strip",
+    "strip_html",
+    "strip_newlines",
+    "times",
+    "truncate",
+    "truncatewords",
+    "uniq",
+    "upcase",
+    "url_decode",
+    "url_encode",
+    "where",
 ];
 
 /// The language and the numbering of the filters it parses.
@@ -425,11 +467,7 @@ impl Runtime for LoopFrame<'_> {
     }
     fn try_get(&self, path: &[ScalarCow<'_>]) -> Option<ValueCow<'_>> {
         let key = path.first()?.to_kstr();
-        if self.data.contains_key(key.as_str()) {
-            liquid_core::model::try_find(self.data.as_value(), path)
-        } else {
-            self.parent.try_get(path)
-        }
+        if self.data.contains_key(key.as_str()) { liquid_core::model::try_find(self.data.as_value(), path) } else { self.parent.try_get(path) }
     }
     fn get(&self, path: &[ScalarCow<'_>]) -> Result<ValueCow<'_>> {
         let Some(first) = path.first() else { return Ok(ValueCow::Owned(Value::Nil)) };
@@ -555,9 +593,7 @@ impl ParseBlock for BoundedFor {
 
 fn whole_number(e: &Expression, runtime: &dyn Runtime, what: &str) -> Result<i64> {
     let v = e.evaluate(runtime)?;
-    v.as_scalar()
-        .and_then(|s| s.to_integer())
-        .ok_or_else(|| Error::with_msg(format!("{what} must be a whole number, found `{}`", v.source())))
+    v.as_scalar().and_then(|s| s.to_integer()).ok_or_else(|| Error::with_msg(format!("{what} must be a whole number, found `{}`", v.source())))
 }
 
 fn loop_budget_error(max: u64) -> Error {
@@ -665,9 +701,7 @@ impl ParseFilter for SizedFilter {
     fn parse(&self, arguments: FilterArguments<'_>) -> Result<Box<dyn Filter>> {
         let positional: Vec<Expression> = arguments.positional.collect();
         let keyword: Vec<(&str, Expression)> = arguments.keyword.collect();
-        let inner = self
-            .inner
-            .parse(FilterArguments { positional: Box::new(positional.clone().into_iter()), keyword: Box::new(keyword.into_iter()) })?;
+        let inner = self.inner.parse(FilterArguments { positional: Box::new(positional.clone().into_iter()), keyword: Box::new(keyword.into_iter()) })?;
         Ok(Box::new(Sized_ {
             inner,
             id: self.ids.fetch_add(1, Ordering::SeqCst),
@@ -759,8 +793,6 @@ impl Filter for Sized_ {
     }
 }
 
-
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -793,10 +825,7 @@ mod tests {
         assert_eq!(compile(text, &lang()).unwrap().1, 3, "filters are numbered; comments hold none");
         let o = run(text, g).unwrap();
         assert_eq!(o.text, "Hi Ada xX");
-        assert_eq!(
-            o.misses,
-            vec![miss("profile", "a", None, Some(1)), miss("profile", "b", Some(1), None), miss("profile", "last", None, Some(0))]
-        );
+        assert_eq!(o.misses, vec![miss("profile", "a", None, Some(1)), miss("profile", "b", Some(1), None), miss("profile", "last", None, Some(0))]);
     }
 
     #[test]
@@ -804,10 +833,7 @@ mod tests {
         let o = run("{% for i in (1..5) %}{{ i }}{% endfor %}", Object::new()).unwrap();
         assert_eq!(o.text, "12345");
         assert_eq!(run("{% for i in (1..1000000000000) %}{% endfor %}", Object::new()).unwrap_err(), Failure::LoopsExceeded);
-        assert_eq!(
-            run("{% for i in (1..50) %}{% for j in (1..50) %}{% endfor %}{% endfor %}", Object::new()).unwrap_err(),
-            Failure::LoopsExceeded
-        );
+        assert_eq!(run("{% for i in (1..50) %}{% for j in (1..50) %}{% endfor %}{% endfor %}", Object::new()).unwrap_err(), Failure::LoopsExceeded);
         let g = liquid_core::object!({"xs": [{"a": 1}, {"b": 2}]});
         let o = run("{% for x in xs %}{{ forloop.index }}:{{ x.a }};{% endfor %}", g).unwrap();
         assert_eq!(o.text, "1:1;2:;");
@@ -818,10 +844,13 @@ mod tests {
     fn values_and_output_are_bounded() {
         assert_eq!(run("{% for i in (1..99) %}0123456789X{% endfor %}", Object::new()).unwrap_err(), Failure::OutputTooLarge);
         assert_eq!(
-            run("{% assign s = 'xxxxxxxxxx' %}{% for i in (1..20) %}{% assign s = s | append: s %}{% endfor %}", Object::new())
+            run("{% assign s = 'xxxxxxxxxx' %}{% for i in (1..20) %}{% assign s = s | append: s %}{% endfor %}", Object::new()).unwrap_err(),
+            Failure::ValueTooLarge
+        );
+        assert_eq!(
+            run("{{ 'aaaaaaaaaaaaaaaaaaaa' | replace: 'a', 'bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb' }}", Object::new())
                 .unwrap_err(),
             Failure::ValueTooLarge
         );
-        assert_eq!(run("{{ 'aaaaaaaaaaaaaaaaaaaa' | replace: 'a', 'bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb' }}", Object::new()).unwrap_err(), Failure::ValueTooLarge);
     }
 }

@@ -290,7 +290,10 @@ impl Parser<'_> {
             None | Some(Value::Null) => Vec::new(),
             Some(Value::Object(ls)) => self.locales(ls, &variants, m),
             Some(other) => {
-                self.err("locales", format!("locales must be a mapping of locale → overrides, e.g. fr: {{ sms: {{ body: \"…\" }} }}, got {}", json_kind(other)));
+                self.err(
+                    "locales",
+                    format!("locales must be a mapping of locale → overrides, e.g. fr: {{ sms: {{ body: \"…\" }} }}, got {}", json_kind(other)),
+                );
                 Vec::new()
             }
         };
@@ -356,7 +359,10 @@ impl Parser<'_> {
     /// overrides, where nothing is required).
     fn variant(&mut self, v: &Value, path: &str, channel: &str, fields: &[FieldSpec], is_default: bool) -> Option<Variant> {
         let Value::Object(m) = v else {
-            self.err(path, format!("{channel} must be a mapping of its fields ({}), got {}", fields.iter().map(|f| f.0).collect::<Vec<_>>().join(", "), json_kind(v)));
+            self.err(
+                path,
+                format!("{channel} must be a mapping of its fields ({}), got {}", fields.iter().map(|f| f.0).collect::<Vec<_>>().join(", "), json_kind(v)),
+            );
             return None;
         };
         let names: Vec<&str> = fields.iter().map(|f| f.0).collect();
@@ -467,7 +473,10 @@ impl Parser<'_> {
             Value::String(s) => s.clone(),
             Value::Number(n) => n.to_string(),
             Value::Object(_) => {
-                self.err(path, format!("{name} must be text, got a mapping: quote a value that starts with {{{{, e.g. {name}: \"{{{{ profile.first_name }}}}\""));
+                self.err(
+                    path,
+                    format!("{name} must be text, got a mapping: quote a value that starts with {{{{, e.g. {name}: \"{{{{ profile.first_name }}}}\""),
+                );
                 return None;
             }
             other => {
@@ -598,10 +607,7 @@ pub(crate) fn ucs2_hint(because: Option<char>) -> String {
 
 /// Liquid's error text → (line within the template, one-line message).
 pub(crate) fn liquid_error(e: &str) -> (Option<usize>, String) {
-    let line = e
-        .split_once("-->")
-        .and_then(|(_, rest)| rest.trim_start().split(':').next())
-        .and_then(|n| n.trim().parse::<usize>().ok());
+    let line = e.split_once("-->").and_then(|(_, rest)| rest.trim_start().split(':').next()).and_then(|n| n.trim().parse::<usize>().ok());
     let mut parts: Vec<String> = Vec::new();
     for l in e.lines() {
         let t = l.trim();

@@ -19,11 +19,7 @@ impl Template {
     /// email links and adds the open pixel (`Tracking::default()` for none).
     pub fn render(&self, channel: &str, ctx: &Context, tracking: &Tracking<'_>) -> Result<Rendered, RenderError> {
         let Some(default) = self.variants.get(channel) else {
-            return Err(RenderError::NoVariant {
-                template: self.id.clone(),
-                channel: channel.to_string(),
-                available: self.channels().join(", "),
-            });
+            return Err(RenderError::NoVariant { template: self.id.clone(), channel: channel.to_string(), available: self.channels().join(", ") });
         };
         let locale = ctx.locale.clone().or_else(|| ctx.profile.get("locale").and_then(|v| v.as_str()).map(str::to_string));
         let overrides = self.overrides(channel, locale.as_deref());
@@ -94,11 +90,8 @@ impl Template {
 /// (`{% if x == 1 %}…{{ x }}…`) the miss is taken to be the test's.
 fn violation<'s>(text: &'s Text, miss: &Miss) -> Option<&'s Ref> {
     let scan = &text.scan;
-    let matching: Vec<&Ref> = scan
-        .refs
-        .iter()
-        .filter(|r| r.root == miss.root && if r.dynamic { miss.segs.starts_with(&r.segs) } else { r.segs == miss.segs })
-        .collect();
+    let matching: Vec<&Ref> =
+        scan.refs.iter().filter(|r| r.root == miss.root && if r.dynamic { miss.segs.starts_with(&r.segs) } else { r.segs == miss.segs }).collect();
     if !text.chains_known {
         return if matching.iter().any(|r| scan.excused(r)) { None } else { matching.first().copied() };
     }

@@ -60,9 +60,31 @@ pub struct Scan {
 pub const ROOTS: &[&str] = &["profile", "event", "vars", "journey", "message", "links"];
 
 const TAGS: &[&str] = &[
-    "assign", "break", "continue", "cycle", "increment", "decrement", "raw", "endraw", "if", "elsif", "else", "endif",
-    "unless", "endunless", "ifchanged", "endifchanged", "for", "endfor", "comment", "endcomment", "capture",
-    "endcapture", "case", "when", "endcase",
+    "assign",
+    "break",
+    "continue",
+    "cycle",
+    "increment",
+    "decrement",
+    "raw",
+    "endraw",
+    "if",
+    "elsif",
+    "else",
+    "endif",
+    "unless",
+    "endunless",
+    "ifchanged",
+    "endifchanged",
+    "for",
+    "endfor",
+    "comment",
+    "endcomment",
+    "capture",
+    "endcapture",
+    "case",
+    "when",
+    "endcase",
 ];
 const OPENERS: &[&str] = &["if", "unless", "for", "case", "capture", "ifchanged"];
 const CLOSERS: &[&str] = &["endif", "endunless", "endfor", "endcase", "endcapture", "endifchanged"];
@@ -530,10 +552,7 @@ mod tests {
 
     fn refs(text: &str) -> Vec<(String, usize, bool)> {
         let s = scan(text, FILTERS, 8);
-        s.refs
-            .iter()
-            .map(|r| (crate::engine::path_text(&r.root, &r.segs) + if r.dynamic { "[…]" } else { "" }, r.line, s.excused(r)))
-            .collect()
+        s.refs.iter().map(|r| (crate::engine::path_text(&r.root, &r.segs) + if r.dynamic { "[…]" } else { "" }, r.line, s.excused(r))).collect()
     }
 
     #[test]

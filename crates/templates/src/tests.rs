@@ -64,10 +64,7 @@ fn rule_unknown_keys_are_errors_with_lines() {
 
 #[test]
 fn rule_at_least_one_channel_is_required() {
-    assert_eq!(
-        errs("id: t\nname: T\n"),
-        vec!["t.yaml:1: a template needs at least one channel variant: email, sms, mms, push, in_app or webhook"]
-    );
+    assert_eq!(errs("id: t\nname: T\n"), vec!["t.yaml:1: a template needs at least one channel variant: email, sms, mms, push, in_app or webhook"]);
 }
 
 #[test]
@@ -100,7 +97,9 @@ fn rule_syntax_errors_carry_file_and_line() {
     assert_eq!(errs(text), vec!["t.yaml:7: email.html: {% if %} is never closed: add {% endif %}"]);
     assert_eq!(
         errs("id: t\nsms:\n  body: {{ profile.first_name }} hi\n"),
-        vec!["t.yaml:3: while parsing a block mapping, did not find expected key (a value that starts with {{ or {% must be quoted: subject: \"{{ profile.first_name }}\")"]
+        vec![
+            "t.yaml:3: while parsing a block mapping, did not find expected key (a value that starts with {{ or {% must be quoted: subject: \"{{ profile.first_name }}\")"
+        ]
     );
     assert_eq!(
         errs("id: t\nsms:\n  body: {{ profile.first_name }}\n"),
@@ -142,10 +141,7 @@ fn rule_variables_profile_event_vars_journey_message_links() {
     c.journey = Some(JourneyRef { id: "browse-abandon".into(), step: "recos_email".into() });
     let Content::Webhook(w) = render(&t, "webhook", &c).unwrap().content else { panic!() };
     assert_eq!(w.url, "https://h.example/cu_0001000000000001");
-    assert_eq!(
-        w.body.as_deref(),
-        Some("Ada|SKU-1|BACK10|browse-abandon/recos_email|m-1|https://t.example/u/abc|https://t.example/p/abc")
-    );
+    assert_eq!(w.body.as_deref(), Some("Ada|SKU-1|BACK10|browse-abandon/recos_email|m-1|https://t.example/u/abc|https://t.example/p/abc"));
     c.journey = None;
     let t = ok("id: t\nsms: { body: \"[{{ journey.id }}]\" }\n");
     assert_eq!(sms_body(&t, &c), "[]");
@@ -195,7 +191,10 @@ fn rule_strict_missing_attribute_is_a_render_error_naming_it() {
     let t = ok("id: t\nsms: { body: \"{% for p in event.products %}{{ p.nmae }}{% endfor %}\" }\n");
     let mut c = ctx(json!({}));
     c.event = json!({"products": [{"name": "Lamp"}]}).as_object().cloned().unwrap();
-    assert_eq!(render(&t, "sms", &c).unwrap_err().to_string(), "t.yaml:2: sms.body: p.nmae is not set for this customer: give it a default ({{ p.nmae | default: \"…\" }}) or set strict: false");
+    assert_eq!(
+        render(&t, "sms", &c).unwrap_err().to_string(),
+        "t.yaml:2: sms.body: p.nmae is not set for this customer: give it a default ({{ p.nmae | default: \"…\" }}) or set strict: false"
+    );
 }
 
 #[test]
@@ -297,10 +296,7 @@ fn small(output_bytes_max: usize, loop_iterations_max: u64) -> Limits {
 fn rule_render_output_size_is_bounded() {
     let text = "id: t\ncategory: transactional\nemail:\n  subject: S\n  text: \"{% for i in (1..50) %}0123456789{% endfor %}\"\n";
     let t = parse_with(text, "t.yaml", &small(400, 1000)).unwrap();
-    assert_eq!(
-        render(&t, "email", &ctx(json!({}))).unwrap_err().to_string(),
-        "t.yaml:5: email.text: the output is larger than 400 bytes (output_bytes_max)"
-    );
+    assert_eq!(render(&t, "email", &ctx(json!({}))).unwrap_err().to_string(), "t.yaml:5: email.text: the output is larger than 400 bytes (output_bytes_max)");
     let t = parse_with(text, "t.yaml", &small(500, 1000)).unwrap();
     assert_eq!(email(&t, &ctx(json!({}))).text.unwrap().len(), 500);
 }
@@ -326,7 +322,10 @@ fn rule_range_is_refused_before_it_is_built() {
 fn rule_built_values_are_bounded() {
     let text = "id: t\nsms: { body: \"{% assign s = 'xxxxxxxxxx' %}{% for i in (1..30) %}{% assign s = s | append: s %}{% endfor %}{{ s | size }}\" }\n";
     let t = parse_with(text, "t.yaml", &small(10_000, 1000)).unwrap();
-    assert_eq!(render(&t, "sms", &ctx(json!({}))).unwrap_err().to_string(), "t.yaml:2: sms.body: a value built by the template is larger than 10000 bytes (output_bytes_max)");
+    assert_eq!(
+        render(&t, "sms", &ctx(json!({}))).unwrap_err().to_string(),
+        "t.yaml:2: sms.body: a value built by the template is larger than 10000 bytes (output_bytes_max)"
+    );
     let t = parse_with("id: t\nsms: { body: \"{{ vars.s | replace: 'a', vars.s }}\" }\n", "t.yaml", &small(10_000, 1000)).unwrap();
     let mut c = ctx(json!({}));
     c.vars = json!({"s": "a".repeat(1000)}).as_object().cloned().unwrap();
@@ -337,10 +336,7 @@ fn rule_built_values_are_bounded() {
 fn rule_template_size_and_nesting_are_bounded() {
     let limits = Limits { file_bytes_max: 100, field_bytes_max: 10, nesting_depth_max: 2, ..Limits::default() };
     let big = format!("id: t\nsms: {{ body: \"{}\" }}\n", "x".repeat(200));
-    assert_eq!(
-        parse_with(&big, "t.yaml", &limits).unwrap_err()[0].to_string(),
-        "t.yaml: the file is 224 bytes, more than file_bytes_max (100): split it"
-    );
+    assert_eq!(parse_with(&big, "t.yaml", &limits).unwrap_err()[0].to_string(), "t.yaml: the file is 224 bytes, more than file_bytes_max (100): split it");
     assert_eq!(
         parse_with("id: t\nsms: { body: \"12345678901\" }\n", "t.yaml", &limits).unwrap_err()[0].to_string(),
         "t.yaml:2: sms.body: body is 11 bytes, more than field_bytes_max (10)"
@@ -357,9 +353,11 @@ fn rule_template_size_and_nesting_are_bounded() {
 #[test]
 fn rule_blocks_are_closed_in_order() {
     assert_eq!(
-        errs("id: t
+        errs(
+            "id: t
 sms:
-  body: |\n    {% for x in vars.xs %}\n    {% if x %}{% endfor %}\n"),
+  body: |\n    {% for x in vars.xs %}\n    {% if x %}{% endfor %}\n"
+        ),
         vec!["t.yaml:5: sms.body: {% endfor %} does not close the open {% if %}: close that first with {% endif %}"]
     );
     assert_eq!(errs("id: t\nsms: { body: \"x{% endif %}\" }\n"), vec!["t.yaml:2: sms.body: {% endif %} closes no block"]);
@@ -425,11 +423,12 @@ fn rule_sms_ucs2_counts_utf16_code_units() {
 
 #[test]
 fn rule_sms_segments_max_is_checked_on_the_literal_text_at_validate_time() {
-    let text = format!("id: t\nsms_segments_max: 1\nsms:\n  body: \"{}{{{{ profile.first_name | default: '' }}}}{{% if vars.x %}}{}{{% endif %}}\"\n", "a".repeat(161), "b".repeat(500));
-    assert_eq!(
-        errs(&text),
-        vec!["t.yaml:4: sms.body: the fixed text alone is 2 SMS segments (GSM-7, 161 units), more than sms_segments_max (1): shorten it"]
+    let text = format!(
+        "id: t\nsms_segments_max: 1\nsms:\n  body: \"{}{{{{ profile.first_name | default: '' }}}}{{% if vars.x %}}{}{{% endif %}}\"\n",
+        "a".repeat(161),
+        "b".repeat(500)
     );
+    assert_eq!(errs(&text), vec!["t.yaml:4: sms.body: the fixed text alone is 2 SMS segments (GSM-7, 161 units), more than sms_segments_max (1): shorten it"]);
     // Text inside a block may not be sent, so it does not count.
     ok(&format!("id: t\nsms_segments_max: 1\nsms: {{ body: \"{}{{% if vars.x %}}{}{{% endif %}}\" }}\n", "a".repeat(150), "b".repeat(500)));
     assert_eq!(
@@ -496,10 +495,7 @@ fn rule_marketing_email_needs_unsubscribe_link() {
     );
     let mut c = ctx(json!({}));
     c.links.unsubscribe = String::new();
-    assert_eq!(
-        render(&t, "email", &c).unwrap_err().to_string(),
-        "template \"t\" is a marketing email but no unsubscribe URL was supplied (links.unsubscribe)"
-    );
+    assert_eq!(render(&t, "email", &c).unwrap_err().to_string(), "template \"t\" is a marketing email but no unsubscribe URL was supplied (links.unsubscribe)");
 }
 
 #[test]
@@ -572,10 +568,13 @@ fn rule_webhook_renders_url_method_headers_body() {
     );
     c.vars = json!({"id": "x y"}).as_object().cloned().unwrap();
     assert_eq!(render(&t, "webhook", &c).unwrap_err().to_string(), "t.yaml:3: webhook.url: \"https://h.example/a/x y\" is not an http(s) URL");
-    assert_eq!(errs("id: t\nwebhook: { url: ftp://x, method: FETCH }\n"), vec![
-        "t.yaml:2: webhook.url: \"ftp://x\" is not an http(s) URL",
-        "t.yaml:2: webhook.method: \"FETCH\" is not a method: use one of GET, POST, PUT, PATCH, DELETE",
-    ]);
+    assert_eq!(
+        errs("id: t\nwebhook: { url: ftp://x, method: FETCH }\n"),
+        vec![
+            "t.yaml:2: webhook.url: \"ftp://x\" is not an http(s) URL",
+            "t.yaml:2: webhook.method: \"FETCH\" is not a method: use one of GET, POST, PUT, PATCH, DELETE",
+        ]
+    );
 }
 
 #[test]
@@ -588,9 +587,15 @@ fn rule_in_app_mms_and_push_render_every_field() {
     let mut c = ctx(json!({"first_name": "Ada"}));
     c.vars = json!({"img": "lamp"}).as_object().cloned().unwrap();
     let v = |ch: &str| serde_json::to_value(render(&t, ch, &c).unwrap()).unwrap();
-    assert_eq!(v("in_app"), json!({"template": "t", "locale": null, "channel": "in_app", "title": "Hi", "body": "Ada", "buttons": [{"label": "Shop", "action": "app://shop"}]}));
+    assert_eq!(
+        v("in_app"),
+        json!({"template": "t", "locale": null, "channel": "in_app", "title": "Hi", "body": "Ada", "buttons": [{"label": "Shop", "action": "app://shop"}]})
+    );
     assert_eq!(v("mms"), json!({"template": "t", "locale": null, "channel": "mms", "body": "Look", "media_url": "https://cdn.example/lamp.png"}));
-    assert_eq!(v("push"), json!({"template": "t", "locale": null, "channel": "push", "title": null, "body": "B", "image": "https://cdn.example/i.png", "deep_link": null}));
+    assert_eq!(
+        v("push"),
+        json!({"template": "t", "locale": null, "channel": "push", "title": null, "body": "B", "image": "https://cdn.example/i.png", "deep_link": null})
+    );
     assert_eq!(render(&t, "sms", &c).unwrap_err().to_string(), "template \"t\" has no sms variant (it has: mms, push, in_app)");
 }
 

@@ -112,22 +112,13 @@ impl EventInput {
             return Err(FieldError::new("message_id", "is required (it is the idempotency key)"));
         }
         if message_id.len() > MESSAGE_ID_LEN_MAX {
-            return Err(FieldError::new(
-                "message_id",
-                format!("is {} bytes; the limit is {MESSAGE_ID_LEN_MAX}", message_id.len()),
-            ));
+            return Err(FieldError::new("message_id", format!("is {} bytes; the limit is {MESSAGE_ID_LEN_MAX}", message_id.len())));
         }
         let event_type = if self.event_type.is_empty() {
             EventType::Track
         } else {
             EventType::parse(&self.event_type).ok_or_else(|| {
-                FieldError::new(
-                    "type",
-                    format!(
-                        "{:?} is not an event type: use track, identify, alias, page, screen or group",
-                        self.event_type
-                    ),
-                )
+                FieldError::new("type", format!("{:?} is not an event type: use track, identify, alias, page, screen or group", self.event_type))
             })?
         };
         let name = self.name.trim().to_string();
@@ -138,16 +129,10 @@ impl EventInput {
             return Err(FieldError::new("event", format!("is {} bytes; the limit is {EVENT_NAME_LEN_MAX}", name.len())));
         }
         if self.identities.is_empty() {
-            return Err(FieldError::new(
-                "identities",
-                "at least one identity is required (user_id, anonymous_id, email, phone, ...)",
-            ));
+            return Err(FieldError::new("identities", "at least one identity is required (user_id, anonymous_id, email, phone, ...)"));
         }
         if self.identities.len() > EVENT_IDENTITIES_MAX {
-            return Err(FieldError::new(
-                "identities",
-                format!("{} identities given; the limit is {EVENT_IDENTITIES_MAX}", self.identities.len()),
-            ));
+            return Err(FieldError::new("identities", format!("{} identities given; the limit is {EVENT_IDENTITIES_MAX}", self.identities.len())));
         }
         let mut identities: Vec<Identity> = Vec::with_capacity(self.identities.len());
         for (i, (kind, value)) in self.identities.iter().enumerate() {
@@ -174,22 +159,12 @@ impl EventInput {
             ));
         }
         let timestamp_ms = if !self.timestamp.trim().is_empty() {
-            parse_rfc3339_ms(self.timestamp.trim()).ok_or_else(|| {
-                FieldError::new("timestamp", format!("{:?} is not an RFC 3339 timestamp (e.g. 2026-11-27T10:00:00Z)", self.timestamp))
-            })?
+            parse_rfc3339_ms(self.timestamp.trim())
+                .ok_or_else(|| FieldError::new("timestamp", format!("{:?} is not an RFC 3339 timestamp (e.g. 2026-11-27T10:00:00Z)", self.timestamp)))?
         } else {
             self.timestamp_ms
         };
-        Ok(Event {
-            message_id,
-            event_type,
-            name,
-            identities,
-            properties,
-            traits: self.traits.into(),
-            context,
-            timestamp_ms,
-        })
+        Ok(Event { message_id, event_type, name, identities, properties, traits: self.traits.into(), context, timestamp_ms })
     }
 }
 

@@ -56,9 +56,7 @@ impl IdentityKind {
             "anonymous_id" | "anonymousId" => IdentityKind::AnonymousId,
             "push_token" => IdentityKind::PushToken,
             other => {
-                let ok = !other.is_empty()
-                    && other.len() <= 64
-                    && other.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+                let ok = !other.is_empty() && other.len() <= 64 && other.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
                 if !ok {
                     return Err(IdentityError::BadKind { kind: other.to_string() });
                 }
@@ -92,7 +90,9 @@ pub const IDENTITY_VALUE_LEN_MAX: usize = 512;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq, Clone)]
 pub enum IdentityError {
-    #[error("identity kind {kind:?} is not valid: use user_id, email, phone, device_id, anonymous_id, push_token or a custom name of lower-case letters, digits and _")]
+    #[error(
+        "identity kind {kind:?} is not valid: use user_id, email, phone, device_id, anonymous_id, push_token or a custom name of lower-case letters, digits and _"
+    )]
     BadKind { kind: String },
     #[error("{kind} is empty")]
     Empty { kind: String },

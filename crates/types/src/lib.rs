@@ -4,8 +4,8 @@
 pub mod command;
 pub mod encoding;
 pub mod event;
-pub mod ids;
 pub mod identity;
+pub mod ids;
 pub mod json;
 pub mod messaging;
 pub mod routing;
@@ -14,7 +14,7 @@ pub mod time;
 
 pub use command::*;
 pub use event::*;
-pub use ids::*;
 pub use identity::*;
+pub use ids::*;
 pub use json::JsonMap;
 pub use messaging::*;

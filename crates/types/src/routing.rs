@@ -36,18 +36,13 @@ mod tests {
         let a = shard_of(&id, 64);
         assert_eq!(a, shard_of(&id, 64));
         assert!(a < 64);
-        let spread: std::collections::HashSet<_> = (0..1000)
-            .map(|i| shard_of(&Identity { kind: IdentityKind::UserId, value: format!("u-{i}") }, 64))
-            .collect();
+        let spread: std::collections::HashSet<_> = (0..1000).map(|i| shard_of(&Identity { kind: IdentityKind::UserId, value: format!("u-{i}") }, 64)).collect();
         assert_eq!(spread.len(), 64, "keys must spread over every shard");
     }
 
     #[test]
     fn strongest_identity_wins() {
-        let ids = vec![
-            Identity { kind: IdentityKind::AnonymousId, value: "a".into() },
-            Identity { kind: IdentityKind::Email, value: "e@x.io".into() },
-        ];
+        let ids = vec![Identity { kind: IdentityKind::AnonymousId, value: "a".into() }, Identity { kind: IdentityKind::Email, value: "e@x.io".into() }];
         assert_eq!(strongest(&ids).unwrap().kind, IdentityKind::Email);
     }
 }

@@ -14,11 +14,7 @@ pub fn format_rfc3339_ms(ms: i64) -> String {
     let second_of_day = secs.rem_euclid(86_400);
     let (y, m, d) = civil_from_days(days);
     let (hh, mm, ss) = (second_of_day / 3600, second_of_day % 3600 / 60, second_of_day % 60);
-    if millis == 0 {
-        format!("{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}Z")
-    } else {
-        format!("{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}.{millis:03}Z")
-    }
+    if millis == 0 { format!("{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}Z") } else { format!("{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}.{millis:03}Z") }
 }
 
 /// A bare date `YYYY-MM-DD` (midnight UTC) or an RFC 3339 time.
@@ -129,7 +125,6 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
     let y = yoe + era * 400 + i64::from(m <= 2);
     (y, m, d)
 }
-
 
 /// Parse a duration such as `500ms`, `30s`, `15m`, `24h`, `7d`, `2w` or `1h30m` into
 /// milliseconds. Every number needs a unit.

@@ -146,7 +146,10 @@ async fn rule_twilio_webhooks_become_events_of_the_customer() {
     let state = wait_for_event(&shards, customer, "twilio:SM77:delivered").await;
     let event = state.history.iter().find(|e| e.message_id == "twilio:SM77:delivered").unwrap();
     assert_eq!(event.name, "sms.delivered");
-    assert_eq!(serde_json::from_str::<Value>(&event.properties).unwrap(), json!({"key": "welcome/s1", "status": "delivered", "error_code": null, "message_sid": "SM77"}));
+    assert_eq!(
+        serde_json::from_str::<Value>(&event.properties).unwrap(),
+        json!({"key": "welcome/s1", "status": "delivered", "error_code": null, "message_sid": "SM77"})
+    );
     let unknown = format!("{STATUS_PATH}?key=k&customer={}", CustomerId::new(1, 999));
     assert_eq!(call(&app, signed(&unknown, &cb, TOKEN)).await.0, StatusCode::NOT_FOUND);
 

@@ -65,7 +65,11 @@ pub async fn list(ctx: &Ctx) -> anyhow::Result<u8> {
     let mut client = AudiencesClient::new(ctx.connect().await?);
     let r = ctx.call("list audiences", client.list(ListAudiencesRequest {})).await?;
     if ctx.json() {
-        let list: Vec<Value> = r.audiences.iter().map(|a| json!({"id": a.id, "version": a.version, "name": a.name, "description": a.description, "condition": a.condition, "members": a.members})).collect();
+        let list: Vec<Value> = r
+            .audiences
+            .iter()
+            .map(|a| json!({"id": a.id, "version": a.version, "name": a.name, "description": a.description, "condition": a.condition, "members": a.members}))
+            .collect();
         emit_json(&json!({"audiences": list}));
     } else if r.audiences.is_empty() {
         eprintln!("no audiences: apply one with `chorusctl audience apply FILE`");

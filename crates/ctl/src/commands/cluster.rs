@@ -9,8 +9,7 @@ use crate::output::{self, Table, emit, emit_json, key_values, time_json};
 use crate::timefmt::format_rfc3339_ms;
 use chorus_proto::v1::admin_client::AdminClient;
 use chorus_proto::v1::{
-    ClusterInitRequest, ClusterInitResponse, ClusterStatusRequest, ClusterStatusResponse, ListShardsRequest,
-    ListShardsResponse, NodeStatus,
+    ClusterInitRequest, ClusterInitResponse, ClusterStatusRequest, ClusterStatusResponse, ListShardsRequest, ListShardsResponse, NodeStatus,
 };
 use serde_json::{Value, json};
 use tonic::Code;
@@ -23,10 +22,8 @@ const MOVES_SHOWN_MAX: usize = 20;
 pub async fn init(ctx: &Ctx, shards: u32, replication: u32) -> anyhow::Result<u8> {
     let mut admin = AdminClient::new(ctx.connect().await?);
     let action = format!("initialize the cluster with {shards} shards × {replication} replicas");
-    let init = ctx
-        .call_status(&action, admin.cluster_init(ClusterInitRequest { shards, replication }))
-        .await?
-        .map_err(|s| cluster_failure(ctx, &s, &action))?;
+    let init =
+        ctx.call_status(&action, admin.cluster_init(ClusterInitRequest { shards, replication })).await?.map_err(|s| cluster_failure(ctx, &s, &action))?;
     if ctx.json() {
         emit_json(&init_json(&init));
     } else {
@@ -133,12 +130,7 @@ pub(super) fn member_json(n: &NodeStatus) -> Value {
 fn members_table(nodes: &[NodeStatus]) -> Table {
     let mut t = Table::new(&["NODE", "CLUSTER", "GRPC", "HTTP"]).align_right(&[0]);
     for n in nodes {
-        t.push(vec![
-            n.node_id.to_string(),
-            output::or_dash(&n.cluster_addr),
-            output::or_dash(&n.grpc_addr),
-            output::or_dash(&n.http_addr),
-        ]);
+        t.push(vec![n.node_id.to_string(), output::or_dash(&n.cluster_addr), output::or_dash(&n.grpc_addr), output::or_dash(&n.http_addr)]);
     }
     t
 }
@@ -164,8 +156,7 @@ pub(super) fn node_json(n: &NodeStatus) -> Value {
 pub(super) fn nodes_table(s: &ClusterStatusResponse) -> Table {
     let yes_no = |b: bool, no: &str| if b { "yes".to_string() } else { no.to_string() };
     if !s.clustered {
-        let mut t =
-            Table::new(&["NODE", "GRPC", "HTTP", "VERSION", "HEALTHY", "LEADS", "FOLLOWS"]).align_right(&[0, 5, 6]);
+        let mut t = Table::new(&["NODE", "GRPC", "HTTP", "VERSION", "HEALTHY", "LEADS", "FOLLOWS"]).align_right(&[0, 5, 6]);
         for n in &s.nodes {
             t.push(vec![
                 n.node_id.to_string(),
@@ -179,8 +170,7 @@ pub(super) fn nodes_table(s: &ClusterStatusResponse) -> Table {
         }
         return t;
     }
-    let mut t = Table::new(&["NODE", "CLUSTER", "GRPC", "HEALTHY", "VERSION", "LEADS", "FOLLOWS", "LAG", "DRAINING"])
-        .align_right(&[0, 5, 6, 7]);
+    let mut t = Table::new(&["NODE", "CLUSTER", "GRPC", "HEALTHY", "VERSION", "LEADS", "FOLLOWS", "LAG", "DRAINING"]).align_right(&[0, 5, 6, 7]);
     for n in &s.nodes {
         t.push(vec![
             n.node_id.to_string(),
@@ -237,30 +227,14 @@ fn status_table(s: &ClusterStatusResponse) -> String {
     let mut pairs = vec![
         ("cluster", output::or_dash(&s.cluster_id)),
         ("health", health),
-        (
-            "shards",
-            format!(
-                "{} ({} leaderless, {} under-replicated)",
-                s.shard_count, s.leaderless_shards, s.under_replicated_shards
-            ),
-        ),
+        ("shards", format!("{} ({} leaderless, {} under-replicated)", s.shard_count, s.leaderless_shards, s.under_replicated_shards)),
     ];
     if s.clustered {
-        let leader = if s.placement_leader == 0 {
-            "none known (placement changes wait for one)".to_string()
-        } else {
-            format!("node {}", s.placement_leader)
-        };
+        let leader = if s.placement_leader == 0 { "none known (placement changes wait for one)".to_string() } else { format!("node {}", s.placement_leader) };
         let moves = match s.moves.first() {
             None => "none".to_string(),
             Some(m) => {
-                format!(
-                    "{} queued, the first running: shard {} from node {} to node {}",
-                    s.moves.len(),
-                    m.shard,
-                    m.from,
-                    m.to
-                )
+                format!("{} queued, the first running: shard {} from node {} to node {}", s.moves.len(), m.shard, m.from, m.to)
             }
         };
         pairs.extend([
@@ -271,10 +245,7 @@ fn status_table(s: &ClusterStatusResponse) -> String {
             ("moves", moves),
         ]);
     }
-    pairs.push((
-        "clock",
-        format!("{}, now {} ({} ms)", output::or_dash(&s.clock_mode), format_rfc3339_ms(s.now_ms), s.now_ms),
-    ));
+    pairs.push(("clock", format!("{}, now {} ({} ms)", output::or_dash(&s.clock_mode), format_rfc3339_ms(s.now_ms), s.now_ms)));
     let mut out = key_values(&pairs);
     out.push_str("\n\n");
     out.push_str(&nodes_table(s).render());
@@ -334,9 +305,8 @@ fn shards_json(l: &ListShardsResponse) -> Value {
 }
 
 fn shards_table(l: &ListShardsResponse) -> String {
-    let mut t =
-        Table::new(&["SHARD", "LEADER", "TERM", "APPLIED", "ACTORS", "CUSTOMERS", "TIMERS", "INTENTS", "QUARANTINED"])
-            .align_right(&[0, 1, 2, 3, 4, 5, 6, 7, 8]);
+    let mut t = Table::new(&["SHARD", "LEADER", "TERM", "APPLIED", "ACTORS", "CUSTOMERS", "TIMERS", "INTENTS", "QUARANTINED"])
+        .align_right(&[0, 1, 2, 3, 4, 5, 6, 7, 8]);
     for s in &l.shards {
         t.push(vec![
             s.shard.to_string(),
@@ -382,10 +352,7 @@ mod tests {
         let s = ClusterStatusResponse {
             cluster_id: "c1".into(),
             shard_count: 8,
-            nodes: vec![
-                NodeStatus { node_id: 1, healthy: true, ..Default::default() },
-                NodeStatus { node_id: 2, ..Default::default() },
-            ],
+            nodes: vec![NodeStatus { node_id: 1, healthy: true, ..Default::default() }, NodeStatus { node_id: 2, ..Default::default() }],
             leaderless_shards: 1,
             clock_mode: "manual".into(),
             now_ms: 1_795_773_600_000,
@@ -466,13 +433,7 @@ mod tests {
         let s = ClusterStatusResponse {
             cluster_id: "single-node-1".into(),
             shard_count: 4,
-            nodes: vec![NodeStatus {
-                node_id: 1,
-                grpc_addr: "127.0.0.1:7700".into(),
-                healthy: true,
-                shards_led: 4,
-                ..Default::default()
-            }],
+            nodes: vec![NodeStatus { node_id: 1, grpc_addr: "127.0.0.1:7700".into(), healthy: true, shards_led: 4, ..Default::default() }],
             replication: 1,
             clock_mode: "system".into(),
             ..Default::default()
@@ -504,46 +465,23 @@ mod tests {
     #[test]
     fn init_prints_the_cluster_and_its_members() {
         let s = clustered();
-        let r =
-            ClusterInitResponse { cluster_id: s.cluster_id.clone(), shard_count: 8, replication: 3, nodes: s.nodes };
+        let r = ClusterInitResponse { cluster_id: s.cluster_id.clone(), shard_count: 8, replication: 3, nodes: s.nodes };
         let text = init_table(&r);
-        assert!(
-            text.starts_with(
-                "cluster      chorus-00000000000000aa\nshards       8\nreplication  3\nnodes        3\n\n"
-            ),
-            "{text}"
-        );
+        assert!(text.starts_with("cluster      chorus-00000000000000aa\nshards       8\nreplication  3\nnodes        3\n\n"), "{text}");
         assert!(text.contains("NODE  CLUSTER  GRPC     HTTP\n   1  n1:7900  n1:7700  n1:7780"), "{text}");
         let j = init_json(&r);
-        assert_eq!(
-            j["nodes"][1],
-            json!({"node_id": 2, "cluster_addr": "n2:7900", "grpc_addr": "n2:7700", "http_addr": "n2:7780", "draining": false})
-        );
+        assert_eq!(j["nodes"][1], json!({"node_id": 2, "cluster_addr": "n2:7900", "grpc_addr": "n2:7700", "http_addr": "n2:7780", "draining": false}));
     }
 
     #[test]
     fn refused_cluster_operations_say_what_to_do() {
-        let ctx = Ctx {
-            endpoint: "http://x:1".into(),
-            format: crate::output::Format::Table,
-            timeout: std::time::Duration::from_secs(1),
-        };
+        let ctx = Ctx { endpoint: "http://x:1".into(), format: crate::output::Format::Table, timeout: std::time::Duration::from_secs(1) };
         let refuse = |m: &str| cluster_failure(&ctx, &tonic::Status::failed_precondition(m), "initialize the cluster");
         let f = refuse("this node runs alone (no [cluster] in its configuration)");
-        assert_eq!(
-            f.message,
-            "could not initialize the cluster: this node runs alone (no [cluster] in its configuration)"
-        );
+        assert_eq!(f.message, "could not initialize the cluster: this node runs alone (no [cluster] in its configuration)");
         assert!(f.hint.unwrap().contains("[cluster] section"));
-        assert!(
-            refuse("the cluster is not initialized: run `chorusctl cluster init` first")
-                .hint
-                .unwrap()
-                .contains("cluster init --shards")
-        );
-        assert!(
-            refuse("replication 3 needs at least 3 nodes, but 1 are known").hint.unwrap().contains("--replication")
-        );
+        assert!(refuse("the cluster is not initialized: run `chorusctl cluster init` first").hint.unwrap().contains("cluster init --shards"));
+        assert!(refuse("replication 3 needs at least 3 nodes, but 1 are known").hint.unwrap().contains("--replication"));
         assert!(refuse("node 9 is not a member").hint.unwrap().contains("node list"));
         assert!(refuse("shard 99 does not exist (the cluster has 8)").hint.unwrap().contains("`chorusctl shard list`"));
         assert!(refuse("node 4 still holds replicas of 4 shard(s); drain it first").hint.unwrap().contains("no moves"));

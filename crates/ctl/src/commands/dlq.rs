@@ -37,7 +37,15 @@ pub async fn list(ctx: &Ctx, limit: u32, key: Option<&str>) -> anyhow::Result<u8
     } else {
         let mut t = crate::output::Table::new(&["TIME", "KEY", "CUSTOMER", "CHANNEL", "TEMPLATE", "STATUS", "DETAIL"]);
         for d in &r.letters {
-            t.push(vec![time_cell(d.at_ms), d.idempotency_key.clone(), d.customer_id.clone(), d.channel.clone(), d.template.clone(), d.status.clone(), d.detail.clone()]);
+            t.push(vec![
+                time_cell(d.at_ms),
+                d.idempotency_key.clone(),
+                d.customer_id.clone(),
+                d.channel.clone(),
+                d.template.clone(),
+                d.status.clone(),
+                d.detail.clone(),
+            ]);
         }
         emit(&t.render());
     }

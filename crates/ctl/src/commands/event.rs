@@ -41,8 +41,7 @@ pub async fn send(ctx: &Ctx, args: &SendArgs) -> anyhow::Result<u8> {
         let mut attempt: u64 = 0;
         while !pending.is_empty() {
             batch_id += 1;
-            let request =
-                IngestRequest { batch_id, events: pending.iter().map(|&i| events[i].event.clone()).collect() };
+            let request = IngestRequest { batch_id, events: pending.iter().map(|&i| events[i].event.clone()).collect() };
             let outcome = ctx.call_status("send events", ingest.send(request)).await;
             let response = match outcome {
                 Ok(Ok(response)) => response,
@@ -103,13 +102,12 @@ pub async fn send(ctx: &Ctx, args: &SendArgs) -> anyhow::Result<u8> {
 fn read_events(args: &SendArgs) -> Result<Vec<SourcedEvent>, Failure> {
     let mut next_id = events::new_message_id;
     let Some(path) = &args.file else {
-        let event = events::event_from_flags(args, &mut next_id)
-            .map_err(|e| Failure::usage(e).hint("see `chorusctl event send --help`"))?;
+        let event = events::event_from_flags(args, &mut next_id).map_err(|e| Failure::usage(e).hint("see `chorusctl event send --help`"))?;
         return Ok(vec![SourcedEvent { event, line: None }]);
     };
     let (name, text) = read_text(path)?;
-    let parsed = events::parse_file(&text, &mut next_id)
-        .map_err(|e| Failure::usage(format!("{name} {e}")).hint("fix the file and run again; nothing was sent"))?;
+    let parsed =
+        events::parse_file(&text, &mut next_id).map_err(|e| Failure::usage(format!("{name} {e}")).hint("fix the file and run again; nothing was sent"))?;
     for warning in &parsed.warnings {
         eprintln!("warning: {name}: {warning}");
     }
@@ -129,10 +127,7 @@ fn read_text(path: &str) -> Result<(String, String), Failure> {
         (path.to_string(), Box::new(file))
     };
     let mut bytes = Vec::new();
-    reader
-        .take(EVENTS_FILE_BYTES_MAX as u64 + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| Failure::usage(format!("cannot read {name}: {e}")))?;
+    reader.take(EVENTS_FILE_BYTES_MAX as u64 + 1).read_to_end(&mut bytes).map_err(|e| Failure::usage(format!("cannot read {name}: {e}")))?;
     if bytes.len() > EVENTS_FILE_BYTES_MAX {
         return Err(Failure::usage(format!("{name} is larger than {} MiB", EVENTS_FILE_BYTES_MAX >> 20))
             .hint("split it, e.g. `split -l 100000 events.ndjson part-`, and send the parts"));
@@ -166,15 +161,7 @@ fn batches(events: &[SourcedEvent], size_max: usize, bytes_max: usize) -> Vec<st
 
 fn approx_bytes(e: &Event) -> usize {
     let ids: usize = e.identities.iter().map(|i| i.kind.len() + i.value.len() + 8).sum();
-    e.message_id.len()
-        + e.r#type.len()
-        + e.name.len()
-        + ids
-        + e.properties_json.len()
-        + e.traits_json.len()
-        + e.context_json.len()
-        + e.timestamp.len()
-        + 32
+    e.message_id.len() + e.r#type.len() + e.name.len() + ids + e.properties_json.len() + e.traits_json.len() + e.context_json.len() + e.timestamp.len() + 32
 }
 
 fn retryable(code: Code) -> bool {
@@ -189,35 +176,17 @@ async fn wait_before_retry(count: usize, attempt: u64, attempts_max: u64, why: &
 }
 
 /// A batch failed for good: show what was done, then say which events were not sent.
-fn partial_failure(
-    ctx: &Ctx,
-    args: &SendArgs,
-    events: &[SourcedEvent],
-    results: &[Option<EventResult>],
-    first_unsent: usize,
-    failure: Failure,
-) -> Failure {
+fn partial_failure(ctx: &Ctx, args: &SendArgs, events: &[SourcedEvent], results: &[Option<EventResult>], first_unsent: usize, failure: Failure) -> Failure {
     if first_unsent == 0 {
         return failure;
     }
     print_results(ctx, args, &events[..first_unsent], &results[..first_unsent]);
     let Failure { message, hint, exit } = failure;
-    Failure {
-        message: format!(
-            "{message}\n{}; the results above are for the events before",
-            unsent(first_unsent, events.len() - 1)
-        ),
-        hint,
-        exit,
-    }
+    Failure { message: format!("{message}\n{}; the results above are for the events before", unsent(first_unsent, events.len() - 1)), hint, exit }
 }
 
 fn unsent(first: usize, last: usize) -> String {
-    if first == last {
-        format!("event {first} was not sent")
-    } else {
-        format!("events {first} to {last} were not sent")
-    }
+    if first == last { format!("event {first} was not sent") } else { format!("events {first} to {last} were not sent") }
 }
 
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -354,20 +323,11 @@ mod tests {
     use super::*;
 
     fn event(id: &str, props: usize, line: Option<usize>) -> SourcedEvent {
-        SourcedEvent {
-            event: Event { message_id: id.into(), properties_json: "x".repeat(props), ..Default::default() },
-            line,
-        }
+        SourcedEvent { event: Event { message_id: id.into(), properties_json: "x".repeat(props), ..Default::default() }, line }
     }
 
     fn result(status: EventStatus, customer: &str, field: &str, error: &str) -> Option<EventResult> {
-        Some(EventResult {
-            index: 0,
-            status: status as i32,
-            customer_id: customer.into(),
-            field: field.into(),
-            error: error.into(),
-        })
+        Some(EventResult { index: 0, status: status as i32, customer_id: customer.into(), field: field.into(), error: error.into() })
     }
 
     #[test]
@@ -383,12 +343,7 @@ mod tests {
 
     #[test]
     fn results_print_per_event_with_a_summary() {
-        let events = vec![
-            event("m-1", 0, Some(1)),
-            event("m-2", 0, Some(2)),
-            event("m-3", 0, Some(4)),
-            event("m-4", 0, Some(5)),
-        ];
+        let events = vec![event("m-1", 0, Some(1)), event("m-2", 0, Some(2)), event("m-3", 0, Some(4)), event("m-4", 0, Some(5))];
         let results = vec![
             result(EventStatus::Accepted, "cu_0000000000000001", "", ""),
             result(EventStatus::Duplicate, "cu_0000000000000001", "", ""),

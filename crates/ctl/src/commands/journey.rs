@@ -3,19 +3,18 @@
 
 use super::Ctx;
 use crate::failure::{EXIT_OK, Failure};
+use crate::output::emit_json_line;
 use crate::output::{emit, emit_json};
 use chorus_engine::journey::{Catalog, load_journey};
-use crate::output::emit_json_line;
-use std::path::Path;
 use serde_json::{Value, json};
+use std::path::Path;
 use std::path::PathBuf;
 
 pub fn validate(ctx: &Ctx, files: &[PathBuf]) -> anyhow::Result<u8> {
     let mut reports = Vec::new();
     let mut bad = 0;
     for file in files {
-        let text = std::fs::read_to_string(file)
-            .map_err(|e| Failure::usage(format!("cannot read {}: {e}", file.display())).hint("check the path"))?;
+        let text = std::fs::read_to_string(file).map_err(|e| Failure::usage(format!("cannot read {}: {e}", file.display())).hint("check the path"))?;
         match load_journey(&text, &Catalog::default()) {
             Ok(j) => {
                 if !ctx.json() {
@@ -130,18 +129,23 @@ pub async fn list(ctx: &Ctx) -> anyhow::Result<u8> {
     let mut client = JourneysClient::new(ctx.connect().await?);
     let resp = ctx.call("list journeys", client.list(ListJourneysRequest {})).await?;
     if ctx.json() {
-        let js: Vec<Value> = resp
-            .journeys
-            .iter()
-            .map(summary_json)
-            .collect();
+        let js: Vec<Value> = resp.journeys.iter().map(summary_json).collect();
         emit_json(&json!({"journeys": js}));
     } else if resp.journeys.is_empty() {
         eprintln!("no journeys: apply one with `chorusctl journey apply FILE`");
     } else {
         let mut t = crate::output::Table::new(&["ID", "VERSION", "STATE", "CATEGORY", "PRIORITY", "STEPS", "ENTRY", "NAME"]);
         for j in &resp.journeys {
-            t.push(vec![j.id.clone(), j.version.to_string(), j.lifecycle.clone(), j.category.clone(), j.priority.to_string(), j.steps.to_string(), j.entry.clone(), j.name.clone()]);
+            t.push(vec![
+                j.id.clone(),
+                j.version.to_string(),
+                j.lifecycle.clone(),
+                j.category.clone(),
+                j.priority.to_string(),
+                j.steps.to_string(),
+                j.entry.clone(),
+                j.name.clone(),
+            ]);
         }
         emit(&t.render());
     }
@@ -183,7 +187,8 @@ pub async fn set_lifecycle(ctx: &Ctx, id: &str, lifecycle: &str) -> anyhow::Resu
     use chorus_proto::v1::SetLifecycleRequest;
     use chorus_proto::v1::journeys_client::JourneysClient;
     let mut client = JourneysClient::new(ctx.connect().await?);
-    let r = ctx.call("change a journey's lifecycle", client.set_lifecycle(SetLifecycleRequest { id: id.to_string(), lifecycle: lifecycle.to_string() })).await?;
+    let r =
+        ctx.call("change a journey's lifecycle", client.set_lifecycle(SetLifecycleRequest { id: id.to_string(), lifecycle: lifecycle.to_string() })).await?;
     if ctx.json() {
         emit_json(&json!({"id": r.id, "lifecycle": r.lifecycle}));
     } else {
@@ -205,7 +210,8 @@ pub async fn stats(ctx: &Ctx, id: &str) -> anyhow::Result<u8> {
     let r = ctx.call("read journey stats", client.stats(JourneyStatsRequest { id: id.to_string() })).await?;
     let num = |x: f64| if x.is_finite() { json!(x) } else { Value::Null };
     if ctx.json() {
-        let counters: Vec<Value> = r.counters.iter().map(|c| json!({"version": c.version, "step": c.step, "what": c.what, "count": c.count, "sum": c.sum})).collect();
+        let counters: Vec<Value> =
+            r.counters.iter().map(|c| json!({"version": c.version, "step": c.step, "what": c.what, "count": c.count, "sum": c.sum})).collect();
         emit_json(&json!({
             "id": r.id, "entered": r.entered, "converted": r.converted, "revenue": r.revenue,
             "holdout_entered": r.holdout_entered, "holdout_converted": r.holdout_converted,

@@ -14,7 +14,9 @@ fn key_failure(ctx: &Ctx, status: &tonic::Status, action: &str) -> Failure {
     let failure = failure::from_status(status, &ctx.endpoint, action);
     match status.code() {
         Code::NotFound => failure.hint("`chorusctl key list` shows the keys by name"),
-        Code::InvalidArgument if status.message().contains("exists") => failure.hint("names are unique: revoke the old key first (`chorusctl key revoke NAME`) or pick another name"),
+        Code::InvalidArgument if status.message().contains("exists") => {
+            failure.hint("names are unique: revoke the old key first (`chorusctl key revoke NAME`) or pick another name")
+        }
         _ => failure,
     }
 }
@@ -22,10 +24,8 @@ fn key_failure(ctx: &Ctx, status: &tonic::Status, action: &str) -> Failure {
 pub async fn create(ctx: &Ctx, name: &str) -> anyhow::Result<u8> {
     let mut admin = AdminClient::new(ctx.connect().await?);
     let action = format!("create write key {name:?}");
-    let r = ctx
-        .call_status(&action, admin.create_write_key(CreateWriteKeyRequest { name: name.to_string() }))
-        .await?
-        .map_err(|s| key_failure(ctx, &s, &action))?;
+    let r =
+        ctx.call_status(&action, admin.create_write_key(CreateWriteKeyRequest { name: name.to_string() })).await?.map_err(|s| key_failure(ctx, &s, &action))?;
     if ctx.json() {
         emit_json(&json!({"name": r.name, "key": r.key, "fingerprint": r.fingerprint}));
     } else {
@@ -43,7 +43,9 @@ pub async fn list(ctx: &Ctx) -> anyhow::Result<u8> {
     let action = "list write keys".to_string();
     let r = ctx.call_status(&action, admin.list_write_keys(ListWriteKeysRequest {})).await?.map_err(|s| key_failure(ctx, &s, &action))?;
     if ctx.json() {
-        emit_json(&json!({"keys": r.keys.iter().map(|k| json!({"name": k.name, "fingerprint": k.fingerprint, "created_ms": k.created_ms, "created": time_json(k.created_ms)})).collect::<Vec<_>>()}));
+        emit_json(
+            &json!({"keys": r.keys.iter().map(|k| json!({"name": k.name, "fingerprint": k.fingerprint, "created_ms": k.created_ms, "created": time_json(k.created_ms)})).collect::<Vec<_>>()}),
+        );
     } else if r.keys.is_empty() {
         emit("no write keys in the catalog (nodes accept the keys in their [http] write_keys; with none at all, any key is accepted)");
     } else {
@@ -59,9 +61,7 @@ pub async fn list(ctx: &Ctx) -> anyhow::Result<u8> {
 pub async fn revoke(ctx: &Ctx, name: &str) -> anyhow::Result<u8> {
     let mut admin = AdminClient::new(ctx.connect().await?);
     let action = format!("revoke write key {name:?}");
-    ctx.call_status(&action, admin.revoke_write_key(RevokeWriteKeyRequest { name: name.to_string() }))
-        .await?
-        .map_err(|s| key_failure(ctx, &s, &action))?;
+    ctx.call_status(&action, admin.revoke_write_key(RevokeWriteKeyRequest { name: name.to_string() })).await?.map_err(|s| key_failure(ctx, &s, &action))?;
     if ctx.json() {
         emit_json(&json!({"name": name, "revoked": true}));
     } else {

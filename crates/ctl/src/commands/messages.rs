@@ -13,13 +13,7 @@ use serde_json::{Value, json};
 /// be measured first): SEQ TIME CUSTOMER CHANNEL JOURNEY TEMPLATE TO [BODY].
 const FOLLOW_WIDTHS: [usize; 8] = [6, 24, 19, 8, 16, 16, 24, 0];
 
-pub async fn tail(
-    ctx: &Ctx,
-    last: u32,
-    follow: bool,
-    customer: Option<&ProfileTarget>,
-    body: bool,
-) -> anyhow::Result<u8> {
+pub async fn tail(ctx: &Ctx, last: u32, follow: bool, customer: Option<&ProfileTarget>, body: bool) -> anyhow::Result<u8> {
     let customer_id = match customer {
         Some(target) => profile::resolve(ctx, target).await?,
         None => String::new(),
@@ -100,15 +94,7 @@ fn message_table(body: bool) -> Table {
 
 fn message_row(m: &CapturedMessage, body: bool) -> Vec<String> {
     let dash = crate::output::or_dash;
-    let mut row = vec![
-        m.seq.to_string(),
-        time_cell(m.at_ms),
-        dash(&m.customer_id),
-        dash(&m.channel),
-        dash(&m.journey),
-        dash(&m.template),
-        dash(&m.to),
-    ];
+    let mut row = vec![m.seq.to_string(), time_cell(m.at_ms), dash(&m.customer_id), dash(&m.channel), dash(&m.journey), dash(&m.template), dash(&m.to)];
     if body {
         row.push(json_text(&m.body_json).to_string());
     }
@@ -185,10 +171,8 @@ pub async fn send(ctx: &Ctx, args: SendArgs) -> anyhow::Result<u8> {
     if let Some(delay) = args.in_ {
         // Relative to the node's clock (which may be a manual clock).
         let mut admin = AdminClient::new(ctx.connect().await?);
-        let now = ctx
-            .call("read the clock", admin.clock(chorus_proto::v1::ClockRequest { op: Some(chorus_proto::v1::clock_request::Op::Show(true)) }))
-            .await?
-            .now_ms;
+        let now =
+            ctx.call("read the clock", admin.clock(chorus_proto::v1::ClockRequest { op: Some(chorus_proto::v1::clock_request::Op::Show(true)) })).await?.now_ms;
         send_at_ms = now + delay;
     }
     let request_id = args.request_id.unwrap_or_else(|| {

@@ -3,8 +3,8 @@
 
 mod audience;
 mod clock;
-mod dlq;
 mod cluster;
+mod dlq;
 mod event;
 mod journey;
 mod key;
@@ -15,9 +15,9 @@ mod settings;
 mod shard;
 mod template;
 
-use crate::args::{KeyCommand, 
-    AudienceCommand, Cli, ClockCommand, ClusterCommand, Command, DlqCommand, EventCommand, JourneyCommand,
-    MessagesCommand, NodeCommand, ProfileCommand, SettingsCommand, ShardCommand, TemplateCommand,
+use crate::args::{
+    AudienceCommand, Cli, ClockCommand, ClusterCommand, Command, DlqCommand, EventCommand, JourneyCommand, KeyCommand, MessagesCommand, NodeCommand,
+    ProfileCommand, SettingsCommand, ShardCommand, TemplateCommand,
 };
 use crate::failure::{self, Failure};
 use crate::output::Format;
@@ -40,8 +40,7 @@ impl Ctx {
     pub async fn connect(&self) -> Result<Channel, Failure> {
         let endpoint = Endpoint::from_shared(self.endpoint.clone())
             .map_err(|e| {
-                Failure::usage(format!("invalid --endpoint {:?}: {}", self.endpoint, failure::root_cause(&e)))
-                    .hint("give a URL such as http://127.0.0.1:7700")
+                Failure::usage(format!("invalid --endpoint {:?}: {}", self.endpoint, failure::root_cause(&e))).hint("give a URL such as http://127.0.0.1:7700")
             })?
             .connect_timeout(self.timeout)
             .tcp_nodelay(true);
@@ -53,11 +52,7 @@ impl Ctx {
     }
 
     /// Await one unary call with `--timeout`; statuses become failures for `action`.
-    pub async fn call<T>(
-        &self,
-        action: &str,
-        call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-    ) -> Result<T, Failure> {
+    pub async fn call<T>(&self, action: &str, call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>) -> Result<T, Failure> {
         self.call_status(action, call).await?.map_err(|s| failure::from_status(&s, &self.endpoint, action))
     }
 
@@ -86,13 +81,12 @@ pub fn normalize_endpoint(raw: &str) -> Result<String, Failure> {
         return Err(Failure::usage("--endpoint is empty").hint("give a URL such as http://127.0.0.1:7700"));
     }
     if raw.starts_with("https://") {
-        return Err(Failure::usage(format!("{raw}: this chorusctl does not speak TLS yet"))
-            .hint("use an http:// endpoint (nodes listen on loopback by default)"));
+        return Err(
+            Failure::usage(format!("{raw}: this chorusctl does not speak TLS yet")).hint("use an http:// endpoint (nodes listen on loopback by default)")
+        );
     }
     if raw.contains("://") && !raw.starts_with("http://") {
-        return Err(
-            Failure::usage(format!("{raw:?} is not an http:// URL")).hint("give a URL such as http://127.0.0.1:7700")
-        );
+        return Err(Failure::usage(format!("{raw:?} is not an http:// URL")).hint("give a URL such as http://127.0.0.1:7700"));
     }
     Ok(if raw.contains("://") { raw.to_string() } else { format!("http://{raw}") })
 }
@@ -101,9 +95,7 @@ pub fn normalize_endpoint(raw: &str) -> Result<String, Failure> {
 pub async fn run(cli: Cli) -> anyhow::Result<u8> {
     let ctx = Ctx { endpoint: normalize_endpoint(&cli.endpoint)?, format: cli.output, timeout: cli.timeout };
     let code = match cli.command {
-        Command::Cluster { command: ClusterCommand::Init { shards, replication } } => {
-            cluster::init(&ctx, shards, replication).await?
-        }
+        Command::Cluster { command: ClusterCommand::Init { shards, replication } } => cluster::init(&ctx, shards, replication).await?,
         Command::Cluster { command: ClusterCommand::Status } => cluster::status(&ctx).await?,
         Command::Node { command } => match command {
             NodeCommand::List => node::list(&ctx).await?,
@@ -122,9 +114,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Profile { command } => match command {
             ProfileCommand::Get { target, events } => profile::get(&ctx, &target, events).await?,
             ProfileCommand::Find(find) => profile::get(&ctx, &find.target(), find.events).await?,
-            ProfileCommand::Explain { target, journey, limit } => {
-                profile::explain(&ctx, &target, journey.as_deref(), limit).await?
-            }
+            ProfileCommand::Explain { target, journey, limit } => profile::explain(&ctx, &target, journey.as_deref(), limit).await?,
             ProfileCommand::Consent(args) => match (args.command, args.target) {
                 (Some(crate::args::ConsentCommand::Set { target, channel, topic, status, evidence, request_id }), _) => {
                     let change = profile::ConsentChange { channel, topic, status, evidence, request_id };

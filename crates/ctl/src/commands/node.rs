@@ -44,9 +44,7 @@ pub async fn add(ctx: &Ctx, id: u64, addr: &str) -> anyhow::Result<u8> {
 pub async fn remove(ctx: &Ctx, id: u64) -> anyhow::Result<u8> {
     let mut admin = AdminClient::new(ctx.connect().await?);
     let action = format!("remove node {id}");
-    ctx.call_status(&action, admin.node_remove(NodeRemoveRequest { node_id: id }))
-        .await?
-        .map_err(|s| cluster_failure(ctx, &s, &action))?;
+    ctx.call_status(&action, admin.node_remove(NodeRemoveRequest { node_id: id })).await?.map_err(|s| cluster_failure(ctx, &s, &action))?;
     if ctx.json() {
         emit_json(&json!({"node_id": id, "removed": true}));
     } else {
@@ -58,10 +56,7 @@ pub async fn remove(ctx: &Ctx, id: u64) -> anyhow::Result<u8> {
 pub async fn drain(ctx: &Ctx, id: u64) -> anyhow::Result<u8> {
     let mut admin = AdminClient::new(ctx.connect().await?);
     let action = format!("drain node {id}");
-    let r = ctx
-        .call_status(&action, admin.node_drain(NodeDrainRequest { node_id: id }))
-        .await?
-        .map_err(|s| cluster_failure(ctx, &s, &action))?;
+    let r = ctx.call_status(&action, admin.node_drain(NodeDrainRequest { node_id: id })).await?.map_err(|s| cluster_failure(ctx, &s, &action))?;
     if ctx.json() {
         emit_json(&json!({"node_id": id, "moves": moves_json(&r.moves), "queued": r.queued}));
     } else {
@@ -77,10 +72,7 @@ fn added_text(n: &NodeStatus) -> String {
         ("grpc", output::or_dash(&n.grpc_addr)),
         ("http", output::or_dash(&n.http_addr)),
     ]);
-    out.push_str(&format!(
-        "\n\nnode {} is a member; it holds no replicas yet: `chorusctl shard rebalance` moves some onto it",
-        n.node_id
-    ));
+    out.push_str(&format!("\n\nnode {} is a member; it holds no replicas yet: `chorusctl shard rebalance` moves some onto it", n.node_id));
     out
 }
 
@@ -107,20 +99,12 @@ mod tests {
         let text = drain_text(3, &[ShardMovePlan { shard: 5, from: 3, to: 1 }]);
         assert!(text.starts_with("SHARD  FROM  TO\n    5     3   1\n\nnode 3 is draining: 1 move(s) queued"), "{text}");
         assert!(text.ends_with("then `chorusctl node remove 3`"), "{text}");
-        assert_eq!(
-            drain_text(3, &[]),
-            "node 3 is draining and holds no replicas: remove it with `chorusctl node remove 3`"
-        );
+        assert_eq!(drain_text(3, &[]), "node 3 is draining and holds no replicas: remove it with `chorusctl node remove 3`");
     }
 
     #[test]
     fn an_added_node_shows_its_addresses_and_what_to_do_next() {
-        let n = NodeStatus {
-            node_id: 4,
-            cluster_addr: "n4:7900".into(),
-            grpc_addr: "n4:7700".into(),
-            ..Default::default()
-        };
+        let n = NodeStatus { node_id: 4, cluster_addr: "n4:7900".into(), grpc_addr: "n4:7700".into(), ..Default::default() };
         let text = added_text(&n);
         assert!(text.starts_with("node     4\ncluster  n4:7900\ngrpc     n4:7700\nhttp     -\n\n"), "{text}");
         assert!(text.contains("`chorusctl shard rebalance`"), "{text}");

@@ -6,9 +6,7 @@ use crate::args::ProfileTarget;
 use crate::failure::{self, EXIT_OK, Failure};
 use crate::output::{self, Table, emit, emit_json, json_text, key_values, opt_string, time_cell, time_json, truncate};
 use chorus_proto::v1::profiles_client::ProfilesClient;
-use chorus_proto::v1::{
-    ExplainRequest, ExplainResponse, GetProfileRequest, Identity, Profile, ProfileRef, profile_ref,
-};
+use chorus_proto::v1::{ExplainRequest, ExplainResponse, GetProfileRequest, Identity, Profile, ProfileRef, profile_ref};
 use serde_json::{Value, json};
 use tonic::Code;
 
@@ -18,9 +16,7 @@ const PROPERTIES_CELL_CHARS_MAX: usize = 60;
 pub fn profile_ref(target: &ProfileTarget) -> ProfileRef {
     let r = match target {
         ProfileTarget::CustomerId(id) => profile_ref::Ref::CustomerId(id.clone()),
-        ProfileTarget::Identity(i) => {
-            profile_ref::Ref::Identity(Identity { kind: i.kind.clone(), value: i.value.clone() })
-        }
+        ProfileTarget::Identity(i) => profile_ref::Ref::Identity(Identity { kind: i.kind.clone(), value: i.value.clone() }),
     };
     ProfileRef { r#ref: Some(r) }
 }
@@ -31,12 +27,9 @@ fn lookup_failure(ctx: &Ctx, target: &ProfileTarget, status: &tonic::Status, act
         return failure::from_status(status, &ctx.endpoint, action);
     }
     match target {
-        ProfileTarget::CustomerId(id) => {
-            Failure::new(format!("no customer {id}")).hint("check the id; a deleted customer is gone for good")
-        }
-        ProfileTarget::Identity(i) => Failure::new(format!("no customer with {} {}", i.kind, i.value)).hint(
-            "identities are matched after normalization (emails lower-cased, phones in E.164); check the spelling or try another identity",
-        ),
+        ProfileTarget::CustomerId(id) => Failure::new(format!("no customer {id}")).hint("check the id; a deleted customer is gone for good"),
+        ProfileTarget::Identity(i) => Failure::new(format!("no customer with {} {}", i.kind, i.value))
+            .hint("identities are matched after normalization (emails lower-cased, phones in E.164); check the spelling or try another identity"),
     }
 }
 
@@ -44,8 +37,7 @@ pub async fn get(ctx: &Ctx, target: &ProfileTarget, events: u32) -> anyhow::Resu
     let mut profiles = ProfilesClient::new(ctx.connect().await?).max_decoding_message_size(super::RESPONSE_BYTES_MAX);
     let action = "get the profile";
     let request = GetProfileRequest { profile: Some(profile_ref(target)), events };
-    let profile =
-        ctx.call_status(action, profiles.get(request)).await?.map_err(|s| lookup_failure(ctx, target, &s, action))?;
+    let profile = ctx.call_status(action, profiles.get(request)).await?.map_err(|s| lookup_failure(ctx, target, &s, action))?;
     if ctx.json() {
         emit_json(&profile_json(&profile));
     } else {
@@ -62,20 +54,15 @@ pub async fn resolve(ctx: &Ctx, target: &ProfileTarget) -> Result<String, Failur
     let mut profiles = ProfilesClient::new(ctx.connect().await?);
     let action = "look up the customer";
     let request = GetProfileRequest { profile: Some(profile_ref(target)), events: 0 };
-    let profile =
-        ctx.call_status(action, profiles.get(request)).await?.map_err(|s| lookup_failure(ctx, target, &s, action))?;
+    let profile = ctx.call_status(action, profiles.get(request)).await?.map_err(|s| lookup_failure(ctx, target, &s, action))?;
     Ok(if profile.merged_into.is_empty() { profile.customer_id } else { profile.merged_into })
 }
 
 pub async fn explain(ctx: &Ctx, target: &ProfileTarget, journey: Option<&str>, limit: u32) -> anyhow::Result<u8> {
     let mut profiles = ProfilesClient::new(ctx.connect().await?).max_decoding_message_size(super::RESPONSE_BYTES_MAX);
     let action = "explain the customer's decisions";
-    let request =
-        ExplainRequest { profile: Some(profile_ref(target)), journey: journey.unwrap_or_default().to_string(), limit };
-    let response = ctx
-        .call_status(action, profiles.explain(request))
-        .await?
-        .map_err(|s| lookup_failure(ctx, target, &s, action))?;
+    let request = ExplainRequest { profile: Some(profile_ref(target)), journey: journey.unwrap_or_default().to_string(), limit };
+    let response = ctx.call_status(action, profiles.explain(request)).await?.map_err(|s| lookup_failure(ctx, target, &s, action))?;
     if ctx.json() {
         emit_json(&explain_json(&response));
     } else {
@@ -100,7 +87,9 @@ pub async fn consent(ctx: &Ctx, target: &ProfileTarget, change: Option<ConsentCh
     let r = match change {
         None => {
             let action = "read the customer's consent";
-            ctx.call_status(action, profiles.get_consent(GetConsentRequest { profile: Some(profile_ref(target)) })).await?.map_err(|s| lookup_failure(ctx, target, &s, action))?
+            ctx.call_status(action, profiles.get_consent(GetConsentRequest { profile: Some(profile_ref(target)) }))
+                .await?
+                .map_err(|s| lookup_failure(ctx, target, &s, action))?
         }
         Some(c) => {
             let action = "set the customer's consent";
@@ -181,11 +170,7 @@ fn profile_text(p: &Profile) -> String {
         ids.push(vec![i.kind.clone(), i.value.clone()]);
     }
     // The identity rows without their header line.
-    let identities = if ids.is_empty() {
-        "-".to_string()
-    } else {
-        ids.render().split_once('\n').map(|(_, rows)| rows.to_string()).unwrap_or_default()
-    };
+    let identities = if ids.is_empty() { "-".to_string() } else { ids.render().split_once('\n').map(|(_, rows)| rows.to_string()).unwrap_or_default() };
     let list_or_dash = |v: &[String]| if v.is_empty() { "-".to_string() } else { v.join(", ") };
     let mut pairs = vec![
         ("customer", p.customer_id.clone()),
@@ -196,10 +181,7 @@ fn profile_text(p: &Profile) -> String {
         ("merged from", list_or_dash(&p.merged_from)),
     ];
     if !p.merged_into.is_empty() {
-        pairs.push((
-            "merged into",
-            format!("{} (this customer was merged away; its survivor holds its state)", p.merged_into),
-        ));
+        pairs.push(("merged into", format!("{} (this customer was merged away; its survivor holds its state)", p.merged_into)));
     }
     pairs.push(("identities", identities));
     pairs.push(("attributes", output::pretty(&json_text(&p.attributes_json))));
@@ -212,8 +194,7 @@ fn profile_text(p: &Profile) -> String {
         let mut t = Table::new(&["TIME", "RECEIVED", "TYPE", "NAME", "MESSAGE ID", "PROPERTIES"]);
         for e in &p.recent_events {
             let props = json_text(&e.properties_json);
-            let props =
-                if props.as_object().is_some_and(|m| m.is_empty()) { "-".to_string() } else { props.to_string() };
+            let props = if props.as_object().is_some_and(|m| m.is_empty()) { "-".to_string() } else { props.to_string() };
             t.push(vec![
                 time_cell(e.timestamp_ms),
                 time_cell(e.received_ms),
@@ -251,12 +232,7 @@ fn explain_text(r: &ExplainResponse, journey: Option<&str>) -> String {
     }
     let mut t = Table::new(&["TIME", "KIND", "REASON", "DETAIL"]);
     for d in &r.decisions {
-        t.push(vec![
-            time_cell(d.at_ms),
-            output::or_dash(&d.kind),
-            output::or_dash(&d.reason),
-            output::plain_words(&d.detail),
-        ]);
+        t.push(vec![time_cell(d.at_ms), output::or_dash(&d.kind), output::or_dash(&d.reason), output::plain_words(&d.detail)]);
     }
     let n = r.decisions.len();
     let noun = if n == 1 { "decision" } else { "decisions" };
@@ -271,10 +247,7 @@ mod tests {
     fn profile() -> Profile {
         Profile {
             customer_id: "cu_0001000000000001".into(),
-            identities: vec![
-                Identity { kind: "user_id".into(), value: "42".into() },
-                Identity { kind: "email".into(), value: "ada@example.com".into() },
-            ],
+            identities: vec![Identity { kind: "user_id".into(), value: "42".into() }, Identity { kind: "email".into(), value: "ada@example.com".into() }],
             attributes_json: r#"{"first_name":"Ada","ltv":120.5}"#.into(),
             created_ms: 1_795_773_600_000,
             updated_ms: 1_795_773_660_250,
@@ -343,10 +316,7 @@ TIME  RECEIVED              TYPE   NAME            MESSAGE ID  PROPERTIES
         };
         let text = explain_text(&r, Some("welcome"));
         assert!(text.starts_with("1 decision for cu_0001000000000001 about journey welcome:\nTIME"), "{text}");
-        assert!(
-            text.ends_with("2026-11-27T10:00:00Z  send.skipped  frequency_cap  channel=email, cap=3 per 7d"),
-            "{text}"
-        );
+        assert!(text.ends_with("2026-11-27T10:00:00Z  send.skipped  frequency_cap  channel=email, cap=3 per 7d"), "{text}");
         assert_eq!(explain_json(&r)["decisions"][0]["at"], "2026-11-27T10:00:00Z");
         let empty = ExplainResponse { customer_id: "cu_1".into(), decisions: vec![] };
         assert_eq!(explain_text(&empty, None), "no decisions recorded for cu_1");

@@ -7,7 +7,7 @@ use super::cluster::cluster_failure;
 use crate::failure::{EXIT_OK, Failure};
 use crate::output::{Table, emit, emit_json};
 use chorus_proto::v1::admin_client::AdminClient;
-use chorus_proto::v1::{ShardMovePlan, ShardMoveRequest, ShardCancelMovesRequest, ShardRebalanceRequest, ShardTransferLeaderRequest};
+use chorus_proto::v1::{ShardCancelMovesRequest, ShardMovePlan, ShardMoveRequest, ShardRebalanceRequest, ShardTransferLeaderRequest};
 use serde_json::{Value, json};
 
 const FOLLOW_MOVES: &str = "moves run one at a time: follow them with `chorusctl cluster status`";
@@ -24,8 +24,7 @@ pub async fn move_replica(ctx: &Ctx, shard: u32, to: u64, from: Option<u64>) -> 
         None => format!("move a replica of shard {shard} to node {to}"),
     };
     let request = ShardMoveRequest { shard, to, from: from.unwrap_or(0) };
-    let r =
-        ctx.call_status(&action, admin.shard_move(request)).await?.map_err(|s| cluster_failure(ctx, &s, &action))?;
+    let r = ctx.call_status(&action, admin.shard_move(request)).await?.map_err(|s| cluster_failure(ctx, &s, &action))?;
     if ctx.json() {
         emit_json(&json!({"moves": moves_json(&r.moves), "queued": r.queued}));
     } else {
@@ -38,9 +37,7 @@ pub async fn move_replica(ctx: &Ctx, shard: u32, to: u64, from: Option<u64>) -> 
 pub async fn transfer_leader(ctx: &Ctx, shard: u32, to: u64) -> anyhow::Result<u8> {
     let mut admin = AdminClient::new(ctx.connect().await?);
     let action = format!("hand the leadership of shard {shard} to node {to}");
-    ctx.call_status(&action, admin.shard_transfer_leader(ShardTransferLeaderRequest { shard, to }))
-        .await?
-        .map_err(|s| cluster_failure(ctx, &s, &action))?;
+    ctx.call_status(&action, admin.shard_transfer_leader(ShardTransferLeaderRequest { shard, to })).await?.map_err(|s| cluster_failure(ctx, &s, &action))?;
     if ctx.json() {
         emit_json(&json!({"shard": shard, "leader": to}));
     } else {
@@ -52,10 +49,7 @@ pub async fn transfer_leader(ctx: &Ctx, shard: u32, to: u64) -> anyhow::Result<u
 pub async fn rebalance(ctx: &Ctx, dry_run: bool) -> anyhow::Result<u8> {
     let mut admin = AdminClient::new(ctx.connect().await?);
     let action = if dry_run { "plan a rebalance" } else { "rebalance the shards" };
-    let r = ctx
-        .call_status(action, admin.shard_rebalance(ShardRebalanceRequest { dry_run }))
-        .await?
-        .map_err(|s| cluster_failure(ctx, &s, action))?;
+    let r = ctx.call_status(action, admin.shard_rebalance(ShardRebalanceRequest { dry_run })).await?.map_err(|s| cluster_failure(ctx, &s, action))?;
     if ctx.json() {
         emit_json(&json!({"dry_run": dry_run, "moves": moves_json(&r.moves), "queued": r.queued}));
     } else {
@@ -67,10 +61,7 @@ pub async fn rebalance(ctx: &Ctx, dry_run: bool) -> anyhow::Result<u8> {
 pub async fn cancel_moves(ctx: &Ctx) -> anyhow::Result<u8> {
     let mut admin = AdminClient::new(ctx.connect().await?);
     let action = "cancel the queued shard moves";
-    let r = ctx
-        .call_status(action, admin.shard_cancel_moves(ShardCancelMovesRequest {}))
-        .await?
-        .map_err(|s| cluster_failure(ctx, &s, action))?;
+    let r = ctx.call_status(action, admin.shard_cancel_moves(ShardCancelMovesRequest {})).await?.map_err(|s| cluster_failure(ctx, &s, action))?;
     if ctx.json() {
         emit_json(&json!({"moves": moves_json(&r.moves), "cancelled": r.moves.len()}));
     } else {
@@ -146,10 +137,7 @@ mod tests {
     fn moves_show_as_a_table_with_the_queue_state() {
         let moves = [mv(3, 1, 4), mv(17, 2, 4)];
         assert_eq!(moves_table(&moves, false).render(), "SHARD  FROM  TO\n    3     1   4\n   17     2   4");
-        assert_eq!(
-            moves_table(&moves, true).render(),
-            "SHARD  FROM  TO  STATE\n    3     1   4  running\n   17     2   4  queued"
-        );
+        assert_eq!(moves_table(&moves, true).render(), "SHARD  FROM  TO  STATE\n    3     1   4  running\n   17     2   4  queued");
         assert_eq!(moves_json(&moves)[1], json!({"shard": 17, "from": 2, "to": 4}));
     }
 
@@ -158,13 +146,8 @@ mod tests {
         let plan = [mv(3, 1, 4)];
         let text = rebalance_text(&plan, false, true);
         assert!(text.starts_with("SHARD  FROM  TO\n    3     1   4\n\n"), "{text}");
-        assert!(
-            text.ends_with("dry run: 1 move(s) planned, nothing queued; run `chorusctl shard rebalance` to queue them")
-        );
-        assert!(
-            rebalance_text(&plan, true, false)
-                .ends_with("1 move(s) queued; moves run one at a time: follow them with `chorusctl cluster status`")
-        );
+        assert!(text.ends_with("dry run: 1 move(s) planned, nothing queued; run `chorusctl shard rebalance` to queue them"));
+        assert!(rebalance_text(&plan, true, false).ends_with("1 move(s) queued; moves run one at a time: follow them with `chorusctl cluster status`"));
         assert_eq!(rebalance_text(&[], false, false), "the replicas are spread evenly: nothing to move");
         assert_eq!(rebalance_text(&[], false, true), "the replicas are spread evenly: nothing to move");
     }

@@ -114,9 +114,7 @@ pub fn render(ctx: &Ctx, file: &Path, channel: &str, inputs: Inputs) -> anyhow::
         links: Links { unsubscribe: PREVIEW_UNSUBSCRIBE.into(), preferences: PREVIEW_PREFERENCES.into() },
         locale: inputs.locale,
     };
-    let rendered = template
-        .render(channel, &context, &Tracking::default())
-        .map_err(|e| Failure::new(e.to_string()))?;
+    let rendered = template.render(channel, &context, &Tracking::default()).map_err(|e| Failure::new(e.to_string()))?;
     let value = serde_json::to_value(&rendered).map_err(|e| Failure::new(format!("cannot show the rendered message: {e}")))?;
     if ctx.json() {
         emit_json(&value);
@@ -137,11 +135,9 @@ fn cell(v: &Value) -> String {
         Value::Object(m) if m.is_empty() => "-".into(),
         Value::Object(m) => m.iter().map(|(k, v)| format!("{k}: {}", v.as_str().map_or_else(|| v.to_string(), str::to_string))).collect::<Vec<_>>().join("\n"),
         Value::Array(items) if items.is_empty() => "-".into(),
-        Value::Array(items) => items
-            .iter()
-            .map(|b| format!("{} → {}", b["label"].as_str().unwrap_or(""), b["action"].as_str().unwrap_or("")))
-            .collect::<Vec<_>>()
-            .join("\n"),
+        Value::Array(items) => {
+            items.iter().map(|b| format!("{} → {}", b["label"].as_str().unwrap_or(""), b["action"].as_str().unwrap_or(""))).collect::<Vec<_>>().join("\n")
+        }
         other => other.to_string(),
     }
 }

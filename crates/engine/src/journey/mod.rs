@@ -3,11 +3,11 @@
 //! callers hand in the file's text.
 
 pub mod model;
+mod parse;
 pub mod run;
 pub mod simulate;
-pub mod stats;
-mod parse;
 pub mod source;
+pub mod stats;
 mod validate;
 
 pub use model::*;

@@ -98,9 +98,15 @@ pub enum WhenQuiet {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum WaitSpec {
-    Duration { ms: i64 },
+    Duration {
+        ms: i64,
+    },
     /// `next 10:00`, `next monday 09:00` in the customer's time zone.
-    LocalTime { weekday: Option<u8>, hour: u8, minute: u8 },
+    LocalTime {
+        weekday: Option<u8>,
+        hour: u8,
+        minute: u8,
+    },
     /// Send-time optimization: the customer's most likely hour to open.
     BestHour,
 }

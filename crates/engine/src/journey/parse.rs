@@ -272,7 +272,10 @@ impl Parser {
         }
         let entry_key = self.string(m, path, "entry_key", false);
         if max_concurrent > 1 && entry_key.is_none() {
-            self.err(&child(path, "entry_key"), "max_concurrent above 1 needs an entry_key expression that tells instances apart (e.g. event.properties.order_id)");
+            self.err(
+                &child(path, "entry_key"),
+                "max_concurrent above 1 needs an entry_key expression that tells instances apart (e.g. event.properties.order_id)",
+            );
         }
         let holdout_percent = match m.get("holdout") {
             None | Some(Value::Null) => 0.0,

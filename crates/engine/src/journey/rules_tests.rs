@@ -21,7 +21,9 @@ fn compile(text: &str, version: u32) -> Arc<Compiled> {
 
 /// A one-step journey: `event` enters, then one send.
 fn sms_journey(id: &str, priority: u8, event: &str, send_extra: &str) -> String {
-    format!("id: {id}\ncategory: marketing\npriority: {priority}\nentry:\n  event: {event}\n  reentry: always\nsteps:\n  - id: text\n    send: {{ channel: sms, template: t-{id}{send_extra} }}\n")
+    format!(
+        "id: {id}\ncategory: marketing\npriority: {priority}\nentry:\n  event: {event}\n  reentry: always\nsteps:\n  - id: text\n    send: {{ channel: sms, template: t-{id}{send_extra} }}\n"
+    )
 }
 
 fn catalog(journeys: Vec<Arc<Compiled>>, settings: Settings) -> RunCatalog {
@@ -59,7 +61,10 @@ fn event(c: &mut CustomerState, cat: &RunCatalog, name: &str, now: i64) -> Vec<E
 }
 
 fn fire(c: &mut CustomerState, cat: &RunCatalog, fx: &[Effect]) -> Vec<Effect> {
-    let (journey, key, seq, at) = fx.iter().find_map(|e| if let Effect::Timer { journey, entry_key, seq, at_ms } = e { Some((journey.clone(), entry_key.clone(), *seq, *at_ms)) } else { None }).expect("a timer");
+    let (journey, key, seq, at) = fx
+        .iter()
+        .find_map(|e| if let Effect::Timer { journey, entry_key, seq, at_ms } = e { Some((journey.clone(), entry_key.clone(), *seq, *at_ms)) } else { None })
+        .expect("a timer");
     on_input(c, &Input::Timer { journey: &journey, entry_key: &key, seq }, cat, at, &EngineConfig::default())
 }
 
@@ -76,12 +81,24 @@ fn stats(fx: &[Effect]) -> Vec<String> {
 }
 
 fn last(c: &CustomerState, kind: DecisionKind) -> String {
-    c.decisions.iter().rev().find(|d| d.kind == kind).map(|d| format!("{} | {}", d.reason, d.detail)).unwrap_or_else(|| panic!("no {kind:?} decision: {:#?}", c.decisions))
+    c.decisions
+        .iter()
+        .rev()
+        .find(|d| d.kind == kind)
+        .map(|d| format!("{} | {}", d.reason, d.detail))
+        .unwrap_or_else(|| panic!("no {kind:?} decision: {:#?}", c.decisions))
 }
 
 fn marketing_cap(channels: &[&str], max: u32) -> Settings {
     Settings {
-        caps: vec![CapRule { name: "daily".into(), category: Some(Category::Marketing), channels: channels.iter().map(|s| s.to_string()).collect(), max, window_ms: 24 * H, calendar: false }],
+        caps: vec![CapRule {
+            name: "daily".into(),
+            category: Some(Category::Marketing),
+            channels: channels.iter().map(|s| s.to_string()).collect(),
+            max,
+            window_ms: 24 * H,
+            calendar: false,
+        }],
         ..Settings::default()
     }
 }
@@ -331,7 +348,15 @@ fn rule_an_opt_out_cancels_deferred_sends_at_once() {
     let deferred = event(&mut c, &cat, "Browsed", ms(LATE));
     // The customer texts STOP at 23:00: the waiting SMS is decided again right then.
     let props = json!({"body": "stop"});
-    let stop = EventInput { message_id: "in-1".into(), name: crate::consent::INBOUND_SMS_EVENT.into(), identities: vec![("phone".into(), "+14155550123".into())], properties: props.as_object().cloned().unwrap(), ..Default::default() }.validate().unwrap();
+    let stop = EventInput {
+        message_id: "in-1".into(),
+        name: crate::consent::INBOUND_SMS_EVENT.into(),
+        identities: vec![("phone".into(), "+14155550123".into())],
+        properties: props.as_object().cloned().unwrap(),
+        ..Default::default()
+    }
+    .validate()
+    .unwrap();
     let at = ms(LATE) + 30 * 60_000;
     let before = c.consent.ledger.len();
     apply_event(&mut c, &stop, at, &EngineConfig::default());
@@ -346,7 +371,15 @@ fn rule_an_opt_out_cancels_deferred_sends_at_once() {
 }
 
 fn track(name: &str, props: serde_json::Value, id: &str) -> Event {
-    EventInput { message_id: id.into(), name: name.into(), identities: vec![("email".into(), "ada@example.com".into())], properties: props.as_object().cloned().unwrap_or_default(), ..Default::default() }.validate().unwrap()
+    EventInput {
+        message_id: id.into(),
+        name: name.into(),
+        identities: vec![("email".into(), "ada@example.com".into())],
+        properties: props.as_object().cloned().unwrap_or_default(),
+        ..Default::default()
+    }
+    .validate()
+    .unwrap()
 }
 
 fn on(c: &mut CustomerState, cat: &RunCatalog, e: &Event, now: i64) -> Vec<Effect> {
@@ -391,7 +424,10 @@ fn rule_audience_entry_enrolls_when_the_customer_joins_the_audience() {
     use crate::audience::{AudienceDef, CompiledAudience, change_event, evaluate_audiences};
     let text = "id: vip-welcome\ncategory: marketing\nentry:\n  audience: vips\nsteps:\n  - id: hello\n    send: { channel: email, template: vip-welcome }\n";
     let mut cat = catalog(vec![compile(text, 1)], Settings::default());
-    cat.audiences.push(Arc::new(CompiledAudience::new(AudienceDef { id: "vips".into(), name: "VIPs".into(), description: String::new(), condition: "profile.ltv > 500".into() }, 1).unwrap()));
+    cat.audiences.push(Arc::new(
+        CompiledAudience::new(AudienceDef { id: "vips".into(), name: "VIPs".into(), description: String::new(), condition: "profile.ltv > 500".into() }, 1)
+            .unwrap(),
+    ));
     let mut c = customer();
     c.attributes.0.insert("ltv".into(), json!(900));
     let changes = evaluate_audiences(&mut c, &cat.audiences, ms(NOON), &EngineConfig::default());
@@ -433,7 +469,13 @@ fn rule_outcomes_reach_the_step_that_sent_and_can_branch() {
     let cat = catalog(vec![compile(SEQUENCE, 1)], Settings::default());
     let mut c = customer();
     let key = intent_key(&on(&mut c, &cat, &track("Signed Up", json!({}), "s"), ms(NOON)));
-    let fx = on_input(&mut c, &Input::Outcome { key: &key, delivered: false, detail: "550 mailbox unavailable: bounced" }, &cat, ms(NOON) + 5, &EngineConfig::default());
+    let fx = on_input(
+        &mut c,
+        &Input::Outcome { key: &key, delivered: false, detail: "550 mailbox unavailable: bounced" },
+        &cat,
+        ms(NOON) + 5,
+        &EngineConfig::default(),
+    );
     assert!(stats(&fx).contains(&"failed:email:bounced".to_string()), "{fx:?}");
     assert_eq!(sent(&fx), vec!["sms intro-sms"], "steps.intro.failed takes the SMS branch at once");
 }
@@ -459,7 +501,13 @@ fn rule_a_bounced_address_is_not_used_again() {
     let cat = catalog(vec![compile(SEQUENCE, 1)], Settings::default());
     let mut c = customer();
     let key = intent_key(&on(&mut c, &cat, &track("Signed Up", json!({}), "s"), ms(NOON)));
-    on_input(&mut c, &Input::Outcome { key: &key, delivered: false, detail: "550 5.1.1 mailbox unavailable (bounced)" }, &cat, ms(NOON) + 5, &EngineConfig::default());
+    on_input(
+        &mut c,
+        &Input::Outcome { key: &key, delivered: false, detail: "550 5.1.1 mailbox unavailable (bounced)" },
+        &cat,
+        ms(NOON) + 5,
+        &EngineConfig::default(),
+    );
     assert_eq!(c.contact_status.get("ada@example.com").map(String::as_str), Some("bounced"));
     assert!(last(&c, DecisionKind::DeliveryFailed).starts_with("contact point bounced"), "{:?}", c.decisions);
     assert_eq!(crate::messaging::contact_point(&c, "email"), None);

@@ -163,17 +163,34 @@ impl Compiled {
 pub enum Effect {
     Send(Intent),
     /// Wake `journey` (instance `entry_key`) at `at_ms` with timer `seq`.
-    Timer { journey: String, entry_key: String, seq: u64, at_ms: i64 },
+    Timer {
+        journey: String,
+        entry_key: String,
+        seq: u64,
+        at_ms: i64,
+    },
     /// Enroll the customer in another journey (by API-style entry).
-    Trigger { journey: String },
+    Trigger {
+        journey: String,
+    },
     /// Count for journey stats: (journey, version, step, what, value). `what` is
     /// `entered`, `exited`, `converted`, `sent:<channel>`, `skipped:<reason>`,
     /// `deferred:<reason>`, `fallback:<channel>`, … (holdout variants end in `_holdout`).
-    Stat { journey: String, version: u32, step: String, what: String, value: f64 },
+    Stat {
+        journey: String,
+        version: u32,
+        step: String,
+        what: String,
+        value: f64,
+    },
     /// The instance holds because its journey is paused: wake it on resume.
-    Held { journey: String },
+    Held {
+        journey: String,
+    },
     /// Take this intent out of the outbox if it has not gone yet (exit, opt-out).
-    Cancel { key: String },
+    Cancel {
+        key: String,
+    },
     /// Keep this record for engagement tracking (open pixel, clicks, unsubscribe).
     Track(crate::render::TrackRecord),
 }
@@ -185,11 +202,21 @@ pub const ENROLL_EVENT: &str = "journey.enroll";
 /// What woke the interpreter.
 pub enum Input<'a> {
     Event(&'a Event),
-    Timer { journey: &'a str, entry_key: &'a str, seq: u64 },
+    Timer {
+        journey: &'a str,
+        entry_key: &'a str,
+        seq: u64,
+    },
     /// The journey was resumed or archived: held instances move on (or exit).
-    Wake { journey: &'a str },
+    Wake {
+        journey: &'a str,
+    },
     /// The outcome of delivering one of the customer's intents.
-    Outcome { key: &'a str, delivered: bool, detail: &'a str },
+    Outcome {
+        key: &'a str,
+        delivered: bool,
+        detail: &'a str,
+    },
 }
 
 /// Deterministic per-customer bucket in [0, 10000) for holdouts and splits.
@@ -222,7 +249,14 @@ impl<'a> Run<'a> {
             }),
             None => event.map(crate::expr::event_value),
         };
-        Scope { state, event, entry: entry.unwrap_or(Value::Null), steps: inst.map(steps_value).unwrap_or(Value::Null), segments: &state.segments, now_ms: self.now }
+        Scope {
+            state,
+            event,
+            entry: entry.unwrap_or(Value::Null),
+            steps: inst.map(steps_value).unwrap_or(Value::Null),
+            segments: &state.segments,
+            now_ms: self.now,
+        }
     }
 
     fn cond(&self, j: &Compiled, src: &str, state: &CustomerState, event: Option<&Event>, inst: Option<&Instance>) -> Result<bool, String> {
@@ -269,7 +303,8 @@ pub fn on_input(state: &mut CustomerState, input: &Input<'_>, catalog: &RunCatal
             }
             // 2. Entries, into the latest version of active journeys.
             let reserved = matches!(event.name.as_str(), crate::audience::AUDIENCE_ENTERED | ENROLL_EVENT);
-            let props: Value = if reserved && !event.properties.is_empty() { serde_json::from_str(&event.properties).unwrap_or(Value::Null) } else { Value::Null };
+            let props: Value =
+                if reserved && !event.properties.is_empty() { serde_json::from_str(&event.properties).unwrap_or(Value::Null) } else { Value::Null };
             let prop = |k: &str| props.get(k).and_then(Value::as_str).unwrap_or_default();
             for j in catalog.latest_versions() {
                 let enters = match &j.def.entry.trigger {
@@ -401,7 +436,18 @@ fn cancel_pending(state: &mut CustomerState, run: &mut Run<'_>, reason: &str, wh
     let (cancel, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut state.pending_intents).into_iter().partition(|p| which(p));
     state.pending_intents = keep;
     for p in cancel {
-        state.decide(run.cfg, run.now, DecisionKind::Skipped, format!("cancelled: {reason}"), format!("{} {} (key {}) if not delivered yet", p.channel, if p.journey.is_empty() { "api send".to_string() } else { format!("{} {}", p.journey, p.step) }, p.key));
+        state.decide(
+            run.cfg,
+            run.now,
+            DecisionKind::Skipped,
+            format!("cancelled: {reason}"),
+            format!(
+                "{} {} (key {}) if not delivered yet",
+                p.channel,
+                if p.journey.is_empty() { "api send".to_string() } else { format!("{} {}", p.journey, p.step) },
+                p.key
+            ),
+        );
         run.effects.push(Effect::Cancel { key: p.key });
     }
 }
@@ -420,7 +466,8 @@ fn cancel_opted_out(state: &mut CustomerState, run: &mut Run<'_>) {
             (Some(_), Some(j)) => match j.step(&inst.step).map(|s| &s.kind) {
                 Some(StepKind::Send { channel, topic, .. }) => {
                     let out = |e: Option<&crate::ConsentEntry>| e.is_some_and(|e| e.status == crate::ConsentStatus::OptedOut);
-                    out(state.consent.channels.get(channel)) || topic.as_ref().is_some_and(|t| j.def.category == Category::Marketing && out(state.consent.topics.get(t)))
+                    out(state.consent.channels.get(channel))
+                        || topic.as_ref().is_some_and(|t| j.def.category == Category::Marketing && out(state.consent.topics.get(t)))
                 }
                 _ => false,
             },
@@ -457,7 +504,13 @@ fn migrate(state: &mut CustomerState, run: &mut Run<'_>) {
         inst.version = latest.version;
         inst.step = to.clone();
         inst.deferred = None;
-        state.decide(run.cfg, run.now, DecisionKind::Advanced, format!("migrated to v{}", latest.version), format!("{}: {from} → v{} {to}", latest.def.id, latest.version));
+        state.decide(
+            run.cfg,
+            run.now,
+            DecisionKind::Advanced,
+            format!("migrated to v{}", latest.version),
+            format!("{}: {from} → v{} {to}", latest.def.id, latest.version),
+        );
     }
 }
 
@@ -569,7 +622,13 @@ fn convert(state: &mut CustomerState, inst: &Instance, j: &Compiled, g: &Goal, e
         Some(v) => evaluate(j.expr(v), &run.scope(state, Some(event), Some(inst))).ok().and_then(|v| v.as_f64()).unwrap_or(0.0),
         None => 0.0,
     };
-    state.decide(run.cfg, run.now, DecisionKind::Converted, format!("goal {}", g.event), format!("{} value {value} after {} ms{}", j.def.id, run.now - inst.entered_ms, if inst.holdout { " (holdout)" } else { "" }));
+    state.decide(
+        run.cfg,
+        run.now,
+        DecisionKind::Converted,
+        format!("goal {}", g.event),
+        format!("{} value {value} after {} ms{}", j.def.id, run.now - inst.entered_ms, if inst.holdout { " (holdout)" } else { "" }),
+    );
     run.stat(j, &inst.step, if inst.holdout { "converted_holdout" } else { "converted" }, value);
     if !inst.holdout {
         run.stat(j, "", format!("ttc:{}", ttc_bucket(run.now - inst.entered_ms)), (run.now - inst.entered_ms) as f64);
@@ -604,7 +663,13 @@ fn try_enter(state: &mut CustomerState, j: &Compiled, event: Option<&Event>, run
     let active = state.journeys.iter().filter(|x| x.journey == id && !x.done).count() as u32;
     if active >= j.def.entry.max_concurrent {
         if j.def.entry.entry_key.is_some() {
-            state.decide(run.cfg, run.now, DecisionKind::Skipped, "max_concurrent reached", format!("{id} key {key}: already in it {active} time(s) (max_concurrent {})", j.def.entry.max_concurrent));
+            state.decide(
+                run.cfg,
+                run.now,
+                DecisionKind::Skipped,
+                "max_concurrent reached",
+                format!("{id} key {key}: already in it {active} time(s) (max_concurrent {})", j.def.entry.max_concurrent),
+            );
         }
         return;
     }
@@ -647,7 +712,13 @@ fn try_enter(state: &mut CustomerState, j: &Compiled, event: Option<&Event>, run
         held: false,
     });
     let keyed = if j.def.entry.entry_key.is_some() { format!(" key {key}") } else { String::new() };
-    state.decide(run.cfg, run.now, DecisionKind::Entered, event.map(|e| format!("event {}", e.name)).unwrap_or_else(|| "trigger".into()), format!("{id} v{}{keyed}{}", j.version, if holdout { " (holdout: never messaged)" } else { "" }));
+    state.decide(
+        run.cfg,
+        run.now,
+        DecisionKind::Entered,
+        event.map(|e| format!("event {}", e.name)).unwrap_or_else(|| "trigger".into()),
+        format!("{id} v{}{keyed}{}", j.version, if holdout { " (holdout: never messaged)" } else { "" }),
+    );
     run.stat(j, &first, if holdout { "entered_holdout" } else { "entered" }, 1.0);
     let pos = state.journeys.len() - 1;
     execute(state, pos, j, event, run);
@@ -690,7 +761,8 @@ fn release_deferred(state: &mut CustomerState, run: &mut Run<'_>) {
 }
 
 /// Time-to-conversion histogram buckets (SPEC §10).
-pub const TTC_BUCKETS: &[(&str, i64)] = &[("<1h", 3_600_000), ("1h-6h", 6 * 3_600_000), ("6h-24h", 86_400_000), ("1d-3d", 3 * 86_400_000), ("3d-7d", 7 * 86_400_000)];
+pub const TTC_BUCKETS: &[(&str, i64)] =
+    &[("<1h", 3_600_000), ("1h-6h", 6 * 3_600_000), ("6h-24h", 86_400_000), ("1d-3d", 3 * 86_400_000), ("3d-7d", 7 * 86_400_000)];
 
 fn ttc_bucket(ms: i64) -> &'static str {
     TTC_BUCKETS.iter().find(|(_, upto)| ms < *upto).map(|(b, _)| *b).unwrap_or(">7d")
@@ -778,7 +850,13 @@ fn execute(state: &mut CustomerState, pos: usize, j: &Compiled, event: Option<&E
                     }
                     WaitSpec::Duration { .. } => unreachable!("handled above"),
                 };
-                state.decide(run.cfg, run.now, DecisionKind::Scheduled, what, format!("{} {}: until {} in {source}", j.def.id, step.id, guard::describe_local(at, &tz)));
+                state.decide(
+                    run.cfg,
+                    run.now,
+                    DecisionKind::Scheduled,
+                    what,
+                    format!("{} {}: until {} in {source}", j.def.id, step.id, guard::describe_local(at, &tz)),
+                );
                 set_timer(state, pos, at, run);
                 return true;
             }
@@ -956,7 +1034,8 @@ fn send(state: &mut CustomerState, pos: usize, j: &Compiled, step: &Step, event:
             }
         }
         // 5. Caps and priority.
-        let jcaps = JourneyCaps { journey: &j.def.id, sends_this_entry: inst.sends, per_entry_max: j.def.sends_per_entry_max, per_day_max: j.def.sends_per_day_max };
+        let jcaps =
+            JourneyCaps { journey: &j.def.id, sends_this_entry: inst.sends, per_entry_max: j.def.sends_per_entry_max, per_day_max: j.def.sends_per_day_max };
         match guard::check_caps(state, settings, &tz, ch, j.def.category, Some(&jcaps), run.now) {
             CapCheck::Capped { rule, free_at_ms } => {
                 let why = format!("{ch}: capped by {rule}");
@@ -990,7 +1069,15 @@ fn send(state: &mut CustomerState, pos: usize, j: &Compiled, step: &Step, event:
                         .filter_map(|x| x.deferred.as_ref().filter(|d| d.arbitration && d.until_ms >= run.now).map(|d| d.until_ms))
                         .min()
                         .unwrap_or(run.now + window);
-                    defer = Some((until, format!("arbitration: {ch} would take the last slot of a cap; sends due within {} go by priority", chorus_types::time::format_duration_ms(window)), "arbitration", true));
+                    defer = Some((
+                        until,
+                        format!(
+                            "arbitration: {ch} would take the last slot of a cap; sends due within {} go by priority",
+                            chorus_types::time::format_duration_ms(window)
+                        ),
+                        "arbitration",
+                        true,
+                    ));
                     break;
                 }
             }
@@ -1015,8 +1102,17 @@ fn send(state: &mut CustomerState, pos: usize, j: &Compiled, step: &Step, event:
             state.decide(run.cfg, run.now, DecisionKind::Fallback, reasons.join("; "), format!("{} {sid}: {channel} → {ch}", j.def.id));
             run.stat(j, sid, format!("fallback:{ch}"), 1.0);
         }
-        let waited = releasing.as_ref().map(|d| format!(" after waiting since {} ({})", chorus_types::time::format_rfc3339_ms(d.since_ms), d.reason)).unwrap_or_default();
-        state.decide(run.cfg, run.now, DecisionKind::Sent, format!("journey {}", j.def.id), format!("{sid}: {ch} {template} to {}{waited}", if intent.to.is_empty() { "-" } else { &intent.to }));
+        let waited = releasing
+            .as_ref()
+            .map(|d| format!(" after waiting since {} ({})", chorus_types::time::format_rfc3339_ms(d.since_ms), d.reason))
+            .unwrap_or_default();
+        state.decide(
+            run.cfg,
+            run.now,
+            DecisionKind::Sent,
+            format!("journey {}", j.def.id),
+            format!("{sid}: {ch} {template} to {}{waited}", if intent.to.is_empty() { "-" } else { &intent.to }),
+        );
         guard::record_contact(state, guard::Contact { at_ms: run.now, channel: ch.to_string(), category: j.def.category, journey: j.def.id.clone() });
         crate::messaging::track_pending(
             state,
@@ -1049,7 +1145,11 @@ fn send(state: &mut CustomerState, pos: usize, j: &Compiled, step: &Step, event:
             run.stat(j, sid, format!("deferred:{code}"), 1.0);
             return Sent::Paused;
         }
-        reasons.push(format!("{why}: waiting until {} would exceed defer_max {}", guard::describe_local(until, &tz), chorus_types::time::format_duration_ms(settings.defer_max_ms)));
+        reasons.push(format!(
+            "{why}: waiting until {} would exceed defer_max {}",
+            guard::describe_local(until, &tz),
+            chorus_types::time::format_duration_ms(settings.defer_max_ms)
+        ));
         skip_code = "defer_max";
     }
     state.journeys[pos].deferred = None;

@@ -88,7 +88,11 @@ pub fn simulate(catalog: &RunCatalog, mut customer: CustomerState, mut trace: Ve
         *seen = c.decisions.len();
         for e in fx {
             match e {
-                Effect::Send(i) => out.push(Line { at_ms: at, kind: "send", text: format!("{} {} to {} [key {}]", i.channel, i.template, if i.to.is_empty() { "-" } else { &i.to }, i.key) }),
+                Effect::Send(i) => out.push(Line {
+                    at_ms: at,
+                    kind: "send",
+                    text: format!("{} {} to {} [key {}]", i.channel, i.template, if i.to.is_empty() { "-" } else { &i.to }, i.key),
+                }),
                 Effect::Timer { journey, entry_key, seq, at_ms } => {
                     timers.push((at_ms, journey, entry_key, seq));
                     out.push(Line { at_ms: at, kind: "timer-set", text: format!("wake at {}", chorus_types::time::format_rfc3339_ms(at_ms)) });

@@ -105,11 +105,7 @@ fn rule_unknown_channels_and_catalog_references_are_rejected() {
     let e = one_error(&journey("  - id: a\n    send: { channel: emial, template: w }\n"));
     assert_eq!(e.line, Some(7));
     assert!(e.message.contains("did you mean \"email\""), "{e}");
-    let catalog = Catalog {
-        templates: Some(["known".to_string()].into()),
-        connected_channels: Some(["email".to_string()].into()),
-        ..Catalog::default()
-    };
+    let catalog = Catalog { templates: Some(["known".to_string()].into()), connected_channels: Some(["email".to_string()].into()), ..Catalog::default() };
     let errs = load_journey(&journey("  - id: a\n    send: { channel: sms, template: unknown }\n"), &catalog).unwrap_err();
     let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
     assert_eq!(errs.len(), 2, "{text:#?}");
@@ -127,7 +123,9 @@ fn rule_cel_that_does_not_compile_is_rejected() {
 
 #[test]
 fn rule_waits_need_timeouts() {
-    let e = one_error(&journey("  - id: w\n    wait_for:\n      branches:\n        - when: 'true'\n          next: done\n      on_timeout: done\n  - id: done\n    exit: {}\n"));
+    let e = one_error(&journey(
+        "  - id: w\n    wait_for:\n      branches:\n        - when: 'true'\n          next: done\n      on_timeout: done\n  - id: done\n    exit: {}\n",
+    ));
     assert!(e.message.contains("needs a timeout"), "{e}");
     assert_eq!(e.line, Some(7));
 }
@@ -153,7 +151,8 @@ fn rule_local_time_waits_parse() {
 
 #[test]
 fn json_journeys_are_accepted() {
-    let text = r#"{"id": "j", "category": "transactional", "entry": {"api": true}, "steps": [{"id": "a", "send": {"channel": "email", "template": "receipt"}}]}"#;
+    let text =
+        r#"{"id": "j", "category": "transactional", "entry": {"api": true}, "steps": [{"id": "a", "send": {"channel": "email", "template": "receipt"}}]}"#;
     let j = load_journey(text, &Catalog::default()).unwrap();
     assert_eq!(j.entry.trigger, Trigger::Api);
 }
@@ -165,8 +164,8 @@ pub(crate) fn catalog_of(journeys: Vec<super::run::Compiled>) -> super::run::Run
 
 mod interpreter {
     use super::super::run::{Compiled, Effect, Input, RunCatalog, on_input};
-    use super::catalog_of;
     use super::super::{Catalog, load_journey};
+    use super::catalog_of;
     use crate::{CustomerState, DecisionKind, EngineConfig, apply_event};
     use chorus_types::{CustomerId, Event, EventInput, Identity, IdentityKind};
     use serde_json::json;
@@ -321,9 +320,12 @@ mod interpreter {
 fn simulation_runs_the_trace_on_a_virtual_clock() {
     use super::run::Compiled;
     use super::simulate::{customer_from_json, simulate, trace_event};
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/journeys/browse-abandon.yaml")).unwrap().replace("holdout: 10%", "holdout: 0%");
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/journeys/browse-abandon.yaml"))
+        .unwrap()
+        .replace("holdout: 10%", "holdout: 0%");
     let j = catalog_of(vec![Compiled::new(load_journey(&text, &Catalog::default()).unwrap(), 1).unwrap()]);
-    let profile = serde_json::json!({"attributes": {"ltv": 900}, "identities": {"email": "ada@example.com", "phone": "+14155550123"}, "consent": {"sms": "opted_in"}});
+    let profile =
+        serde_json::json!({"attributes": {"ltv": 900}, "identities": {"email": "ada@example.com", "phone": "+14155550123"}, "consent": {"sms": "opted_in"}});
     let c = customer_from_json(&profile).unwrap();
     let trace: Vec<_> = [
         serde_json::json!({"at": "2026-12-01T10:00:00Z", "event": "Product Viewed", "properties": {"sku": "A"}}),
@@ -349,7 +351,9 @@ fn simulation_runs_the_trace_on_a_virtual_clock() {
 fn goals_count_within_the_window_even_after_the_journey_ended() {
     use super::run::Compiled;
     use super::simulate::{customer_from_json, simulate, trace_event};
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/journeys/browse-abandon.yaml")).unwrap().replace("holdout: 10%", "holdout: 0%");
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/journeys/browse-abandon.yaml"))
+        .unwrap()
+        .replace("holdout: 10%", "holdout: 0%");
     let j = catalog_of(vec![Compiled::new(load_journey(&text, &Catalog::default()).unwrap(), 1).unwrap()]);
     let c = customer_from_json(&serde_json::json!({"attributes": {"ltv": 900}, "identities": {"email": "ada@example.com"}})).unwrap();
     let run = |order_at: &str| {
@@ -375,10 +379,20 @@ fn rule_merged_profiles_keep_one_position_per_journey() {
     use super::run::{Compiled, Input, on_input};
     use crate::{CustomerState, EngineConfig, apply_event, merge_into};
     use chorus_types::{CustomerId, EventInput, Identity, IdentityKind};
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/journeys/browse-abandon.yaml")).unwrap().replace("holdout: 10%", "holdout: 0%");
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/journeys/browse-abandon.yaml"))
+        .unwrap()
+        .replace("holdout: 10%", "holdout: 0%");
     let j = catalog_of(vec![Compiled::new(load_journey(&text, &Catalog::default()).unwrap(), 1).unwrap()]);
     let cfg = EngineConfig::default();
-    let viewed = EventInput { message_id: "v".into(), name: "Product Viewed".into(), identities: vec![("user_id".into(), "x".into())], timestamp_ms: 1, ..Default::default() }.validate().unwrap();
+    let viewed = EventInput {
+        message_id: "v".into(),
+        name: "Product Viewed".into(),
+        identities: vec![("user_id".into(), "x".into())],
+        timestamp_ms: 1,
+        ..Default::default()
+    }
+    .validate()
+    .unwrap();
     let mk = |seq: u64| {
         let mut c = CustomerState::new(CustomerId::new(0, seq), seq as i64);
         c.attributes.0.insert("ltv".into(), serde_json::json!(900));

@@ -109,7 +109,9 @@ pub(crate) fn validate(j: &JourneyDef, catalog: &Catalog, broken: &HashSet<Strin
         let p = index("steps", i);
         match &s.kind {
             StepKind::Send { channel, template, fallback, .. } => {
-                for (c, field) in std::iter::once((channel, child(&child(&p, "send"), "channel"))).chain(fallback.iter().enumerate().map(|(k, c)| (c, index(&child(&child(&p, "send"), "fallback"), k)))) {
+                for (c, field) in std::iter::once((channel, child(&child(&p, "send"), "channel")))
+                    .chain(fallback.iter().enumerate().map(|(k, c)| (c, index(&child(&child(&p, "send"), "fallback"), k))))
+                {
                     if !chorus_types::CHANNELS.contains(&c.as_str()) {
                         let hint = closest(c, chorus_types::CHANNELS).map(|x| format!(" (did you mean {x:?}?)")).unwrap_or_default();
                         err(field, format!("unknown channel {c:?}{hint}; channels are {}", chorus_types::CHANNELS.join(", ")));

@@ -315,6 +315,9 @@ fn record_response(shared: &Shared, tl: &Timeline, resp: &v1::IngestResponse, b:
     } else if b.sent < tl.measure_start {
         t.warmup_latency.saturating_record_n(us, b.events);
     }
+    if let Some(e) = &resp.error {
+        t.note_error(format!("batch {}: refused whole: {} {}: {}", resp.batch_id, e.code, e.field, e.message));
+    }
     if let Some(p) = first_problem {
         t.note_error(p);
     }

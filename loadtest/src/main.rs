@@ -378,7 +378,9 @@ async fn run(cli: Cli) -> anyhow::Result<Report> {
             report.node_exit = Some(exit);
             Ok(report)
         }
-        Command::Memory { .. } | Command::Timers { .. } => bail!("population scenarios run from population_main"),
+        Command::Memory { .. } | Command::Timers { .. } => {
+            bail!("population scenarios run from population_main")
+        }
     }
 }
 

@@ -204,7 +204,9 @@ pub async fn settled_rss(pid: u32) -> anyhow::Result<u64> {
 
 /// Total size of the files under `dir`.
 pub fn dir_bytes(dir: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
     entries
         .flatten()
         .map(|e| match e.file_type() {

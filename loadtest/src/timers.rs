@@ -99,7 +99,9 @@ impl TimerReport {
     pub fn human(&self) -> String {
         let mib = |b: u64| b as f64 / 1048576.0;
         let o = &self.opts;
-        let le = |v: f64| if v.is_finite() { format!("≤ {v:.0} ms") } else { "> 60 s".into() };
+        let le = |v: f64| {
+            if v.is_finite() { format!("≤ {v:.0} ms") } else { "> 60 s".into() }
+        };
         format!(
             "chorus-loadtest timers — {} customers × {} journeys = {} waits of {} s, {} shards\n\
              \x20 -------------------------------------------\n\

@@ -751,17 +751,29 @@ pub fn basic_auth(write_key: &str) -> String {
 
 /// One HTTP/1.1 request on a fresh connection (`Connection: close`).
 pub async fn http_request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> HttpResponse {
+    // The body is written while the answer is read: a server may answer (413) and close
+    // before it read a large body, and that answer is what the caller wants to see.
     let io = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        let s = tokio::net::TcpStream::connect(addr).await?;
+        let (mut rd, mut wr) = s.into_split();
         let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
         for (k, v) in headers {
             head.push_str(&format!("{k}: {v}\r\n"));
         }
         head.push_str("\r\n");
-        s.write_all(head.as_bytes()).await?;
-        s.write_all(body).await?;
+        let writer = async {
+            wr.write_all(head.as_bytes()).await?;
+            wr.write_all(body).await
+        };
         let mut raw = Vec::new();
-        s.read_to_end(&mut raw).await?;
+        let (written, read) = tokio::join!(writer, rd.read_to_end(&mut raw));
+        let answered = raw.windows(4).any(|w| w == b"\r\n\r\n");
+        match (written, read) {
+            (_, Ok(_)) if answered => {}
+            (_, Err(_)) if answered => {}
+            (Err(e), _) | (_, Err(e)) => return Err(e),
+            _ => {}
+        }
         Ok::<_, std::io::Error>(raw)
     };
     let raw = tokio::time::timeout(Duration::from_secs(30), io)

@@ -176,4 +176,31 @@ async fn quiet_hours_caps_stop_replies_and_lifecycle_on_a_live_node() {
     assert_eq!(show.json()["lifecycle"], "archived");
     assert_eq!(show.json()["versions"], json!([1]));
     assert_eq!(show.json()["definition"]["id"], "onboarding");
+
+    phase("API sends get the same checks: over the day's SMS cap a marketing send is skipped, a transactional one goes");
+    // 21:00Z (16:00 in New York), the day Ada already had her one marketing SMS.
+    let api = |request: &'static str, category: &'static str, template: &'static str| {
+        let node = &node;
+        async move {
+            node.ctl(&["messages", "send", "--to", "user_id:ada", "--channel", "sms", "--template", template, "--category", category, "--request-id", request])
+                .await
+                .ok();
+        }
+    };
+    api("api-m1", "marketing", "promo-sms").await;
+    wait_for_decision(&node, &ada, "skipped", "capped by sms-per-day: at most 1 marketing on sms per 1 calendar day(s)").await;
+    api("api-t1", "transactional", "cart-sms").await;
+    let sent = wait_for_messages(&node, &ada, 2).await;
+    assert_eq!(sent[1]["template"], "cart-sms", "transactional sends ignore marketing caps");
+
+    phase("a marketing API send in quiet hours waits for their end, then goes with its key");
+    node.ctl(&["clock", "set", &(t0 + 86_400_000).to_string()]).await.ok(); // 22:30 in New York, the next day
+    api("api-m2", "marketing", "promo-sms").await;
+    wait_for_decision(&node, &ada, "deferred", "sms quiet hours 21:00–08:00 in America/New_York (profile)").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(captured(&node, &ada).await.len(), 2, "nothing goes in quiet hours");
+    node.ctl(&["clock", "set", &(t0 + 86_400_000 + 34_200_000).to_string()]).await.ok(); // 08:00 in New York
+    let sent = wait_for_messages(&node, &ada, 3).await;
+    assert_eq!(sent[2]["template"], "promo-sms");
+    assert!(sent[2]["idempotency_key"].as_str().is_some_and(|k| k.starts_with("api/api-m2/")), "{:?}", sent[2]);
 }

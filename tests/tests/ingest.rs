@@ -22,11 +22,14 @@ async fn send_answers_per_event_and_dedups_a_resend() {
         /* 1 */ track("", "Product Viewed", &[("user_id", "send-u1")], json!({})),
         /* 2 */
         track("bad-email", "Product Viewed", &[("user_id", "send-u1"), ("email", "not-an-email")], json!({})),
-        /* 3 */ track("bad-phone", "Product Viewed", &[("phone", "555-0123")], json!({})),
+        /* 3 */
+        track("bad-phone", "Product Viewed", &[("phone", "555-0123")], json!({})),
         /* 4 */ bad_props,
         /* 5 */ track("no-name", "", &[("user_id", "send-u1")], json!({})),
-        /* 6 */ identify("good-2", &[("user_id", "send-u2")], json!({"first_name": "Grace", "plan": "pro"})),
-        /* 7 */ event("page", "good-3", "Pricing", &[("anonymous_id", "send-anon-1")]),
+        /* 6 */
+        identify("good-2", &[("user_id", "send-u2")], json!({"first_name": "Grace", "plan": "pro"})),
+        /* 7 */
+        event("page", "good-3", "Pricing", &[("anonymous_id", "send-anon-1")]),
         /* 8 */ track("no-identity", "Product Viewed", &[], json!({})),
         /* 9 */ props_array,
         /* 10 */ good_1, // the same message id again, same batch
@@ -117,15 +120,34 @@ async fn send_answers_per_event_and_dedups_a_resend() {
     assert!(status.message().contains("10001") && status.message().contains("10000"), "{status:?}");
     let none = node.profile("user_id", "big", 0).await.expect_err("nothing of the refused batch was applied");
     assert_eq!(none.code(), tonic::Code::NotFound);
-    // On a stream the same refusal ends the stream, saying which batch it was.
+    // On a stream the refusal answers that batch alone, naming it; the stream stays open
+    // and the next good batch on it is applied and acknowledged.
     let mut stream = node.open_stream().await;
     let too_many: Vec<v1::Event> = (0..10_001).map(|i| track(&format!("big-{i}"), "E", &[("user_id", "big")], json!({}))).collect();
     assert!(stream.send(IngestRequest { batch_id: 77, events: too_many }).await);
+    let refused = tokio::time::timeout(Duration::from_secs(60), stream.next())
+        .await
+        .expect("an answer")
+        .expect("no gRPC error: the stream survives")
+        .expect("the refusal is an answer, not the end of the stream");
+    assert_eq!(refused.batch_id, 77, "the refusal names the batch: {refused:?}");
+    assert!(refused.results.is_empty(), "{refused:?}");
+    let error = refused.error.as_ref().expect("a batch error");
+    assert_eq!((error.code.as_str(), error.field.as_str()), ("invalid_argument", "events"), "{error:?}");
+    assert!(error.message.contains("10001") && error.message.contains("10000"), "{error:?}");
+    let good: Vec<v1::Event> = (0..3).map(|i| track(&format!("after-{i}"), "E", &[("user_id", "after-big")], json!({}))).collect();
+    assert!(stream.send(IngestRequest { batch_id: 78, events: good }).await, "the stream is still open");
+    let acked = tokio::time::timeout(Duration::from_secs(60), stream.next())
+        .await
+        .expect("an answer")
+        .expect("no gRPC error")
+        .expect("the next batch is answered on the same stream");
+    assert_eq!(acked.batch_id, 78);
+    assert!(acked.error.is_none() && acked.results.len() == 3, "{acked:?}");
+    assert!(acked.results.iter().all(|r| status_of(r) == EventStatus::Accepted), "{acked:?}");
     stream.close();
-    let status = tokio::time::timeout(Duration::from_secs(60), stream.next()).await.expect("an answer").expect_err("the oversized batch is refused");
-    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
-    assert!(status.message().starts_with("events:"), "{status:?}");
-    assert_eq!(status.metadata().get("batch-id").and_then(|v| v.to_str().ok()), Some("77"), "the refusal names the batch: {status:?}");
+    assert_eq!(node.profile("user_id", "after-big", 0).await.unwrap().event_count, 3);
+    assert_eq!(node.profile("user_id", "big", 0).await.expect_err("nothing of the refused batch").code(), tonic::Code::NotFound);
     // The limit itself is fine.
     let at_limit: Vec<v1::Event> = (0..10_000).map(|i| track(&format!("lim-{i}"), "E", &[("user_id", "limit")], json!({}))).collect();
     let resp = node.send(at_limit).await;

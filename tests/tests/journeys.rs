@@ -105,6 +105,15 @@ async fn browse_abandon_and_post_purchase_run_on_a_live_node() {
     for k in ["entered", "sent", "exited", "converted"] {
         assert!(kinds.contains(&k.to_string()), "{k} missing from {kinds:?}");
     }
+    // Filtered by journey, the journey's sends are there too (they name it in the reason).
+    let about = node.ctl(&["-o", "json", "profile", "explain", &bob, "--journey", "browse-abandon"]).await;
+    about.ok();
+    let about = about.json();
+    let about: Vec<(&str, &str)> =
+        about["decisions"].as_array().unwrap().iter().map(|d| (d["kind"].as_str().unwrap(), d["reason"].as_str().unwrap())).collect();
+    assert!(about.contains(&("sent", "journey browse-abandon")), "{about:?}");
+    assert!(about.iter().any(|(k, _)| *k == "entered") && about.iter().any(|(k, _)| *k == "exited"), "{about:?}");
+    assert!(!about.contains(&("sent", "journey post-purchase")), "only this journey's decisions: {about:?}");
 
     phase("journey stats are merged across shards");
     let stats = node.ctl(&["-o", "json", "journey", "stats", "browse-abandon"]).await;

@@ -216,6 +216,35 @@ async fn raw_http_write_keys_malformed_bodies_and_per_item_results() {
     assert_eq!(serde_json::from_str::<Value>(&u3.attributes_json).unwrap(), json!({"plan": "team"}));
     assert_eq!(node.profile("anonymous_id", "http-anon-4", 0).await.unwrap().event_count, 1);
 
+    phase("one call nested 200 levels deep in a batch: only it is rejected, the good calls are applied");
+    let deep =
+        format!(r#"{{"type":"track","messageId":"d-2","userId":"http-u5","event":"Deep","properties":{{"x":{}1{}}}}}"#, "[".repeat(200), "]".repeat(200));
+    let body = format!(
+        r#"{{"batch":[{{"type":"track","messageId":"d-1","userId":"http-u5","event":"Clicked"}},{deep},{{"type":"track","messageId":"d-3","userId":"http-u5","event":"Clicked"}}]}}"#
+    );
+    let r = post(&node, "/v1/batch", Some(&good), &[], &body).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let j = r.json();
+    let statuses: Vec<&str> = j["results"].as_array().unwrap().iter().map(|r| r["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses, ["accepted", "rejected", "accepted"], "{j}");
+    assert_eq!(j["results"][1]["field"], "batch[1]", "{j}");
+    assert!(j["results"][1]["message"].as_str().unwrap().contains("levels deep"), "{j}");
+    let u5 = node.profile("user_id", "http-u5", 5).await.unwrap();
+    assert_eq!(u5.event_count, 2, "d-1 and d-3 were applied");
+    let r = post(&node, "/v1/track", Some(&good), &[], &deep).await;
+    assert_error(&r, 400, "too_deep");
+
+    phase("errors made by the HTTP layer itself are JSON too: a 10 MB body, a wrong method, an unknown path");
+    let huge = format!(r#"{{"messageId":"big","userId":"http-u6","event":"Clicked","properties":{{"blob":"{}"}}}}"#, "x".repeat(10 * 1024 * 1024));
+    let r = post(&node, "/v1/batch", Some(&good), &[], &huge).await;
+    let msg = assert_error(&r, 413, "too_large");
+    assert!(msg.contains("bytes"), "{msg}");
+    let r = http_request(node.http_addr(), "GET", "/v1/track", &[], b"").await;
+    assert_error(&r, 405, "method_not_allowed");
+    let r = http_request(node.http_addr(), "GET", "/nope", &[], b"").await;
+    assert_error(&r, 404, "not_found");
+    assert!(node.profile("user_id", "http-u6", 0).await.is_err(), "nothing of the refused body was applied");
+
     phase("health, readiness and metrics");
     let r = http_request(node.http_addr(), "GET", "/healthz", &[], b"").await;
     assert_eq!((r.status, r.text().trim()), (200, "ok"));
@@ -265,17 +294,31 @@ async fn write_keys_created_with_chorusctl_are_accepted_listed_and_revoked() {
     let r = post(&node, "/v1/track", None, &[], &json!({"writeKey": key, "messageId": "wk-4", "userId": "key-u1", "event": "Clicked"}).to_string()).await;
     assert_eq!(r.status, 200, "{}", r.text());
 
-    phase("revoking the last key opens the node again; with another key in place the revoked one is refused");
-    node.ctl(&["key", "revoke", "segment-prod"]).await.ok();
+    phase("revoking the last key does not open the node: the revoked key and made-up keys are refused, and the CLI says so");
+    let revoked = node.ctl(&["key", "revoke", "segment-prod"]).await;
+    revoked.ok();
+    assert!(revoked.stdout.contains("It was the last one") && revoked.stdout.contains("refuses every write key"), "{}", revoked.stdout);
     let r = post(&node, "/v1/track", Some(&basic_auth(&key)), &[], &body("wk-5")).await;
-    assert_eq!(r.status, 200, "with no key left the node is open again: {}", r.text());
+    assert_error(&r, 401, "invalid_write_key");
+    assert!(r.text().contains("revoked"), "the error says why: {}", r.text());
+    let r = post(&node, "/v1/track", Some(&basic_auth("made-up")), &[], &body("wk-5b")).await;
+    assert_error(&r, 401, "invalid_write_key");
+    let listed = node.ctl(&["-o", "json", "key", "list"]).await;
+    listed.ok();
+    assert_eq!(listed.json()["keys_required"], true, "{}", listed.stdout);
+    assert_eq!(listed.json()["keys"].as_array().map(Vec::len), Some(0), "{}", listed.stdout);
+
+    phase("a new key is accepted; the revoked one stays refused");
     let out = node.ctl(&["-o", "json", "key", "create", "other"]).await;
     out.ok();
+    let other = out.json()["key"].as_str().unwrap().to_string();
+    let r = post(&node, "/v1/track", Some(&basic_auth(&other)), &[], &body("wk-5c")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
     let r = post(&node, "/v1/track", Some(&basic_auth(&key)), &[], &body("wk-6")).await;
     assert_error(&r, 401, "invalid_write_key");
     let missing = node.ctl(&["key", "revoke", "segment-prod"]).await;
     assert_eq!(missing.code(), Some(1));
     assert!(missing.stderr.contains("no write key named"), "{}", missing.stderr);
     let p = node.profile("user_id", "key-u1", 0).await.expect("the accepted events made a profile");
-    assert_eq!(p.event_count, 4, "wk-1, wk-3, wk-4 and wk-5 were applied, the refused ones not");
+    assert_eq!(p.event_count, 4, "wk-1, wk-3, wk-4 and wk-5c were applied, the refused ones not");
 }

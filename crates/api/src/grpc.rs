@@ -31,7 +31,7 @@ impl Services {
         let now = self.shards.clock().now_ms();
         let results: Vec<ItemResult> = convert::ingest_inputs(&self.shards, inputs, now).await;
         let (results, overloaded) = convert::proto_results(results);
-        Ok((v1::IngestResponse { batch_id: req.batch_id, results }, overloaded))
+        Ok((v1::IngestResponse { batch_id: req.batch_id, results, error: None }, overloaded))
     }
 
     async fn resolve_ref(&self, r: Option<v1::ProfileRef>) -> Result<CustomerId, ApiError> {
@@ -45,6 +45,14 @@ impl Services {
                 self.shards.find(&id).await?.ok_or_else(|| ApiError::NotFound(format!("no customer with {} {}", id.kind, id.value)))
             }
         }
+    }
+}
+
+/// A whole-batch refusal as a stream answer.
+fn batch_error(e: ApiError) -> v1::BatchError {
+    match e {
+        ApiError::InvalidArgument { field, message } => v1::BatchError { code: "invalid_argument".into(), field, message },
+        other => v1::BatchError { code: "unavailable".into(), field: String::new(), message: other.to_string() },
     }
 }
 
@@ -80,14 +88,14 @@ impl v1::ingest_server::Ingest for Services {
                 let tx2 = tx.clone();
                 tokio::spawn(async move {
                     let batch_id = req.batch_id;
-                    // Overload is answered per batch with RETRY results so the stream
-                    // survives; RESOURCE_EXHAUSTED is the unary answer.
-                    let answer = me2.ingest_batch(req).await.map(|(r, _)| r).map_err(|e| {
-                        let mut s: Status = e.into();
-                        s.metadata_mut().insert("batch-id", batch_id.to_string().parse().expect("ascii digits"));
-                        s
-                    });
-                    let _ = tx2.send(answer).await;
+                    // Overload is answered per batch with RETRY results and a refused
+                    // batch with a batch error, so the stream survives for the next
+                    // batches; RESOURCE_EXHAUSTED / INVALID_ARGUMENT are unary answers.
+                    let answer = match me2.ingest_batch(req).await {
+                        Ok((r, _)) => r,
+                        Err(e) => v1::IngestResponse { batch_id, results: Vec::new(), error: Some(batch_error(e)) },
+                    };
+                    let _ = tx2.send(Ok(answer)).await;
                     drop(permit);
                 });
             }
@@ -127,7 +135,7 @@ impl v1::profiles_server::Profiles for Services {
             .decisions
             .iter()
             .rev()
-            .filter(|d| req.journey.is_empty() || d.detail.contains(&req.journey))
+            .filter(|d| req.journey.is_empty() || d.concerns_journey(&req.journey))
             .take(limit)
             .map(|d| v1::Decision { at_ms: d.at_ms, kind: d.kind.as_str().to_string(), reason: d.reason.clone(), detail: d.detail.clone() })
             .collect::<Vec<_>>()
@@ -154,11 +162,15 @@ impl v1::profiles_server::Profiles for Services {
                 ("channel", c.to_string())
             }
             ("", t) if !t.is_empty() => ("topic", t.to_string()),
-            _ => return Err(ApiError::invalid("channel", "give exactly one of channel and topic").into()),
+            _ => {
+                return Err(ApiError::invalid("channel", "give exactly one of channel and topic").into());
+            }
         };
         let status = match chorus_engine::ConsentStatus::parse(req.status.trim()) {
             Some(s @ (chorus_engine::ConsentStatus::OptedIn | chorus_engine::ConsentStatus::OptedOut | chorus_engine::ConsentStatus::Unknown)) => s,
-            _ => return Err(ApiError::invalid("status", format!("{:?}: use opted_in, opted_out or unknown", req.status)).into()),
+            _ => {
+                return Err(ApiError::invalid("status", format!("{:?}: use opted_in, opted_out or unknown", req.status)).into());
+            }
         };
         let id = self.resolve_ref(req.profile).await?;
         let (state, _) =
@@ -228,7 +240,9 @@ impl v1::admin_server::Admin for Services {
         for k in &req.keys {
             match letters.iter().find(|d| d.intent.key == *k) {
                 Some(d) => picked.push((d.intent.customer, d.intent.key.clone())),
-                None => return Err(ApiError::NotFound(format!("no dead letter with key {k:?}: see `chorusctl dlq list`")).into()),
+                None => {
+                    return Err(ApiError::NotFound(format!("no dead letter with key {k:?}: see `chorusctl dlq list`")).into());
+                }
             }
         }
         if req.all {
@@ -347,7 +361,7 @@ impl v1::admin_server::Admin for Services {
     async fn create_write_key(&self, request: Request<v1::CreateWriteKeyRequest>) -> Result<Response<v1::CreateWriteKeyResponse>, Status> {
         let name = request.into_inner().name;
         crate::keys::check_name(&name).map_err(|m| ApiError::invalid("name", m))?;
-        if self.shards.write_keys().await.map_err(ApiError::from)?.iter().any(|k| k.name == name) {
+        if self.shards.write_keys().await.map_err(ApiError::from)?.keys.iter().any(|k| k.name == name) {
             return Err(ApiError::invalid("name", format!("a write key named {name:?} exists; revoke it first or choose another name")).into());
         }
         let key = crate::keys::generate().map_err(|e| Status::internal(format!("generate a key: {e}")))?;
@@ -361,19 +375,22 @@ impl v1::admin_server::Admin for Services {
         let keys = self.shards.write_keys().await.map_err(ApiError::from)?;
         Ok(Response::new(v1::ListWriteKeysResponse {
             keys: keys
+                .keys
                 .into_iter()
                 .map(|k| v1::WriteKeyInfo { fingerprint: crate::keys::fingerprint(&k.sha256), name: k.name, created_ms: k.created_ms })
                 .collect(),
+            keys_required: keys.required,
         }))
     }
 
     async fn revoke_write_key(&self, request: Request<v1::RevokeWriteKeyRequest>) -> Result<Response<v1::RevokeWriteKeyResponse>, Status> {
         let name = request.into_inner().name;
-        if !self.shards.write_keys().await.map_err(ApiError::from)?.iter().any(|k| k.name == name) {
+        if !self.shards.write_keys().await.map_err(ApiError::from)?.keys.iter().any(|k| k.name == name) {
             return Err(ApiError::NotFound(format!("no write key named {name:?}")).into());
         }
         self.shards.revoke_write_key(&name).await.map_err(ApiError::from)?;
-        Ok(Response::new(v1::RevokeWriteKeyResponse {}))
+        let remaining = self.shards.write_keys().await.map_err(ApiError::from)?.keys.len() as u32;
+        Ok(Response::new(v1::RevokeWriteKeyResponse { remaining }))
     }
 
     async fn shard_rebalance(&self, request: Request<v1::ShardRebalanceRequest>) -> Result<Response<v1::ShardMovesResponse>, Status> {
@@ -385,7 +402,9 @@ impl v1::admin_server::Admin for Services {
     async fn list_shards(&self, _: Request<v1::ListShardsRequest>) -> Result<Response<v1::ListShardsResponse>, Status> {
         let shards = self
             .shards
-            .status()
+            .every_shard_status()
+            .await
+            .map_err(ApiError::from)?
             .into_iter()
             .map(|s| v1::ShardStatus {
                 shard: s.shard,
@@ -503,7 +522,9 @@ fn captured(m: chorus_connectors::capture::Captured) -> v1::CapturedMessage {
             rendered.insert("category".into(), m.intent.category.as_str().into());
             serde_json::Value::Object(rendered)
         }
-        _ => serde_json::json!({"template": m.intent.template, "category": m.intent.category.as_str(), "vars": m.intent.vars.0}),
+        _ => {
+            serde_json::json!({"template": m.intent.template, "category": m.intent.category.as_str(), "vars": m.intent.vars.0})
+        }
     };
     v1::CapturedMessage {
         seq: m.seq,
@@ -603,7 +624,9 @@ impl Services {
             text => match serde_json::from_str::<serde_json::Value>(text) {
                 Ok(serde_json::Value::Object(o)) => o,
                 Ok(_) => return Err(ApiError::invalid("vars_json", "must be a JSON object")),
-                Err(e) => return Err(ApiError::invalid("vars_json", format!("is not valid JSON: {e}"))),
+                Err(e) => {
+                    return Err(ApiError::invalid("vars_json", format!("is not valid JSON: {e}")));
+                }
             },
         };
         let send_at_ms = if !m.send_at.trim().is_empty() {
@@ -723,7 +746,9 @@ impl v1::journeys_server::Journeys for Services {
             "active" | "resume" | "resumed" => Lifecycle::Active,
             "paused" | "pause" => Lifecycle::Paused,
             "archived" | "archive" => Lifecycle::Archived,
-            other => return Err(ApiError::invalid("lifecycle", format!("{other:?}: use active (resume), paused or archived")).into()),
+            other => {
+                return Err(ApiError::invalid("lifecycle", format!("{other:?}: use active (resume), paused or archived")).into());
+            }
         };
         self.journey(&req.id).await?;
         self.shards.set_lifecycle(&req.id, lifecycle).await.map_err(ApiError::from)?;
@@ -747,7 +772,9 @@ impl v1::journeys_server::Journeys for Services {
             "" => serde_json::Map::new(),
             text => match serde_json::from_str::<serde_json::Value>(text) {
                 Ok(serde_json::Value::Object(m)) => m,
-                _ => return Err(ApiError::invalid("properties_json", "must be a JSON object").into()),
+                _ => {
+                    return Err(ApiError::invalid("properties_json", "must be a JSON object").into());
+                }
             },
         };
         properties.insert("journey".into(), serde_json::Value::String(j.id.clone()));
@@ -909,7 +936,9 @@ impl v1::templates_server::Templates for Services {
     async fn list(&self, _: Request<v1::ListTemplatesRequest>) -> Result<Response<v1::ListTemplatesResponse>, Status> {
         let mut templates = Vec::new();
         for (id, version, file, _) in self.shards.templates().await.map_err(ApiError::from)? {
-            let Some(t) = self.shards.template(&id).await else { continue };
+            let Some(t) = self.shards.template(&id).await else {
+                continue;
+            };
             templates.push(v1::TemplateSummary {
                 id,
                 version,

@@ -35,10 +35,58 @@ pub fn router(shards: Shards, config: Arc<ApiConfig>) -> Router {
         .layer(DefaultBodyLimit::max(RAW_BODY_BYTES_MAX))
         .with_state(AppState { shards: shards.clone(), config: config.clone() })
         .merge(crate::tracking::router(shards.clone(), config.clone()));
-    match &config.twilio {
+    let router = match &config.twilio {
         Some(t) => router.merge(crate::twilio::router(shards, t.clone())),
         None => router,
+    };
+    router
+        .fallback(|uri: axum::http::Uri| async move { error(404, "not_found", format!("no endpoint at {}", uri.path())) })
+        .layer(axum::middleware::map_response(json_errors))
+}
+
+/// Longest plain-text error body carried into the JSON error's message.
+const ERROR_TEXT_BYTES_MAX: usize = 4096;
+
+/// Every error answer has the JSON shape `{"code", "message"}`: errors made by axum
+/// itself (a body over the limit, a wrong method, a bad header) come as plain text and
+/// are rewritten here. HTML pages (tracking links opened in a browser) stay HTML.
+async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return response;
     }
+    let content_type = response.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if content_type.starts_with("application/json") || content_type.starts_with("text/html") {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, ERROR_TEXT_BYTES_MAX).await.map(|b| String::from_utf8_lossy(&b).trim().to_string()).unwrap_or_default();
+    let code = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::UNAUTHORIZED => "unauthorized",
+        StatusCode::FORBIDDEN => "forbidden",
+        StatusCode::TOO_MANY_REQUESTS => "overloaded",
+        s if s.is_server_error() => "unavailable",
+        _ => "bad_request",
+    };
+    let message = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => format!("the request body is over the limit of {RAW_BODY_BYTES_MAX} bytes: send fewer events per request"),
+        StatusCode::METHOD_NOT_ALLOWED => {
+            format!("this endpoint does not take that method{}", if text.is_empty() { String::new() } else { format!(" ({text})") })
+        }
+        _ if text.is_empty() => status.canonical_reason().unwrap_or("error").to_lowercase(),
+        _ => text,
+    };
+    let mut out = error(status.as_u16(), code, message);
+    for (name, value) in parts.headers.iter() {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            out.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    out
 }
 
 fn error(status: u16, code: &str, message: String) -> Response {
@@ -55,28 +103,41 @@ async fn authorize(st: &AppState, headers: &HeaderMap) -> Result<(), Response> {
     let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let key = match chorus_segment::write_key_from_header(authorization) {
         Ok(Some(k)) => k,
-        Ok(None) => return Err(error(401, "missing_write_key", "send the write key as HTTP Basic auth (the key as user name)".into())),
+        Ok(None) => {
+            return Err(error(401, "missing_write_key", "send the write key as HTTP Basic auth (the key as user name)".into()));
+        }
         Err(e) => return Err(seg_error(e)),
     };
     check_write_key(st, &key).await
 }
 
 /// Accept `key` when it is one of this node's `[http] write_keys` or a write key of the
-/// catalog (`chorusctl key create`); with neither configured, every key is accepted.
+/// catalog (`chorusctl key create`). Only a node that has no `[http] write_keys` and
+/// whose cluster never had a catalog key accepts every key (a fresh `chorus dev`): once
+/// a key was created, revoking the last one refuses every key.
 async fn check_write_key(st: &AppState, key: &str) -> Result<(), Response> {
     if st.config.write_keys.iter().any(|k| crate::keys::equal(k.as_bytes(), key.as_bytes())) {
         return Ok(());
     }
     let catalog = match st.shards.write_keys().await {
         Ok(k) => k,
-        Err(e) => return Err(error(503, "unavailable", format!("cannot read the cluster's write keys right now ({e}); retry"))),
+        Err(e) => {
+            return Err(error(503, "unavailable", format!("cannot read the cluster's write keys right now ({e}); retry")));
+        }
     };
-    if st.config.write_keys.is_empty() && catalog.is_empty() {
+    if st.config.write_keys.is_empty() && !catalog.required {
         return Ok(());
     }
-    let hashes: Vec<Vec<u8>> = catalog.into_iter().map(|k| k.sha256).collect();
+    let hashes: Vec<Vec<u8>> = catalog.keys.into_iter().map(|k| k.sha256).collect();
     if crate::keys::matches_any(key, &hashes) {
         return Ok(());
+    }
+    if hashes.is_empty() && st.config.write_keys.is_empty() {
+        return Err(error(
+            401,
+            "invalid_write_key",
+            "every write key of this Chorus cluster has been revoked, so every key is refused: create one with `chorusctl key create NAME`".into(),
+        ));
     }
     Err(error(
         401,
@@ -102,7 +163,9 @@ async fn content(
             Err(e) => return error(400, "invalid_argument", format!("customer_id: {e}")),
         },
         (None, Some(i)) => {
-            let Some((kind, value)) = i.split_once(':') else { return error(400, "invalid_argument", "identity: use kind:value, e.g. user_id:42".into()) };
+            let Some((kind, value)) = i.split_once(':') else {
+                return error(400, "invalid_argument", "identity: use kind:value, e.g. user_id:42".into());
+            };
             let identity = match convert::identity(kind, value) {
                 Ok(id) => id,
                 Err(e) => return error(400, "invalid_argument", e.to_string()),
@@ -113,7 +176,9 @@ async fn content(
                 Err(e) => return error(503, "unavailable", e.to_string()),
             }
         }
-        (None, None) => return error(400, "invalid_argument", "give ?identity=kind:value or ?customer_id=cu_…".into()),
+        (None, None) => {
+            return error(400, "invalid_argument", "give ?identity=kind:value or ?customer_id=cu_…".into());
+        }
     };
     match crate::grpc::content(&st.shards, id, &placement).await {
         Ok(r) => {
@@ -257,7 +322,9 @@ async fn segment(State(st): State<AppState>, Path(endpoint): Path<String>, heade
                 chorus_types::EventOutcome::Duplicate => json!({"index": i, "status": "duplicate"}),
                 chorus_types::EventOutcome::Applied { customer }
                 | chorus_types::EventOutcome::Forwarded { customer, .. }
-                | chorus_types::EventOutcome::Parked { customer } => json!({"index": i, "status": "accepted", "customer_id": customer.to_string()}),
+                | chorus_types::EventOutcome::Parked { customer } => {
+                    json!({"index": i, "status": "accepted", "customer_id": customer.to_string()})
+                }
             },
             ItemResult::Rejected(fe) => {
                 rejected += 1;

@@ -47,7 +47,9 @@ fn unavailable(e: impl std::fmt::Display) -> Response {
 
 /// The record behind a token, if the token is genuine.
 async fn record(st: &TrackState, token: &str) -> Result<Option<TrackRecord>, Response> {
-    let Some((shard, id)) = verify(token, &st.config.tracking.secret) else { return Ok(None) };
+    let Some((shard, id)) = verify(token, &st.config.tracking.secret) else {
+        return Ok(None);
+    };
     st.shards.track_record(shard, id).await.map_err(unavailable)
 }
 
@@ -101,7 +103,9 @@ async fn click(State(st): State<TrackState>, Path((token, index)): Path<(String,
         Ok(None) => return not_found("tracking"),
         Err(r) => return r,
     };
-    let Some(url) = rec.links.get(index).filter(|u| !u.is_empty()).cloned() else { return not_found("tracking") };
+    let Some(url) = rec.links.get(index).filter(|u| !u.is_empty()).cloned() else {
+        return not_found("tracking");
+    };
     let at = st.shards.now_ms();
     let mut p = props(&rec);
     p["url"] = Value::String(url.clone());

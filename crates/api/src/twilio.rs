@@ -108,7 +108,9 @@ pub fn signature(auth_token: &str, url: &str, params: &[(String, String)]) -> St
 
 /// Whether `given` (the header) is the signature of this request; constant time.
 pub fn signature_matches(auth_token: &str, url: &str, params: &[(String, String)], given: &str) -> bool {
-    let Ok(tag) = base64::engine::general_purpose::STANDARD.decode(given.trim()) else { return false };
+    let Ok(tag) = base64::engine::general_purpose::STANDARD.decode(given.trim()) else {
+        return false;
+    };
     aws_lc_rs::hmac::verify(&hmac_key(auth_token), signed_data(url, params).as_bytes(), &tag).is_ok()
 }
 
@@ -149,7 +151,9 @@ pub fn status_event_name(status: &str) -> Option<&'static str> {
 pub fn status_event(key: &str, params: &[(String, String)], identity: (String, String)) -> Result<Option<EventInput>, FieldError> {
     let sid = param(params, "MessageSid").or_else(|| param(params, "SmsSid")).ok_or_else(|| FieldError::new("MessageSid", "is required"))?;
     let status = param(params, "MessageStatus").or_else(|| param(params, "SmsStatus")).ok_or_else(|| FieldError::new("MessageStatus", "is required"))?;
-    let Some(name) = status_event_name(status) else { return Ok(None) };
+    let Some(name) = status_event_name(status) else {
+        return Ok(None);
+    };
     let mut properties = Map::new();
     properties.insert("key".into(), key.into());
     properties.insert("status".into(), status.into());
@@ -229,8 +233,12 @@ async fn status(State(st): State<WebhookState>, uri: Uri, headers: HeaderMap, bo
     // The customer's strongest identity routes the event to them (following merges).
     let state = match st.shards.customer_following_merges(customer).await {
         Ok(Some((state, _))) => state,
-        Ok(None) => return error(StatusCode::NOT_FOUND, "not_found", format!("customer {customer} is not known to this cluster")),
-        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, "retry", format!("read customer {customer}: {e}")),
+        Ok(None) => {
+            return error(StatusCode::NOT_FOUND, "not_found", format!("customer {customer} is not known to this cluster"));
+        }
+        Err(e) => {
+            return error(StatusCode::SERVICE_UNAVAILABLE, "retry", format!("read customer {customer}: {e}"));
+        }
     };
     let Some(identity) = state.identities.iter().min_by_key(|i| i.kind.priority()) else {
         return error(StatusCode::NOT_FOUND, "not_found", format!("customer {customer} has no identity left"));

@@ -146,7 +146,9 @@ pub fn apns_id(key: &str) -> String {
 pub fn payload(intent: &Intent) -> Result<Value, DeliveryError> {
     let push = match crate::rendered_content(intent, "push")? {
         Content::Push(push) => push,
-        other => return Err(DeliveryError::Permanent(format!("intent {}: rendered content is a {} message, not push", intent.key, other.channel()))),
+        other => {
+            return Err(DeliveryError::Permanent(format!("intent {}: rendered content is a {} message, not push", intent.key, other.channel())));
+        }
     };
     let mut alert = Map::new();
     if let Some(title) = push.title.filter(|t| !t.is_empty()) {

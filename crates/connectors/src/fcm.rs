@@ -296,11 +296,8 @@ pub fn outcome(status: u16, retry_after: Option<u64>, body: &[u8]) -> Result<Str
         || status == 404
         || (status == 400 && (error_code == "INVALID_ARGUMENT" || grpc_status == "INVALID_ARGUMENT") && message.to_ascii_lowercase().contains("token"));
     Err(match status {
-        429 => DeliveryError::Transient(match retry_after {
-            Some(s) => format!("fcm rate limited (429) {code}: retry after {s}s: {message}"),
-            None => format!("fcm rate limited (429) {code}: {message}"),
-        }),
-        500..=599 => DeliveryError::Transient(format!("fcm {status} {code}: {message}")),
+        429 => provider::transient(format!("fcm rate limited (429) {code}: {message}"), retry_after),
+        500..=599 => provider::transient(format!("fcm {status} {code}: {message}"), retry_after),
         401 => DeliveryError::Transient(format!("fcm 401 {code}: access token refused after a refresh: {message}")),
         _ if token_refused => DeliveryError::Permanent(format!("unregistered: fcm {status} {code}: {message}")),
         _ => DeliveryError::Permanent(format!("fcm {status} {code}: {message}")),
@@ -340,7 +337,9 @@ mod tests {
 
     #[test]
     fn rule_push_rate_limit_and_server_errors_are_transient() {
-        let Err(DeliveryError::Transient(d)) = outcome(429, Some(3), br#"{"error": {"code": 429, "status": "RESOURCE_EXHAUSTED", "message": "quota"}}"#) else {
+        let Err(DeliveryError::TransientAfter(d, _)) =
+            outcome(429, Some(3), br#"{"error": {"code": 429, "status": "RESOURCE_EXHAUSTED", "message": "quota"}}"#)
+        else {
             panic!()
         };
         assert!(d.contains("retry after 3s"), "{d}");

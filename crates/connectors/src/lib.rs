@@ -248,8 +248,12 @@ pub async fn deliver_with_retries(connector: &dyn Connector, intent: &Intent, li
     let jitter_seed = intent.key.bytes().fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64));
     for attempt in 1..=limits.attempts_max {
         let (detail, hint) = match connector.deliver(intent).await {
-            Ok(detail) => return Delivery { status: DispatchStatus::Delivered, detail, attempts: attempt, retry_later: None },
-            Err(DeliveryError::Permanent(d)) => return Delivery { status: DispatchStatus::FailedPermanent, detail: d, attempts: attempt, retry_later: None },
+            Ok(detail) => {
+                return Delivery { status: DispatchStatus::Delivered, detail, attempts: attempt, retry_later: None };
+            }
+            Err(DeliveryError::Permanent(d)) => {
+                return Delivery { status: DispatchStatus::FailedPermanent, detail: d, attempts: attempt, retry_later: None };
+            }
             Err(DeliveryError::Transient(d)) => (d, Duration::ZERO),
             Err(DeliveryError::TransientAfter(d, after)) => (d, after.min(limits.retry_after_max)),
         };

@@ -88,9 +88,35 @@ pub async fn read_body(provider: &str, mut response: reqwest::Response) -> Resul
     Ok(body)
 }
 
-/// Seconds from a `Retry-After` header in its delta-seconds form (the form providers use).
+/// Seconds from a `Retry-After` header: delay-seconds (the form providers use) or an
+/// HTTP date, counted from the system clock.
 pub fn retry_after_secs(headers: &reqwest::header::HeaderMap) -> Option<u64> {
-    headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim().parse().ok()
+    let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
+    let now_s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+    parse_retry_after(value, now_s).map(|d| d.as_secs())
+}
+
+/// A `Retry-After` value: delay-seconds, or an HTTP date compared with `now_s` (a date in
+/// the past is no wait). Unbounded: callers clip it to their `retry_after_max`.
+pub fn parse_retry_after(value: &str, now_s: i64) -> Option<std::time::Duration> {
+    let value = value.trim();
+    let secs = match value.parse::<u64>() {
+        Ok(s) => s,
+        Err(_) => {
+            let at = httpdate::parse_http_date(value).ok()?;
+            let at_s = at.duration_since(std::time::SystemTime::UNIX_EPOCH).ok()?.as_secs() as i64;
+            at_s.saturating_sub(now_s).max(0) as u64
+        }
+    };
+    Some(std::time::Duration::from_secs(secs))
+}
+
+/// A transient error that waits at least the provider's `Retry-After`, when it gave one.
+pub fn transient(detail: String, retry_after: Option<u64>) -> crate::DeliveryError {
+    match retry_after {
+        Some(s) => crate::DeliveryError::TransientAfter(format!("{detail}: retry after {s}s"), std::time::Duration::from_secs(s)),
+        None => crate::DeliveryError::Transient(detail),
+    }
 }
 
 /// `text` cut to [`DETAIL_CHARS_MAX`] characters for an outcome detail.

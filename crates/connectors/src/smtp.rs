@@ -221,7 +221,9 @@ impl SmtpConfig {
         self.reply_to_mailbox()?;
         let password = self.resolve_password(env)?;
         match (&self.username, &password) {
-            (Some(_), None) => return Err("smtp username is set without password or password_env".into()),
+            (Some(_), None) => {
+                return Err("smtp username is set without password or password_env".into());
+            }
             (None, Some(_)) => return Err("smtp password is set without username".into()),
             _ => {}
         }

@@ -218,11 +218,9 @@ pub fn outcome(status: u16, retry_after: Option<u64>, body: &[u8]) -> Result<Str
     let message = if e.message.is_empty() { provider::clip(&String::from_utf8_lossy(body)) } else { provider::clip(&e.message) };
     let code = e.code.map(|c| format!(" error {c}")).unwrap_or_default();
     Err(match status {
-        429 => DeliveryError::Transient(match retry_after {
-            Some(s) => format!("twilio rate limited (429){code}: retry after {s}s: {message}"),
-            None => format!("twilio rate limited (429){code}: {message}"),
-        }),
-        500..=599 => DeliveryError::Transient(format!("twilio {status}{code}: {message}")),
+        // Twilio's 429 carries Retry-After (seconds); a 503 may too.
+        429 => provider::transient(format!("twilio rate limited (429){code}: {message}"), retry_after),
+        500..=599 => provider::transient(format!("twilio {status}{code}: {message}"), retry_after),
         _ => match e.code {
             Some(c) if INVALID_ADDRESS_CODES.contains(&c) => DeliveryError::Permanent(format!("invalid_address: twilio {status} error {c}: {message}")),
             Some(UNSUBSCRIBED_CODE) => DeliveryError::Permanent(format!("unsubscribed: twilio {status} error {UNSUBSCRIBED_CODE}: {message}")),
@@ -266,7 +264,7 @@ mod tests {
 
     #[test]
     fn rule_twilio_rate_limit_and_server_errors_are_transient() {
-        let Err(DeliveryError::Transient(d)) = outcome(429, Some(7), br#"{"code": 20429, "message": "Too Many Requests"}"#) else { panic!() };
+        let Err(DeliveryError::TransientAfter(d, _)) = outcome(429, Some(7), br#"{"code": 20429, "message": "Too Many Requests"}"#) else { panic!() };
         assert!(d.contains("retry after 7s") && d.contains("20429"), "{d}");
         assert!(matches!(outcome(503, None, b"<html>unavailable</html>"), Err(DeliveryError::Transient(_))));
     }

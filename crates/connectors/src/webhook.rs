@@ -29,7 +29,7 @@ use serde::Deserialize;
 use sha2::Sha256;
 use std::future::Future;
 use std::pin::Pin;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 /// Bytes of a response body quoted in an outcome's detail at most.
 pub const RESPONSE_EXCERPT_MAX: usize = 256;
@@ -204,7 +204,9 @@ impl WebhookConnector {
         let method = hook.method.trim().to_ascii_uppercase();
         let method = match METHODS.iter().find(|m| **m == method) {
             Some(m) => reqwest::Method::from_bytes(m.as_bytes()).expect("known method"),
-            None => return Err(permanent(format!("method {:?} is not one of {}", hook.method, METHODS.join(", ")))),
+            None => {
+                return Err(permanent(format!("method {:?} is not one of {}", hook.method, METHODS.join(", "))));
+            }
         };
         let body = hook.body.clone().unwrap_or_default();
         let mut headers = HeaderMap::new();
@@ -244,8 +246,12 @@ impl Connector for WebhookConnector {
             let target = format!("{} {}", request.method(), request.url());
             let mut response = match self.client.execute(request).await {
                 Ok(r) => r,
-                Err(e) if e.is_builder() => return Err(DeliveryError::Permanent(format!("{target}: {e}"))),
-                Err(e) if e.is_timeout() => return Err(DeliveryError::Transient(format!("{target}: timed out: {e}"))),
+                Err(e) if e.is_builder() => {
+                    return Err(DeliveryError::Permanent(format!("{target}: {e}")));
+                }
+                Err(e) if e.is_timeout() => {
+                    return Err(DeliveryError::Transient(format!("{target}: timed out: {e}")));
+                }
                 Err(e) => return Err(DeliveryError::Transient(format!("{target}: {e}"))),
             };
             let status = response.status();
@@ -253,7 +259,9 @@ impl Connector for WebhookConnector {
             let location = response.headers().get(reqwest::header::LOCATION).and_then(|v| v.to_str().ok()).map(str::to_string);
             let excerpt = excerpt(&mut response).await;
             let reply = format!("{} {}", status.as_u16(), status.canonical_reason().unwrap_or("")).trim_end().to_string();
-            let with_body = |s: String| if excerpt.is_empty() { s } else { format!("{s}: {excerpt}") };
+            let with_body = |s: String| {
+                if excerpt.is_empty() { s } else { format!("{s}: {excerpt}") }
+            };
             let code = status.as_u16();
             if status.is_success() {
                 return Ok(with_body(reply));
@@ -276,18 +284,10 @@ impl Connector for WebhookConnector {
     }
 }
 
-/// A `Retry-After` value: delay-seconds, or an HTTP date compared with `now_s`.
+/// A `Retry-After` value: delay-seconds, or an HTTP date compared with `now_s`, at most
+/// [`RETRY_AFTER_MAX`].
 pub fn parse_retry_after(value: &str, now_s: i64) -> Option<Duration> {
-    let value = value.trim();
-    let secs = match value.parse::<u64>() {
-        Ok(s) => s,
-        Err(_) => {
-            let at = httpdate::parse_http_date(value).ok()?;
-            let at_s = at.duration_since(SystemTime::UNIX_EPOCH).ok()?.as_secs() as i64;
-            at_s.saturating_sub(now_s).max(0) as u64
-        }
-    };
-    Some(Duration::from_secs(secs).min(RETRY_AFTER_MAX))
+    crate::provider::parse_retry_after(value, now_s).map(|d| d.min(RETRY_AFTER_MAX))
 }
 
 /// The first bytes of a response body, on one line, at most [`RESPONSE_EXCERPT_MAX`].

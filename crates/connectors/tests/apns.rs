@@ -55,7 +55,9 @@ struct Apple {
 /// key, `kid` and `iss` of the team, `iat` within the last hour.
 fn check_jwt(public_key: &[u8], jwt: &str) -> Result<(), String> {
     let parts: Vec<&str> = jwt.split('.').collect();
-    let [header, claims, signature] = parts[..] else { return Err(format!("{} parts", parts.len())) };
+    let [header, claims, signature] = parts[..] else {
+        return Err(format!("{} parts", parts.len()));
+    };
     let signature = URL_SAFE_NO_PAD.decode(signature).map_err(|e| format!("signature encoding: {e}"))?;
     if signature.len() != 64 {
         return Err(format!("signature of {} bytes, not r‖s (64)", signature.len()));
@@ -267,7 +269,9 @@ async fn rule_unregistered_device_token_is_permanent() {
     let apns = fx.connector();
     for device in ["gone-token", "bad-token", "other-app-token"] {
         match apns.deliver(&push_intent("k", device)).await {
-            Err(DeliveryError::Permanent(d)) => assert!(d.starts_with("unregistered: "), "{device}: {d}"),
+            Err(DeliveryError::Permanent(d)) => {
+                assert!(d.starts_with("unregistered: "), "{device}: {d}")
+            }
             other => panic!("{device}: {other:?}"),
         }
     }
@@ -328,7 +332,9 @@ async fn rule_expired_provider_token_is_re_signed_once() {
     tracing::info!("--- refused again after re-signing: transient, and only one re-sign per delivery");
     *fx.apple.expire_left.lock().unwrap() = 2;
     match apns.deliver(&push_intent("k4", "a1b2c3d4")).await {
-        Err(DeliveryError::Transient(d)) => assert!(d.starts_with("apns 403 ExpiredProviderToken"), "{d}"),
+        Err(DeliveryError::Transient(d)) => {
+            assert!(d.starts_with("apns 403 ExpiredProviderToken"), "{d}")
+        }
         other => panic!("{other:?}"),
     }
     assert_eq!(fx.seen().len(), 6);

@@ -50,7 +50,9 @@ struct Google {
 
 fn check_assertion(g: &Google, assertion: &str) -> Result<(), String> {
     let parts: Vec<&str> = assertion.split('.').collect();
-    let [header, claims, signature] = parts[..] else { return Err(format!("{} parts", parts.len())) };
+    let [header, claims, signature] = parts[..] else {
+        return Err(format!("{} parts", parts.len()));
+    };
     let signature = URL_SAFE_NO_PAD.decode(signature).map_err(|e| format!("signature encoding: {e}"))?;
     aws_lc_rs::signature::UnparsedPublicKey::new(&aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA256, g.public_key.as_slice())
         .verify(format!("{header}.{claims}").as_bytes(), &signature)
@@ -255,7 +257,7 @@ async fn rule_push_rate_limit_and_unavailable_are_transient() {
     let fx = start().await;
     let fcm = fx.connector();
     match fcm.deliver(&push_intent("k", "busy-token")).await {
-        Err(DeliveryError::Transient(d)) => assert!(d.contains("429") && d.contains("retry after 5s"), "{d}"),
+        Err(DeliveryError::TransientAfter(d, after)) => assert!(d.contains("429") && d.contains("retry after 5s") && after == Duration::from_secs(5), "{d}"),
         other => panic!("{other:?}"),
     }
     *fx.google.unavailable_left.lock().unwrap() = 2;

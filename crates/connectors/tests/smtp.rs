@@ -46,7 +46,9 @@ impl Sink {
     async fn start_with(auth: Option<&str>, tls: Option<&str>) -> Sink {
         let check = Command::new("python3").args(["-c", "import aiosmtpd, trustme"]).output().await;
         match check {
-            Err(e) => panic!("python3 is needed for the SMTP tests ({e}): install Python 3, then {HINT}"),
+            Err(e) => {
+                panic!("python3 is needed for the SMTP tests ({e}): install Python 3, then {HINT}")
+            }
             Ok(out) if !out.status.success() => {
                 panic!("aiosmtpd or trustme is not installed: {HINT}\n{}", String::from_utf8_lossy(&out.stderr))
             }

@@ -26,6 +26,7 @@ struct Seen {
     account: String,
     token: Option<String>,
     form: BTreeMap<String, String>,
+    at: std::time::Instant,
 }
 
 #[derive(Clone, Default)]
@@ -35,6 +36,8 @@ struct Provider {
     sent: Arc<Mutex<HashMap<String, String>>>,
     /// Answers still to give before succeeding, per `To`.
     failures_left: Arc<Mutex<HashMap<String, u32>>>,
+    /// 429s with `Retry-After: 2` still to give before succeeding, per `To`.
+    rate_limited_left: Arc<Mutex<HashMap<String, u32>>>,
 }
 
 fn twilio_error(status: u16, code: u64, message: &str) -> Response {
@@ -48,17 +51,29 @@ async fn messages(State(p): State<Provider>, Path(account): Path<String>, header
         return twilio_error(401, 20003, "Authenticate");
     }
     let token = headers.get("i-twilio-idempotency-token").and_then(|v| v.to_str().ok()).map(str::to_string);
-    p.seen.lock().unwrap().push(Seen { account: account.clone(), token: token.clone(), form: form.clone() });
+    p.seen.lock().unwrap().push(Seen { account: account.clone(), token: token.clone(), form: form.clone(), at: std::time::Instant::now() });
     let to = form.get("To").cloned().unwrap_or_default();
     match to.as_str() {
-        "+15005550001" => return twilio_error(400, 21211, "The 'To' number +15005550001 is not a valid phone number."),
-        "+15005550004" => return twilio_error(400, 21610, "Attempt to send to unsubscribed recipient"),
+        "+15005550001" => {
+            return twilio_error(400, 21211, "The 'To' number +15005550001 is not a valid phone number.");
+        }
+        "+15005550004" => {
+            return twilio_error(400, 21610, "Attempt to send to unsubscribed recipient");
+        }
         "+15005550009" => {
             return (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "3")], Json(json!({"code": 20429, "message": "Too Many Requests", "status": 429})))
                 .into_response();
         }
         "+15005550500" => return twilio_error(500, 20500, "Internal Server Error"),
         _ => {}
+    }
+    {
+        let mut left = p.rate_limited_left.lock().unwrap();
+        if let Some(n) = left.get_mut(&to).filter(|n| **n > 0) {
+            *n -= 1;
+            return (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "2")], Json(json!({"code": 20429, "message": "Too Many Requests", "status": 429})))
+                .into_response();
+        }
     }
     {
         let mut left = p.failures_left.lock().unwrap();
@@ -192,11 +207,13 @@ async fn rule_twilio_outcomes_are_mapped() {
         other => panic!("bad number: {other:?}"),
     }
     match twilio.deliver(&sms_intent("k2", "+15005550004", "hi")).await {
-        Err(DeliveryError::Permanent(d)) => assert!(d.contains("unsubscribed") && d.contains("21610"), "{d}"),
+        Err(DeliveryError::Permanent(d)) => {
+            assert!(d.contains("unsubscribed") && d.contains("21610"), "{d}")
+        }
         other => panic!("unsubscribed: {other:?}"),
     }
     match twilio.deliver(&sms_intent("k3", "+15005550009", "hi")).await {
-        Err(DeliveryError::Transient(d)) => assert!(d.contains("429") && d.contains("retry after 3s"), "{d}"),
+        Err(DeliveryError::TransientAfter(d, after)) => assert!(d.contains("429") && d.contains("retry after 3s") && after == Duration::from_secs(3), "{d}"),
         other => panic!("rate limited: {other:?}"),
     }
     match twilio.deliver(&sms_intent("k4", "+15005550500", "hi")).await {
@@ -244,6 +261,29 @@ async fn rule_twilio_transient_errors_are_retried_until_success() {
     // Transient errors that never end give up after attempts_max.
     let d = deliver_with_retries(&twilio, &sms_intent("k-down", "+15005550500", "hi"), &fast_retries()).await;
     assert_eq!((d.status, d.attempts), (DispatchStatus::FailedTransient, 4));
+}
+
+/// A 429 with `Retry-After: 2` is retried no sooner than 2 s later, although the
+/// backoff alone would retry after a few milliseconds.
+#[tokio::test]
+async fn rule_twilio_retry_after_is_honoured() {
+    let provider = Provider::default();
+    provider.rate_limited_left.lock().unwrap().insert("+14155550177".into(), 1);
+    let base = start(provider.clone()).await;
+    let twilio = TwilioConnector::new(&config(&base), &env).unwrap();
+    let d = deliver_with_retries(&twilio, &sms_intent("k-429", "+14155550177", "hi"), &fast_retries()).await;
+    assert_eq!((d.status, d.attempts), (DispatchStatus::Delivered, 2), "{d:?}");
+    let seen = provider.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2);
+    let waited = seen[1].at - seen[0].at;
+    assert!(waited >= Duration::from_secs(2), "the retry came {waited:?} after the 429 that said Retry-After: 2");
+    // A longer hint is clipped to retry_after_max.
+    provider.rate_limited_left.lock().unwrap().insert("+14155550178".into(), 1);
+    let limits = ConnectorLimits { retry_after_max: Duration::from_millis(300), ..fast_retries() };
+    let started = std::time::Instant::now();
+    let d = deliver_with_retries(&twilio, &sms_intent("k-429b", "+14155550178", "hi"), &limits).await;
+    assert_eq!(d.status, DispatchStatus::Delivered, "{d:?}");
+    assert!(started.elapsed() < Duration::from_secs(2), "retry_after_max bounds the wait: {:?}", started.elapsed());
 }
 
 #[tokio::test]

@@ -66,14 +66,20 @@ fn verify(headers: &HeaderMap, body: &[u8], now_s: i64) -> bool {
     let (Some(id), Some(ts), Some(sigs)) = (get("webhook-id"), get("webhook-timestamp"), get("webhook-signature")) else {
         return false;
     };
-    let Ok(ts_n) = ts.parse::<i64>() else { return false };
+    let Ok(ts_n) = ts.parse::<i64>() else {
+        return false;
+    };
     if (now_s - ts_n).abs() > TOLERANCE_S {
         return false;
     }
     let key = BASE64.decode(SECRET.strip_prefix("whsec_").unwrap()).unwrap();
     sigs.split(' ').any(|sig| {
-        let Some(("v1", b64)) = sig.split_once(',') else { return false };
-        let Ok(given) = BASE64.decode(b64) else { return false };
+        let Some(("v1", b64)) = sig.split_once(',') else {
+            return false;
+        };
+        let Ok(given) = BASE64.decode(b64) else {
+            return false;
+        };
         let mut mac = Hmac::<Sha256>::new_from_slice(&key).unwrap();
         mac.update(format!("{id}.{ts}.").as_bytes());
         mac.update(body);

@@ -78,7 +78,9 @@ pub fn parse_file(text: &str, next_id: &mut dyn FnMut() -> String) -> Result<Par
         let at = |message: String| FileError { line, column: None, event: Some(index), message };
         let obj = match value {
             Value::Object(obj) => obj,
-            other => return Err(at(format!("expected a JSON object (one event), found {}", json_kind(&other)))),
+            other => {
+                return Err(at(format!("expected a JSON object (one event), found {}", json_kind(&other))));
+            }
         };
         let event = event_from_json(&obj, next_id, &mut |field| {
             unknown.entry(field.to_string()).or_insert((index, line));
@@ -96,7 +98,9 @@ pub fn parse_file(text: &str, next_id: &mut dyn FnMut() -> String) -> Result<Par
 /// JSON value on its own (a pretty-printed object's first line is just `{`).
 fn looks_like_ndjson(text: &str) -> bool {
     let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
-    let (Some(first), Some(_)) = (lines.next(), lines.next()) else { return false };
+    let (Some(first), Some(_)) = (lines.next(), lines.next()) else {
+        return false;
+    };
     serde_json::from_str::<Value>(first).is_ok()
 }
 
@@ -146,7 +150,9 @@ fn parse_array(text: &str) -> Result<Vec<(usize, Value)>, FileError> {
                 pos += 1;
                 break;
             }
-            None => return Err(at_offset(text, pos, "unexpected end of file inside the array: missing `]`")),
+            None => {
+                return Err(at_offset(text, pos, "unexpected end of file inside the array: missing `]`"));
+            }
             _ => {}
         }
         let line = line_of(text, pos);
@@ -154,7 +160,9 @@ fn parse_array(text: &str) -> Result<Vec<(usize, Value)>, FileError> {
         match stream.next() {
             Some(Ok(v)) => values.push((line, v)),
             Some(Err(e)) => return Err(json_error(&e, line, values.len())),
-            None => return Err(at_offset(text, pos, "unexpected end of file inside the array: missing `]`")),
+            None => {
+                return Err(at_offset(text, pos, "unexpected end of file inside the array: missing `]`"));
+            }
         }
         pos = skip_whitespace(text, pos + stream.byte_offset());
         match b.get(pos) {
@@ -163,8 +171,12 @@ fn parse_array(text: &str) -> Result<Vec<(usize, Value)>, FileError> {
                 pos += 1;
                 break;
             }
-            Some(_) => return Err(at_offset(text, pos, "expected `,` or `]` after an array element")),
-            None => return Err(at_offset(text, pos, "unexpected end of file inside the array: missing `]`")),
+            Some(_) => {
+                return Err(at_offset(text, pos, "expected `,` or `]` after an array element"));
+            }
+            None => {
+                return Err(at_offset(text, pos, "unexpected end of file inside the array: missing `]`"));
+            }
         }
     }
     let rest = skip_whitespace(text, pos);
@@ -310,7 +322,9 @@ fn text_field(obj: &Map<String, Value>, names: &[&str], numbers_ok: bool) -> Res
     if present.len() > 1 {
         return Err(format!("{:?} and {:?} are the same field: give one of them", present[0], present[1]));
     }
-    let Some(name) = present.first() else { return Ok(None) };
+    let Some(name) = present.first() else {
+        return Ok(None);
+    };
     match &obj[**name] {
         Value::String(s) => Ok(Some(s.clone())),
         Value::Number(n) if numbers_ok => Ok(Some(n.to_string())),

@@ -56,8 +56,12 @@ pub fn parse_duration_ms(text: &str) -> Result<i64, String> {
             "h" => MS_PER_HOUR,
             "d" => MS_PER_DAY,
             "w" => MS_PER_WEEK,
-            "" => return Err(format!("{text:?}: the number {number} needs a unit ({DURATION_FORMS})")),
-            other => return Err(format!("{text:?}: unknown unit {other:?} ({DURATION_FORMS})")),
+            "" => {
+                return Err(format!("{text:?}: the number {number} needs a unit ({DURATION_FORMS})"));
+            }
+            other => {
+                return Err(format!("{text:?}: unknown unit {other:?} ({DURATION_FORMS})"));
+            }
         };
         total = number.checked_mul(scale).and_then(|part| total.checked_add(part)).ok_or_else(|| format!("{text:?} is too long a duration"))?;
     }

@@ -275,7 +275,9 @@ fn at_local(date: Date, hour: u8, minute: u8, tz: &TimeZone) -> Option<i64> {
 pub fn next_local_time(now_ms: i64, tz: &TimeZone, weekday: Option<u8>, hour: u8, minute: u8) -> i64 {
     let today = local(now_ms, tz).date();
     for d in 0..=8 {
-        let Ok(date) = today.checked_add(jiff::Span::new().days(d)) else { break };
+        let Ok(date) = today.checked_add(jiff::Span::new().days(d)) else {
+            break;
+        };
         if let Some(w) = weekday {
             if date.weekday().to_monday_zero_offset() as u8 != w {
                 continue;

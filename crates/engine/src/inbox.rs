@@ -56,8 +56,12 @@ pub fn on_event(state: &mut CustomerState, event: &Event) {
     if event.name != VIEWED_EVENT && event.name != DISMISSED_EVENT || event.properties.is_empty() {
         return;
     }
-    let Ok(props) = serde_json::from_str::<Value>(&event.properties) else { return };
-    let Some(key) = props.get("key").and_then(Value::as_str) else { return };
+    let Ok(props) = serde_json::from_str::<Value>(&event.properties) else {
+        return;
+    };
+    let Some(key) = props.get("key").and_then(Value::as_str) else {
+        return;
+    };
     if event.name == DISMISSED_EVENT {
         state.inbox.retain(|m| m.key != key);
     } else if let Some(m) = state.inbox.iter_mut().find(|m| m.key == key) {

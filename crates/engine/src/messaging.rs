@@ -1,8 +1,10 @@
 //! Send decisions (SPEC §4.3, §5.1 steps 2–3 and 6): consent per channel and topic with
 //! transactional exemptions, the contact point, and a deterministic idempotency key.
-//! Caps, quiet hours and priority are applied by the journey interpreter on top of these
-//! checks (see `guard`); API sends are not capped (the caller chose the moment) but are
-//! recorded on the contact ledger, so they count toward caps.
+//! The journey interpreter applies caps, quiet hours and priority on top of these checks
+//! (see `guard`). API sends (`decide_send`) get the same SPEC §5.1 order: a marketing
+//! send in the channel's quiet hours is deferred to their end (a durable timer re-runs
+//! it then), one over a cap is skipped with the rule in the decision; transactional sends
+//! keep their exemptions. Every send is recorded on the contact ledger.
 
 use crate::{ConsentStatus, CustomerState, DecisionKind, EngineConfig};
 use chorus_types::{Category, IdentityKind, Intent, SendRequest};
@@ -15,6 +17,12 @@ pub enum SendDecision {
     /// `code` is a stable machine-readable reason for counters: `consent`, `topic`,
     /// `contact`, `merged`.
     Skip {
+        reason: String,
+        code: &'static str,
+    },
+    /// Not now: try again at `until_ms` (an API send in quiet hours).
+    Defer {
+        until_ms: i64,
         reason: String,
         code: &'static str,
     },
@@ -111,6 +119,11 @@ pub fn decide_send(
     catalog: &crate::journey::run::RunCatalog,
 ) -> (SendDecision, Option<crate::render::TrackRecord>) {
     let mut decision = evaluate(state, req, &catalog.settings);
+    if matches!(decision, SendDecision::Send(_)) && req.category == Category::Marketing {
+        if let Some(d) = marketing_guard(state, req, &catalog.settings, now_ms) {
+            decision = d;
+        }
+    }
     let mut record = None;
     if let SendDecision::Send(intent) = &mut decision {
         intent.created_ms = now_ms;
@@ -150,8 +163,46 @@ pub fn decide_send(
         SendDecision::Skip { reason, .. } => {
             state.decide(cfg, now_ms, DecisionKind::Skipped, reason.clone(), format!("{} {} (request {})", req.channel, req.template, req.request_id))
         }
+        SendDecision::Defer { until_ms, reason, .. } => {
+            let (tz, _) = crate::guard::customer_zone(state, &catalog.settings);
+            let until = crate::guard::describe_local(*until_ms, &tz);
+            state.decide(
+                cfg,
+                now_ms,
+                DecisionKind::Deferred,
+                reason.clone(),
+                format!("api send: {} {} until {until} (request {})", req.channel, req.template, req.request_id),
+            )
+        }
     }
     (decision, record)
+}
+
+/// SPEC §5.1 steps 4–5 for a marketing API send: quiet hours in the customer's zone
+/// (deferred to their end, unless that is beyond `defer_max`) and the cluster's caps
+/// (skipped: the caller chose the moment, so it is not moved to when a slot frees).
+fn marketing_guard(state: &CustomerState, req: &SendRequest, settings: &crate::guard::Settings, now_ms: i64) -> Option<SendDecision> {
+    let (tz, tz_source) = crate::guard::customer_zone(state, settings);
+    if let Some(quiet) = settings.quiet_hours.get(&req.channel) {
+        if let Some(until) = crate::guard::quiet_until(now_ms, &tz, quiet) {
+            let why = format!("{} quiet hours {} in {tz_source}", req.channel, quiet.describe());
+            if until - now_ms > settings.defer_max_ms {
+                return Some(SendDecision::Skip {
+                    reason: format!(
+                        "{why}: waiting until {} would exceed defer_max {}",
+                        crate::guard::describe_local(until, &tz),
+                        chorus_types::time::format_duration_ms(settings.defer_max_ms)
+                    ),
+                    code: "quiet_hours",
+                });
+            }
+            return Some(SendDecision::Defer { until_ms: until, reason: why, code: "quiet_hours" });
+        }
+    }
+    match crate::guard::check_caps(state, settings, &tz, &req.channel, req.category, None, now_ms) {
+        crate::guard::CapCheck::Capped { rule, .. } => Some(SendDecision::Skip { reason: format!("capped by {rule}"), code: "capped" }),
+        crate::guard::CapCheck::Open { .. } => None,
+    }
 }
 
 /// The send checks without recording a decision (the journey interpreter records its own).

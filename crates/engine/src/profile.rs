@@ -74,6 +74,20 @@ pub struct Decision {
     pub detail: String,
 }
 
+impl Decision {
+    /// Whether this decision is about journey `id`: a journey's decisions name it in the
+    /// reason (`journey J` on sends) or as a word of the detail (`J v2`, `J step: …`,
+    /// `email J step (key …)`). Words are compared whole, so `welcome` does not match
+    /// `welcome-2`.
+    pub fn concerns_journey(&self, id: &str) -> bool {
+        if id.is_empty() {
+            return false;
+        }
+        let word = |w: &str| w.trim_matches(|c: char| matches!(c, ':' | ',' | '(' | ')' | ';')) == id;
+        self.reason.strip_prefix("journey ").is_some_and(|j| j.split_whitespace().next() == Some(id)) || self.detail.split_whitespace().any(word)
+    }
+}
+
 /// Append-only.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DecisionKind {
@@ -337,7 +351,9 @@ pub fn apply_event(state: &mut CustomerState, event: &Event, now_ms: i64, cfg: &
 
 /// Count events named `name` in the last `window_ms` (day granularity).
 pub fn count_events(state: &CustomerState, name: &str, window_ms: i64, now_ms: i64) -> u64 {
-    let Some(days) = state.counters.get(name) else { return 0 };
+    let Some(days) = state.counters.get(name) else {
+        return 0;
+    };
     let first_day = (now_ms - window_ms).div_euclid(DAY_MS).max(0) as u32;
     days.iter().filter(|(d, _)| *d >= first_day).map(|(_, c)| *c as u64).sum()
 }
@@ -509,5 +525,28 @@ fn merge_consent_maps(into: &mut BTreeMap<String, ConsentEntry>, from: &BTreeMap
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(kind: DecisionKind, reason: &str, detail: &str) -> Decision {
+        Decision { at_ms: 0, kind, reason: reason.into(), detail: detail.into() }
+    }
+
+    #[test]
+    fn decisions_concern_the_journey_they_name_whole() {
+        // The shapes the interpreter and the send path write.
+        assert!(d(DecisionKind::Sent, "journey welcome", "hello: email hi to a@example.com").concerns_journey("welcome"));
+        assert!(d(DecisionKind::Entered, "event Signed Up", "welcome v2 (holdout: never messaged)").concerns_journey("welcome"));
+        assert!(d(DecisionKind::Skipped, "holdout", "welcome hello: control group, not messaged").concerns_journey("welcome"));
+        assert!(d(DecisionKind::Skipped, "cancelled: exit", "email welcome hello (key k) if not delivered yet").concerns_journey("welcome"));
+        // Another journey whose id merely contains it, an API send, an empty filter.
+        assert!(!d(DecisionKind::Sent, "journey welcome-2", "hello: email hi to -").concerns_journey("welcome"));
+        assert!(!d(DecisionKind::Entered, "event X", "welcome-2 v1").concerns_journey("welcome"));
+        assert!(!d(DecisionKind::Sent, "api send", "email welcome-note to a@example.com (key k)").concerns_journey("welcome"));
+        assert!(!d(DecisionKind::Sent, "journey welcome", "x").concerns_journey(""));
     }
 }

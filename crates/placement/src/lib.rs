@@ -383,7 +383,9 @@ impl PlacementState {
             if max <= min + 1 {
                 break;
             }
-            let Some(shard) = replicas.iter().position(|r| r.contains(&max_node) && !r.contains(&min_node)) else { break };
+            let Some(shard) = replicas.iter().position(|r| r.contains(&max_node) && !r.contains(&min_node)) else {
+                break;
+            };
             let r = &mut replicas[shard];
             let pos = r.iter().position(|n| *n == max_node).expect("holds it");
             r[pos] = min_node;
@@ -392,6 +394,51 @@ impl PlacementState {
             moves.push(Move { shard: shard as ShardId, from: max_node, to: min_node });
         }
         moves
+    }
+}
+
+impl PlacementState {
+    /// Who should lead each shard so that leaderships are even over the `up` members
+    /// that are not draining: shard by shard, the replica leading fewest so far (ties:
+    /// the earlier replica, so the initial assignment's first replicas keep leading).
+    /// `None` when no replica of the shard is up. A node that gained replicas by a
+    /// rebalance gets its share of leaderships, not every shard where it took the first
+    /// place.
+    pub fn leader_plan(&self, up: &[NodeId]) -> Vec<Option<NodeId>> {
+        let eligible = |n: &NodeId| up.contains(n) && self.members.get(n).is_some_and(|m| !m.draining);
+        let mut led: BTreeMap<NodeId, usize> = BTreeMap::new();
+        let mut plan: Vec<Option<NodeId>> = self
+            .shards
+            .iter()
+            .map(|s| {
+                let pick =
+                    s.replicas.iter().enumerate().filter(|(_, n)| eligible(n)).min_by_key(|(pos, n)| (led.get(n).copied().unwrap_or(0), *pos)).map(|(_, n)| *n);
+                if let Some(n) = pick {
+                    *led.entry(n).or_default() += 1;
+                }
+                pick
+            })
+            .collect();
+        // The greedy pass can leave a node two or more ahead of one of a shard's other
+        // replicas: hand such shards over until none is left (each hand-over lowers the
+        // sum of squared counts, so this ends).
+        let mut changed = true;
+        while changed {
+            changed = false;
+            for (i, s) in self.shards.iter().enumerate() {
+                let Some(a) = plan[i] else { continue };
+                let to = s.replicas.iter().filter(|n| eligible(n)).min_by_key(|n| (led.get(n).copied().unwrap_or(0), **n)).copied();
+                if let Some(b) = to {
+                    if led.get(&a).copied().unwrap_or(0) > led.get(&b).copied().unwrap_or(0) + 1 {
+                        *led.entry(a).or_default() -= 1;
+                        *led.entry(b).or_default() += 1;
+                        plan[i] = Some(b);
+                        changed = true;
+                    }
+                }
+            }
+        }
+        plan
     }
 }
 

@@ -132,3 +132,47 @@ fn placement_voters_are_at_most_five_and_skip_draining_members() {
     s.apply(&PlacementOp::SetDraining { id: 2, draining: true }).unwrap();
     assert_eq!(s.placement_voters(), vec![1, 3, 4, 5, 6]);
 }
+
+/// Leaderships are even after a rebalance onto a new node (it does not lead every shard
+/// where it took the first place), the initial assignment keeps its first replicas, and
+/// nodes that are down or draining lead nothing.
+#[test]
+fn leader_plan_evens_leaderships_over_the_nodes_that_are_up() {
+    let leads = |plan: &[Option<NodeId>]| {
+        let mut n: BTreeMap<NodeId, usize> = BTreeMap::new();
+        for l in plan.iter().flatten() {
+            *n.entry(*l).or_default() += 1;
+        }
+        n
+    };
+    let s = init(3, 12, 3);
+    let plan = s.leader_plan(&[1, 2, 3]);
+    assert_eq!(plan, s.shards.iter().map(|p| Some(p.replicas[0])).collect::<Vec<_>>(), "the initial assignment's preferred leaders");
+
+    // A fourth node joins and takes its share of replicas, each in the place of the
+    // node it replaced (often the first).
+    let mut s = init(3, 16, 3);
+    s.apply(&PlacementOp::AddNode { member: member(4) }).unwrap();
+    for m in s.rebalance_plan() {
+        let sp = &s.shards[m.shard as usize];
+        let replicas: Vec<NodeId> = sp.replicas.iter().map(|n| if *n == m.from { m.to } else { *n }).collect();
+        s.apply(&PlacementOp::SetShard { shard: m.shard, replicas, learners: vec![] }).unwrap();
+    }
+    assert_eq!(s.replica_counts().values().copied().collect::<Vec<_>>(), vec![12, 12, 12, 12]);
+    let plan = s.leader_plan(&[1, 2, 3, 4]);
+    let n = leads(&plan);
+    assert_eq!(n.len(), 4, "{plan:?}");
+    assert!(n.values().max().unwrap() - n.values().min().unwrap() <= 1, "every node leads 4 ± 1: {n:?} {plan:?}");
+    for (i, l) in plan.iter().enumerate() {
+        assert!(s.shards[i].replicas.contains(&l.unwrap()), "shard {i} is led by one of its replicas");
+    }
+
+    // Node 2 is down: its shards are led by the others, evenly.
+    let plan = s.leader_plan(&[1, 3, 4]);
+    assert!(!plan.contains(&Some(2)));
+    let n = leads(&plan);
+    assert!(n.values().all(|c| (5..=6).contains(c)), "{n:?}");
+    // Draining node 3 leads nothing.
+    s.apply(&PlacementOp::SetDraining { id: 3, draining: true }).unwrap();
+    assert!(!s.leader_plan(&[1, 2, 3, 4]).contains(&Some(3)));
+}

@@ -68,7 +68,9 @@ impl LogStore {
     }
 
     fn read_range(&self, range: impl RangeBounds<u64>) -> io::Result<Vec<EntryOf<TypeConfig>>> {
-        let Some((lo, hi)) = self.range_keys(&range) else { return Ok(Vec::new()) };
+        let Some((lo, hi)) = self.range_keys(&range) else {
+            return Ok(Vec::new());
+        };
         let mut out = Vec::new();
         for kv in self.store.raft_log().range(lo..=hi) {
             let (_, v) = kv.into_inner().map_err(io_err)?;
@@ -92,7 +94,9 @@ impl LogStore {
     }
 
     fn remove_range(&self, range: impl RangeBounds<u64>) -> io::Result<()> {
-        let Some((lo, hi)) = self.range_keys(&range) else { return Ok(()) };
+        let Some((lo, hi)) = self.range_keys(&range) else {
+            return Ok(());
+        };
         let mut batch = self.store.batch();
         for kv in self.store.raft_log().range(lo..=hi) {
             let key = kv.key().map_err(io_err)?;

@@ -266,7 +266,9 @@ impl Transport {
         let reply = match tokio::time::timeout(timeout, client.raft(request)).await {
             Ok(Ok(r)) => r.into_inner(),
             Ok(Err(s)) => return Err(rpc_error(target, &addr, s)),
-            Err(_) => return Err(RPCError::Unreachable(Unreachable::from_string(format!("node {target} ({addr}) did not answer within {timeout:?}")))),
+            Err(_) => {
+                return Err(RPCError::Unreachable(Unreachable::from_string(format!("node {target} ({addr}) did not answer within {timeout:?}"))));
+            }
         };
         if !reply.error.is_empty() {
             return Err(RPCError::Unreachable(Unreachable::from_string(format!("node {target}: {}", reply.error))));
@@ -407,14 +409,18 @@ impl NodeService for Service {
         let req = request.into_inner();
         let raft = match self.transport.raft(req.group) {
             Ok(r) => r,
-            Err(s) => return Ok(tonic::Response::new(RaftReply { payload: Vec::new(), error: s.message().to_string() })),
+            Err(s) => {
+                return Ok(tonic::Response::new(RaftReply { payload: Vec::new(), error: s.message().to_string() }));
+            }
         };
         let out = match RaftKind::try_from(req.kind).unwrap_or(RaftKind::Unspecified) {
             RaftKind::Append => reply(raft.append_entries(decode(&req.payload)?).await),
             RaftKind::Vote => reply(raft.vote(decode(&req.payload)?).await),
             RaftKind::PreVote => reply(raft.pre_vote(decode(&req.payload)?).await),
             RaftKind::TransferLeader => reply(raft.handle_transfer_leader(decode(&req.payload)?).await),
-            RaftKind::Unspecified => return Err(tonic::Status::invalid_argument(format!("unknown raft message kind {}", req.kind))),
+            RaftKind::Unspecified => {
+                return Err(tonic::Status::invalid_argument(format!("unknown raft message kind {}", req.kind)));
+            }
         };
         Ok(tonic::Response::new(out))
     }
@@ -463,7 +469,9 @@ impl NodeService for Service {
         };
         let raft = match self.transport.raft(group) {
             Ok(r) => r,
-            Err(s) => return Ok(tonic::Response::new(RaftReply { payload: Vec::new(), error: s.message().to_string() })),
+            Err(s) => {
+                return Ok(tonic::Response::new(RaftReply { payload: Vec::new(), error: s.message().to_string() }));
+            }
         };
         tracing::info!(group, bytes = data.len(), "installing a streamed snapshot");
         let r = raft.install_full_snapshot(vote, SnapshotOf::<TypeConfig, Vec<u8>> { meta, snapshot: data }).await;

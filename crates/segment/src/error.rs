@@ -25,6 +25,8 @@ pub enum SegmentError {
     BadRequest { field: String, message: String },
     #[error("batch has {count} calls; the limit is {limit}: split it into several requests")]
     TooManyItems { count: usize, limit: usize },
+    #[error("body nests {depth} levels deep; the limit is {limit}: flatten the properties, traits or context")]
+    TooDeep { depth: usize, limit: usize },
 }
 
 impl SegmentError {
@@ -34,7 +36,11 @@ impl SegmentError {
             SegmentError::MissingWriteKey | SegmentError::BadAuthorization { .. } => 401,
             SegmentError::TooLarge { .. } => 413,
             SegmentError::UnsupportedEncoding { .. } => 415,
-            SegmentError::BadGzip { .. } | SegmentError::BadJson { .. } | SegmentError::BadRequest { .. } | SegmentError::TooManyItems { .. } => 400,
+            SegmentError::BadGzip { .. }
+            | SegmentError::BadJson { .. }
+            | SegmentError::BadRequest { .. }
+            | SegmentError::TooManyItems { .. }
+            | SegmentError::TooDeep { .. } => 400,
         }
     }
 
@@ -50,6 +56,7 @@ impl SegmentError {
             SegmentError::BadJson { .. } => "bad_json",
             SegmentError::BadRequest { .. } => "bad_request",
             SegmentError::TooManyItems { .. } => "too_many_calls",
+            SegmentError::TooDeep { .. } => "too_deep",
         }
     }
 }

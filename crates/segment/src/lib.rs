@@ -76,11 +76,16 @@
 //!   (Segment: [`CALL_BYTES_MAX`] per single call, [`BATCH_BYTES_MAX`] per batch; see
 //!   [`Endpoint::body_bytes_max`]); gzip is decoded through a reader limited to
 //!   `body_bytes_max + 1` bytes. Per-event size (properties + traits + context) is left
-//!   to `EventInput::validate` (`EVENT_PAYLOAD_BYTES_MAX`, the same 32 KiB).
+//!   to `EventInput::validate` (`EVENT_PAYLOAD_BYTES_MAX`, the same 32 KiB). Nesting is
+//!   measured on the raw bytes before parsing: a call may nest [`CALL_DEPTH_MAX`] levels
+//!   (the call and `EVENT_JSON_DEPTH_MAX` levels below it); a deeper call of a batch is
+//!   rejected alone (its item error names it), a deeper single call or envelope is a
+//!   whole-request `too_deep`.
 
 mod auth;
 mod body;
 mod consent;
+mod depth;
 mod error;
 mod message_id;
 mod parse;
@@ -88,6 +93,7 @@ mod parse;
 pub use auth::{AUTHORIZATION_LEN_MAX, write_key_from_header};
 pub use body::decode_body;
 pub use consent::{CONSENT_TRAIT, topic_for_category};
+pub use depth::CALL_DEPTH_MAX;
 pub use error::{SegmentError, SegmentItemError};
 pub use message_id::{DERIVED_MESSAGE_ID_PREFIX, derive_message_id};
 pub use parse::{BATCH_ITEMS_MAX, parse_request};

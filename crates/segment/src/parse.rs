@@ -3,6 +3,7 @@
 //! another.
 
 use crate::consent::merge_category_preferences;
+use crate::depth::CALL_DEPTH_MAX;
 use crate::message_id::derive_message_id;
 use crate::{Endpoint, ParsedRequest, SegmentError, SegmentItemError};
 use chorus_types::{EVENT_NAME_LEN_MAX, EventInput, EventType, Identity, IdentityKind, MESSAGE_ID_LEN_MAX, parse_rfc3339_ms};
@@ -14,6 +15,32 @@ pub const BATCH_ITEMS_MAX: usize = 2500;
 /// Parse a decoded JSON body sent to `endpoint`. Whole-request problems (not JSON,
 /// not an object, `batch` missing) are `Err`; problems of one call are an `Err` item.
 pub fn parse_request(endpoint: Endpoint, json: &[u8]) -> Result<ParsedRequest, SegmentError> {
+    // Nesting is checked before the parser recurses: a batch call nested too deep is
+    // cut out (parsed as null) and answered with its own item error.
+    let depths = crate::depth::scan(json);
+    let mut deep_calls: Vec<(usize, usize)> = Vec::new();
+    let mut rewritten: Vec<u8>;
+    let mut json = json;
+    if endpoint.event_type().is_some() {
+        if depths.max > CALL_DEPTH_MAX {
+            return Err(SegmentError::TooDeep { depth: depths.max, limit: CALL_DEPTH_MAX });
+        }
+    } else if !depths.deep_calls.is_empty() || depths.max > CALL_DEPTH_MAX + 2 {
+        rewritten = Vec::with_capacity(json.len());
+        let mut at = 0;
+        for (index, range, depth) in &depths.deep_calls {
+            rewritten.extend_from_slice(&json[at..range.start]);
+            rewritten.extend_from_slice(b"null");
+            at = range.end;
+            deep_calls.push((*index, *depth));
+        }
+        rewritten.extend_from_slice(&json[at..]);
+        let rest = crate::depth::scan(&rewritten).max;
+        if rest > CALL_DEPTH_MAX + 2 {
+            return Err(SegmentError::TooDeep { depth: rest, limit: CALL_DEPTH_MAX + 2 });
+        }
+        json = &rewritten;
+    }
     let value: Value = serde_json::from_slice(json).map_err(|e| SegmentError::BadJson { reason: e.to_string() })?;
     let Value::Object(mut body) = value else {
         return Err(SegmentError::BadRequest {
@@ -69,10 +96,27 @@ pub fn parse_request(endpoint: Endpoint, json: &[u8]) -> Result<ParsedRequest, S
                 .into_iter()
                 .enumerate()
                 .map(|(i, call)| match call {
-                    Value::Object(call) => map_call(endpoint, i, None, call, shared_context.as_ref()),
-                    other => {
-                        Err(SegmentItemError::new(endpoint, i, "", format!("must be a JSON object (one call), got {}", chorus_types::json::json_kind(&other))))
+                    _ if deep_calls.iter().any(|(d, _)| *d == i) => {
+                        let depth = deep_calls.iter().find(|(d, _)| *d == i).map_or(0, |(_, depth)| *depth);
+                        Err(SegmentItemError::new(
+                            endpoint,
+                            i,
+                            "",
+                            format!(
+                                "nests {depth} levels deep; a call may nest at most {CALL_DEPTH_MAX} (properties, traits and context {} below the call): flatten it",
+                                chorus_types::EVENT_JSON_DEPTH_MAX
+                            ),
+                        ))
                     }
+                    Value::Object(call) => {
+                        map_call(endpoint, i, None, call, shared_context.as_ref())
+                    }
+                    other => Err(SegmentItemError::new(
+                        endpoint,
+                        i,
+                        "",
+                        format!("must be a JSON object (one call), got {}", chorus_types::json::json_kind(&other)),
+                    )),
                 })
                 .collect()
         }

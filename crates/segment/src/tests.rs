@@ -394,3 +394,27 @@ fn single_call_type_comes_from_the_endpoint_not_the_body() {
     let e = one(Endpoint::Page, json!({"type": "track", "anonymousId": "a", "name": "Home"}));
     assert_eq!(e.event_type, "page");
 }
+
+/// A call nested deeper than `CALL_DEPTH_MAX` (here 200 levels, past serde_json's own
+/// recursion limit) is rejected alone; the other calls of its batch are kept.
+#[test]
+fn one_deep_call_is_rejected_alone_and_its_batch_kept() {
+    let deep = format!(r#"{{"type":"track","userId":"u9","event":"Deep","messageId":"m-deep","properties":{{"x":{}1{}}}}}"#, "[".repeat(200), "]".repeat(200));
+    let body = format!(
+        r#"{{"batch":[{{"type":"track","userId":"u1","event":"A","messageId":"m0"}},{deep},{{"type":"track","userId":"u2","event":"B","messageId":"m2","properties":{{"ok":{{"a":[1,[2]]}}}}}}]}}"#
+    );
+    let req = parse_request(Endpoint::Batch, body.as_bytes()).expect("the batch is not refused whole");
+    assert_eq!(req.items.len(), 3);
+    let good: Vec<&str> = req.items.iter().filter_map(|r| r.as_ref().ok()).map(|e| e.message_id.as_str()).collect();
+    assert_eq!(good, ["m0", "m2"]);
+    let e = req.items[1].as_ref().unwrap_err();
+    assert_eq!(e.field, "batch[1]");
+    assert!(e.message.contains("202 levels") && e.message.contains(&CALL_DEPTH_MAX.to_string()), "{e}");
+
+    // A single call that deep is the whole request: 400 too_deep, not bad_json.
+    let single = parse_request(Endpoint::Track, deep.as_bytes()).unwrap_err();
+    assert_eq!((single.http_status(), single.code()), (400, "too_deep"), "{single}");
+    // A batch envelope nested too deep outside its calls is refused whole, clearly.
+    let envelope = format!(r#"{{"batch":[],"context":{{"x":{}1{}}}}}"#, "[".repeat(100), "]".repeat(100));
+    assert_eq!(parse_request(Endpoint::Batch, envelope.as_bytes()).unwrap_err().code(), "too_deep");
+}

@@ -245,6 +245,22 @@ pub struct WriteKey {
     pub created_ms: i64,
 }
 
+/// The write keys of a catalog, and whether it ever held one.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct WriteKeys {
+    pub keys: Vec<WriteKey>,
+    /// The catalog has held a write key (created or revoked one): with none left, every
+    /// key is refused. Only a catalog that never had one accepts any key.
+    pub required: bool,
+}
+
+/// The write keys in `shard`'s catalog, by name, and whether keys are required.
+pub fn read_write_keys(store: &Store, shard: ShardId) -> Result<WriteKeys, String> {
+    let keys = list_write_keys(store, shard)?;
+    let required = !keys.is_empty() || store.shard().get(keys::catalog_write_keys_required(shard)).map_err(|e| e.to_string())?.is_some();
+    Ok(WriteKeys { keys, required })
+}
+
 /// The write keys in `shard`'s catalog, by name.
 pub fn list_write_keys(store: &Store, shard: ShardId) -> Result<Vec<WriteKey>, String> {
     let prefix = keys::catalog_write_keys_prefix(shard);
@@ -277,7 +293,9 @@ pub fn read_stats(store: &Store, shard: ShardId, journey: &str) -> Result<Vec<((
     let mut out = Vec::new();
     for kv in store.shard().prefix(keys::stats_prefix(shard, journey)) {
         let (k, v) = kv.into_inner().map_err(|e| e.to_string())?;
-        let Some(id) = keys::parse_stat(&k, journey) else { continue };
+        let Some(id) = keys::parse_stat(&k, journey) else {
+            continue;
+        };
         out.push((id, chorus_types::encoding::decode(&v).map_err(|e| e.to_string())?));
     }
     Ok(out)
@@ -628,7 +646,9 @@ impl<'a> Round<'a> {
                         continue; // re-driven by an earlier entry of this round
                     }
                     let dk = keys::dead(shard, &key);
-                    let Some(v) = self.app.store.shard().get(&dk).map_err(io_err)? else { continue };
+                    let Some(v) = self.app.store.shard().get(&dk).map_err(io_err)? else {
+                        continue;
+                    };
                     let record: DeadLetter = chorus_types::encoding::decode(&v).map_err(io_err)?;
                     self.batch.remove(self.app.store.shard(), dk);
                     self.outbox_removed.remove(&key);
@@ -723,9 +743,12 @@ impl<'a> Round<'a> {
                     }
                     chorus_types::CatalogChange::PutWriteKey { name, sha256, created_ms } => {
                         self.batch.insert(self.app.store.shard(), keys::catalog_write_key(shard, &name), chorus_types::encoding::encode(&(sha256, created_ms)));
+                        self.batch.insert(self.app.store.shard(), keys::catalog_write_keys_required(shard), Vec::new());
                     }
                     chorus_types::CatalogChange::RevokeWriteKey { name } => {
                         self.batch.remove(self.app.store.shard(), keys::catalog_write_key(shard, &name));
+                        // A catalog that had a key never goes back to accepting any key.
+                        self.batch.insert(self.app.store.shard(), keys::catalog_write_keys_required(shard), Vec::new());
                     }
                     chorus_types::CatalogChange::RunSchedule { journey, at_ms } => {
                         if next.schedule_runs.get(&journey).is_some_and(|last| *last >= at_ms) {

@@ -81,7 +81,7 @@ pub struct CatalogCopy {
     pub settings: chorus_engine::guard::Settings,
     /// In evaluation order.
     pub audiences: Vec<(chorus_engine::audience::AudienceDef, u32)>,
-    pub write_keys: Vec<crate::apply::WriteKey>,
+    pub write_keys: crate::apply::WriteKeys,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -151,6 +151,8 @@ pub enum NodeRequest {
     PlacementState {
         hops: u8,
     },
+    /// Every replica this node hosts, with its counts (for `shard list`).
+    ShardStatuses,
 }
 
 /// Who a node is.
@@ -211,6 +213,17 @@ pub enum NodeReply {
     Placement(Box<PlacementState>),
     Done,
     Failed(Fail),
+    ShardStatuses(Vec<(ReplicaView, ShardCounts)>),
+}
+
+/// What a replica counts, for `shard list` across the cluster.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ShardCounts {
+    pub live_actors: u64,
+    pub customers: u64,
+    pub pending_timers: u64,
+    pub pending_intents: u64,
+    pub quarantined: u64,
 }
 
 /// A failure carried back to the node that forwarded a request.
@@ -266,7 +279,9 @@ impl CallHandler for Handler {
     fn call(&self, _from: NodeId, payload: Vec<u8>) -> BoxFuture<'static, Result<Vec<u8>, String>> {
         let inner = self.shards.upgrade();
         Box::pin(async move {
-            let Some(inner) = inner else { return Err("the node is shutting down".to_string()) };
+            let Some(inner) = inner else {
+                return Err("the node is shutting down".to_string());
+            };
             let shards = Shards { inner };
             let req: NodeRequest = chorus_types::encoding::decode(&payload).map_err(|e| format!("undecodable request: {e}"))?;
             let reply = shards.handle(req).await;
@@ -398,6 +413,7 @@ impl Shards {
                 Err(e) => fail(e),
             },
             NodeRequest::Status => NodeReply::Status(self.node_view()),
+            NodeRequest::ShardStatuses => NodeReply::ShardStatuses(self.replica_statuses()),
             NodeRequest::PlacementState { hops } => match self.fresh_placement_hops(hops).await {
                 Ok(st) => NodeReply::Placement(Box::new((*st).clone())),
                 Err(e) => fail(e),
@@ -451,15 +467,21 @@ impl Shards {
         let c = self.cluster()?;
         let deadline = tokio::time::Instant::now() + Duration::from_millis(crate::node::ROUTE_WAIT_MS_MAX);
         loop {
-            let unavailable = || if c.app.state().is_initialized() { ShardError::Unavailable { shard: PLACEMENT_GROUP } } else { ShardError::NotInitialized };
+            let unavailable = || {
+                if c.app.state().is_initialized() { ShardError::Unavailable { shard: PLACEMENT_GROUP } } else { ShardError::NotInitialized }
+            };
             let attempt = match c.group.leader() {
                 None => Err(unavailable()),
                 Some(l) if l == self.inner.node => {
                     let cmd = chorus_placement::app::command(self.inner.clock.now_ms(), &op);
                     match c.group.propose(cmd).await {
                         Ok((_, ShardResult::Placement(None))) => return Ok(()),
-                        Ok((_, ShardResult::Placement(Some(e)))) => return Err(ShardError::Cluster(e)),
-                        Ok((i, other)) => return Err(ShardError::Corrupt(format!("placement entry {i} returned {other:?}"))),
+                        Ok((_, ShardResult::Placement(Some(e)))) => {
+                            return Err(ShardError::Cluster(e));
+                        }
+                        Ok((i, other)) => {
+                            return Err(ShardError::Corrupt(format!("placement entry {i} returned {other:?}")));
+                        }
                         // Refused before it was appended (leadership not established or
                         // just lost): safe to try again.
                         Err(chorus_raft::RaftError::NotLeader { .. }) => Err(unavailable()),
@@ -668,7 +690,9 @@ impl Shards {
                     ShardAdminOp::AddLearner { node, addr } => {
                         match tokio::time::timeout(Duration::from_millis(CATCH_UP_WAIT_MS_MAX), h.group.add_learner(node, &addr)).await {
                             Ok(r) => r?,
-                            Err(_) => return Err(ShardError::Cluster(format!("shard {shard}: node {node} did not catch up within {CATCH_UP_WAIT_MS_MAX} ms"))),
+                            Err(_) => {
+                                return Err(ShardError::Cluster(format!("shard {shard}: node {node} did not catch up within {CATCH_UP_WAIT_MS_MAX} ms")));
+                            }
                         }
                     }
                     ShardAdminOp::SetVoters { voters, keep_others } => h.group.set_voters(&voters, keep_others).await?,
@@ -687,6 +711,87 @@ impl Shards {
     }
 
     /// Every member's view (members that do not answer are reported unhealthy).
+    /// This node's replicas with their counts.
+    fn replica_statuses(&self) -> Vec<(ReplicaView, ShardCounts)> {
+        self.status()
+            .into_iter()
+            .map(|s| {
+                let view = ReplicaView {
+                    shard: s.shard,
+                    leader: s.leader,
+                    term: s.term,
+                    voters: s.voters,
+                    learners: s.learners,
+                    last_log_index: s.last_log_index,
+                    applied_index: s.applied_index,
+                };
+                (
+                    view,
+                    ShardCounts {
+                        live_actors: s.live_actors,
+                        customers: s.customers,
+                        pending_timers: s.pending_timers,
+                        pending_intents: s.pending_intents,
+                        quarantined: s.quarantined,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// Every shard of the cluster (not only those this node hosts), each as its leader
+    /// reports it — the leader of the newest term — or, with no leader, as the replica
+    /// that applied the most; a shard no live node hosts is listed from placement with no
+    /// leader. On a node running alone, its own shards.
+    pub async fn every_shard_status(&self) -> Result<Vec<crate::node::ShardStatusInfo>, ShardError> {
+        if !self.is_clustered() {
+            return Ok(self.status());
+        }
+        let st = self.fresh_placement().await?;
+        let asks = st.members.keys().map(|id| async move {
+            if *id == self.inner.node {
+                return (*id, self.replica_statuses());
+            }
+            match tokio::time::timeout(Duration::from_secs(2), self.remote(*id, None, NodeRequest::ShardStatuses)).await {
+                Ok(Ok(NodeReply::ShardStatuses(v))) => (*id, v),
+                _ => (*id, Vec::new()),
+            }
+        });
+        // Per shard: (reporter leads it, term, applied) orders the candidates.
+        let mut best: BTreeMap<ShardId, ((bool, u64, u64), ReplicaView, ShardCounts)> = BTreeMap::new();
+        for (node, replicas) in futures::future::join_all(asks).await {
+            for (view, counts) in replicas {
+                let rank = (view.leader == Some(node), view.term, view.applied_index);
+                if best.get(&view.shard).is_none_or(|(r, _, _)| *r < rank) {
+                    best.insert(view.shard, (rank, view, counts));
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(st.shards.len());
+        for (i, sp) in st.shards.iter().enumerate() {
+            let shard = i as ShardId;
+            out.push(match best.remove(&shard) {
+                Some(((leads, _, _), v, c)) => crate::node::ShardStatusInfo {
+                    shard,
+                    leader: if leads { v.leader } else { None },
+                    voters: v.voters,
+                    learners: v.learners,
+                    term: v.term,
+                    last_log_index: v.last_log_index,
+                    applied_index: v.applied_index,
+                    live_actors: c.live_actors,
+                    customers: c.customers,
+                    pending_timers: c.pending_timers,
+                    pending_intents: c.pending_intents,
+                    quarantined: c.quarantined,
+                    ..Default::default()
+                },
+                None => crate::node::ShardStatusInfo { shard, voters: sp.replicas.clone(), ..Default::default() },
+            });
+        }
+        Ok(out)
+    }
+
     pub async fn cluster_view(&self) -> Result<ClusterView, ShardError> {
         let st = self.fresh_placement().await?;
         let mut views: BTreeMap<NodeId, Option<NodeView>> = BTreeMap::new();
@@ -719,7 +824,9 @@ impl Shards {
             if let Some(v) = view {
                 ns.version = v.version.clone();
                 for r in &v.replicas {
-                    if r.leader == Some(*id) {
+                    // One leader per shard: the newest term's (a deposed leader that has
+                    // not heard of its successor yet still names itself).
+                    if leaders.get(&r.shard).is_some_and(|(leader, _, _)| leader == id) {
                         ns.shards_led += 1;
                     } else {
                         ns.shards_followed += 1;
@@ -840,7 +947,9 @@ impl Shards {
                         }
                     }
                     Ok(_) => {}
-                    Err(e) => tracing::warn!(node = d.id, error = %e, "the draining node cannot be emptied"),
+                    Err(e) => {
+                        tracing::warn!(node = d.id, error = %e, "the draining node cannot be emptied")
+                    }
                 }
                 continue;
             }
@@ -972,20 +1081,21 @@ impl Shards {
     async fn balance_leaders(&self, st: &PlacementState) -> Result<(), ShardError> {
         let view = self.cluster_view().await?;
         let healthy: Vec<NodeId> = view.nodes.iter().filter(|n| n.healthy).map(|n| n.node).collect();
+        let plan = st.leader_plan(&healthy);
         let mut started = 0;
         for (i, sp) in st.shards.iter().enumerate() {
             if started >= LEADER_TRANSFERS_PER_ROUND_MAX {
                 break;
             }
-            let Some(preferred) = sp.replicas.first().copied() else { continue };
-            if !healthy.contains(&preferred) || st.members.get(&preferred).is_some_and(|m| m.draining) || !sp.learners.is_empty() {
-                continue;
+            let Some(preferred) = plan[i] else { continue };
+            if !sp.learners.is_empty() {
+                continue; // a move is under way: it hands leadership over itself
             }
             let shard = i as ShardId;
             // The members' views already say who leads: no question per shard.
             let leader = view.shard_leaders.get(&shard).copied();
             if leader.is_some() && leader != Some(preferred) {
-                tracing::info!(shard, from = ?leader, to = preferred, "handing leadership to the preferred replica");
+                tracing::info!(shard, from = ?leader, to = preferred, "evening out leadership: handing it to the planned replica");
                 if self.shard_admin(shard, ShardAdminOp::TransferLeader { to: preferred }).await.is_ok() {
                     started += 1;
                 }

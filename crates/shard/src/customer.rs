@@ -127,7 +127,7 @@ impl Actor for CustomerActor {
                 let before = live.state.segments.clone();
                 let (seq0, len0) = (live.state.history_seq, live.state.history.len());
                 for (now_ms, input) in inputs.iter() {
-                    apply_input(&mut live.state, input, *now_ms, &live.config, &catalog, &mut intents, &mut tracks);
+                    apply_input(&mut live.state, input, *now_ms, &live.config, &catalog, &mut intents, &mut tracks, &mut timers);
                     let mut out = JourneyOutput {
                         intents: &mut intents,
                         timers: &mut timers,
@@ -282,6 +282,7 @@ pub fn apply_input(
     catalog: &chorus_engine::journey::run::RunCatalog,
     intents: &mut Vec<Intent>,
     tracks: &mut Vec<chorus_engine::render::TrackRecord>,
+    timers: &mut Vec<(i64, chorus_types::Timer)>,
 ) {
     let cfg = &config.engine;
     let settings = &catalog.settings;
@@ -289,9 +290,16 @@ pub fn apply_input(
         // Handled by `run_journeys`.
         CustomerInput::JourneyTimer { .. } | CustomerInput::JourneyWake { .. } | CustomerInput::Enroll { .. } | CustomerInput::Evaluate => {}
         CustomerInput::Send(req) => {
-            if let (chorus_engine::SendDecision::Send(intent), record) = chorus_engine::decide_send(state, req, now_ms, cfg, catalog) {
-                intents.push(intent);
-                tracks.extend(record);
+            match chorus_engine::decide_send(state, req, now_ms, cfg, catalog) {
+                (chorus_engine::SendDecision::Send(intent), record) => {
+                    intents.push(intent);
+                    tracks.extend(record);
+                }
+                // Quiet hours: the same request (same key) is tried again when they end.
+                (chorus_engine::SendDecision::Defer { until_ms, .. }, _) => {
+                    timers.push((until_ms, chorus_types::Timer::Send(SendRequest { send_at_ms: until_ms, ..req.clone() })));
+                }
+                (chorus_engine::SendDecision::Skip { .. }, _) => {}
             }
         }
         CustomerInput::Scheduled { request, at_ms } => {

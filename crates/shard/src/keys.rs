@@ -193,6 +193,11 @@ pub fn catalog_write_key(shard: ShardId, name: &str) -> Vec<u8> {
 pub fn catalog_write_keys_prefix(shard: ShardId) -> Vec<u8> {
     shard_key(shard, CATALOG, b"k/")
 }
+/// Present once the catalog has ever held a write key: from then on, having none
+/// refuses every key (accept-any is only for a node that never had one).
+pub fn catalog_write_keys_required(shard: ShardId) -> Vec<u8> {
+    shard_key(shard, CATALOG, b"K")
+}
 pub fn dead(shard: ShardId, key: &str) -> Vec<u8> {
     shard_key(shard, DEAD, key.as_bytes())
 }

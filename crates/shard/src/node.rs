@@ -298,7 +298,9 @@ impl Shards {
             let catalog = h.app.catalog();
             let now = self.inner.clock.now_ms();
             for j in catalog.latest_versions() {
-                let chorus_engine::journey::Trigger::Schedule { every_ms, at, .. } = &j.def.entry.trigger else { continue };
+                let chorus_engine::journey::Trigger::Schedule { every_ms, at, .. } = &j.def.entry.trigger else {
+                    continue;
+                };
                 if catalog.lifecycle(&j.def.id) != chorus_engine::journey::run::Lifecycle::Active {
                     continue;
                 }
@@ -534,10 +536,11 @@ impl Shards {
         }
     }
 
-    /// The write keys of the HTTP APIs in the catalog (hashes only).
-    pub async fn write_keys(&self) -> Result<Vec<crate::apply::WriteKey>, ShardError> {
+    /// The write keys of the HTTP APIs in the catalog (hashes only), and whether the
+    /// catalog ever held one (then having none refuses every key).
+    pub async fn write_keys(&self) -> Result<crate::apply::WriteKeys, ShardError> {
         match self.catalog_shard() {
-            Ok(shard) => crate::apply::list_write_keys(&self.inner.store, shard).map_err(ShardError::Store),
+            Ok(shard) => crate::apply::read_write_keys(&self.inner.store, shard).map_err(ShardError::Store),
             Err(_) => Ok(self.remote_catalog().await?.write_keys),
         }
     }
@@ -1203,7 +1206,7 @@ impl Shards {
                     templates: crate::apply::list_templates(store, shard).map_err(ShardError::Store)?,
                     settings: crate::apply::read_settings(store, shard).map_err(ShardError::Store)?,
                     audiences: catalog.audiences.iter().map(|a| (a.def.clone(), a.version)).collect(),
-                    write_keys: crate::apply::list_write_keys(store, shard).map_err(ShardError::Store)?,
+                    write_keys: crate::apply::read_write_keys(store, shard).map_err(ShardError::Store)?,
                 }))
             }
         })

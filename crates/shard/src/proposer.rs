@@ -66,7 +66,9 @@ async fn run(group: Group, clock: Arc<Clock>, config: Arc<ShardConfig>, mut rx: 
     let in_flight = Arc::new(Semaphore::new(config.proposals_in_flight_max));
     let mut tasks = tokio::task::JoinSet::new();
     while let Some(first) = rx.recv().await {
-        let Ok(permit) = in_flight.clone().acquire_owned().await else { break };
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            break;
+        };
         // Everything that queued while we waited for a slot joins this entry.
         let mut reqs = vec![first];
         let mut count = reqs[0].events.len();

@@ -167,7 +167,9 @@ impl Sim {
     /// Crash node `i`: it stops answering at once, loses its in-memory state and comes
     /// back (later) from what its data directory holds.
     async fn crash(&mut self, i: usize) {
-        let Some(r) = self.nodes[i].running.take() else { return };
+        let Some(r) = self.nodes[i].running.take() else {
+            return;
+        };
         self.net.lock().unwrap().down.insert(self.nodes[i].id);
         self.live.write().unwrap()[i] = None;
         r.shards.abort().await;
@@ -218,7 +220,9 @@ impl Sim {
     /// No move queued; every shard led, hosted by exactly the replicas placement gives
     /// it, each applied up to its leader's log, as seen from every running node.
     async fn converged(&self) -> Result<(), String> {
-        let Some(any) = self.running().first().and_then(|i| self.shards(*i)).cloned() else { return Err("no node runs".into()) };
+        let Some(any) = self.running().first().and_then(|i| self.shards(*i)).cloned() else {
+            return Err("no node runs".into());
+        };
         let placement = any.fresh_placement().await.map_err(|e| format!("placement: {e}"))?;
         if !placement.moves.is_empty() {
             return Err(format!("moves still queued: {:?}", placement.moves));
@@ -235,7 +239,9 @@ impl Sim {
             }
         }
         for shard in 0..SHARDS {
-            let Some(l) = last.get(&shard) else { return Err(format!("shard {shard} has no leader")) };
+            let Some(l) = last.get(&shard) else {
+                return Err(format!("shard {shard} has no leader"));
+            };
             let hosted = replicas.get(&shard).cloned().unwrap_or_default();
             let want: BTreeSet<NodeId> = placement.shards[shard as usize].replicas.iter().copied().collect();
             if want.len() != REPLICATION as usize || hosted.keys().copied().collect::<BTreeSet<_>>() != want || hosted.values().any(|a| a < l) {
@@ -380,7 +386,9 @@ async fn sender(seed: u64, live: Live, answers: Arc<Mutex<Answers>>) {
                         answers.lock().unwrap().messages.insert(request_id.clone(), customer);
                         break;
                     }
-                    Ok(SendOutcome::NotFound) => panic!("seed {seed}: message {request_id}: customer {customer} not found"),
+                    Ok(SendOutcome::NotFound) => {
+                        panic!("seed {seed}: message {request_id}: customer {customer} not found")
+                    }
                     Err(e) => answers.lock().unwrap().last_error = format!("message {request_id}: {e}"),
                 }
             }

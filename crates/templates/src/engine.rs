@@ -470,7 +470,9 @@ impl Runtime for LoopFrame<'_> {
         if self.data.contains_key(key.as_str()) { liquid_core::model::try_find(self.data.as_value(), path) } else { self.parent.try_get(path) }
     }
     fn get(&self, path: &[ScalarCow<'_>]) -> Result<ValueCow<'_>> {
-        let Some(first) = path.first() else { return Ok(ValueCow::Owned(Value::Nil)) };
+        let Some(first) = path.first() else {
+            return Ok(ValueCow::Owned(Value::Nil));
+        };
         if self.data.contains_key(first.to_kstr().as_str()) {
             match liquid_core::model::try_find(self.data.as_value(), path) {
                 Some(v) => Ok(v),
@@ -557,7 +559,9 @@ impl ParseBlock for BoundedFor {
                 "limit" => limit = Some(parse_attr(&mut args)?),
                 "offset" => offset = Some(parse_attr(&mut args)?),
                 "reversed" => reversed = true,
-                _ => return token.raise_custom_error("\"limit\", \"offset\" or \"reversed\" expected.").into_err(),
+                _ => {
+                    return token.raise_custom_error("\"limit\", \"offset\" or \"reversed\" expected.").into_err();
+                }
             }
         }
         args.expect_nothing()?;

@@ -340,7 +340,9 @@ impl Parser<'_> {
             self.unknown_keys(channels, &path, &names);
             let mut per = BTreeMap::new();
             for (channel, fields) in CHANNEL_FIELDS {
-                let Some(cv) = channels.get(*channel) else { continue };
+                let Some(cv) = channels.get(*channel) else {
+                    continue;
+                };
                 let cpath = child(&path, channel);
                 if !defaults.contains_key(channel) && !top.contains_key(*channel) {
                     self.err(&cpath, format!("there is no default {channel} variant to localize: add {channel} at the top level first"));
@@ -489,7 +491,9 @@ impl Parser<'_> {
             return None;
         }
         let (first_line, literal_block) = self.lines.value_start(path).unwrap_or((self.lines.line_of(path).unwrap_or(1), false));
-        let at = |n: usize| if literal_block { first_line + n.saturating_sub(1) } else { first_line };
+        let at = |n: usize| {
+            if literal_block { first_line + n.saturating_sub(1) } else { first_line }
+        };
         let scan = scan::scan(&source, &self.filter_names, self.limits.nesting_depth_max);
         let scan_ok = scan.problems.is_empty();
         for (line, message) in &scan.problems {

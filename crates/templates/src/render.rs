@@ -38,7 +38,9 @@ impl Template {
 
     /// The locales that override `channel` for `locale`, most specific first.
     fn overrides(&self, channel: &str, locale: Option<&str>) -> Vec<(&str, &Variant)> {
-        let Some(locale) = locale.map(normalize_locale).filter(|l| !l.is_empty()) else { return Vec::new() };
+        let Some(locale) = locale.map(normalize_locale).filter(|l| !l.is_empty()) else {
+            return Vec::new();
+        };
         let language = locale.split('-').next().unwrap_or("").to_string();
         let mut out = Vec::new();
         for want in [&locale, &language] {
@@ -170,7 +172,9 @@ impl<'t> Run<'t> {
 
     /// A rendered text field, trimmed; None when absent or rendered empty.
     fn optional(&mut self, field: &str) -> Result<Option<String>, RenderError> {
-        let Some(t) = self.text_slot(field) else { return Ok(None) };
+        let Some(t) = self.text_slot(field) else {
+            return Ok(None);
+        };
         let s = self.t.render_text(t, &self.globals)?;
         let s = s.trim();
         Ok(if s.is_empty() { None } else { Some(s.to_string()) })
@@ -204,7 +208,9 @@ impl<'t> Run<'t> {
             return Err(RenderError::NoUnsubscribeUrl { template: self.t.id.clone() });
         }
         let body = |run: &mut Self, field: &str| -> Result<Option<(String, &'t Text)>, RenderError> {
-            let Some(t) = run.text_slot(field) else { return Ok(None) };
+            let Some(t) = run.text_slot(field) else {
+                return Ok(None);
+            };
             let s = run.t.render_text(t, &run.globals)?;
             Ok(if s.trim().is_empty() { None } else { Some((s, t)) })
         };

@@ -340,7 +340,9 @@ fn skip_block(text: &str, from: usize, name: &str) -> (usize, usize) {
     let mut pos = from;
     while let Some(rel) = text[pos..].find("{%") {
         let start = pos + rel;
-        let Some(end) = text[start + 2..].find("%}").map(|e| start + 2 + e) else { break };
+        let Some(end) = text[start + 2..].find("%}").map(|e| start + 2 + e) else {
+            break;
+        };
         let inner = text[start + 2..end].trim_matches(|c: char| c == '-' || c.is_whitespace());
         let word = inner.split_whitespace().next().unwrap_or("");
         if word == close {
@@ -514,7 +516,9 @@ impl<'a> Parser<'_, 'a> {
     fn chain(&mut self) {
         self.value();
         while self.eat("|") {
-            let Some(f) = self.peek().filter(|t| t.kind == Kind::Ident) else { return };
+            let Some(f) = self.peek().filter(|t| t.kind == Kind::Ident) else {
+                return;
+            };
             self.i += 1;
             self.filters.push((f.text, f.pos));
             if self.eat(":") {

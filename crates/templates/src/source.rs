@@ -107,7 +107,9 @@ fn convert(node: &MarkedYaml<'_>, path: &str, src: &[&str], kind: &str, map: &mu
                         other => other.to_string(),
                     },
                     YamlData::Representation(text, _, _) => text.to_string(),
-                    _ => return Err(SyntaxError { line: k.span.start.line(), message: "mapping keys must be plain scalars".into() }),
+                    _ => {
+                        return Err(SyntaxError { line: k.span.start.line(), message: "mapping keys must be plain scalars".into() });
+                    }
                 };
                 let p = child(path, &key);
                 map.lines.insert(p.clone(), k.span.start.line());
@@ -121,14 +123,20 @@ fn convert(node: &MarkedYaml<'_>, path: &str, src: &[&str], kind: &str, map: &mu
             Value::Object(out)
         }
         YamlData::Tagged(_, inner) => convert(inner, path, src, kind, map)?,
-        YamlData::Alias(_) => return Err(SyntaxError { line: node.span.start.line(), message: format!("YAML aliases are not supported in {kind} files") }),
-        YamlData::BadValue => return Err(SyntaxError { line: node.span.start.line(), message: "invalid YAML value".into() }),
+        YamlData::Alias(_) => {
+            return Err(SyntaxError { line: node.span.start.line(), message: format!("YAML aliases are not supported in {kind} files") });
+        }
+        YamlData::BadValue => {
+            return Err(SyntaxError { line: node.span.start.line(), message: "invalid YAML value".into() });
+        }
     })
 }
 
 /// Whether the value after key `k` is a literal block scalar (`key: |`).
 fn literal_block(src: &[&str], k: &MarkedYaml<'_>) -> bool {
-    let Some(line) = k.span.end.line().checked_sub(1).and_then(|l| src.get(l)) else { return false };
+    let Some(line) = k.span.end.line().checked_sub(1).and_then(|l| src.get(l)) else {
+        return false;
+    };
     let after: String = line.chars().skip(k.span.end.col()).collect();
     after.trim_start().strip_prefix(':').is_some_and(|rest| rest.trim_start().starts_with('|'))
 }

@@ -156,7 +156,9 @@ pub enum EventOutcome {
 impl std::fmt::Display for ShardCommand {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.op {
-            ShardOp::Ingest { events } => write!(f, "ingest({} events)@{}", events.len(), self.now_ms),
+            ShardOp::Ingest { events } => {
+                write!(f, "ingest({} events)@{}", events.len(), self.now_ms)
+            }
             ShardOp::CrossShard { source_shard, messages } => {
                 write!(f, "cross-shard({} msgs from {source_shard})@{}", messages.len(), self.now_ms)
             }
@@ -166,7 +168,9 @@ impl std::fmt::Display for ShardCommand {
             ShardOp::Noop => write!(f, "noop@{}", self.now_ms),
             ShardOp::Send { requests } => write!(f, "send({})@{}", requests.len(), self.now_ms),
             ShardOp::Catalog { .. } => write!(f, "catalog@{}", self.now_ms),
-            ShardOp::Evaluate { customers } => write!(f, "evaluate({})@{}", customers.len(), self.now_ms),
+            ShardOp::Evaluate { customers } => {
+                write!(f, "evaluate({})@{}", customers.len(), self.now_ms)
+            }
             ShardOp::Redrive { keys } => write!(f, "redrive({})@{}", keys.len(), self.now_ms),
             ShardOp::Placement { .. } => write!(f, "placement@{}", self.now_ms),
         }

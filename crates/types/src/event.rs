@@ -89,6 +89,8 @@ pub const EVENT_NAME_LEN_MAX: usize = 256;
 pub const EVENT_IDENTITIES_MAX: usize = 16;
 /// Bytes of JSON in properties + traits + context together.
 pub const EVENT_PAYLOAD_BYTES_MAX: usize = 32 * 1024;
+/// How deeply properties, traits and context may each nest (the object itself is level 1).
+pub const EVENT_JSON_DEPTH_MAX: usize = 32;
 
 /// A validation error naming the offending field by path.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
@@ -149,6 +151,11 @@ impl EventInput {
                 "is reserved for Chorus itself (to set consent with its source and evidence, use Profiles.SetConsent or `chorusctl profile consent set`)",
             ));
         }
+        for (field, map) in [("properties", &self.properties), ("traits", &self.traits), ("context", &self.context)] {
+            if object_depth(map) > EVENT_JSON_DEPTH_MAX {
+                return Err(FieldError::new(field, format!("nests more than {EVENT_JSON_DEPTH_MAX} levels deep (the limit): flatten it")));
+            }
+        }
         let properties = json_text(&self.properties);
         let context = json_text(&self.context);
         let payload_bytes = properties.len() + json_len(&self.traits) + context.len();
@@ -171,6 +178,24 @@ impl EventInput {
 /// Context key only Chorus may set (clients are refused): `{"consent_source", "evidence"}`
 /// of consent changes made through the API, so the ledger records where they came from.
 pub const CHORUS_CONTEXT_KEY: &str = "chorus";
+
+/// Nesting depth of an object (itself level 1), without recursing past
+/// `EVENT_JSON_DEPTH_MAX + 1` levels.
+fn object_depth(m: &serde_json::Map<String, serde_json::Value>) -> usize {
+    fn value_depth(v: &serde_json::Value, level: usize) -> usize {
+        match v {
+            _ if !(v.is_object() || v.is_array()) => level - 1,
+            _ if level > EVENT_JSON_DEPTH_MAX => level,
+            serde_json::Value::Object(m) => m.values().map(|v| value_depth(v, level + 1)).max().unwrap_or(level),
+            serde_json::Value::Array(a) => a.iter().map(|v| value_depth(v, level + 1)).max().unwrap_or(level),
+            _ => level - 1,
+        }
+    }
+    if m.is_empty() {
+        return 1;
+    }
+    m.values().map(|v| value_depth(v, 2)).max().unwrap_or(1).max(1)
+}
 
 fn json_text(m: &serde_json::Map<String, serde_json::Value>) -> String {
     if m.is_empty() { String::new() } else { serde_json::to_string(m).unwrap_or_default() }
@@ -223,6 +248,33 @@ mod tests {
         let mut i = input();
         i.properties.insert("blob".into(), serde_json::Value::String("x".repeat(40_000)));
         assert_eq!(i.validate().unwrap_err().field, "properties");
+    }
+
+    #[test]
+    fn nesting_is_bounded_per_field() {
+        let nest = |levels: usize| -> serde_json::Value {
+            let mut v = serde_json::json!(1);
+            for _ in 0..levels {
+                v = serde_json::json!([v]);
+            }
+            v
+        };
+        // properties (level 1) → "x": 31 arrays = 32 levels: at the limit.
+        let mut i = input();
+        i.properties.insert("x".into(), nest(EVENT_JSON_DEPTH_MAX - 1));
+        i.properties.insert("flat".into(), serde_json::json!({}));
+        assert!(i.validate().is_ok());
+        let mut i = input();
+        i.properties.insert("x".into(), nest(EVENT_JSON_DEPTH_MAX));
+        let e = i.validate().unwrap_err();
+        assert_eq!(e.field, "properties");
+        assert!(e.message.contains("more than 32 levels"), "{e}");
+        let mut i = input();
+        i.context.insert("deep".into(), nest(200));
+        assert_eq!(i.validate().unwrap_err().field, "context");
+        let mut i = input();
+        i.traits.insert("a".into(), serde_json::json!({"b": nest(40)}));
+        assert_eq!(i.validate().unwrap_err().field, "traits");
     }
 
     #[test]

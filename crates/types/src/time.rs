@@ -150,8 +150,12 @@ pub fn parse_duration_ms(text: &str) -> Result<i64, String> {
             "h" => 3_600_000,
             "d" => MS_PER_DAY,
             "w" => 7 * MS_PER_DAY,
-            "" => return Err(format!("{text:?} is not a duration: every number needs a unit (ms, s, m, h, d, w)")),
-            u => return Err(format!("{text:?} is not a duration: unknown unit {u:?} (use ms, s, m, h, d, w)")),
+            "" => {
+                return Err(format!("{text:?} is not a duration: every number needs a unit (ms, s, m, h, d, w)"));
+            }
+            u => {
+                return Err(format!("{text:?} is not a duration: unknown unit {u:?} (use ms, s, m, h, d, w)"));
+            }
         };
         rest = &rest[unit_len..];
         total = n.checked_mul(unit_ms).and_then(|v| total.checked_add(v)).ok_or_else(|| format!("{text:?}: duration too large"))?;

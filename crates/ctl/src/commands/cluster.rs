@@ -276,7 +276,9 @@ fn shard_ranges(shards: &[u32]) -> String {
             _ => ranges.push((id, id)),
         }
     }
-    let text = |&(a, b): &(u32, u32)| if a == b { a.to_string() } else { format!("{a}-{b}") };
+    let text = |&(a, b): &(u32, u32)| {
+        if a == b { a.to_string() } else { format!("{a}-{b}") }
+    };
     let mut out = ranges.iter().take(SHARD_RANGES_SHOWN_MAX).map(text).collect::<Vec<_>>().join(", ");
     if ranges.len() > SHARD_RANGES_SHOWN_MAX {
         let left: u32 = ranges[SHARD_RANGES_SHOWN_MAX..].iter().map(|(a, b)| b - a + 1).sum();

@@ -268,7 +268,9 @@ pub async fn enroll(ctx: &Ctx, journey: &str, target: &crate::args::ProfileTarge
     if let Some(p) = properties {
         match serde_json::from_str::<Value>(p) {
             Ok(Value::Object(_)) => {}
-            _ => return Err(Failure::usage(format!("--properties {p:?} is not a JSON object")).hint("e.g. --properties '{\"offer\": \"10%\"}'").into()),
+            _ => {
+                return Err(Failure::usage(format!("--properties {p:?} is not a JSON object")).hint("e.g. --properties '{\"offer\": \"10%\"}'").into());
+            }
         }
     }
     let mut client = JourneysClient::new(ctx.connect().await?);

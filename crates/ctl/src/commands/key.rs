@@ -44,10 +44,14 @@ pub async fn list(ctx: &Ctx) -> anyhow::Result<u8> {
     let r = ctx.call_status(&action, admin.list_write_keys(ListWriteKeysRequest {})).await?.map_err(|s| key_failure(ctx, &s, &action))?;
     if ctx.json() {
         emit_json(
-            &json!({"keys": r.keys.iter().map(|k| json!({"name": k.name, "fingerprint": k.fingerprint, "created_ms": k.created_ms, "created": time_json(k.created_ms)})).collect::<Vec<_>>()}),
+            &json!({"keys_required": r.keys_required, "keys": r.keys.iter().map(|k| json!({"name": k.name, "fingerprint": k.fingerprint, "created_ms": k.created_ms, "created": time_json(k.created_ms)})).collect::<Vec<_>>()}),
+        );
+    } else if r.keys.is_empty() && r.keys_required {
+        emit(
+            "no write keys in the catalog: every key was revoked, so nodes refuse every key but their [http] write_keys; create one with `chorusctl key create NAME`",
         );
     } else if r.keys.is_empty() {
-        emit("no write keys in the catalog (nodes accept the keys in their [http] write_keys; with none at all, any key is accepted)");
+        emit("no write keys in the catalog (nodes accept the keys in their [http] write_keys; a cluster that never had a key accepts any key)");
     } else {
         let mut t = Table::new(&["NAME", "FINGERPRINT", "CREATED"]);
         for k in &r.keys {
@@ -61,11 +65,17 @@ pub async fn list(ctx: &Ctx) -> anyhow::Result<u8> {
 pub async fn revoke(ctx: &Ctx, name: &str) -> anyhow::Result<u8> {
     let mut admin = AdminClient::new(ctx.connect().await?);
     let action = format!("revoke write key {name:?}");
-    ctx.call_status(&action, admin.revoke_write_key(RevokeWriteKeyRequest { name: name.to_string() })).await?.map_err(|s| key_failure(ctx, &s, &action))?;
+    let r =
+        ctx.call_status(&action, admin.revoke_write_key(RevokeWriteKeyRequest { name: name.to_string() })).await?.map_err(|s| key_failure(ctx, &s, &action))?;
     if ctx.json() {
-        emit_json(&json!({"name": name, "revoked": true}));
+        emit_json(&json!({"name": name, "revoked": true, "remaining": r.remaining}));
+    } else if r.remaining == 0 {
+        emit(&format!(
+            "write key {name:?} revoked. It was the last one: every node now refuses every write key \
+(except keys listed in a node's [http] write_keys) until you create one with `chorusctl key create NAME`"
+        ));
     } else {
-        emit(&format!("write key {name:?} revoked: every node refuses it from now on"));
+        emit(&format!("write key {name:?} revoked: every node refuses it from now on ({} left)", r.remaining));
     }
     Ok(EXIT_OK)
 }

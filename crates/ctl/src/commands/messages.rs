@@ -34,7 +34,9 @@ pub async fn tail(ctx: &Ctx, last: u32, follow: bool, customer: Option<&ProfileT
         };
         match tokio::time::timeout(ctx.timeout, collect).await {
             Ok(Ok(())) => {}
-            Ok(Err(status)) => return Err(failure::from_status(&status, &ctx.endpoint, action).into()),
+            Ok(Err(status)) => {
+                return Err(failure::from_status(&status, &ctx.endpoint, action).into());
+            }
             Err(_) => return Err(failure::timed_out(&ctx.endpoint, action, ctx.timeout).into()),
         }
         if ctx.json() {

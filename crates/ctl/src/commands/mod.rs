@@ -121,7 +121,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
                     profile::consent(&ctx, &target, Some(change)).await?
                 }
                 (None, Some(target)) => profile::consent(&ctx, &target, None).await?,
-                (None, None) => return Err(Failure::usage("give a customer: chorusctl profile consent ID_OR_IDENTITY").into()),
+                (None, None) => {
+                    return Err(Failure::usage("give a customer: chorusctl profile consent ID_OR_IDENTITY").into());
+                }
             },
         },
         Command::Messages { command: MessagesCommand::Tail { last, follow, customer, body } } => {

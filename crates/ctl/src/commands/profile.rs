@@ -171,7 +171,9 @@ fn profile_text(p: &Profile) -> String {
     }
     // The identity rows without their header line.
     let identities = if ids.is_empty() { "-".to_string() } else { ids.render().split_once('\n').map(|(_, rows)| rows.to_string()).unwrap_or_default() };
-    let list_or_dash = |v: &[String]| if v.is_empty() { "-".to_string() } else { v.join(", ") };
+    let list_or_dash = |v: &[String]| {
+        if v.is_empty() { "-".to_string() } else { v.join(", ") }
+    };
     let mut pairs = vec![
         ("customer", p.customer_id.clone()),
         ("shard", p.shard.to_string()),

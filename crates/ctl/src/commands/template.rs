@@ -120,7 +120,9 @@ pub fn render(ctx: &Ctx, file: &Path, channel: &str, inputs: Inputs) -> anyhow::
         emit_json(&value);
         return Ok(EXIT_OK);
     }
-    let Value::Object(fields) = value else { return Ok(EXIT_OK) };
+    let Value::Object(fields) = value else {
+        return Ok(EXIT_OK);
+    };
     let pairs: Vec<(&str, String)> = fields.iter().map(|(k, v)| (k.as_str(), cell(v))).collect();
     emit(&key_values(&pairs));
     Ok(EXIT_OK)

@@ -556,7 +556,9 @@ pub fn parse_wait(text: &str) -> Result<WaitSpec, String> {
                 let d = days.iter().position(|d| d == day).ok_or_else(|| format!("{day:?} is not a weekday (monday … sunday)"))?;
                 (Some(d as u8), *clock)
             }
-            _ => return Err(format!("{text:?}: write `next HH:MM` or `next monday HH:MM`")),
+            _ => {
+                return Err(format!("{text:?}: write `next HH:MM` or `next monday HH:MM`"));
+            }
         };
         let (h, m) = clock.split_once(':').ok_or_else(|| format!("{clock:?} is not a time of day (HH:MM)"))?;
         let (hour, minute) = (h.parse::<u8>().map_err(|_| format!("{clock:?}: bad hour"))?, m.parse::<u8>().map_err(|_| format!("{clock:?}: bad minute"))?);

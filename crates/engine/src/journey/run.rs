@@ -318,11 +318,15 @@ pub fn on_input(state: &mut CustomerState, input: &Input<'_>, catalog: &RunCatal
             }
         }
         Input::Timer { journey, entry_key, seq } => {
-            let Some(pos) = state.journeys.iter().position(|x| x.journey == *journey && x.entry_key == *entry_key && !x.done) else { return run.effects };
+            let Some(pos) = state.journeys.iter().position(|x| x.journey == *journey && x.entry_key == *entry_key && !x.done) else {
+                return run.effects;
+            };
             if state.journeys[pos].timer_seq != *seq {
                 return run.effects; // stale: the instance moved on or the timer was cancelled
             }
-            let Some(j) = version_of(catalog, &state.journeys[pos]) else { return run.effects };
+            let Some(j) = version_of(catalog, &state.journeys[pos]) else {
+                return run.effects;
+            };
             state.journeys[pos].timer_seq = 0;
             let step = j.step(&state.journeys[pos].step).cloned();
             match step.as_ref().map(|s| &s.kind) {
@@ -377,7 +381,9 @@ pub fn on_input(state: &mut CustomerState, input: &Input<'_>, catalog: &RunCatal
 /// Attribute a delivery outcome to the journey step that sent it: `steps.<id>.delivered`
 /// / `failed` in expressions, and the step's counters by channel and reason.
 fn on_outcome(state: &mut CustomerState, key: &str, delivered: bool, detail: &str, run: &mut Run<'_>) {
-    let Some(p) = crate::messaging::settle(state, key) else { return };
+    let Some(p) = crate::messaging::settle(state, key) else {
+        return;
+    };
     if !delivered {
         if let Some(status) = crate::messaging::contact_status_of_failure(detail) {
             crate::messaging::mark_contact(state, &p.to, status, detail, run.now, run.cfg);
@@ -386,10 +392,14 @@ fn on_outcome(state: &mut CustomerState, key: &str, delivered: bool, detail: &st
     if p.journey.is_empty() {
         return;
     }
-    let Some(j) = run.catalog.version(&p.journey, p.version) else { return };
+    let Some(j) = run.catalog.version(&p.journey, p.version) else {
+        return;
+    };
     let what = if delivered { format!("delivered:{}", p.channel) } else { format!("failed:{}:{}", p.channel, failure_reason(detail)) };
     run.stat(j, &p.step, what, 1.0);
-    let Some(i) = state.journeys.iter().position(|x| x.journey == p.journey && x.entry_key == p.entry_key) else { return };
+    let Some(i) = state.journeys.iter().position(|x| x.journey == p.journey && x.entry_key == p.entry_key) else {
+        return;
+    };
     let flags = state.journeys[i].steps.entry(p.step.clone()).or_default();
     if delivered {
         flags.delivered = true;
@@ -494,11 +504,15 @@ fn migrate(state: &mut CustomerState, run: &mut Run<'_>) {
         if inst.done {
             continue;
         }
-        let Some(latest) = run.catalog.latest(&inst.journey) else { continue };
+        let Some(latest) = run.catalog.latest(&inst.journey) else {
+            continue;
+        };
         if latest.version <= inst.version {
             continue;
         }
-        let Some(to) = latest.def.migrate.get(&inst.step).cloned() else { continue };
+        let Some(to) = latest.def.migrate.get(&inst.step).cloned() else {
+            continue;
+        };
         let from = format!("v{} {}", inst.version, inst.step);
         let inst = &mut state.journeys[i];
         inst.version = latest.version;
@@ -753,8 +767,12 @@ fn release_deferred(state: &mut CustomerState, run: &mut Run<'_>) {
     }
     due.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
     for (_, _, journey, key) in due {
-        let Some(pos) = state.journeys.iter().position(|x| x.journey == journey && x.entry_key == key && !x.done) else { continue };
-        let Some(j) = version_of(run.catalog, &state.journeys[pos]) else { continue };
+        let Some(pos) = state.journeys.iter().position(|x| x.journey == journey && x.entry_key == key && !x.done) else {
+            continue;
+        };
+        let Some(j) = version_of(run.catalog, &state.journeys[pos]) else {
+            continue;
+        };
         state.journeys[pos].timer_seq = 0; // its own timer, if not the one that fired, is now stale
         execute(state, pos, j, None, run);
     }
@@ -963,7 +981,9 @@ enum Sent {
 /// (2) channel and topic consent, (3) a contact point — trying fallback channels —,
 /// (4) quiet hours, (5) caps and priority arbitration, (6) the idempotency key.
 fn send(state: &mut CustomerState, pos: usize, j: &Compiled, step: &Step, event: Option<&Event>, run: &mut Run<'_>) -> Sent {
-    let StepKind::Send { channel, template, fallback, when_capped, recheck, topic, when_quiet } = &step.kind else { return Sent::Continue };
+    let StepKind::Send { channel, template, fallback, when_capped, recheck, topic, when_quiet } = &step.kind else {
+        return Sent::Continue;
+    };
     let sid = step.id.as_str();
     let inst = state.journeys[pos].clone();
     let releasing = inst.deferred.clone();
@@ -1009,7 +1029,7 @@ fn send(state: &mut CustomerState, pos: usize, j: &Compiled, step: &Step, event:
         // 2–3. Consent and a contact point: on failure, try the next channel.
         let mut intent = match check_send(state, &req, settings) {
             SendDecision::Send(intent) => intent,
-            SendDecision::Skip { reason, code } => {
+            SendDecision::Skip { reason, code } | SendDecision::Defer { reason, code, .. } => {
                 reasons.push(format!("{ch}: {reason}"));
                 skip_code = code;
                 continue;

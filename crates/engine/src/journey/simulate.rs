@@ -53,7 +53,9 @@ pub fn trace_event(line: &Value, n: usize) -> Result<(i64, Event), String> {
     let at = match (o.get("at").and_then(Value::as_str), o.get("timestamp_ms").and_then(Value::as_i64)) {
         (Some(t), _) => chorus_types::time::parse_rfc3339_ms(t).ok_or(format!("trace line {n}: at {t:?} is not RFC 3339"))?,
         (None, Some(ms)) => ms,
-        _ => return Err(format!("trace line {n}: give `at` (RFC 3339) or `timestamp_ms`")),
+        _ => {
+            return Err(format!("trace line {n}: give `at` (RFC 3339) or `timestamp_ms`"));
+        }
     };
     let name = o.get("event").or_else(|| o.get("name")).and_then(Value::as_str).unwrap_or_default();
     let input = EventInput {
@@ -107,7 +109,9 @@ pub fn simulate(catalog: &RunCatalog, mut customer: CustomerState, mut trace: Ve
     };
     let fire_until = |c: &mut CustomerState, limit: i64, timers: &mut Timers, out: &mut Vec<Line>, seen: &mut usize| loop {
         timers.sort_by_key(|(t, _, _, _)| *t);
-        let Some(pos) = timers.iter().position(|(t, _, _, _)| *t <= limit) else { break };
+        let Some(pos) = timers.iter().position(|(t, _, _, _)| *t <= limit) else {
+            break;
+        };
         let (at, journey, key, seq) = timers.remove(pos);
         let before = c.decisions.len();
         let fx = on_input(c, &Input::Timer { journey: &journey, entry_key: &key, seq }, catalog, at, cfg);

@@ -101,6 +101,8 @@ pub(crate) struct Inner {
     leader_hints: RwLock<HashMap<ShardId, NodeId>>,
     pub(crate) shutdown: watch::Sender<bool>,
     pub(crate) tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// One manual-clock move at a time (each steps through the timers it passes).
+    clock_moves: tokio::sync::Mutex<()>,
 }
 
 /// The node's shards. Cheap to clone.
@@ -110,6 +112,12 @@ pub struct Shards {
 }
 
 const SHARD_COUNT_KEY: &[u8] = b"shard_count";
+
+/// Most instants one manual clock move fires timers at (each step fires every timer due
+/// at one instant); beyond it the clock jumps to the target and the rest fire there.
+pub const CLOCK_STEPS_MAX: usize = 100_000;
+/// Longest wait of a clock move for cross-shard messages to be delivered between steps.
+const SETTLE_WAIT_MS_MAX: u64 = 10_000;
 
 impl Shards {
     /// Open every shard in `store` as a single-voter group led by `node`.
@@ -181,6 +189,7 @@ impl Shards {
                 leader_hints: RwLock::default(),
                 shutdown,
                 tasks: std::sync::Mutex::new(Vec::new()),
+                clock_moves: tokio::sync::Mutex::new(()),
             }),
         }
     }
@@ -318,6 +327,56 @@ impl Shards {
                     tracing::warn!(journey = %j.def.id, error = %e, "scheduled entry failed; retrying");
                 }
             }
+        }
+    }
+
+    /// Move the manual clock forward to `to_ms` the way time would pass: every timer of
+    /// this node's leader replicas due on the way fires at its own due time, in due
+    /// order, with `now` = that time — timers set by earlier ones included — so a live
+    /// run under `clock advance` decides what `journey simulate` decides. Returns once
+    /// everything due up to `to_ms` is applied and the cross-shard messages it caused are
+    /// delivered. (In a cluster, each node's clock drives the leaders it hosts.)
+    pub async fn move_clock_to(&self, to_ms: i64) -> Result<i64, ShardError> {
+        let clock = &self.inner.clock;
+        if clock.mode() != crate::ClockMode::Manual {
+            return Err(crate::ClockError::NotManual.into());
+        }
+        let _one_at_a_time = self.inner.clock_moves.lock().await;
+        let now = clock.now_ms();
+        if to_ms < now {
+            return Err(crate::ClockError::Backwards { now_ms: now, asked_ms: to_ms }.into());
+        }
+        for _ in 0..CLOCK_STEPS_MAX {
+            self.settle_cross_shard().await;
+            let leaders: Vec<Arc<Hosted>> = self.hosted_all().into_iter().filter(|h| h.group.is_leader()).collect();
+            let Some(due) = leaders.iter().map(|h| h.app.stats.next_timer_ms.load(Ordering::Relaxed)).min() else { break };
+            if due > to_ms {
+                break;
+            }
+            let at = due.max(clock.now_ms());
+            clock.set(at)?;
+            let ticks = leaders.iter().filter(|h| h.app.stats.next_timer_ms.load(Ordering::Relaxed) <= at).map(|h| async move {
+                h.group.propose(ShardCommand { now_ms: at, op: ShardOp::Tick }).await.map_err(|e| not_leader_to_unavailable(ShardError::Raft(e), h.id))
+            });
+            for r in futures::future::join_all(ticks).await {
+                r?;
+            }
+        }
+        clock.set(to_ms)?;
+        self.settle_cross_shard().await;
+        Ok(to_ms)
+    }
+
+    /// Wait (at most `SETTLE_WAIT_MS_MAX`) until this node's leader replicas have no
+    /// undelivered cross-shard messages.
+    async fn settle_cross_shard(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(SETTLE_WAIT_MS_MAX);
+        while tokio::time::Instant::now() < deadline {
+            let pending: u64 = self.hosted_all().iter().filter(|h| h.group.is_leader()).map(|h| h.app.stats.pending_cross_shard.load(Ordering::Relaxed)).sum();
+            if pending == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 

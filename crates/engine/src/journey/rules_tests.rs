@@ -404,7 +404,8 @@ fn rule_entry_keys_allow_one_instance_per_key_up_to_max_concurrent() {
     // `entry` is each instance's own entry event: shipping order 77 moves only its instance.
     let fx = on(&mut c, &cat, &track("Order Shipped", json!({"order_id": 77}), "s77"), ms(NOON) + 4);
     assert_eq!(sent(&fx), vec!["email order-shipped"]);
-    let keys: Vec<&str> = c.journeys.iter().map(|i| i.entry_key.as_str()).collect();
+    // Order 77's instance has ended (it stays only to count engagement with its emails).
+    let keys: Vec<&str> = c.journeys.iter().filter(|i| !i.done).map(|i| i.entry_key.as_str()).collect();
     assert_eq!(keys, vec!["A1"]);
 }
 
@@ -511,4 +512,36 @@ fn rule_a_bounced_address_is_not_used_again() {
     assert_eq!(c.contact_status.get("ada@example.com").map(String::as_str), Some("bounced"));
     assert!(last(&c, DecisionKind::DeliveryFailed).starts_with("contact point bounced"), "{:?}", c.decisions);
     assert_eq!(crate::messaging::contact_point(&c, "email"), None);
+}
+
+const LAST_STEP_EMAIL: &str = "id: welcome\ncategory: marketing\nentry:\n  event: Signed Up\ngoal:\n  event: Order Completed\n  within: 3d\nsteps:\n  - id: hello\n    send: { channel: email, template: hello }\n";
+const LAST_STEP_EMAIL_NO_GOAL: &str =
+    "id: notice\ncategory: marketing\nentry:\n  event: Signed Up\nsteps:\n  - id: note\n    send: { channel: email, template: note }\n";
+
+/// Opens and clicks after the customer finished a journey whose last step is an email
+/// count for the step that sent it, within the goal window (or the engagement window of a
+/// journey without a goal), once each; a conversion after them still counts once.
+#[test]
+fn rule_engagement_after_the_last_step_counts_for_the_step_that_sent_it() {
+    let cat = catalog(vec![compile(LAST_STEP_EMAIL, 1), compile(LAST_STEP_EMAIL_NO_GOAL, 1)], Settings::default());
+    let mut c = customer();
+    let fx = on(&mut c, &cat, &track("Signed Up", json!({}), "s"), ms(NOON));
+    assert_eq!(sent(&fx).len(), 2, "{fx:?}");
+    assert!(stats(&fx).contains(&"exit:completed".to_string()), "both journeys ended at once: {fx:?}");
+    let open = json!({"journey": "welcome", "step": "hello"});
+    let st = stats(&on(&mut c, &cat, &track("email.opened", open.clone(), "o1"), ms(NOON) + H));
+    assert!(st.contains(&"engaged:opened".to_string()), "{st:?}");
+    let st = stats(&on(&mut c, &cat, &track("email.clicked", open.clone(), "c1"), ms(NOON) + 2 * H));
+    assert!(st.contains(&"engaged:clicked".to_string()) && !st.contains(&"engaged:opened".to_string()), "unique: {st:?}");
+    let st = stats(&on(&mut c, &cat, &track("email.clicked", json!({"journey": "notice", "step": "note"}), "c2"), ms(NOON) + 3 * H));
+    assert!(st.contains(&"engaged:clicked".to_string()) && st.contains(&"engaged:opened".to_string()), "no goal: {st:?}");
+    // The goal still converts once; engagement after the conversion still counts.
+    let st = stats(&on(&mut c, &cat, &track("Order Completed", json!({}), "p1"), ms(NOON) + 4 * H));
+    assert!(st.contains(&"converted".to_string()), "{st:?}");
+    let st = stats(&on(&mut c, &cat, &track("Order Completed", json!({}), "p2"), ms(NOON) + 5 * H));
+    assert!(!st.contains(&"converted".to_string()), "one conversion per entry: {st:?}");
+    // After the window nothing is attributed any more and the instance is gone.
+    let st = stats(&on(&mut c, &cat, &track("email.opened", json!({"journey": "notice", "step": "note"}), "o3"), ms(NOON) + 8 * 24 * H));
+    assert!(st.is_empty(), "{st:?}");
+    assert!(c.journeys.is_empty(), "{:?}", c.journeys);
 }

@@ -528,53 +528,72 @@ fn migrate(state: &mut CustomerState, run: &mut Run<'_>) {
     }
 }
 
+/// How long after entering an instance that has ended still counts engagement with what
+/// it sent (and, within the goal window, conversions): the goal window, or
+/// [`ENGAGEMENT_WINDOW_MS`] for a journey without a goal.
+fn after_end_window_ms(j: &Compiled) -> i64 {
+    j.def.goal.as_ref().map_or(ENGAGEMENT_WINDOW_MS, |g| g.within_ms)
+}
+
+/// How long a journey without a goal keeps counting opens and clicks of its messages
+/// after the customer finished it.
+pub const ENGAGEMENT_WINDOW_MS: i64 = 7 * 86_400_000;
+
+/// Opens, clicks and deliveries of a message name its journey and step (tracking links
+/// carry them): set the step's flags and count unique engagement.
+fn attribute_engagement(state: &mut CustomerState, i: usize, j: &Compiled, event: &Event, run: &mut Run<'_>) {
+    if !matches!(event.name.split_once('.'), Some(("email" | "push" | "in_app" | "sms", _))) {
+        return;
+    }
+    let props: Value = if event.properties.is_empty() { Value::Null } else { serde_json::from_str(&event.properties).unwrap_or(Value::Null) };
+    if props.get("journey").and_then(Value::as_str) != Some(j.def.id.as_str()) {
+        return;
+    }
+    let Some(step) = props.get("step").and_then(Value::as_str) else { return };
+    let flags = state.journeys[i].steps.entry(step.to_string()).or_default();
+    let before = flags.clone();
+    match event.name.as_str() {
+        "email.opened" | "push.opened" | "in_app.viewed" => flags.opened = true,
+        "email.clicked" | "push.clicked" | "in_app.clicked" | "sms.clicked" => {
+            flags.clicked = true;
+            flags.opened = true;
+        }
+        "email.delivered" | "sms.delivered" | "push.delivered" => flags.delivered = true,
+        _ => {}
+    }
+    // Engagement counts once per step and entry (unique opens and clicks).
+    let (opened, clicked) = (flags.opened && !before.opened, flags.clicked && !before.clicked);
+    if opened {
+        run.stat(j, step, "engaged:opened", 1.0);
+    }
+    if clicked {
+        run.stat(j, step, "engaged:clicked", 1.0);
+    }
+}
+
 /// Returns false when the instance was removed (exited or finished).
 fn on_event_in_instance(state: &mut CustomerState, i: usize, j: &Compiled, event: &Event, run: &mut Run<'_>) -> bool {
     if state.journeys[i].done {
+        // The journey ended for this entry: engagement with what it sent still counts,
+        // and so does the goal, while the window after its entry is open.
+        if run.now - state.journeys[i].entered_ms > after_end_window_ms(j) {
+            state.journeys.remove(i);
+            return false;
+        }
+        attribute_engagement(state, i, j, event, run);
         let inst = state.journeys[i].clone();
-        match &j.def.goal {
-            Some(g) if run.now - inst.entered_ms <= g.within_ms => {
-                if g.event == event.name {
-                    let ok = g.filter.as_ref().map(|f| run.cond(j, f, state, Some(event), Some(&inst)) == Ok(true)).unwrap_or(true);
-                    if ok {
-                        convert(state, &inst, j, g, event, run);
-                        state.journeys.remove(i);
-                        return false;
-                    }
+        if let Some(g) = &j.def.goal {
+            if !inst.converted && g.event == event.name && run.now - inst.entered_ms <= g.within_ms {
+                let ok = g.filter.as_ref().map(|f| run.cond(j, f, state, Some(event), Some(&inst)) == Ok(true)).unwrap_or(true);
+                if ok {
+                    convert(state, &inst, j, g, event, run);
+                    state.journeys[i].converted = true;
                 }
-                return true;
-            }
-            _ => {
-                state.journeys.remove(i); // the goal window closed
-                return false;
             }
         }
+        return true;
     }
-    // Engagement events name their journey and step (tracking links carry them).
-    let props: Value = if event.properties.is_empty() { Value::Null } else { serde_json::from_str(&event.properties).unwrap_or(Value::Null) };
-    if props.get("journey").and_then(Value::as_str) == Some(j.def.id.as_str()) {
-        if let Some(step) = props.get("step").and_then(Value::as_str) {
-            let flags = state.journeys[i].steps.entry(step.to_string()).or_default();
-            let before = flags.clone();
-            match event.name.as_str() {
-                "email.opened" | "push.opened" | "in_app.viewed" => flags.opened = true,
-                "email.clicked" | "push.clicked" | "in_app.clicked" | "sms.clicked" => {
-                    flags.clicked = true;
-                    flags.opened = true;
-                }
-                "email.delivered" | "sms.delivered" | "push.delivered" => flags.delivered = true,
-                _ => {}
-            }
-            // Engagement counts once per step and entry (unique opens and clicks).
-            let (opened, clicked) = (flags.opened && !before.opened, flags.clicked && !before.clicked);
-            if opened {
-                run.stat(j, step, "engaged:opened", 1.0);
-            }
-            if clicked {
-                run.stat(j, step, "engaged:clicked", 1.0);
-            }
-        }
-    }
+    attribute_engagement(state, i, j, event, run);
     // Exit criteria apply at once, from any step.
     for rule in &j.def.exit {
         if rule.event == event.name {
@@ -808,8 +827,9 @@ fn finish(state: &mut CustomerState, pos: usize, j: &Compiled, reason: &str, run
     run.stat(j, "", path, 1.0);
     let inst = &mut state.journeys[pos];
     let step = inst.step.clone();
-    let goal_open = j.def.goal.as_ref().is_some_and(|g| !inst.converted && run.now - inst.entered_ms <= g.within_ms);
-    if goal_open {
+    // Kept while engagement with what it sent, or an open goal, still counts.
+    let watched = inst.sends > 0 || (j.def.goal.is_some() && !inst.converted);
+    if watched && run.now - inst.entered_ms <= after_end_window_ms(j) {
         inst.done = true;
         inst.timer_seq = 0;
     } else {

@@ -409,6 +409,7 @@ impl ShardApp {
                 continue;
             };
             results.push(round.apply_command(cmd).await?);
+            round.flush_after();
         }
         round.flush_all().await?;
         round.expire_dedup()?;
@@ -543,6 +544,9 @@ struct Round<'a> {
     /// Audience membership changes of this round, in order: (audience, customer, member).
     membership: Vec<(String, CustomerId, bool)>,
     now_ms: i64,
+    /// Unlinks of a claimant whose claim was refused, delivered once the command that
+    /// made the claim is applied (after the event that listed the key on it).
+    after: Vec<(Identity, CustomerId)>,
 }
 
 impl<'a> Round<'a> {
@@ -572,6 +576,7 @@ impl<'a> Round<'a> {
             paused_marks: HashSet::new(),
             membership: Vec::new(),
             now_ms: 0,
+            after: Vec::new(),
         }
     }
 
@@ -592,6 +597,7 @@ impl<'a> Round<'a> {
                 let mut outcomes = Vec::with_capacity(events.len());
                 for event in events {
                     outcomes.push(self.ingest(event, now).await?);
+                    self.flush_after();
                 }
                 Ok(ShardResult::Ingest(outcomes))
             }
@@ -603,6 +609,7 @@ impl<'a> Round<'a> {
                     }
                     last = seq;
                     self.apply_cross_shard(msg, now).await?;
+                    self.flush_after();
                 }
                 self.xin.insert(source_shard, last);
                 Ok(ShardResult::Done)
@@ -1004,10 +1011,125 @@ impl<'a> Round<'a> {
         state::read_index(self.store(), self.shard(), id).map_err(io_err)
     }
 
-    fn set_index(&mut self, id: &Identity, customer: CustomerId) {
+    /// Point `id`'s index record (this shard holds it) at `customer`. This shard alone
+    /// decides which profile lists the key: when the record moves from one customer to
+    /// another, the previous one is told to drop the key and the new one to list it, in
+    /// this shard's log order (so the last word any profile hears about the key agrees
+    /// with the index). Customers in `merged` (absorbed into `customer`) are not told to
+    /// drop it.
+    fn set_index_merging(&mut self, id: &Identity, customer: CustomerId, merged: &[CustomerId]) -> io::Result<()> {
+        let previous = self.lookup(id)?;
         let shard = self.shard();
         self.batch.insert(self.app.store.shard(), keys::index(shard, id), customer.0.to_be_bytes().to_vec());
         self.index.insert(id.clone(), customer);
+        if let Some(raw) = previous.filter(|p| *p != customer) {
+            let (p, n) = (self.resolve_tomb(raw)?, self.resolve_tomb(customer)?);
+            if p != n {
+                if !merged.contains(&raw) && !merged.contains(&p) {
+                    self.tell(p, CustomerInput::Unlink { identity: id.clone(), to: n });
+                }
+                // Also after a merge (the survivor already lists it): a refusal sent to
+                // the survivor while the merge was in flight must not have the last word.
+                self.tell(n, CustomerInput::Link(id.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    fn set_index(&mut self, id: &Identity, customer: CustomerId) -> io::Result<()> {
+        self.set_index_merging(id, customer, &[])
+    }
+
+    /// Hand a `Link` or `Unlink` to `customer`: here, or at its home shard.
+    fn tell(&mut self, customer: CustomerId, input: CustomerInput) {
+        let home = customer.home_shard();
+        if home == self.shard() {
+            self.push(customer, self.now_ms, input);
+            return;
+        }
+        match input {
+            CustomerInput::Link(identity) => self.send_cross(home, CrossShardMessage::Link { customer, identity }),
+            CustomerInput::Unlink { identity, to } => self.send_cross(home, CrossShardMessage::Unlink { customer, identity, to }),
+            _ => {}
+        }
+    }
+
+    /// Deliver the refusals of the event or message just applied (after what it listed).
+    fn flush_after(&mut self) {
+        for (key, claimant) in std::mem::take(&mut self.after) {
+            let home = chorus_types::routing::shard_of(&key, self.app.config.shard_count);
+            if home == self.shard() {
+                // A failure here is a store error the next claim meets again.
+                let _ = self.claim_refused(key, claimant);
+            } else {
+                self.send_cross(home, CrossShardMessage::ClaimRefused { identity: key, customer: claimant });
+            }
+        }
+    }
+
+    /// At `key`'s shard: a claim of it by `claimant` was refused. The claimant keeps the
+    /// key only if the index names it (or nobody: then it takes it).
+    fn claim_refused(&mut self, key: Identity, claimant: CustomerId) -> io::Result<()> {
+        let claimant = self.resolve_tomb(claimant)?;
+        match self.lookup(&key)? {
+            None => self.set_index(&key, claimant),
+            Some(c) => {
+                let holder = self.resolve_tomb(c)?;
+                if holder != claimant {
+                    self.tell(claimant, CustomerInput::Unlink { identity: key, to: holder });
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// A claim of `key` by `claimant` could not be decided (a merge is in flight): the
+    /// key's shard, which alone knows where the key is now, has the claimant drop it
+    /// unless the index names it — once the event or message being applied is done (so
+    /// after the event that listed the key on the claimant).
+    fn refuse_claim(&mut self, claimant: CustomerId, key: &Identity, _holder: CustomerId) {
+        self.after.push((key.clone(), claimant));
+    }
+
+    /// The limit-1 rule gave `key` to `to`, away from `from`: re-point its index record
+    /// (here, or by a message to the key's shard, which tells both profiles).
+    async fn relink(&mut self, key: &Identity, to: CustomerId, from: CustomerId, now: i64) -> io::Result<()> {
+        let home = chorus_types::routing::shard_of(key, self.app.config.shard_count);
+        if home != self.shard() {
+            self.send_cross(home, CrossShardMessage::Relink { identity: key.clone(), to, from });
+            return Ok(());
+        }
+        let current = match self.lookup(key)? {
+            Some(c) => Some(self.resolve_tomb(c)?),
+            None => None,
+        };
+        match current {
+            None => self.set_index(key, to),
+            Some(c) if c == from => self.set_index(key, to),
+            Some(c) if c == to => Ok(()),
+            // Moved on meanwhile (its holder was told then): `to` contests the holder.
+            Some(c) => self.link_contested(to, key, c, now).await.map(|_| ()),
+        }
+    }
+
+    /// `customer` (homed here) was seen with `identity` (an event listed it on the
+    /// profile): link it in the index, or contest the key's holder.
+    async fn claim(&mut self, identity: Identity, customer: CustomerId, replaces: &[CustomerId], now: i64) -> io::Result<()> {
+        match self.lookup(&identity)? {
+            None => self.set_index(&identity, customer)?,
+            Some(c) if c == customer => {}
+            Some(c) if replaces.contains(&c) => self.set_index_merging(&identity, customer, replaces)?,
+            Some(c) => {
+                let other = self.resolve_tomb(c)?;
+                let owner = self.resolve_tomb(customer)?;
+                if other == owner {
+                    self.set_index(&identity, owner)?;
+                } else {
+                    self.link_contested(owner, &identity, other, now).await?;
+                }
+            }
+        }
+        Ok(())
     }
 
     fn send_cross(&mut self, target: ShardId, msg: CrossShardMessage) {
@@ -1071,16 +1193,17 @@ impl<'a> Round<'a> {
     }
 
     /// Point every identity in `ids` at `survivor`: locally, or by claims to their shards.
-    fn repoint(&mut self, ids: &[Identity], survivor: CustomerId, absorbed: &[CustomerId]) {
+    fn repoint(&mut self, ids: &[Identity], survivor: CustomerId, absorbed: &[CustomerId]) -> io::Result<()> {
         let shard = self.shard();
         for id in ids {
             let home = chorus_types::routing::shard_of(id, self.app.config.shard_count);
             if home == shard {
-                self.set_index(id, survivor);
+                self.set_index_merging(id, survivor, absorbed)?;
             } else {
                 self.send_cross(home, CrossShardMessage::Claim { identity: id.clone(), customer: survivor, replaces: absorbed.to_vec() });
             }
         }
+        Ok(())
     }
 
     /// Deliver a message to `target`'s shard: applied now if that is this shard.
@@ -1176,10 +1299,15 @@ impl<'a> Round<'a> {
             owner = self.link_contested(owner, &key, other, now).await?;
         }
         for key in &plan.link_local {
-            self.set_index(key, owner);
+            self.set_index(key, owner)?;
         }
-        for (key, target) in &plan.claim_remote {
-            self.send_cross(*target, CrossShardMessage::Claim { identity: key.clone(), customer: owner, replaces: Vec::new() });
+        // The other keys are claimed from the customer's home, in the round that lists
+        // them on the profile, so an answer from a key's shard always comes after it: here,
+        // or by the home when it applies the forwarded event.
+        if owner.home_shard() == shard {
+            for (key, target) in &plan.claim_remote {
+                self.send_cross(*target, CrossShardMessage::Claim { identity: key.clone(), customer: owner, replaces: Vec::new() });
+            }
         }
         if owner.home_shard() == shard {
             self.push(owner, now, CustomerInput::Event(event));
@@ -1198,7 +1326,18 @@ impl<'a> Round<'a> {
             CrossShardMessage::Forward { customer, event } => {
                 let target = self.resolve_tomb(customer)?;
                 if target.home_shard() == self.shard() {
+                    let identities = event.identities.clone();
                     self.push(target, now, CustomerInput::Event(event));
+                    // The event lists its keys on the profile now: claim them from here.
+                    let shard = self.shard();
+                    for id in identities {
+                        let home = chorus_types::routing::shard_of(&id, self.app.config.shard_count);
+                        if home == shard {
+                            Box::pin(self.claim(id, target, &[], now)).await?;
+                        } else {
+                            self.send_cross(home, CrossShardMessage::Claim { identity: id, customer: target, replaces: Vec::new() });
+                        }
+                    }
                 } else {
                     self.send_cross(target.home_shard(), CrossShardMessage::Forward { customer: target, event });
                 }
@@ -1208,30 +1347,29 @@ impl<'a> Round<'a> {
             CrossShardMessage::MergeOffer { key, owner, other, other_state } => self.merge_offer(key, owner, other, other_state, now).await?,
             CrossShardMessage::MergeAbsorb { key, survivor, merged, merged_state } => self.merge_absorb(key, survivor, merged, merged_state, now).await?,
             CrossShardMessage::MergeDone { merged, survivor } => self.merge_done(merged, survivor, now).await?,
-            CrossShardMessage::MergeCancel { customer, relink } => {
+            // A re-link (`relink`) is carried out by the key's shard, which tells this
+            // customer to drop the key (`Unlink`) in its own order.
+            CrossShardMessage::MergeCancel { customer, relink: _ } => {
                 let held = self.unfreeze(customer)?;
-                if let Some((key, to)) = relink {
-                    self.push(customer, now, CustomerInput::Unlink { identity: key, to });
-                    self.app.stats.conflicts.fetch_add(1, Ordering::Relaxed);
-                }
                 for (t, input) in held {
                     self.push(customer, t, input);
                 }
             }
-            CrossShardMessage::Claim { identity, customer, replaces } => match self.lookup(&identity)? {
-                None => self.set_index(&identity, customer),
-                Some(c) if c == customer => {}
-                Some(c) if replaces.contains(&c) => self.set_index(&identity, customer),
-                Some(c) => {
-                    let other = self.resolve_tomb(c)?;
-                    let owner = self.resolve_tomb(customer)?;
-                    if other == owner {
-                        self.set_index(&identity, owner);
-                    } else {
-                        self.link_contested(owner, &identity, other, now).await?;
-                    }
+            CrossShardMessage::Claim { identity, customer, replaces } => Box::pin(self.claim(identity, customer, &replaces, now)).await?,
+            CrossShardMessage::Link { customer, identity } => {
+                let c = self.resolve_tomb(customer)?;
+                self.tell(c, CustomerInput::Link(identity));
+            }
+            CrossShardMessage::Unlink { customer, identity, to } => {
+                // Told to a customer merged away since: its survivor holds the key now,
+                // unless the key went to the survivor itself.
+                let c = self.resolve_tomb(customer)?;
+                if c != self.resolve_tomb(to)? {
+                    self.tell(c, CustomerInput::Unlink { identity, to });
                 }
-            },
+            }
+            CrossShardMessage::Relink { identity, to, from } => Box::pin(self.relink(&identity, to, from, now)).await?,
+            CrossShardMessage::ClaimRefused { identity, customer } => self.claim_refused(identity, customer)?,
         }
         Ok(())
     }
@@ -1252,6 +1390,7 @@ impl<'a> Round<'a> {
         if self.is_frozen(owner) || self.is_frozen(other) {
             self.app.stats.deferred_cross_shard_merges.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(shard, %owner, %other, key = %key, "a merge is already in flight for one of these customers; the key stays where it is");
+            self.refuse_claim(owner, key, other);
             return Ok(owner);
         }
         let a = self.customer_state(owner).await?;
@@ -1259,8 +1398,8 @@ impl<'a> Round<'a> {
         let cfg = &self.app.config.engine;
         match chorus_engine::decide_link(&a, &b, key, cfg) {
             LinkDecision::Relink { key, from, to, .. } => {
-                self.set_index(&key, to);
-                self.push(from, now, CustomerInput::Unlink { identity: key.clone(), to });
+                // The index record moves: `from` is told to drop the key, `to` to list it.
+                self.set_index(&key, to)?;
                 self.push(to, now, CustomerInput::Conflict { identity: key.clone(), other: from });
                 self.app.stats.conflicts.fetch_add(1, Ordering::Relaxed);
                 Ok(to)
@@ -1273,12 +1412,12 @@ impl<'a> Round<'a> {
                 for id in &merged_ids {
                     let home = chorus_types::routing::shard_of(id, self.app.config.shard_count);
                     if home == shard {
-                        self.set_index(id, survivor);
+                        self.set_index_merging(id, survivor, &absorbed)?;
                     } else {
                         self.send_cross(home, CrossShardMessage::Claim { identity: id.clone(), customer: survivor, replaces: absorbed.clone() });
                     }
                 }
-                self.set_index(key, survivor);
+                self.set_index_merging(key, survivor, &absorbed)?;
                 self.tombs.insert(merged, survivor);
                 self.batch.insert(self.app.store.shard(), keys::tomb(shard, merged), survivor.0.to_be_bytes().to_vec());
                 self.meta.tombstones += 1;
@@ -1293,7 +1432,18 @@ impl<'a> Round<'a> {
     /// Step 1 at `other`'s home: freeze `other` and offer its state to `owner`'s home.
     async fn merge_request(&mut self, key: Identity, owner: CustomerId, other: CustomerId, now: i64) -> io::Result<()> {
         let shard = self.shard();
+        let raw = other;
         let other = self.resolve_tomb(other)?;
+        if other != raw {
+            // The key's index record names a customer merged away (its tombstone lives
+            // here, not in the key's shard): point it at the survivor, so a re-link
+            // decided for the survivor finds it there.
+            let home = chorus_types::routing::shard_of(&key, self.app.config.shard_count);
+            let hint = CrossShardMessage::Claim { identity: key.clone(), customer: other, replaces: vec![raw] };
+            if let Some(CrossShardMessage::Claim { identity, customer, replaces }) = self.route(home, hint) {
+                Box::pin(self.claim(identity, customer, &replaces, now)).await?;
+            }
+        }
         if other.home_shard() != shard {
             if let Some(CrossShardMessage::MergeRequest { key, owner, other }) =
                 self.route(other.home_shard(), CrossShardMessage::MergeRequest { key, owner, other })
@@ -1312,6 +1462,7 @@ impl<'a> Round<'a> {
         if self.is_frozen(other) || self.load_state(other).map(|s| s.is_tombstone()).unwrap_or(true) {
             self.app.stats.deferred_cross_shard_merges.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(shard, %owner, %other, key = %key, "merge skipped: the customer is already in another merge");
+            self.refuse_claim(owner, &key, other);
             return Ok(());
         }
         let state = self.customer_state(other).await?;
@@ -1331,26 +1482,22 @@ impl<'a> Round<'a> {
             }
             return Ok(());
         }
-        let cancel = |me: &mut Self| {
-            me.app.stats.deferred_cross_shard_merges.fetch_add(1, Ordering::Relaxed);
-            if let Some(CrossShardMessage::MergeCancel { customer, .. }) =
-                me.route(other.home_shard(), CrossShardMessage::MergeCancel { customer: other, relink: None })
-            {
-                me.meta.frozen.remove(&customer);
-            }
-        };
         if owner == other || self.is_frozen(owner) {
-            cancel(self);
+            self.app.stats.deferred_cross_shard_merges.fetch_add(1, Ordering::Relaxed);
+            self.cancel_merge(other, now)?;
+            if owner != other {
+                self.refuse_claim(owner, &key, other);
+            }
             return Ok(());
         }
         let a = self.customer_state(owner).await?;
         let b: CustomerState = chorus_types::encoding::decode(&other_state).map_err(io_err)?;
         let cfg = self.app.config.engine.clone();
         match chorus_engine::decide_link(&a, &b, &key, &cfg) {
-            LinkDecision::Relink { key, to, .. } => {
+            LinkDecision::Relink { key, to, from, .. } => {
                 self.push(to, now, CustomerInput::Conflict { identity: key.clone(), other });
-                self.repoint(std::slice::from_ref(&key), to, &[other]);
-                self.send_cross(other.home_shard(), CrossShardMessage::MergeCancel { customer: other, relink: Some((key, to)) });
+                self.cancel_merge(other, now)?;
+                Box::pin(self.relink(&key, to, from, now)).await?;
                 self.app.stats.conflicts.fetch_add(1, Ordering::Relaxed);
             }
             LinkDecision::Merge { survivor, merged } if survivor == owner => {
@@ -1359,7 +1506,7 @@ impl<'a> Round<'a> {
                 let ids = m.identities.clone();
                 chorus_engine::merge_into(&mut s, &mut m, now, &cfg);
                 self.replace_state(s).await?;
-                self.repoint(&ids, survivor, &absorbed);
+                self.repoint(&ids, survivor, &absorbed)?;
                 self.send_cross(merged.home_shard(), CrossShardMessage::MergeDone { merged, survivor });
                 self.app.stats.merges.fetch_add(1, Ordering::Relaxed);
             }
@@ -1375,11 +1522,25 @@ impl<'a> Round<'a> {
         Ok(())
     }
 
+    /// The merge of `customer` (frozen at its home) did not happen: unfreeze it and let
+    /// its held inputs through, in order — here, or by a `MergeCancel` to its home.
+    fn cancel_merge(&mut self, customer: CustomerId, now: i64) -> io::Result<()> {
+        if customer.home_shard() != self.shard() {
+            self.send_cross(customer.home_shard(), CrossShardMessage::MergeCancel { customer, relink: None });
+            return Ok(());
+        }
+        let _ = now;
+        for (t, input) in self.unfreeze(customer)? {
+            self.push(customer, t, input);
+        }
+        Ok(())
+    }
+
     /// Step 3b at the survivor's home (the survivor is frozen since step 1).
     async fn merge_absorb(&mut self, _key: Identity, survivor: CustomerId, merged: CustomerId, merged_state: Vec<u8>, now: i64) -> io::Result<()> {
         if survivor.home_shard() != self.shard() || !self.is_frozen(survivor) {
             tracing::error!(%survivor, %merged, "merge absorb for a customer that is not frozen here; cancelling");
-            self.send_cross(merged.home_shard(), CrossShardMessage::MergeCancel { customer: merged, relink: None });
+            self.cancel_merge(merged, now)?;
             return Ok(());
         }
         let held = self.unfreeze(survivor)?;
@@ -1390,7 +1551,7 @@ impl<'a> Round<'a> {
         let cfg = self.app.config.engine.clone();
         chorus_engine::merge_into(&mut s, &mut m, now, &cfg);
         self.replace_state(s).await?;
-        self.repoint(&ids, survivor, &absorbed);
+        self.repoint(&ids, survivor, &absorbed)?;
         for (t, input) in held {
             self.push(survivor, t, input);
         }
@@ -1420,12 +1581,18 @@ impl<'a> Round<'a> {
         self.batch.insert(self.app.store.shard(), keys::tomb(shard, merged), survivor.0.to_be_bytes().to_vec());
         self.meta.tombstones += 1;
         for (t, input) in held {
-            if let CustomerInput::Event(event) = input {
-                if survivor.home_shard() == shard {
-                    self.push(survivor, t, CustomerInput::Event(event));
-                } else {
-                    self.send_cross(survivor.home_shard(), CrossShardMessage::Forward { customer: survivor, event });
+            match input {
+                CustomerInput::Event(event) => {
+                    if survivor.home_shard() == shard {
+                        self.push(survivor, t, CustomerInput::Event(event));
+                    } else {
+                        self.send_cross(survivor.home_shard(), CrossShardMessage::Forward { customer: survivor, event });
+                    }
                 }
+                // What a key's shard said about the merged customer's keys now concerns
+                // the survivor, which holds them.
+                input @ (CustomerInput::Link(_) | CustomerInput::Unlink { .. }) => self.tell(survivor, input),
+                _ => {}
             }
         }
         Ok(())

@@ -93,6 +93,18 @@ pub enum CrossShardMessage {
     /// A durable timer of a customer merged into a customer of the target shard fired:
     /// it acts there (journey positions and scheduled sends moved with the merge).
     FireTimer { timer: crate::Timer },
+    /// From `identity`'s shard (the only one that decides which profile lists a key):
+    /// its index record now names `customer`, so `customer` lists it.
+    Link { customer: CustomerId, identity: Identity },
+    /// From `identity`'s shard: its index record moved from `customer` to `to`, so
+    /// `customer` no longer lists it.
+    Unlink { customer: CustomerId, identity: Identity, to: CustomerId },
+    /// To `identity`'s shard: the limit-1 rule gave the key to `to` (SPEC §4.2 "last
+    /// login wins"); re-point it there if it still names `from` (or nobody).
+    Relink { identity: Identity, to: CustomerId, from: CustomerId },
+    /// To `identity`'s shard: a claim of it by `customer` could not be decided (a merge
+    /// was in flight). Unless the index names `customer`, it drops the key.
+    ClaimRefused { identity: Identity, customer: CustomerId },
 }
 
 /// Result of delivering one outbox intent.

@@ -278,11 +278,18 @@ async fn run(config: Config) -> anyhow::Result<()> {
                 }
             });
             let hb = config.cluster_heartbeat_ms()?;
+            // openraft lets a follower vote only once the leader's lease (the election
+            // maximum) has passed since its last word, then waits a random election
+            // timeout: a dead leader is replaced 9–12 heartbeats after it last spoke.
+            // Pre-vote keeps a replica that stalled (SIGSTOP, CPU starvation) or was cut
+            // off from raising the term and deposing a healthy leader when it returns.
             let tuning = chorus_raft::GroupTuning {
                 heartbeat_ms: hb,
                 election_min_ms: hb * 3,
                 election_max_ms: hb * 6,
                 restore_leadership: false,
+                pre_vote: true,
+                heartbeat_suppress_ms: hb,
                 ..Default::default()
             };
             let setup = chorus_shard::cluster::ClusterSetup {

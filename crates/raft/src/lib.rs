@@ -69,6 +69,12 @@ pub struct GroupTuning {
     /// several voters, where the others may have elected a new leader meanwhile and the
     /// restarted one would serve stale reads until it hears of it.
     pub restore_leadership: bool,
+    /// Pre-vote (a candidate first asks whether it could win, without raising the term):
+    /// a stalled or isolated replica that comes back cannot depose a healthy leader.
+    pub pre_vote: bool,
+    /// A heartbeat to a follower that acknowledged a replication within this many ms is
+    /// skipped (0: never skipped), so a busy group sends appends, not heartbeats too.
+    pub heartbeat_suppress_ms: u64,
 }
 
 impl Default for GroupTuning {
@@ -81,6 +87,8 @@ impl Default for GroupTuning {
             snapshot_after_entries: 20_000,
             log_kept_after_snapshot: 1_000,
             restore_leadership: true,
+            pre_vote: false,
+            heartbeat_suppress_ms: 0,
         }
     }
 }
@@ -160,6 +168,8 @@ impl Group {
             },
             max_in_snapshot_log_to_keep: tuning.log_kept_after_snapshot,
             enable_leader_restore: Some(tuning.restore_leadership),
+            enable_pre_vote: Some(tuning.pre_vote),
+            heartbeat_min_interval: (tuning.heartbeat_suppress_ms > 0).then_some(tuning.heartbeat_suppress_ms),
             ..Default::default()
         };
         let config = Arc::new(config.validate().map_err(|e| RaftError::Fatal { group: id, detail: e.to_string() })?);

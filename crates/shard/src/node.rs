@@ -1172,15 +1172,46 @@ impl Shards {
     }
 
     /// Ingest events of one shard at its leader; `hops` bounds forwarding.
+    ///
+    /// A forward that fails, or whose leader this node sees lose its leadership while
+    /// waiting (an election started: the leader died, stopped or was cut off), is sent
+    /// again to the new leader for up to `ROUTE_WAIT_MS_MAX`, instead of answering
+    /// "retry": events are de-duplicated by message id, so a second copy is harmless.
     pub(crate) async fn ingest_shard(&self, shard: ShardId, events: Vec<Event>, hops: u8) -> Result<Vec<EventOutcome>, ShardError> {
-        match self.target(shard).await? {
-            Target::Local(h) => h.proposer.submit(events).await.map_err(|e| not_leader_to_unavailable(e, shard)),
-            Target::Remote(node) if hops > 0 => match self.remote(node, Some(shard), NodeRequest::Ingest { shard, events, hops: hops - 1 }).await? {
-                NodeReply::Ingested(o) => Ok(o),
-                NodeReply::Failed(f) => Err(f.into()),
-                other => Err(ShardError::Remote { node, detail: format!("unexpected reply {other:?}") }),
-            },
-            Target::Remote(_) => Err(ShardError::Unavailable { shard }),
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(ROUTE_WAIT_MS_MAX);
+        loop {
+            let node = match self.target(shard).await? {
+                Target::Local(h) => return h.proposer.submit(events).await.map_err(|e| not_leader_to_unavailable(e, shard)),
+                Target::Remote(_) if hops == 0 => return Err(ShardError::Unavailable { shard }),
+                Target::Remote(node) => node,
+            };
+            let forward = self.remote(node, Some(shard), NodeRequest::Ingest { shard, events: events.clone(), hops: hops - 1 });
+            let reply = tokio::select! {
+                r = forward => r,
+                () = self.leadership_leaves(shard, node) => Err(ShardError::Unavailable { shard }),
+            };
+            let error = match reply {
+                Ok(NodeReply::Ingested(o)) => return Ok(o),
+                Ok(NodeReply::Failed(f)) => ShardError::from(f),
+                Ok(other) => return Err(ShardError::Remote { node, detail: format!("unexpected reply {other:?}") }),
+                Err(e) => e,
+            };
+            if !matches!(error, ShardError::Unavailable { .. }) || tokio::time::Instant::now() >= deadline {
+                return Err(error);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Resolves once this node's replica of `shard` no longer names `leader` as its
+    /// leader (never, without a replica here).
+    async fn leadership_leaves(&self, shard: ShardId, leader: NodeId) {
+        let Some(h) = self.hosted(shard) else { return std::future::pending().await };
+        loop {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            if h.group.leader() != Some(leader) {
+                return;
+            }
         }
     }
 

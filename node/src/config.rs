@@ -84,6 +84,11 @@ pub struct ChannelLimits {
     pub breaker_failures_max: u32,
     /// How long an open circuit pauses deliveries (messages wait in the outbox).
     pub breaker_cooldown: String,
+    /// After a crash between a provider call and its recorded outcome, when the provider
+    /// cannot tell whether it has the message (SMTP; Twilio when its list fails):
+    /// `resend` (a duplicate is possible) or `skip` (the message goes to the dead-letter
+    /// list). Default `skip` for sms and mms, `resend` for the others.
+    pub uncertain: Option<String>,
 }
 
 impl Default for ChannelLimits {
@@ -95,6 +100,7 @@ impl Default for ChannelLimits {
             attempts_max: d.attempts_max,
             breaker_failures_max: d.breaker_failures_max,
             breaker_cooldown: "30s".into(),
+            uncertain: None,
         }
     }
 }

@@ -198,7 +198,15 @@ fn connector_routes(
         };
         let l = cfg.limits.get(*ch).cloned().unwrap_or_default();
         let cooldown = config::parse_duration_ms(&l.breaker_cooldown).map_err(|e| anyhow::anyhow!("connectors.limits.{ch}.breaker_cooldown: {e}"))?;
+        let uncertain = match l.uncertain.as_deref() {
+            Some("resend") => chorus_connectors::Uncertain::Resend,
+            Some("skip") => chorus_connectors::Uncertain::Skip,
+            None if matches!(*ch, "sms" | "mms") => chorus_connectors::Uncertain::Skip,
+            None => chorus_connectors::Uncertain::Resend,
+            Some(other) => anyhow::bail!("connectors.limits.{ch}.uncertain = {other:?}: use resend or skip"),
+        };
         let limits = chorus_connectors::ConnectorLimits {
+            uncertain,
             concurrency_max: l.concurrency_max.max(1),
             attempts_max: l.attempts_max.max(1),
             rate_per_sec: l.rate_per_sec,

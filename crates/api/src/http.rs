@@ -402,6 +402,15 @@ async fn metrics(State(st): State<AppState>) -> Response {
     }
     let _ = writeln!(
         out,
+        "# HELP chorus_dispatch_uncertain_total Attempts at providers that do not de-duplicate by key found without a recorded outcome (a crash or failover between the call and the outcome), by what became of them: found at the provider (recorded delivered), absent (sent), resent or skipped (the provider could not tell; the channel's uncertain policy).\n# TYPE chorus_dispatch_uncertain_total counter"
+    );
+    for s in &shards {
+        for (i, result) in ["found", "absent", "resent", "skipped"].iter().enumerate() {
+            let _ = writeln!(out, "chorus_dispatch_uncertain_total{{shard=\"{}\",result=\"{result}\"}} {}", s.shard, s.uncertain[i]);
+        }
+    }
+    let _ = writeln!(
+        out,
         "# HELP chorus_timer_fire_lateness_ms How long after its due time each timer fired on this node (ms), since start.\n# TYPE chorus_timer_fire_lateness_ms histogram"
     );
     for (le, c) in buckets.iter().map(|b| b.to_string()).chain(["+Inf".to_string()]).zip(&cumulative) {

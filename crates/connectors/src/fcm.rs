@@ -309,6 +309,12 @@ impl Connector for FcmConnector {
         "fcm"
     }
 
+    /// FCM v1 does not de-duplicate sends (a collapse key replaces a notification on the
+    /// device only while it is undelivered).
+    fn honours_idempotency_key(&self) -> bool {
+        false
+    }
+
     fn deliver<'a>(&'a self, intent: &'a Intent) -> Pin<Box<dyn Future<Output = Result<String, DeliveryError>> + Send + 'a>> {
         Box::pin(self.send(intent))
     }

@@ -77,9 +77,45 @@ pub fn rendered_content(intent: &Intent, channel: &str) -> Result<chorus_templat
 /// A provider of one or more channels.
 pub trait Connector: Send + Sync + 'static {
     fn name(&self) -> &str;
-    /// Deliver one intent. Must be idempotent by `intent.key`: delivering the same key
-    /// twice sends once (providers that take idempotency keys get it passed).
+    /// Deliver one intent. Providers that take idempotency keys get `intent.key`, so
+    /// delivering the same key twice sends once ([`Connector::honours_idempotency_key`]).
     fn deliver<'a>(&'a self, intent: &'a Intent) -> Pin<Box<dyn Future<Output = Result<String, DeliveryError>> + Send + 'a>>;
+    /// Whether the provider itself de-duplicates by the intent key (documented
+    /// idempotency keys, Standard Webhooks ids, APNs collapse ids, our own capture
+    /// store). When it does not (Twilio's Messages API, SMTP), the dispatcher records a
+    /// durable "attempt started" before each call and, when it finds one without an
+    /// outcome (a crash between the call and the recorded outcome), asks
+    /// [`Connector::reconcile`] before sending again.
+    fn honours_idempotency_key(&self) -> bool {
+        true
+    }
+    /// Whether the provider has this intent's message already (an attempt started at
+    /// `attempted_ms` has no recorded outcome). `Unknown` when the provider cannot be
+    /// asked; the channel's `uncertain` policy decides then.
+    fn reconcile<'a>(&'a self, _intent: &'a Intent, _attempted_ms: i64) -> Pin<Box<dyn Future<Output = Reconciled> + Send + 'a>> {
+        Box::pin(async { Reconciled::Unknown(format!("{} cannot look a message up", self.name())) })
+    }
+}
+
+/// What a provider says about a message whose attempt has no recorded outcome.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Reconciled {
+    /// It has it (the detail names it, e.g. its sid): record it as delivered.
+    Found(String),
+    /// It has no such message: send it.
+    Absent,
+    /// It cannot tell (no lookup, or the lookup failed: why).
+    Unknown(String),
+}
+
+/// What to do with an uncertain attempt the provider cannot reconcile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Uncertain {
+    /// Send again: a duplicate is possible, a lost message is not.
+    Resend,
+    /// Do not send again: a lost message is possible (it goes to the dead-letter list,
+    /// from where an operator can re-drive it), a duplicate is not.
+    Skip,
 }
 
 /// Tunables of a connector's actor.
@@ -100,6 +136,9 @@ pub struct ConnectorLimits {
     /// Messages in a row that end in a transient failure (retries exhausted) before the
     /// circuit opens: while open, nothing is attempted and intents wait in the outbox.
     pub breaker_failures_max: u32,
+    /// What an attempt without a recorded outcome that the provider cannot reconcile
+    /// becomes (only for providers that do not honour idempotency keys).
+    pub uncertain: Uncertain,
     /// How long the circuit stays open before one message tries again.
     pub breaker_cooldown: Duration,
 }
@@ -146,6 +185,7 @@ impl Default for ConnectorLimits {
             backoff_initial: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
             retry_after_max: Duration::from_secs(60),
+            uncertain: Uncertain::Resend,
             rate_per_sec: 0,
             breaker_failures_max: 5,
             breaker_cooldown: Duration::from_secs(30),
@@ -312,16 +352,48 @@ impl Actor for Supervisor {
 pub struct Connectors {
     routes: Arc<std::sync::Mutex<HashMap<String, ActorRef<ConnectorMsg>>>>,
     supervisor: ActorRef<()>,
+    /// Per channel: its connector and limits (for attempt records and reconciliation).
+    specs: Arc<HashMap<String, (Arc<dyn Connector>, ConnectorLimits)>>,
+    /// Per channel: lookups at the provider in flight, bounded like its deliveries.
+    lookups: Arc<HashMap<String, Arc<tokio::sync::Semaphore>>>,
 }
 
 impl Connectors {
     /// Start one supervised actor per (channel, connector).
     pub async fn start(channels: Vec<(String, Arc<dyn Connector>, ConnectorLimits)>) -> Result<Connectors, String> {
         let routes = Arc::new(std::sync::Mutex::new(HashMap::new()));
-        let specs = channels.into_iter().map(|(ch, c, l)| (ch, (c, l))).collect();
-        let (supervisor, _) =
-            Actor::spawn(None, Supervisor, SupervisorState { specs, routes: routes.clone() }).await.map_err(|e| format!("start connectors: {e}"))?;
-        Ok(Connectors { routes, supervisor })
+        let specs: HashMap<String, (Arc<dyn Connector>, ConnectorLimits)> = channels.into_iter().map(|(ch, c, l)| (ch, (c, l))).collect();
+        let (supervisor, _) = Actor::spawn(None, Supervisor, SupervisorState { specs: specs.clone(), routes: routes.clone() })
+            .await
+            .map_err(|e| format!("start connectors: {e}"))?;
+        let lookups = specs.iter().map(|(ch, (_, l))| (ch.clone(), Arc::new(tokio::sync::Semaphore::new(l.concurrency_max.max(1))))).collect();
+        Ok(Connectors { routes, supervisor, specs: Arc::new(specs), lookups: Arc::new(lookups) })
+    }
+
+    /// Whether `channel`'s provider does not de-duplicate by key, so each attempt is
+    /// recorded before it is made.
+    pub fn records_attempts(&self, channel: &str) -> bool {
+        self.specs.get(channel).is_some_and(|(c, _)| !c.honours_idempotency_key())
+    }
+
+    /// Ask `intent`'s provider whether it has the message of an attempt started at
+    /// `attempted_ms`.
+    pub async fn reconcile(&self, intent: &Intent, attempted_ms: i64) -> Reconciled {
+        let (Some((c, _)), Some(permits)) = (self.specs.get(&intent.channel), self.lookups.get(&intent.channel)) else {
+            return Reconciled::Unknown(format!("no connector configured for channel {}", intent.channel));
+        };
+        let Ok(_permit) = permits.acquire().await else { return Reconciled::Unknown("the connectors are stopping".into()) };
+        c.reconcile(intent, attempted_ms).await
+    }
+
+    /// Deliveries the channel's connector makes at once.
+    pub fn concurrency(&self, channel: &str) -> usize {
+        self.specs.get(channel).map_or(1, |(_, l)| l.concurrency_max.max(1))
+    }
+
+    /// The channel's policy for attempts that cannot be reconciled.
+    pub fn uncertain_policy(&self, channel: &str) -> Uncertain {
+        self.specs.get(channel).map_or(Uncertain::Resend, |(_, l)| l.uncertain)
     }
 
     pub fn channels(&self) -> Vec<String> {

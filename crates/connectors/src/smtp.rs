@@ -296,6 +296,11 @@ impl Connector for SmtpConnector {
         "smtp"
     }
 
+    /// An SMTP server accepts the same message twice; nothing can be looked up after.
+    fn honours_idempotency_key(&self) -> bool {
+        false
+    }
+
     fn deliver<'a>(&'a self, intent: &'a Intent) -> Pin<Box<dyn Future<Output = Result<String, DeliveryError>> + Send + 'a>> {
         Box::pin(async move {
             let message = self.compose(intent, SystemTime::now())?;

@@ -232,9 +232,110 @@ pub fn outcome(status: u16, retry_after: Option<u64>, body: &[u8]) -> Result<Str
     })
 }
 
+/// Most messages of one Messages list page read when reconciling (Twilio's maximum is 1000).
+pub const RECONCILE_PAGE_SIZE: u32 = 100;
+/// How much earlier than the attempt a matching message may be dated (clock skew).
+const RECONCILE_SKEW_MS: i64 = 60_000;
+
+#[derive(Deserialize, Default)]
+struct MessagePage {
+    #[serde(default)]
+    messages: Vec<ListedMessage>,
+}
+
+#[derive(Deserialize, Default)]
+struct ListedMessage {
+    #[serde(default)]
+    sid: String,
+    #[serde(default)]
+    body: Option<String>,
+    #[serde(default)]
+    date_created: Option<String>,
+    #[serde(default)]
+    status: String,
+}
+
+/// Twilio's dates (RFC 2822, `Wed, 18 Aug 2010 20:01:40 +0000`) in Unix ms.
+fn twilio_date_ms(text: &str) -> Option<i64> {
+    let gmt = text.trim().strip_suffix("+0000").map(|t| format!("{}GMT", t)).unwrap_or_else(|| text.trim().to_string());
+    let at = httpdate::parse_http_date(&gmt).ok()?;
+    Some(at.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis() as i64)
+}
+
+impl TwilioConnector {
+    /// One page of the Messages list to `intent.to` from our sender, newest first, with
+    /// extra filters (`DateSent>`).
+    async fn list(&self, intent: &Intent, extra: &[(&str, String)]) -> Result<Vec<ListedMessage>, String> {
+        let mut query: Vec<(&str, String)> = vec![("To", intent.to.clone()), ("PageSize", RECONCILE_PAGE_SIZE.to_string())];
+        if let Some(from) = &self.from {
+            query.push(("From", from.clone()));
+        }
+        query.extend(extra.iter().cloned());
+        let url = format!(
+            "{}?{}",
+            self.messages_url,
+            query.iter().map(|(k, v)| format!("{}={}", provider::percent_encode(k), provider::percent_encode(v))).collect::<Vec<_>>().join("&")
+        );
+        let response = self
+            .client
+            .get(&url)
+            .basic_auth(&self.account_sid, Some(&self.auth_token))
+            .send()
+            .await
+            .map_err(|e| format!("twilio messages list: {}", provider::request_error("twilio", &e).detail()))?;
+        let status = response.status().as_u16();
+        let body = provider::read_body("twilio", response).await.map_err(|e| e.detail().to_string())?;
+        if status != 200 {
+            return Err(format!("twilio messages list answered {status}: {}", provider::clip(&String::from_utf8_lossy(&body))));
+        }
+        serde_json::from_slice::<MessagePage>(&body).map(|p| p.messages).map_err(|e| format!("twilio messages list is not readable: {e}"))
+    }
+}
+
 impl Connector for TwilioConnector {
     fn name(&self) -> &str {
         "twilio"
+    }
+
+    /// Twilio's Messages API documents no de-duplication of message creation (the
+    /// idempotency header is the one Twilio puts on its own webhooks).
+    fn honours_idempotency_key(&self) -> bool {
+        false
+    }
+
+    /// Look the message up in the Messages list: to the same number, from our sender,
+    /// created no earlier than the attempt, with the same body (its fingerprint) — first
+    /// among those sent since the attempt's day (`DateSent>`), then among the newest
+    /// (a message still queued has no send date yet).
+    fn reconcile<'a>(&'a self, intent: &'a Intent, attempted_ms: i64) -> Pin<Box<dyn Future<Output = crate::Reconciled> + Send + 'a>> {
+        Box::pin(async move {
+            let form = match self.form(intent) {
+                Ok(f) => f,
+                // It could not have been sent: it fails the same way when sent.
+                Err(_) => return crate::Reconciled::Absent,
+            };
+            let body = form.iter().find(|(k, _)| *k == "Body").map(|(_, v)| v.clone());
+            let day = chorus_types::time::format_rfc3339_ms(attempted_ms).chars().take(10).collect::<String>();
+            let matches = |m: &ListedMessage| {
+                m.body.as_deref().map(str::trim) == body.as_deref().map(str::trim)
+                    && m.date_created.as_deref().and_then(twilio_date_ms).is_none_or(|at| at >= attempted_ms - RECONCILE_SKEW_MS)
+            };
+            let mut last_error = None;
+            for extra in [vec![("DateSent>", day)], Vec::new()] {
+                match self.list(intent, &extra).await {
+                    Ok(list) => {
+                        if let Some(m) = list.iter().find(|m| matches(m)) {
+                            return crate::Reconciled::Found(format!("twilio sid={} status={}", m.sid, m.status));
+                        }
+                    }
+                    Err(e) => last_error = Some(e),
+                }
+            }
+            match last_error {
+                Some(e) => crate::Reconciled::Unknown(e),
+                None => crate::Reconciled::Absent,
+            }
+        })
     }
 
     fn deliver<'a>(&'a self, intent: &'a Intent) -> Pin<Box<dyn Future<Output = Result<String, DeliveryError>> + Send + 'a>> {

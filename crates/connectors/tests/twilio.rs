@@ -32,8 +32,9 @@ struct Seen {
 #[derive(Clone, Default)]
 struct Provider {
     seen: Arc<Mutex<Vec<Seen>>>,
-    /// Sends per idempotency token: a repeated token returns the first message.
-    sent: Arc<Mutex<HashMap<String, String>>>,
+    /// Messages created, in order: like Twilio, every POST creates one, whatever its
+    /// idempotency header says.
+    sent: Arc<Mutex<Vec<String>>>,
     /// Answers still to give before succeeding, per `To`.
     failures_left: Arc<Mutex<HashMap<String, u32>>>,
     /// 429s with `Retry-After: 2` still to give before succeeding, per `To`.
@@ -83,8 +84,8 @@ async fn messages(State(p): State<Provider>, Path(account): Path<String>, header
         }
     }
     let mut sent = p.sent.lock().unwrap();
-    let n = sent.len();
-    let sid = sent.entry(token.unwrap_or_else(|| format!("none-{n}"))).or_insert_with(|| format!("SM{n:032}")).clone();
+    let sid = format!("SM{:032}", sent.len());
+    sent.push(sid.clone());
     (StatusCode::CREATED, Json(json!({"sid": sid, "account_sid": account, "to": to, "status": "queued", "body": form.get("Body")}))).into_response()
 }
 
@@ -165,10 +166,12 @@ async fn rule_twilio_sends_the_messages_resource_request() {
     .collect();
     assert_eq!(seen[0].form, expected);
 
-    // The same key again: the provider sends once (it answers with the first message).
+    // The same key again is a second message: Twilio documents no de-duplication of
+    // message creation, so the connector says so and the dispatcher records attempts.
     let again = twilio.deliver(&sms_intent("welcome/s1/cu 1", "+14155550123", "Hi Ada, 10% off today")).await.unwrap();
-    assert_eq!(again, detail);
-    assert_eq!(provider.sent.lock().unwrap().len(), 1);
+    assert_ne!(again, detail);
+    assert_eq!(provider.sent.lock().unwrap().len(), 2);
+    assert!(!twilio.honours_idempotency_key());
 }
 
 #[tokio::test]

@@ -86,6 +86,9 @@ pub struct ApplyStats {
     pub intents_total: AtomicU64,
     /// Inputs ever held back for customers frozen by a cross-shard merge.
     pub held_inputs: AtomicU64,
+    /// Attempts without a recorded outcome at providers that do not de-duplicate by key,
+    /// by what became of them: found at the provider, absent (sent), resent, skipped.
+    pub uncertain: [AtomicU64; 4],
     /// Earliest pending timer (ms), or i64::MAX.
     pub next_timer_ms: std::sync::atomic::AtomicI64,
     /// A lower bound of the oldest dedup record's first-seen time (ms); 0 until known.
@@ -243,6 +246,15 @@ pub struct WriteKey {
     pub name: String,
     pub sha256: Vec<u8>,
     pub created_ms: i64,
+}
+
+/// When an attempt of outbox intent `key` was started at a provider that does not
+/// de-duplicate by key, if one was and its outcome is not recorded yet.
+pub fn read_attempt(store: &Store, shard: ShardId, key: &str) -> Result<Option<i64>, String> {
+    match store.shard().get(keys::attempt(shard, key)).map_err(|e| e.to_string())? {
+        Some(v) if v.len() == 8 => Ok(Some(i64::from_be_bytes(v[..8].try_into().expect("8 bytes")))),
+        _ => Ok(None),
+    }
 }
 
 /// The write keys of a catalog, and whether it ever held one.
@@ -644,6 +656,17 @@ impl<'a> Round<'a> {
                 Ok(ShardResult::Done)
             }
             ShardOp::Noop => Ok(ShardResult::Done),
+            ShardOp::AttemptsStarted { keys } => {
+                let shard = self.shard();
+                for key in keys {
+                    // Only for intents still waiting (an outcome may have come first).
+                    let waiting = self.intents.iter().any(|i| i.key == key) || self.store().shard().get(keys::outbox(shard, &key)).map_err(io_err)?.is_some();
+                    if waiting && !self.outbox_removed.contains(&key) {
+                        self.batch.insert(self.app.store.shard(), keys::attempt(shard, &key), now.to_be_bytes().to_vec());
+                    }
+                }
+                Ok(ShardResult::Done)
+            }
             ShardOp::Placement { .. } => Ok(ShardResult::Placement(Some("a shard does not take placement changes".into()))),
             ShardOp::Redrive { keys: dead } => {
                 let shard = self.shard();
@@ -965,6 +988,7 @@ impl<'a> Round<'a> {
             }
         }
         self.batch.remove(self.app.store.shard(), key);
+        self.batch.remove(self.app.store.shard(), keys::attempt(shard, &o.idempotency_key));
         self.outbox_removed.insert(o.idempotency_key.clone());
         self.meta.intents = self.meta.intents.saturating_sub(1);
         let customer = self.resolve_tomb(o.customer)?;

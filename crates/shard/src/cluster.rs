@@ -1081,24 +1081,51 @@ impl Shards {
     async fn balance_leaders(&self, st: &PlacementState) -> Result<(), ShardError> {
         let view = self.cluster_view().await?;
         let healthy: Vec<NodeId> = view.nodes.iter().filter(|n| n.healthy).map(|n| n.node).collect();
+        let eligible = |n: &NodeId| healthy.contains(n) && st.members.get(n).is_some_and(|m| !m.draining);
+        // Leaderships now, per member that may lead.
+        let mut led: BTreeMap<NodeId, usize> = st.members.keys().filter(|n| eligible(n)).map(|n| (*n, 0)).collect();
+        for leader in view.shard_leaders.values() {
+            if let Some(c) = led.get_mut(leader) {
+                *c += 1;
+            }
+        }
         let plan = st.leader_plan(&healthy);
         let mut started = 0;
         for (i, sp) in st.shards.iter().enumerate() {
             if started >= LEADER_TRANSFERS_PER_ROUND_MAX {
                 break;
             }
-            let Some(preferred) = plan[i] else { continue };
+            let shard = i as ShardId;
+            // The members' views already say who leads: no question per shard.
+            let Some(leader) = view.shard_leaders.get(&shard).copied() else { continue };
             if !sp.learners.is_empty() {
                 continue; // a move is under way: it hands leadership over itself
             }
-            let shard = i as ShardId;
-            // The members' views already say who leads: no question per shard.
-            let leader = view.shard_leaders.get(&shard).copied();
-            if leader.is_some() && leader != Some(preferred) {
-                tracing::info!(shard, from = ?leader, to = preferred, "evening out leadership: handing it to the planned replica");
-                if self.shard_admin(shard, ShardAdminOp::TransferLeader { to: preferred }).await.is_ok() {
-                    started += 1;
+            // A replica leading fewest (the plan's pick on ties, then the first replica).
+            let count = |n: &NodeId, led: &BTreeMap<NodeId, usize>| led.get(n).copied().unwrap_or(0);
+            let Some(to) = sp
+                .replicas
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| **n != leader && eligible(n))
+                .min_by_key(|(pos, n)| (count(n, &led), plan[i] != Some(**n), *pos))
+                .map(|(_, n)| *n)
+            else {
+                continue;
+            };
+            // Move only what evens leaderships out (a leader two or more ahead, or one
+            // that is draining): an operator's transfer that keeps them even stays.
+            let must = !eligible(&leader);
+            if !(must || count(&leader, &led) >= count(&to, &led) + 2) {
+                continue;
+            }
+            tracing::info!(shard, from = leader, to, "evening out leadership");
+            if self.shard_admin(shard, ShardAdminOp::TransferLeader { to }).await.is_ok() {
+                started += 1;
+                if let Some(c) = led.get_mut(&leader) {
+                    *c = c.saturating_sub(1);
                 }
+                *led.entry(to).or_default() += 1;
             }
         }
         Ok(())

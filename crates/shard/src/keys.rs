@@ -45,6 +45,9 @@ pub const DEAD: u8 = b'z';
 pub const STATS: u8 = b'u';
 /// Inputs parked for quarantined customers: customer ++ seq.
 pub const PARKED: u8 = b'q';
+/// Attempts started at a provider that does not de-duplicate by key: idempotency key →
+/// when (ms, i64 BE). Removed with the intent's outcome.
+pub const ATTEMPT: u8 = b'a';
 /// Customer history, one record per event: customer (u64 BE) ++ history seq (u64 BE) →
 /// `RecentEvent`. The customer record holds everything else (its `history` is empty).
 pub const HISTORY: u8 = b'h';
@@ -197,6 +200,9 @@ pub fn catalog_write_keys_prefix(shard: ShardId) -> Vec<u8> {
 /// refuses every key (accept-any is only for a node that never had one).
 pub fn catalog_write_keys_required(shard: ShardId) -> Vec<u8> {
     shard_key(shard, CATALOG, b"K")
+}
+pub fn attempt(shard: ShardId, key: &str) -> Vec<u8> {
+    shard_key(shard, ATTEMPT, key.as_bytes())
 }
 pub fn dead(shard: ShardId, key: &str) -> Vec<u8> {
     shard_key(shard, DEAD, key.as_bytes())

@@ -78,6 +78,8 @@ pub struct ShardStatusInfo {
     pub intents_total: u64,
     /// Inputs held back (since start) while their customer was frozen by a merge.
     pub held_inputs: u64,
+    /// Uncertain attempts: found at the provider, absent, resent, skipped.
+    pub uncertain: [u64; 4],
     /// Timer lateness since start: cumulative counts per bucket of
     /// [`crate::apply::TIMER_LATENESS_BUCKETS_MS`] (then `+Inf`), sum (ms) and count.
     pub timer_lateness: (Vec<u64>, u64, u64),
@@ -405,6 +407,10 @@ impl Shards {
     /// idempotency keys, so a provider that honours them sends once.
     async fn dispatcher(&self, h: &Hosted, mut shutdown: watch::Receiver<bool>) {
         let in_flight: Arc<std::sync::Mutex<HashSet<String>>> = Arc::default();
+        // Per channel whose attempts are recorded: attempts started and not finished. No
+        // more are recorded than the connector makes at once, so a crash leaves only
+        // those few uncertain.
+        let attempting: Arc<std::sync::Mutex<HashMap<String, usize>>> = Arc::default();
         let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<DispatchOutcome>(self.inner.base_config.dispatch_in_flight_max.max(1));
         loop {
             tokio::select! {
@@ -447,23 +453,95 @@ impl Shards {
                     continue;
                 }
             };
+            // Providers that do not de-duplicate by key (Twilio, SMTP): an attempt is
+            // recorded (committed) before it is made; one found recorded without an
+            // outcome was perhaps sent before a crash, and is reconciled first.
+            let mut ready = Vec::with_capacity(intents.len());
+            let mut fresh = Vec::new();
+            let mut uncertain = Vec::new();
+            let mut budget: HashMap<String, usize> = HashMap::new();
             for intent in intents {
-                in_flight.lock().expect("in-flight lock").insert(intent.key.clone());
-                let connectors = self.inner.connectors.clone();
-                let tx = done_tx.clone();
-                let waiting = in_flight.clone();
-                tokio::spawn(async move {
-                    let key = intent.key.clone();
-                    let customer = intent.customer;
-                    let d = connectors.deliver(intent).await;
-                    if let Some(wait) = d.retry_later {
-                        // Not attempted (circuit open): the intent stays in the outbox and
-                        // is offered again once the wait is over.
-                        tokio::time::sleep(wait).await;
-                        waiting.lock().expect("in-flight lock").remove(&key);
-                        return;
+                if !self.inner.connectors.records_attempts(&intent.channel) {
+                    in_flight.lock().expect("in-flight lock").insert(intent.key.clone());
+                    ready.push(intent);
+                    continue;
+                }
+                match crate::apply::read_attempt(&self.inner.store, h.id, &intent.key) {
+                    Ok(Some(at)) => {
+                        in_flight.lock().expect("in-flight lock").insert(intent.key.clone());
+                        uncertain.push((intent, at));
                     }
-                    let _ = tx.send(DispatchOutcome { idempotency_key: key, customer, status: d.status, detail: d.detail }).await;
+                    Ok(None) => {
+                        let left = budget.entry(intent.channel.clone()).or_insert_with(|| {
+                            let busy = attempting.lock().expect("attempting lock").get(&intent.channel).copied().unwrap_or(0);
+                            self.inner.connectors.concurrency(&intent.channel).saturating_sub(busy)
+                        });
+                        if *left == 0 {
+                            continue; // offered again once an attempt of the channel ends
+                        }
+                        *left -= 1;
+                        in_flight.lock().expect("in-flight lock").insert(intent.key.clone());
+                        fresh.push(intent);
+                    }
+                    Err(e) => tracing::error!(shard = h.id, error = %e, "cannot read an attempt record"),
+                }
+            }
+            if !fresh.is_empty() {
+                let keys: Vec<String> = fresh.iter().map(|i| i.key.clone()).collect();
+                match h.group.propose(ShardCommand { now_ms: self.inner.clock.now_ms(), op: ShardOp::AttemptsStarted { keys } }).await {
+                    Ok(_) => {
+                        for intent in fresh {
+                            *attempting.lock().expect("attempting lock").entry(intent.channel.clone()).or_default() += 1;
+                            spawn_delivery(self.inner.connectors.clone(), intent, done_tx.clone(), in_flight.clone(), Some(attempting.clone()));
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(shard = h.id, error = %e, "recording attempts failed; they are offered again");
+                        let mut set = in_flight.lock().expect("in-flight lock");
+                        for i in &fresh {
+                            set.remove(&i.key);
+                        }
+                    }
+                }
+            }
+            for intent in ready {
+                spawn_delivery(self.inner.connectors.clone(), intent, done_tx.clone(), in_flight.clone(), None);
+            }
+            for (intent, at) in uncertain {
+                let (connectors, tx, waiting, app, attempting) =
+                    (self.inner.connectors.clone(), done_tx.clone(), in_flight.clone(), h.app.clone(), attempting.clone());
+                tokio::spawn(async move {
+                    let count = |i: usize| app.stats.uncertain[i].fetch_add(1, Ordering::Relaxed);
+                    let outcome = |status, detail| DispatchOutcome { idempotency_key: intent.key.clone(), customer: intent.customer, status, detail };
+                    match connectors.reconcile(&intent, at).await {
+                        chorus_connectors::Reconciled::Found(detail) => {
+                            count(0);
+                            let detail = format!("reconciled after a restart: the provider has it ({detail})");
+                            let _ = tx.send(outcome(chorus_types::DispatchStatus::Delivered, detail)).await;
+                        }
+                        chorus_connectors::Reconciled::Absent => {
+                            count(1);
+                            *attempting.lock().expect("attempting lock").entry(intent.channel.clone()).or_default() += 1;
+                            spawn_delivery(connectors, intent, tx, waiting, Some(attempting));
+                        }
+                        chorus_connectors::Reconciled::Unknown(why) => match connectors.uncertain_policy(&intent.channel) {
+                            chorus_connectors::Uncertain::Resend => {
+                                count(2);
+                                tracing::warn!(key = %intent.key, %why, "an attempt has no recorded outcome and the provider cannot tell; sending again (uncertain = resend)");
+                                *attempting.lock().expect("attempting lock").entry(intent.channel.clone()).or_default() += 1;
+                                spawn_delivery(connectors, intent, tx, waiting, Some(attempting));
+                            }
+                            chorus_connectors::Uncertain::Skip => {
+                                count(3);
+                                tracing::warn!(key = %intent.key, %why, "an attempt has no recorded outcome and the provider cannot tell; not sending again (uncertain = skip)");
+                                let detail = format!(
+                                    "uncertain: an attempt started at {} has no recorded outcome and the provider cannot tell ({why}); not sent again (uncertain = skip): re-drive it from the dead-letter list if it must go",
+                                    chorus_types::time::format_rfc3339_ms(at)
+                                );
+                                let _ = tx.send(outcome(chorus_types::DispatchStatus::FailedPermanent, detail)).await;
+                            }
+                        },
+                    }
                 });
             }
         }
@@ -1011,6 +1089,7 @@ impl Shards {
                     pending_intents: h.app.stats.pending_intents.load(Ordering::Relaxed),
                     intents_total: h.app.stats.intents_total.load(Ordering::Relaxed),
                     held_inputs: h.app.stats.held_inputs.load(Ordering::Relaxed),
+                    uncertain: std::array::from_fn(|i| h.app.stats.uncertain[i].load(Ordering::Relaxed)),
                 }
             })
             .collect()
@@ -1318,4 +1397,34 @@ fn clone_retryable(e: &ShardError) -> ShardError {
         ShardError::Raft(chorus_raft::RaftError::NotLeader { group, .. }) => ShardError::Unavailable { shard: *group },
         _ => ShardError::ShuttingDown,
     }
+}
+
+/// Hand one intent to its connector; its outcome goes to `done` (to be recorded), or,
+/// when the circuit is open, the intent is offered again after the wait.
+fn spawn_delivery(
+    connectors: Connectors,
+    intent: chorus_types::Intent,
+    done: tokio::sync::mpsc::Sender<DispatchOutcome>,
+    in_flight: Arc<std::sync::Mutex<HashSet<String>>>,
+    attempting: Option<Arc<std::sync::Mutex<HashMap<String, usize>>>>,
+) {
+    tokio::spawn(async move {
+        let key = intent.key.clone();
+        let customer = intent.customer;
+        let channel = intent.channel.clone();
+        let d = connectors.deliver(intent).await;
+        if let Some(a) = attempting {
+            if let Some(n) = a.lock().expect("attempting lock").get_mut(&channel) {
+                *n = n.saturating_sub(1);
+            }
+        }
+        if let Some(wait) = d.retry_later {
+            // Not attempted (circuit open): the intent stays in the outbox and is offered
+            // again once the wait is over.
+            tokio::time::sleep(wait).await;
+            in_flight.lock().expect("in-flight lock").remove(&key);
+            return;
+        }
+        let _ = done.send(DispatchOutcome { idempotency_key: key, customer, status: d.status, detail: d.detail }).await;
+    });
 }

@@ -40,6 +40,10 @@ pub enum ShardOp {
     /// A change to the cluster's placement (members, shard replicas); only the
     /// placement group's log carries it (an encoded `chorus_placement::PlacementOp`).
     Placement { op: Vec<u8> },
+    /// The leader is about to hand these outbox intents to a provider that does not
+    /// de-duplicate by key: an intent found later with this record and no outcome was
+    /// perhaps sent, and is reconciled with the provider before it is sent again.
+    AttemptsStarted { keys: Vec<String> },
 }
 
 /// Catalog changes. Definitions travel encoded (the core owns their types).
@@ -185,6 +189,7 @@ impl std::fmt::Display for ShardCommand {
             }
             ShardOp::Redrive { keys } => write!(f, "redrive({})@{}", keys.len(), self.now_ms),
             ShardOp::Placement { .. } => write!(f, "placement@{}", self.now_ms),
+            ShardOp::AttemptsStarted { keys } => write!(f, "attempts({})@{}", keys.len(), self.now_ms),
         }
     }
 }

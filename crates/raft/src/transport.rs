@@ -176,12 +176,14 @@ impl Transport {
         let scheme = if self.inner.tls.is_some() { "https" } else { "http" };
         let mut ep = Endpoint::from_shared(format!("{scheme}://{addr}"))
             .map_err(|e| TransportError::BadAddress { addr: addr.to_string(), detail: e.to_string() })?
-            // A peer that stopped (SIGSTOP) or lost its link is noticed within ~2 s, so
-            // forwarded requests do not wait on a dead connection for long.
+            // A peer that stopped (SIGSTOP) or lost its link is noticed within ~5 s. Not
+            // sooner: on a starved machine a ping answered late would drop a healthy
+            // connection and every group's heartbeats with it. Forwarded ingest does not
+            // wait for this: it re-routes as soon as the shard elects (`ingest_shard`).
             .connect_timeout(Duration::from_millis(500))
             .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(1))
-            .keep_alive_timeout(Duration::from_secs(1))
+            .http2_keep_alive_interval(Duration::from_secs(2))
+            .keep_alive_timeout(Duration::from_secs(3))
             .keep_alive_while_idle(true);
         if let Some(tls) = &self.inner.tls {
             let host = addr.rsplit_once(':').map(|(h, _)| h).unwrap_or(addr).trim_matches(['[', ']']);

@@ -345,7 +345,10 @@ async fn run(cli: Cli) -> anyhow::Result<Report> {
             let version = w1::publish(channel).await?;
             eprintln!("chorus-loadtest: W1 journey browse-abandon v{version} is live");
             let endpoints: Vec<String> = cluster.iter().map(|n| n.endpoint()).collect();
+            let https: Vec<String> = cluster.iter().map(|n| n.http.clone()).collect();
+            let terms_before = newest_terms(&https).await;
             let result = workload_run("bench", &endpoints, Some(cluster[0].pid), &sc, &common).await;
+            let terms_after = newest_terms(&https).await;
             let rest = cluster.split_off(1);
             let mut node = cluster.pop().expect("node 1");
             let alive = node.is_running();
@@ -354,6 +357,9 @@ async fn run(cli: Cli) -> anyhow::Result<Report> {
                 Ok(mut r) => {
                     if alive {
                         fill_customers(&mut r, &node.http.clone()).await;
+                    }
+                    if nodes > 1 {
+                        r.raft_elections = Some(terms_after.iter().map(|(s, t)| t.saturating_sub(terms_before.get(s).copied().unwrap_or(*t))).sum());
                     }
                     r
                 }
@@ -530,6 +536,20 @@ async fn workload_run(mode: &str, endpoints: &[String], pid: Option<u32>, sc: &S
     let measured_s = tl.measure_end.duration_since(tl.measure_start).as_secs_f64();
     let tally = shared.tally.lock().expect("tally lock");
     Ok(Report::build(mode, &endpoint, run_id, sc, measured_s, &tally, node_tracker.as_ref().and_then(|t| t.usage()), client_tracker.usage()))
+}
+
+/// Each shard's newest raft term among the nodes that answer.
+async fn newest_terms(https: &[String]) -> std::collections::BTreeMap<u32, u64> {
+    let mut out = std::collections::BTreeMap::new();
+    for h in https {
+        if let Ok(g) = node::scrape(h).await {
+            for (s, t) in g.raft_terms {
+                let e = out.entry(s).or_insert(t);
+                *e = (*e).max(t);
+            }
+        }
+    }
+    out
 }
 
 /// A free loopback port (bound, then released for a node to take).

@@ -253,6 +253,8 @@ pub struct NodeGauges {
     pub timer_lateness_count: u64,
     pub timer_lateness_sum_ms: u64,
     pub timer_lateness_max_ms: u64,
+    /// Each shard's raft term as this node sees it.
+    pub raft_terms: std::collections::BTreeMap<u32, u64>,
 }
 
 /// Read the node's `/metrics` (plain HTTP/1.1 on loopback; no client library needed)
@@ -291,6 +293,14 @@ pub async fn scrape(http_addr: &str) -> anyhow::Result<NodeGauges> {
             .collect(),
         timer_lateness_count: plain("chorus_timer_fire_lateness_ms_count"),
         timer_lateness_sum_ms: plain("chorus_timer_fire_lateness_ms_sum"),
+        raft_terms: body
+            .lines()
+            .filter_map(|l| l.strip_prefix("chorus_shard_raft_term{shard=\""))
+            .filter_map(|l| {
+                let (shard, rest) = l.split_once("\"}")?;
+                Some((shard.parse().ok()?, rest.trim().parse().ok()?))
+            })
+            .collect(),
         timer_lateness_max_ms: body
             .lines()
             .filter(|l| l.starts_with("chorus_shard_timer_lateness_max_ms{"))

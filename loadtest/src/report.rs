@@ -65,6 +65,9 @@ pub struct Report {
     pub settle_s: Option<f64>,
     /// How the bench node ended (bench mode only).
     pub node_exit: Option<String>,
+    /// Raft elections during the run, summed over shards (the rise of each shard's
+    /// newest term across the cluster's nodes); cluster bench only.
+    pub raft_elections: Option<u64>,
 }
 
 impl Report {
@@ -121,6 +124,7 @@ impl Report {
             node_live_actors: None,
             settle_s: None,
             node_exit: None,
+            raft_elections: None,
         }
     }
 
@@ -183,6 +187,9 @@ impl Report {
         }
         if let Some(t) = self.settle_s {
             row(&mut o, "cross-shard settle after run", format!("{t:.1} s"));
+        }
+        if let Some(n) = self.raft_elections {
+            row(&mut o, "raft elections during the run (all shards)", format!("{n}"));
         }
         if let Some(e) = &self.node_exit {
             let _ = writeln!(o, "  node: {e}");

@@ -942,3 +942,50 @@ mod tests {
         assert!(later >= anchor + 401 * DAY);
     }
 }
+
+/// A Python stand-in for a provider (tests/python/NAME), started with `args`: it prints
+/// one JSON object per line on stdout, `{"port": N}` first, and exits when its standard
+/// input closes (or the child is dropped).
+pub struct PythonFake {
+    pub port: u16,
+    pub lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    _child: Child,
+}
+
+impl PythonFake {
+    pub async fn start(name: &str, args: &[&str]) -> PythonFake {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python").join(name);
+        let mut child = Command::new("python3")
+            .arg(&script)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("python3 runs {}: {e}", script.display()));
+        let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+        let first = next_json_line(&mut lines, name).await;
+        PythonFake { port: first["port"].as_u64().unwrap_or_else(|| panic!("{name} printed no port: {first}")) as u16, lines, _child: child }
+    }
+
+    /// The next JSON line it printed (within 30 s).
+    pub async fn next(&mut self) -> serde_json::Value {
+        next_json_line(&mut self.lines, "the fake").await
+    }
+
+    /// The next JSON line it printed, however long that takes; `None` once it exited.
+    pub async fn next_forever(&mut self) -> Option<serde_json::Value> {
+        let line = self.lines.next_line().await.ok().flatten()?;
+        Some(serde_json::from_str(&line).unwrap_or_else(|e| panic!("the fake printed a line that is not JSON ({e}): {line}")))
+    }
+}
+
+async fn next_json_line(lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>, who: &str) -> serde_json::Value {
+    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .unwrap_or_else(|_| panic!("{who} printed nothing within 30 s"))
+        .unwrap_or_else(|e| panic!("read {who}: {e}"))
+        .unwrap_or_else(|| panic!("{who} exited"));
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("{who} printed a line that is not JSON ({e}): {line}"))
+}

@@ -6,45 +6,15 @@
 //! signature is refused.
 
 use chorus_tests::*;
-use serde_json::{Value, json};
-use std::process::Stdio;
+use serde_json::json;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdout, Command};
+use tokio::process::Command;
 
 const PUBLIC_URL: &str = "https://chorus.test";
 const TOKEN: &str = "test-auth-token";
 
-struct FakeTwilio {
-    port: u16,
-    lines: Lines<BufReader<ChildStdout>>,
-    _child: Child,
-}
-
-impl FakeTwilio {
-    async fn start() -> FakeTwilio {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/twilio_fake.py");
-        let mut child = Command::new("python3")
-            .args([script, "--account-sid", "ACtest", "--auth-token", TOKEN])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("python3 runs tests/python/twilio_fake.py");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let first = next_json(&mut lines).await;
-        FakeTwilio { port: first["port"].as_u64().unwrap() as u16, lines, _child: child }
-    }
-}
-
-async fn next_json(lines: &mut Lines<BufReader<ChildStdout>>) -> Value {
-    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-        .await
-        .expect("the fake Twilio answers in time")
-        .unwrap()
-        .expect("twilio_fake.py exited");
-    serde_json::from_str(&line).unwrap()
+async fn start_fake_twilio() -> PythonFake {
+    PythonFake::start("twilio_fake.py", &["--account-sid", "ACtest", "--auth-token", TOKEN]).await
 }
 
 /// Twilio's signature of a form POST to `url` (computed independently, with Python).
@@ -69,7 +39,7 @@ async fn post_signed(node: &Node, path: &str, form: &[(&str, &str)], sig: &str) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sms_through_a_twilio_compatible_api_with_signed_webhooks() {
-    let mut twilio = FakeTwilio::start().await;
+    let mut twilio = start_fake_twilio().await;
     let config = format!(
         "[connectors]\nchannels = {{ sms = \"twilio\" }}\n\n[connectors.twilio]\nbase_url = \"http://127.0.0.1:{}\"\naccount_sid = \"ACtest\"\nauth_token = \"{TOKEN}\"\nfrom = \"+15005550006\"\nstatus_callback_base = \"{PUBLIC_URL}\"\n",
         twilio.port
@@ -81,7 +51,7 @@ async fn sms_through_a_twilio_compatible_api_with_signed_webhooks() {
 
     phase("the message goes to the Messages resource with auth, idempotency token and status callback");
     node.ctl(&["messages", "send", "--to", "user_id:ada", "--channel", "sms", "--template", "sms-hi", "--request-id", "s1"]).await.ok();
-    let posted = next_json(&mut twilio.lines).await;
+    let posted = twilio.next().await;
     assert_eq!(posted["path"], "/2010-04-01/Accounts/ACtest/Messages.json");
     assert_eq!(posted["form"]["To"], "+14155550123");
     assert_eq!(posted["form"]["From"], "+15005550006");

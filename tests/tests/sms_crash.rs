@@ -12,11 +12,8 @@ use chorus_tests::v1::{MessageRequest, SendMessagesRequest};
 use chorus_tests::*;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 
 const TOKEN: &str = "test-auth-token";
 const CUSTOMERS: usize = 50;
@@ -27,30 +24,25 @@ const KILLS: usize = 6;
 struct FakeTwilio {
     port: u16,
     seen: Arc<Mutex<Vec<Value>>>,
-    _child: Child,
 }
 
 impl FakeTwilio {
     async fn start(delay_ms: u32) -> FakeTwilio {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/twilio_fake.py");
-        let mut child = Command::new("python3")
-            .args([script, "--account-sid", "ACtest", "--auth-token", TOKEN, "--delay-ms", &delay_ms.to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("python3 runs tests/python/twilio_fake.py");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let first: Value = serde_json::from_str(&lines.next_line().await.unwrap().expect("the fake prints its port")).unwrap();
+        let delay = delay_ms.to_string();
+        let mut fake = PythonFake::start("twilio_fake.py", &["--account-sid", "ACtest", "--auth-token", TOKEN, "--delay-ms", &delay]).await;
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let s = seen.clone();
+        let (s, port) = (seen.clone(), fake.port);
+        // Read every line it prints (the fake stops when this task ends with the test).
         tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
-                s.lock().unwrap().push(serde_json::from_str::<Value>(&line).expect("json line"));
+            loop {
+                let v = fake.next_forever().await;
+                match v {
+                    Some(v) => s.lock().unwrap().push(v),
+                    None => return,
+                }
             }
         });
-        FakeTwilio { port: first["port"].as_u64().unwrap() as u16, seen, _child: child }
+        FakeTwilio { port, seen }
     }
 
     /// Messages created per idempotency token (the intent key the node sent).

@@ -268,6 +268,32 @@ pub async fn drive_stream(index: usize, channel: Channel, sc: Arc<Scenario>, run
     }
 }
 
+/// A request of `events` events sent at `sent` (for the one-request-per-batch clients).
+pub fn note_sent(shared: &Shared, tl: &Timeline, sent: Instant, events: u64) {
+    shared.in_flight_batches.fetch_add(1, Ordering::Relaxed);
+    let mut t = shared.tally.lock().expect("tally lock");
+    t.batches_sent += 1;
+    t.events_sent += events;
+    if tl.in_window(sent) {
+        t.batches_sent_in_window += 1;
+    }
+}
+
+/// Its answer, at `acked_at`.
+pub fn note_answer(shared: &Shared, tl: &Timeline, resp: &v1::IngestResponse, sent: Instant, events: u64, acked_at: Instant) {
+    shared.in_flight_batches.fetch_sub(1, Ordering::Relaxed);
+    record_response(shared, tl, resp, &InFlight { sent, events }, acked_at);
+}
+
+/// It failed as a whole (transport or HTTP error): its events count as failed.
+pub fn note_failure(shared: &Shared, events: u64, reason: String) {
+    shared.in_flight_batches.fetch_sub(1, Ordering::Relaxed);
+    let mut t = shared.tally.lock().expect("tally lock");
+    t.stream_errors += 1;
+    t.failed += events;
+    t.note_error(reason);
+}
+
 fn fail_in_flight(shared: &Shared, in_flight: &mut HashMap<u64, InFlight>, reason: String) {
     let n: u64 = in_flight.values().map(|b| b.events).sum();
     shared.in_flight_batches.fetch_sub(in_flight.len(), Ordering::Relaxed);

@@ -13,6 +13,7 @@ mod procstat;
 mod report;
 mod scenario;
 mod timers;
+mod unary;
 mod w1;
 mod workload;
 
@@ -214,6 +215,12 @@ struct Common {
     /// Print the report as JSON on stdout (the human table goes to stderr).
     #[arg(long)]
     json: bool,
+    /// How batches travel: `stream` (Ingest.Stream, several batches in flight per
+    /// stream), `unary` (one Ingest.Send at a time per client) or `http` (one Segment
+    /// POST at a time per client: /v1/track for batches of 1, else /v1/batch). With
+    /// `unary` and `http`, `--streams` is the number of concurrent clients.
+    #[arg(long, default_value = "stream", value_parser = ["stream", "unary", "http"])]
+    transport: String,
 }
 
 fn parse_distribution(s: &str) -> Result<Distribution, String> {
@@ -291,7 +298,8 @@ async fn run(cli: Cli) -> anyhow::Result<Report> {
     match cli.command {
         Command::Run { endpoint, pid, http, common } => {
             let sc = common.scenario()?;
-            let mut report = workload_run("run", std::slice::from_ref(&endpoint), pid, &sc, &common).await?;
+            let https: Vec<String> = http.iter().cloned().collect();
+            let mut report = workload_run("run", std::slice::from_ref(&endpoint), &https, pid, &sc, &common).await?;
             if let Some(h) = http {
                 fill_customers(&mut report, &h).await;
             }
@@ -347,7 +355,7 @@ async fn run(cli: Cli) -> anyhow::Result<Report> {
             let endpoints: Vec<String> = cluster.iter().map(|n| n.endpoint()).collect();
             let https: Vec<String> = cluster.iter().map(|n| n.http.clone()).collect();
             let terms_before = newest_terms(&https).await;
-            let result = workload_run("bench", &endpoints, Some(cluster[0].pid), &sc, &common).await;
+            let result = workload_run("bench", &endpoints, &https, Some(cluster[0].pid), &sc, &common).await;
             let terms_after = newest_terms(&https).await;
             let rest = cluster.split_off(1);
             let mut node = cluster.pop().expect("node 1");
@@ -504,16 +512,21 @@ async fn fill_customers(report: &mut Report, http: &str) {
 }
 
 /// Connect, run the streams through warm-up, window and drain, and build the report.
-async fn workload_run(mode: &str, endpoints: &[String], pid: Option<u32>, sc: &Scenario, common: &Common) -> anyhow::Result<Report> {
+async fn workload_run(mode: &str, endpoints: &[String], https: &[String], pid: Option<u32>, sc: &Scenario, common: &Common) -> anyhow::Result<Report> {
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
     let run_id = (nanos ^ sc.workload.seed.rotate_left(17)) & 0xFFFF_FFFF_FFFF;
     eprintln!(
         "chorus-loadtest: scenario {} seed={} run={run_id:x} customers={} {:?} streams={} batch={} in_flight={} loop={:?} warmup={}s duration={}s",
         sc.name, sc.workload.seed, sc.workload.customers, sc.workload.distribution, sc.streams, sc.batch, sc.in_flight, sc.pacing, sc.warmup_s, sc.duration_s
     );
+    if common.transport == "http" && https.is_empty() {
+        bail!("--transport http needs the node's HTTP address (--http host:port)");
+    }
     let mut channels = Vec::with_capacity(sc.streams);
-    for i in 0..sc.streams {
-        channels.push(client::connect(&endpoints[i % endpoints.len()], Duration::from_secs(10)).await?);
+    if common.transport != "http" {
+        for i in 0..sc.streams {
+            channels.push(client::connect(&endpoints[i % endpoints.len()], Duration::from_secs(10)).await?);
+        }
     }
     let endpoint = endpoints.join(",");
     let start = Instant::now() + Duration::from_millis(50);
@@ -522,8 +535,22 @@ async fn workload_run(mode: &str, endpoints: &[String], pid: Option<u32>, sc: &S
     let shared = Arc::new(Shared { tally: std::sync::Mutex::new(Tally::new()), acked_total: Default::default(), in_flight_batches: Default::default() });
     let sc_arc = Arc::new(sc.clone());
     let mut tasks = Vec::with_capacity(sc.streams);
-    for (i, ch) in channels.into_iter().enumerate() {
-        tasks.push(tokio::spawn(client::drive_stream(i, ch, sc_arc.clone(), run_id, tl, shared.clone())));
+    match common.transport.as_str() {
+        "http" => {
+            for i in 0..sc.streams {
+                tasks.push(tokio::spawn(unary::drive_http(i, https[i % https.len()].clone(), sc_arc.clone(), run_id, tl, shared.clone())));
+            }
+        }
+        "unary" => {
+            for (i, ch) in channels.into_iter().enumerate() {
+                tasks.push(tokio::spawn(unary::drive_grpc(i, ch, sc_arc.clone(), run_id, tl, shared.clone())));
+            }
+        }
+        _ => {
+            for (i, ch) in channels.into_iter().enumerate() {
+                tasks.push(tokio::spawn(client::drive_stream(i, ch, sc_arc.clone(), run_id, tl, shared.clone())));
+            }
+        }
     }
     let progress = tokio::spawn(client::progress(shared.clone(), tl, tl.measure_end + tl.drain, pid.map(|p| p.to_string())));
     let mut node_tracker = pid.map(|p| Tracker::new(p.to_string()));

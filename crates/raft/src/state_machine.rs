@@ -15,7 +15,7 @@ use std::io;
 use std::sync::{Arc, Mutex};
 
 /// One committed entry as the application sees it.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Applied {
     pub index: u64,
     /// `None` for raft-internal entries (leader blanks, membership changes).

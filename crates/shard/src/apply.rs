@@ -425,7 +425,7 @@ impl ShardApp {
         }
         round.flush_all().await?;
         round.expire_dedup()?;
-        let xout_targets: std::collections::BTreeSet<ShardId> = round.xout.iter().map(|(t, _)| *t).collect();
+        let xout_targets: std::collections::BTreeSet<ShardId> = round.xout.iter().map(|(t, _, _)| *t).collect();
         let wrote_intents = !round.intents.is_empty();
         let new_catalog = round.catalog_changed.then(|| round.catalog.clone());
         let new_meta = round.finish(raft_meta)?;
@@ -530,7 +530,10 @@ struct Round<'a> {
     /// Customer state changes to write.
     states: HashMap<CustomerId, state::StateWrite>,
     tombs: HashMap<CustomerId, CustomerId>,
-    xout: Vec<(ShardId, CrossShardMessage)>,
+    /// Cross-shard messages of this round: (target, sequence number, message). The
+    /// number is taken when the message is sent, so it does not depend on how entries
+    /// are grouped into rounds.
+    xout: Vec<(ShardId, u64, CrossShardMessage)>,
     xin: HashMap<ShardId, u64>,
     /// Inputs held this round for frozen customers: (seq, (now, input)), written at
     /// the end, one key each (appending never reads or rewrites earlier ones).
@@ -634,6 +637,12 @@ impl<'a> Round<'a> {
                     self.batch.remove(self.app.store.shard(), kv.key().map_err(io_err)?);
                     removed += 1;
                 }
+                // Messages sent earlier in this same round are not stored yet (a replica
+                // catching up applies the round that sent them and their acknowledgement
+                // together): they are delivered too, so they are not written at all.
+                // (They are counted in the gauge only when written, so only the stored ones
+                // come off it.)
+                self.xout.retain(|(t, seq, _)| !(*t == target_shard && *seq <= upto_seq));
                 let p = &self.app.stats.pending_cross_shard;
                 let _ = p.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| Some(v.saturating_sub(removed)));
                 Ok(ShardResult::Done)
@@ -1157,7 +1166,8 @@ impl<'a> Round<'a> {
     }
 
     fn send_cross(&mut self, target: ShardId, msg: CrossShardMessage) {
-        self.xout.push((target, msg));
+        self.meta.next_xseq += 1;
+        self.xout.push((target, self.meta.next_xseq, msg));
     }
 
     fn create_customer(&mut self, now: i64) -> CustomerId {
@@ -1853,9 +1863,7 @@ impl<'a> Round<'a> {
             self.batch.insert(&ks, keys::xin(shard, source), seq.to_be_bytes().to_vec());
         }
         let xcount = self.xout.len() as u64;
-        for (target, msg) in self.xout.drain(..) {
-            let seq = self.meta.next_xseq + 1;
-            self.meta.next_xseq = seq;
+        for (target, seq, msg) in self.xout.drain(..) {
             self.batch.insert(&ks, keys::xout(shard, target, seq), chorus_types::encoding::encode(&msg));
         }
         self.app.stats.pending_cross_shard.fetch_add(xcount, Ordering::Relaxed);

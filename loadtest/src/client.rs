@@ -246,13 +246,7 @@ pub async fn drive_stream(index: usize, channel: Channel, sc: Arc<Scenario>, run
                         continue;
                     }
                     in_flight.insert(batch_id, InFlight { sent, events: n });
-                    shared.in_flight_batches.fetch_add(1, Ordering::Relaxed);
-                    let mut t = shared.tally.lock().expect("tally lock");
-                    t.batches_sent += 1;
-                    t.events_sent += n;
-                    if tl.in_window(sent) {
-                        t.batches_sent_in_window += 1;
-                    }
+                    note_sent(&shared, &tl, sent, n);
                 }
                 _ = sleep_until(tl.measure_end.into()), if sending => {}
                 _ = sleep_until(drain_deadline.into()), if !sending => {
@@ -268,7 +262,7 @@ pub async fn drive_stream(index: usize, channel: Channel, sc: Arc<Scenario>, run
     }
 }
 
-/// A request of `events` events sent at `sent` (for the one-request-per-batch clients).
+/// A batch or request of `events` events sent at `sent`.
 pub fn note_sent(shared: &Shared, tl: &Timeline, sent: Instant, events: u64) {
     shared.in_flight_batches.fetch_add(1, Ordering::Relaxed);
     let mut t = shared.tally.lock().expect("tally lock");

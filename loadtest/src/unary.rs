@@ -21,25 +21,24 @@ const HTTP_ANSWER_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// `Basic base64("loadtest:")`: a node that never had a write key accepts any.
 const BASIC_AUTH: &str = "Basic bG9hZHRlc3Q6";
 
-/// When this client's next request is due (open loop), or `None` (closed loop).
-fn pacer(sc: &Scenario, index: usize, tl: &Timeline) -> Option<(Instant, Duration)> {
-    match sc.pacing {
-        Loop::Open { events_per_s } => {
-            let interval = Duration::from_secs_f64(sc.batch as f64 * sc.streams as f64 / events_per_s);
-            Some((tl.start + interval.mul_f64(index as f64 / sc.streams as f64), interval))
-        }
-        Loop::Closed => None,
-    }
-}
+/// When a client's requests go: at fixed intervals (open loop, staggered across the
+/// clients), or each as soon as the previous one is answered (closed loop).
+struct Pacer(Option<(Instant, Duration)>);
 
-/// Unary `Ingest.Send` requests of `sc.batch` events until the window ends.
-pub async fn drive_grpc(index: usize, channel: Channel, sc: Arc<Scenario>, run_id: u64, tl: Timeline, shared: Arc<Shared>) {
-    let mut generator = Generator::new(&sc.workload, run_id, index as u64);
-    let mut client = v1::ingest_client::IngestClient::new(channel);
-    let mut pace = pacer(&sc, index, &tl);
-    let mut batch_id = (index as u64) << 40;
-    loop {
-        let sent = match pace.as_mut() {
+impl Pacer {
+    fn new(sc: &Scenario, index: usize, tl: &Timeline) -> Pacer {
+        Pacer(match sc.pacing {
+            Loop::Open { events_per_s } => {
+                let interval = Duration::from_secs_f64(sc.batch as f64 * sc.streams as f64 / events_per_s);
+                Some((tl.start + interval.mul_f64(index as f64 / sc.streams as f64), interval))
+            }
+            Loop::Closed => None,
+        })
+    }
+
+    /// Wait for the next request's time and return it (latency counts from it).
+    async fn next(&mut self) -> Instant {
+        match self.0.as_mut() {
             Some((due, interval)) => {
                 tokio::time::sleep_until((*due).into()).await;
                 let at = *due;
@@ -47,7 +46,18 @@ pub async fn drive_grpc(index: usize, channel: Channel, sc: Arc<Scenario>, run_i
                 at
             }
             None => Instant::now(),
-        };
+        }
+    }
+}
+
+/// Unary `Ingest.Send` requests of `sc.batch` events until the window ends.
+pub async fn drive_grpc(index: usize, channel: Channel, sc: Arc<Scenario>, run_id: u64, tl: Timeline, shared: Arc<Shared>) {
+    let mut generator = Generator::new(&sc.workload, run_id, index as u64);
+    let mut client = v1::ingest_client::IngestClient::new(channel);
+    let mut pace = Pacer::new(&sc, index, &tl);
+    let mut batch_id = (index as u64) << 40;
+    loop {
+        let sent = pace.next().await;
         if sent >= tl.measure_end {
             return;
         }
@@ -91,18 +101,10 @@ fn segment_call(e: &v1::Event) -> serde_json::Value {
 /// HTTP/1.1 connection to `http_addr` until the window ends.
 pub async fn drive_http(index: usize, http_addr: String, sc: Arc<Scenario>, run_id: u64, tl: Timeline, shared: Arc<Shared>) {
     let mut generator = Generator::new(&sc.workload, run_id, index as u64);
-    let mut pace = pacer(&sc, index, &tl);
+    let mut pace = Pacer::new(&sc, index, &tl);
     let mut conn: Option<tokio::net::TcpStream> = None;
     loop {
-        let sent = match pace.as_mut() {
-            Some((due, interval)) => {
-                tokio::time::sleep_until((*due).into()).await;
-                let at = *due;
-                *due += *interval;
-                at
-            }
-            None => Instant::now(),
-        };
+        let sent = pace.next().await;
         if sent >= tl.measure_end {
             return;
         }

@@ -50,7 +50,9 @@ async fn sms_through_a_twilio_compatible_api_with_signed_webhooks() {
     let ada = resp.results[0].customer_id.clone();
 
     phase("the message goes to the Messages resource with auth, idempotency token and status callback");
-    node.ctl(&["messages", "send", "--to", "user_id:ada", "--channel", "sms", "--template", "sms-hi", "--request-id", "s1"]).await.ok();
+    node.ctl(&["messages", "send", "--to", "user_id:ada", "--channel", "sms", "--template", "sms-hi", "--category", "transactional", "--request-id", "s1"])
+        .await
+        .ok();
     let posted = twilio.next().await;
     assert_eq!(posted["path"], "/2010-04-01/Accounts/ACtest/Messages.json");
     assert_eq!(posted["form"]["To"], "+14155550123");
@@ -95,7 +97,9 @@ async fn sms_through_a_twilio_compatible_api_with_signed_webhooks() {
     })
     .await;
     assert_eq!((last["scope"].as_str(), last["status"].as_str(), last["source"].as_str()), (Some("channel:sms"), Some("opted_out"), Some("sms keyword")));
-    node.ctl(&["messages", "send", "--to", "user_id:ada", "--channel", "sms", "--template", "sms-hi", "--request-id", "s2"]).await.ok();
+    node.ctl(&["messages", "send", "--to", "user_id:ada", "--channel", "sms", "--template", "sms-hi", "--category", "transactional", "--request-id", "s2"])
+        .await
+        .ok();
     let explain = node.ctl(&["-o", "json", "profile", "explain", &ada]).await;
     assert!(explain.json()["decisions"].as_array().unwrap().iter().any(|d| d["kind"] == "skipped" && d["reason"] == "sms opted out"), "{}", explain.stdout);
 }

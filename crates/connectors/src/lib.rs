@@ -97,6 +97,11 @@ pub trait Connector: Send + Sync + 'static {
     }
 }
 
+/// Lookups of one uncertain attempt before its channel's policy decides.
+pub const RECONCILE_ATTEMPTS_MAX: u32 = 4;
+/// Wait before the second lookup (doubling after).
+const RECONCILE_BACKOFF_INITIAL: Duration = Duration::from_millis(500);
+
 /// What a provider says about a message whose attempt has no recorded outcome.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Reconciled {
@@ -383,6 +388,18 @@ impl Connectors {
             return Reconciled::Unknown(format!("no connector configured for channel {}", intent.channel));
         };
         let Ok(_permit) = permits.acquire().await else { return Reconciled::Unknown("the connectors are stopping".into()) };
+        // A lookup that fails (a timeout, a 5xx) is tried again before the channel's
+        // uncertain policy decides: skipping loses a message, resending may double it.
+        let mut wait = RECONCILE_BACKOFF_INITIAL;
+        for _ in 1..RECONCILE_ATTEMPTS_MAX {
+            match c.reconcile(intent, attempted_ms).await {
+                Reconciled::Unknown(_) => {
+                    tokio::time::sleep(wait).await;
+                    wait *= 2;
+                }
+                known => return known,
+            }
+        }
         c.reconcile(intent, attempted_ms).await
     }
 

@@ -562,7 +562,9 @@ async fn workload_run(mode: &str, endpoints: &[String], https: &[String], pid: O
     progress.abort();
     let measured_s = tl.measure_end.duration_since(tl.measure_start).as_secs_f64();
     let tally = shared.tally.lock().expect("tally lock");
-    Ok(Report::build(mode, &endpoint, run_id, sc, measured_s, &tally, node_tracker.as_ref().and_then(|t| t.usage()), client_tracker.usage()))
+    let mut report = Report::build(mode, &endpoint, run_id, sc, measured_s, &tally, node_tracker.as_ref().and_then(|t| t.usage()), client_tracker.usage());
+    report.transport = common.transport.clone();
+    Ok(report)
 }
 
 /// Each shard's newest raft term among the nodes that answer.

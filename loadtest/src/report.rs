@@ -68,6 +68,8 @@ pub struct Report {
     /// Raft elections during the run, summed over shards (the rise of each shard's
     /// newest term across the cluster's nodes); cluster bench only.
     pub raft_elections: Option<u64>,
+    /// How batches travelled: `stream`, `unary` or `http` (`--transport`).
+    pub transport: String,
 }
 
 impl Report {
@@ -125,6 +127,7 @@ impl Report {
             settle_s: None,
             node_exit: None,
             raft_elections: None,
+            transport: "stream".into(),
         }
     }
 
@@ -146,7 +149,15 @@ impl Report {
         };
         let _ = writeln!(o, "chorus-loadtest {} — scenario {} ({}) seed={} run={}", self.mode, s.name, self.endpoint, self.seed, self.run_id);
         let _ = writeln!(o, "  {} customers {dist}, {:.0}% second identity, properties ~{} B", w.customers, w.second_identity_ratio * 100.0, w.payload_bytes);
-        let _ = writeln!(o, "  {} streams × batch {}, {pacing}", s.streams, s.batch);
+        if self.transport == "stream" {
+            let _ = writeln!(o, "  {} streams × batch {}, {pacing}", s.streams, s.batch);
+        } else {
+            let pacing = match s.pacing {
+                Loop::Closed => "closed loop".to_string(),
+                Loop::Open { events_per_s } => format!("open loop at {events_per_s:.0} ev/s"),
+            };
+            let _ = writeln!(o, "  {} {} clients × batch {}, one request at a time each, {pacing}", s.streams, self.transport, s.batch);
+        }
         let _ = writeln!(
             o,
             "  warm-up {} s, measured {:.1} s{}",

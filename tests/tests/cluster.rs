@@ -896,7 +896,6 @@ async fn probe_users(node: &Node, shards: u32) -> Vec<String> {
 /// bounded by 3 s; a shard is back at the first acknowledgement of an attempt sent after
 /// the fault.
 async fn outage_per_shard<F: std::future::Future<Output = ()>>(via: String, users: &[String], tag: &str, fault: F) -> Vec<Duration> {
-    let start = Instant::now();
     let done = std::sync::Arc::new(std::sync::Mutex::new(vec![None::<Duration>; users.len()]));
     let fault_at = std::sync::Arc::new(std::sync::Mutex::new(None::<Instant>));
     let mut probes = Vec::new();
@@ -946,7 +945,6 @@ async fn outage_per_shard<F: std::future::Future<Output = ()>>(via: String, user
     for p in probes {
         let _ = p.await;
     }
-    let _ = start;
     let out: Vec<Duration> = done.lock().unwrap().iter().map(|d| d.unwrap_or(Duration::from_secs(20))).collect();
     out
 }

@@ -1120,7 +1120,7 @@ impl<'a> Round<'a> {
     /// key's shard, which alone knows where the key is now, has the claimant drop it
     /// unless the index names it — once the event or message being applied is done (so
     /// after the event that listed the key on the claimant).
-    fn refuse_claim(&mut self, claimant: CustomerId, key: &Identity, _holder: CustomerId) {
+    fn refuse_claim(&mut self, claimant: CustomerId, key: &Identity) {
         self.after.push((key.clone(), claimant));
     }
 
@@ -1424,7 +1424,7 @@ impl<'a> Round<'a> {
         if self.is_frozen(owner) || self.is_frozen(other) {
             self.app.stats.deferred_cross_shard_merges.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(shard, %owner, %other, key = %key, "a merge is already in flight for one of these customers; the key stays where it is");
-            self.refuse_claim(owner, key, other);
+            self.refuse_claim(owner, key);
             return Ok(owner);
         }
         let a = self.customer_state(owner).await?;
@@ -1496,7 +1496,7 @@ impl<'a> Round<'a> {
         if self.is_frozen(other) || self.load_state(other).map(|s| s.is_tombstone()).unwrap_or(true) {
             self.app.stats.deferred_cross_shard_merges.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(shard, %owner, %other, key = %key, "merge skipped: the customer is already in another merge");
-            self.refuse_claim(owner, &key, other);
+            self.refuse_claim(owner, &key);
             return Ok(());
         }
         let state = self.customer_state(other).await?;
@@ -1518,9 +1518,9 @@ impl<'a> Round<'a> {
         }
         if owner == other || self.is_frozen(owner) {
             self.app.stats.deferred_cross_shard_merges.fetch_add(1, Ordering::Relaxed);
-            self.cancel_merge(other, now)?;
+            self.cancel_merge(other)?;
             if owner != other {
-                self.refuse_claim(owner, &key, other);
+                self.refuse_claim(owner, &key);
             }
             return Ok(());
         }
@@ -1530,7 +1530,7 @@ impl<'a> Round<'a> {
         match chorus_engine::decide_link(&a, &b, &key, &cfg) {
             LinkDecision::Relink { key, to, from, .. } => {
                 self.push(to, now, CustomerInput::Conflict { identity: key.clone(), other });
-                self.cancel_merge(other, now)?;
+                self.cancel_merge(other)?;
                 Box::pin(self.relink(&key, to, from, now)).await?;
                 self.app.stats.conflicts.fetch_add(1, Ordering::Relaxed);
             }
@@ -1558,12 +1558,11 @@ impl<'a> Round<'a> {
 
     /// The merge of `customer` (frozen at its home) did not happen: unfreeze it and let
     /// its held inputs through, in order — here, or by a `MergeCancel` to its home.
-    fn cancel_merge(&mut self, customer: CustomerId, now: i64) -> io::Result<()> {
+    fn cancel_merge(&mut self, customer: CustomerId) -> io::Result<()> {
         if customer.home_shard() != self.shard() {
             self.send_cross(customer.home_shard(), CrossShardMessage::MergeCancel { customer, relink: None });
             return Ok(());
         }
-        let _ = now;
         for (t, input) in self.unfreeze(customer)? {
             self.push(customer, t, input);
         }
@@ -1574,7 +1573,7 @@ impl<'a> Round<'a> {
     async fn merge_absorb(&mut self, _key: Identity, survivor: CustomerId, merged: CustomerId, merged_state: Vec<u8>, now: i64) -> io::Result<()> {
         if survivor.home_shard() != self.shard() || !self.is_frozen(survivor) {
             tracing::error!(%survivor, %merged, "merge absorb for a customer that is not frozen here; cancelling");
-            self.cancel_merge(merged, now)?;
+            self.cancel_merge(merged)?;
             return Ok(());
         }
         let held = self.unfreeze(survivor)?;
